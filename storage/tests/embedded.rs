@@ -1,0 +1,211 @@
+//! Behaviour particular to the embedded backend: restart, crash safety,
+//! exclusive opening, background compaction.
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use kplex_storage::{
+    EmbeddedOptions, EmbeddedStore, Key, RangeRequest, Revision, Store, StoreError, TenantKeyspace,
+    WatchEvent,
+};
+use rand::Rng;
+
+fn key(name: &str) -> Key {
+    TenantKeyspace::for_vc("vc")
+        .unwrap()
+        .object_key("", "configmaps", Some("default"), name)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_data_revision_and_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = support::embedded_options();
+    let (a, b_kv, rev) = {
+        let store = EmbeddedStore::open(dir.path(), options.clone())
+            .await
+            .unwrap();
+        let a = store
+            .create(&key("a"), Bytes::from_static(b"1"))
+            .await
+            .unwrap();
+        let b_kv = store
+            .create(&key("b"), Bytes::from_static(b"2"))
+            .await
+            .unwrap();
+        let d = store.delete(&key("a"), a.mod_revision).await.unwrap();
+        (a, b_kv, d.revision)
+    };
+    let store = EmbeddedStore::open(dir.path(), options).await.unwrap();
+    assert_eq!(store.current_revision().await.unwrap(), rev);
+    assert_eq!(store.get(&key("a")).await.unwrap(), None);
+    assert_eq!(store.get(&key("b")).await.unwrap(), Some(b_kv.clone()));
+    // History survives too: the past is readable and replayable.
+    let mut req = RangeRequest::prefix(TenantKeyspace::for_vc("vc").unwrap().prefix().clone());
+    req.revision = Some(b_kv.mod_revision);
+    let past = store.range(req).await.unwrap();
+    assert_eq!(past.kvs, vec![a.clone(), b_kv.clone()]);
+    let mut watch = store.watch(&key_prefix(), Revision::new(1)).await.unwrap();
+    let mut revisions = Vec::new();
+    while revisions.len() < 3 {
+        if let WatchEvent::Change(e) = tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            revisions.push(e.revision());
+        }
+    }
+    assert_eq!(revisions, vec![a.mod_revision, b_kv.mod_revision, rev]);
+    // New writes continue from the old revision.
+    let c = store
+        .create(&key("c"), Bytes::from_static(b"3"))
+        .await
+        .unwrap();
+    assert_eq!(c.mod_revision, Revision::new(rev.get() + 1));
+}
+
+fn key_prefix() -> kplex_storage::KeyPrefix {
+    TenantKeyspace::for_vc("vc").unwrap().prefix().clone()
+}
+
+#[tokio::test]
+async fn a_second_open_of_the_same_directory_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = EmbeddedStore::open(dir.path(), EmbeddedOptions::default())
+        .await
+        .unwrap();
+    let second = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).await;
+    assert!(
+        matches!(second, Err(StoreError::Internal(_))),
+        "{:?}",
+        second.err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_compaction_keeps_one_interval_of_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = EmbeddedOptions {
+        compaction_interval: Some(Duration::from_millis(200)),
+        ..support::embedded_options()
+    };
+    let store = EmbeddedStore::open(dir.path(), options).await.unwrap();
+    let first = store
+        .create(&key("x"), Bytes::from_static(b"1"))
+        .await
+        .unwrap();
+    store
+        .update(&key("x"), Bytes::from_static(b"2"), first.mod_revision)
+        .await
+        .unwrap();
+    // Poll until the compactor has passed the first write; it runs on its own clock.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match store.watch(&key_prefix(), Revision::new(1)).await {
+            Err(StoreError::Compacted { .. }) => break,
+            Ok(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            other => panic!("history was never compacted: {:?}", other.err()),
+        }
+    }
+    // The latest state is untouched.
+    assert_eq!(
+        store.get(&key("x")).await.unwrap().unwrap().value,
+        Bytes::from_static(b"2")
+    );
+}
+
+/// A child writes with 16 concurrent writers and prints each acknowledged
+/// write; it is SIGKILLed after a random number of acknowledgements. On
+/// reopening, every acknowledged write must be there and the revision must
+/// never go back. Twenty rounds on one directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = rand::rng();
+    let mut last_revision = Revision::new(0);
+    let mut counters: HashMap<String, u64> = HashMap::new();
+    for run in 0..20 {
+        let kill_after = rng.random_range(1..1500);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kplex-storage-crash-writer"))
+            .arg(dir.path())
+            .arg(run.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut acked = Vec::new();
+        while acked.len() < kill_after {
+            match lines.next() {
+                Some(line) => acked.push(line.unwrap()),
+                None => panic!("writer exited early: {:?}", child.wait()),
+            }
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+
+        let store = EmbeddedStore::open(dir.path(), support::embedded_options())
+            .await
+            .unwrap();
+        let revision = store.current_revision().await.unwrap();
+        assert!(
+            revision >= last_revision,
+            "revision went back: {revision:?} < {last_revision:?}"
+        );
+        for line in &acked {
+            let parts: Vec<&str> = line.split(' ').collect();
+            match parts.as_slice() {
+                ["create", k, rev] => {
+                    let k = find_key(k);
+                    let got = store.get(&k).await.unwrap();
+                    let got = got.unwrap_or_else(|| panic!("run {run}: acknowledged {k} is lost"));
+                    assert_eq!(got.mod_revision.get().to_string(), *rev);
+                    assert!(revision >= got.mod_revision);
+                }
+                ["counter", k, value, rev] => {
+                    let value: u64 = value.parse().unwrap();
+                    let rev: u64 = rev.parse().unwrap();
+                    assert!(
+                        revision.get() >= rev,
+                        "revision behind an acknowledged write"
+                    );
+                    let seen = counters.entry(k.to_string()).or_default();
+                    *seen = (*seen).max(value);
+                }
+                _ => panic!("bad line {line:?}"),
+            }
+        }
+        for (k, acked_value) in &counters {
+            let k = find_key(k);
+            let stored: u64 = std::str::from_utf8(&store.get(&k).await.unwrap().unwrap().value)
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(
+                stored >= *acked_value,
+                "counter {k} went back to {stored} < {acked_value}"
+            );
+        }
+        last_revision = revision;
+    }
+}
+
+/// Rebuilds a printed key through the keyspace (the only way to make one).
+fn find_key(printed: &str) -> Key {
+    let parts: Vec<&str> = printed.trim_start_matches('/').split('/').collect();
+    // /kplex/clusters/crash/core/configmaps/<ns>/<name>
+    TenantKeyspace::for_vc(parts[2])
+        .unwrap()
+        .object_key("", parts[4], Some(parts[5]), parts[6])
+        .unwrap()
+}
