@@ -1,1 +1,3 @@
-//! kplex-certs
+//! Identities for kplex: CA bootstrap, serving certificates, and client
+//! certificates bound to one virtual cluster. Built with the API server issue;
+//! nothing here yet.

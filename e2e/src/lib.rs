@@ -1,1 +1,2 @@
-//! kplex-e2e
+//! End-to-end tests that drive the real `kplex` binary with real clients.
+//! The first scenarios arrive with the API server issue.

@@ -495,7 +495,11 @@ struct EtcdWatch {
     client: WatchClient,
     options: EtcdOptions,
     prefix: KeyPrefix,
-    /// Every change up to this revision has been delivered.
+    /// The revision of the last change delivered (or the start). Only events
+    /// move it, never progress reports: etcd before 3.4.24 / 3.5.8 can answer
+    /// a progress request with the current revision while it is still
+    /// replaying history (etcd issue 15220), and trusting that would drop the
+    /// rest of the replay.
     last: Revision,
     tx: mpsc::Sender<StoreResult<WatchEvent>>,
 }
@@ -567,8 +571,9 @@ impl EtcdWatch {
                 Ok(r) => r,
                 Err(_) => return Next::Continue,
             };
-            self.last = self.last.max(rev);
-            return self.send(Ok(WatchEvent::Progress(self.last))).await;
+            return self
+                .send(Ok(WatchEvent::Progress(self.last.max(rev))))
+                .await;
         }
         // One revision's events arrive in one response; skip only revisions
         // delivered before it (replays after a reconnect).

@@ -103,7 +103,9 @@ pub enum WatchEvent {
     /// A change under the watched prefix.
     Change(Event),
     /// Every change up to and including this revision has been delivered.
-    /// Sent when the watch has been idle for its progress interval.
+    /// Sent when the watch has been idle for its progress interval. (On etcd
+    /// older than 3.4.24 / 3.5.8, etcd itself may report progress ahead of a
+    /// history replay still in flight; the replayed changes still follow.)
     Progress(Revision),
 }
 

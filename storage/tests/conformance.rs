@@ -571,6 +571,32 @@ async fn dropped_watch_does_not_block_writers(s: TestStore) {
     assert_eq!(n, 600);
 }
 
+async fn watch_replays_a_history_larger_than_one_message(s: TestStore) {
+    // 24 values of 1 MiB: far more than one gRPC message (4 MiB by default).
+    let ks = vc("a");
+    let start = s.current_revision().await.unwrap();
+    let big = Bytes::from(vec![b'z'; 1024 * 1024]);
+    let mut last = None;
+    for i in 0..24 {
+        last = Some(
+            s.create(&cm(&ks, &format!("big{i}")), big.clone())
+                .await
+                .unwrap(),
+        );
+    }
+    let mut watch = s.watch(ks.prefix(), start).await.unwrap();
+    let mut n = 0;
+    loop {
+        let e = next_change(&mut watch).await;
+        n += 1;
+        assert_eq!(e.revision().get(), start.get() + n);
+        if e.revision() == last.as_ref().unwrap().mod_revision {
+            break;
+        }
+    }
+    assert_eq!(n, 24);
+}
+
 macro_rules! conformance {
     ($($test:ident),* $(,)?) => {
         mod embedded {
@@ -604,6 +630,7 @@ conformance!(
     compaction_is_reported_never_skipped,
     delete_range_removes_one_vc_at_one_revision,
     dropped_watch_does_not_block_writers,
+    watch_replays_a_history_larger_than_one_message,
 );
 
 #[allow(dead_code)]

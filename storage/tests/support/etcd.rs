@@ -53,10 +53,33 @@ impl EtcdServer {
             tls,
         };
         server.spawn();
+        // A port picked free can be taken before etcd binds it (another
+        // test's etcd, say); an etcd that exits at once gets new ports.
+        for _ in 0..5 {
+            if !server.exited_early() {
+                break;
+            }
+            server.client_port = free_port();
+            server.peer_port = free_port();
+            server.spawn();
+        }
         if server.tls.is_none() {
             server.wait_ready().await;
         }
         server
+    }
+
+    /// Whether etcd died within its first half second.
+    fn exited_early(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < deadline {
+            match self.child.as_mut().map(|c| c.try_wait()) {
+                Some(Ok(Some(_))) => return true,
+                Some(Ok(None)) => std::thread::sleep(Duration::from_millis(20)),
+                _ => return false,
+            }
+        }
+        false
     }
 
     fn scheme(&self) -> &'static str {
