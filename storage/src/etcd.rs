@@ -150,11 +150,26 @@ impl EtcdStore {
         Ok(store)
     }
 
-    async fn call<T>(
-        &self,
-        f: impl Future<Output = Result<T, etcd_client::Error>>,
-    ) -> StoreResult<T> {
-        bounded(self.options.request_timeout, f).await
+    /// Runs one request within `request_timeout`. A request that could not
+    /// even connect was never sent, so it is safe to try again — the
+    /// balanced channel may pick a live endpoint next time.
+    async fn call<T, Fut>(&self, request: impl Fn() -> Fut) -> StoreResult<T>
+    where
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let timeout = self.options.request_timeout;
+        let deadline = Instant::now() + timeout;
+        let mut attempts_left = 2 * self.options.endpoints.len();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match bounded(left, request()).await {
+                Err(StoreError::Unavailable(m)) if attempts_left > 0 && never_sent(&m) => {
+                    attempts_left -= 1;
+                }
+                Err(StoreError::Timeout(_)) => return Err(StoreError::Timeout(timeout)),
+                other => return other,
+            }
+        }
     }
 
     fn check_size(&self, value: &Bytes) -> StoreResult<()> {
@@ -171,7 +186,12 @@ impl EtcdStore {
     /// Runs a transaction whose failure branch is a `get` of `key`; on
     /// failure returns the key's current value (or `None`).
     async fn txn_or_current(&self, key: &Key, txn: Txn) -> StoreResult<TxnOutcome> {
-        let resp = self.call(self.kv.clone().txn(txn)).await?;
+        let resp = self
+            .call(|| {
+                let (mut kv, txn) = (self.kv.clone(), txn.clone());
+                async move { kv.txn(txn).await }
+            })
+            .await?;
         let revision = header_revision(resp.header())?;
         let responses = resp.op_responses();
         if resp.succeeded() {
@@ -237,6 +257,11 @@ fn map_error(e: etcd_client::Error, timeout: Duration) -> StoreError {
     }
 }
 
+/// Whether an error means the request never reached etcd.
+fn never_sent(message: &str) -> bool {
+    message.contains("tcp connect error") || message.contains("Connection refused")
+}
+
 fn is_compacted(e: &StoreError) -> bool {
     matches!(e, StoreError::Internal(m) if m.contains("required revision has been compacted"))
 }
@@ -274,7 +299,12 @@ fn as_i64(r: Revision) -> i64 {
 #[async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &Key) -> StoreResult<Option<KeyValue>> {
-        let resp = self.call(self.kv.clone().get(key.as_str(), None)).await?;
+        let resp = self
+            .call(|| {
+                let mut kv = self.kv.clone();
+                async move { kv.get(key.as_str(), None).await }
+            })
+            .await?;
         resp.kvs().first().map(convert_kv).transpose()
     }
 
@@ -292,7 +322,14 @@ impl Store for EtcdStore {
         if let Some(rev) = request.revision {
             options = options.with_revision(as_i64(rev));
         }
-        let resp = match self.call(self.kv.clone().get(start, Some(options))).await {
+        let resp = match self
+            .call(|| {
+                let (mut kv, options) = (self.kv.clone(), options.clone());
+                let start = start.as_str();
+                async move { kv.get(start, Some(options)).await }
+            })
+            .await
+        {
             Ok(resp) => resp,
             Err(e) if is_compacted(&e) => {
                 return Err(StoreError::Compacted {
@@ -326,7 +363,10 @@ impl Store for EtcdStore {
             .with_range(prefix.range_end())
             .with_count_only();
         let resp = self
-            .call(self.kv.clone().get(prefix.as_str(), Some(options)))
+            .call(|| {
+                let (mut kv, options) = (self.kv.clone(), options.clone());
+                async move { kv.get(prefix.as_str(), Some(options)).await }
+            })
             .await?;
         Ok(resp.count().max(0) as u64)
     }
@@ -417,7 +457,10 @@ impl Store for EtcdStore {
     async fn delete_range(&self, prefix: &KeyPrefix) -> StoreResult<DeletedRange> {
         let options = DeleteOptions::new().with_range(prefix.range_end());
         let resp = self
-            .call(self.kv.clone().delete(prefix.as_str(), Some(options)))
+            .call(|| {
+                let (mut kv, options) = (self.kv.clone(), options.clone());
+                async move { kv.delete(prefix.as_str(), Some(options)).await }
+            })
             .await?;
         Ok(DeletedRange {
             deleted: resp.deleted().max(0) as u64,
@@ -428,11 +471,10 @@ impl Store for EtcdStore {
     async fn current_revision(&self) -> StoreResult<Revision> {
         let options = GetOptions::new().with_count_only();
         let resp = self
-            .call(
-                self.kv
-                    .clone()
-                    .get(KeyPrefix::root().as_str(), Some(options)),
-            )
+            .call(|| {
+                let (mut kv, options) = (self.kv.clone(), options.clone());
+                async move { kv.get(KeyPrefix::root().as_str(), Some(options)).await }
+            })
             .await?;
         header_revision(resp.header())
     }
@@ -440,7 +482,10 @@ impl Store for EtcdStore {
     async fn compact(&self, revision: Revision) -> StoreResult<()> {
         let options = CompactionOptions::new().with_physical();
         match self
-            .call(self.client.clone().compact(as_i64(revision), Some(options)))
+            .call(|| {
+                let (mut client, options) = (self.client.clone(), options.clone());
+                async move { client.compact(as_i64(revision), Some(options)).await }
+            })
             .await
         {
             Ok(_) => Ok(()),
@@ -459,7 +504,15 @@ impl Store for EtcdStore {
         if after > current {
             return Err(StoreError::FutureRevision { requested: after });
         }
-        let stream = open_watch(&self.watch, &self.options, prefix, after).await?;
+        let mut attempts_left = 2 * self.options.endpoints.len();
+        let stream = loop {
+            match open_watch(&self.watch, &self.options, prefix, after).await {
+                Err(StoreError::Unavailable(m)) if attempts_left > 0 && never_sent(&m) => {
+                    attempts_left -= 1;
+                }
+                other => break other?,
+            }
+        };
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let task = EtcdWatch {
             client: self.watch.clone(),

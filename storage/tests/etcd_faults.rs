@@ -272,3 +272,29 @@ async fn tls_with_client_certificates() {
     }
     assert!(EtcdStore::connect(half).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_endpoints_work_when_one_is_down() {
+    let server = EtcdServer::start().await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut options = server.options();
+    options.endpoints = vec![format!("http://{dead}"), server.endpoint()];
+    let store = EtcdStore::connect(options).await.unwrap();
+    let start = store.current_revision().await.unwrap();
+    let prefix = TenantKeyspace::for_vc("vc").unwrap().prefix().clone();
+    let mut watch = store.watch(&prefix, start).await.unwrap();
+    for i in 0..20 {
+        let k = key(&format!("k{i}"));
+        let kv = store.create(&k, Bytes::from_static(b"v")).await.unwrap();
+        assert_eq!(store.get(&k).await.unwrap(), Some(kv.clone()));
+        loop {
+            if let WatchEvent::Change(e) = next(&mut watch).await {
+                assert_eq!(e.revision(), kv.mod_revision);
+                break;
+            }
+        }
+    }
+}
