@@ -1,4 +1,9 @@
-//! The kplex API server: opens storage and (as it grows) serves the
-//! Kubernetes API of every virtual cluster. See ARCHITECTURE.md.
+//! The kplex API server. The request path, as built so far:
+//! TLS (rustls, client certificates optional) → authentication (the
+//! certificate's kplex identity) → routing → handler. See ARCHITECTURE.md.
 
+pub mod bootstrap;
+pub mod handler;
+pub mod server;
+pub mod status;
 pub mod storage_config;

@@ -1,6 +1,10 @@
 //! The `kplex` command.
 
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
 use clap::{Parser, Subcommand};
+use kplex_apiserver::handler::Context;
 use kplex_apiserver::storage_config::StorageArgs;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -17,11 +21,27 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Opens storage and serves until SIGTERM or Ctrl-C.
-    Serve {
-        #[command(flatten)]
-        storage: StorageArgs,
-    },
+    /// Serves the API over HTTPS until SIGTERM or Ctrl-C.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    storage: StorageArgs,
+    /// HTTPS port.
+    #[arg(long, default_value_t = 6443)]
+    port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind_address: IpAddr,
+    /// Address clients reach kplex at: goes into kubeconfigs and the serving
+    /// certificate.
+    #[arg(long, default_value = "127.0.0.1")]
+    advertise_address: String,
+    /// Extra names or IPs for the serving certificate.
+    #[arg(long = "tls-san")]
+    tls_sans: Vec<String>,
 }
 
 #[tokio::main]
@@ -31,30 +51,49 @@ async fn main() -> std::process::ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Serve { storage } => {
-            let store = match storage.open().await {
-                Ok(store) => store,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot open storage");
-                    return std::process::ExitCode::FAILURE;
-                }
-            };
-            match store.current_revision().await {
-                Ok(rev) => {
-                    tracing::info!(revision = %rev, data_dir = %storage.data_dir.display(), "kplex storage ready")
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "storage does not answer");
-                    return std::process::ExitCode::FAILURE;
-                }
+    match Cli::parse().command {
+        Command::Serve(args) => match serve(args).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e}");
+                std::process::ExitCode::FAILURE
             }
-            wait_for_shutdown().await;
-            tracing::info!("shutting down");
-            std::process::ExitCode::SUCCESS
-        }
+        },
     }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    let store = args
+        .storage
+        .open()
+        .await
+        .map_err(|e| format!("cannot open storage: {e}"))?;
+    let revision = store
+        .current_revision()
+        .await
+        .map_err(|e| format!("storage does not answer: {e}"))?;
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    names.push(args.advertise_address.clone());
+    names.extend(args.tls_sans.iter().cloned());
+    let url = format!("https://{}:{}", args.advertise_address, args.port);
+    let boot = kplex_apiserver::bootstrap::prepare(&args.storage.data_dir, &names, &url)
+        .map_err(|e| format!("cannot prepare certificates: {e}"))?;
+    let addr = SocketAddr::new(args.bind_address, args.port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    tracing::info!(
+        %url,
+        %revision,
+        ca = %boot.ca_file.display(),
+        admin_kubeconfig = %boot.admin_kubeconfig.display(),
+        "kplex serving; try: kubectl --kubeconfig {} get --raw /readyz",
+        boot.admin_kubeconfig.display()
+    );
+    let ctx = Arc::new(Context { store });
+    kplex_apiserver::server::serve(listener, boot.tls, ctx, wait_for_shutdown()).await;
+    tracing::info!("stopped");
+    Ok(())
 }
 
 async fn wait_for_shutdown() {
@@ -63,4 +102,5 @@ async fn wait_for_shutdown() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+    tracing::info!("shutdown requested");
 }

@@ -1,0 +1,239 @@
+//! `kplex serve` as a user runs it: the real binary, the real kubectl.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+struct Kplex {
+    child: Child,
+    data_dir: PathBuf,
+    port: u16,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Kplex {
+    /// Starts kplex and waits for its "serving" log line.
+    fn start(data_dir: &Path) -> Kplex {
+        let port = free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kplex"))
+            .args(["serve", "--port", &port.to_string(), "--data-dir"])
+            .arg(data_dir)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start kplex");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("kplex serving") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("kplex did not report serving");
+        assert!(
+            line.contains("admin.kubeconfig"),
+            "the log says where the kubeconfig is: {line}"
+        );
+        Kplex {
+            child,
+            data_dir: data_dir.to_owned(),
+            port,
+        }
+    }
+
+    fn kubeconfig(&self) -> PathBuf {
+        self.data_dir.join("admin.kubeconfig")
+    }
+
+    fn server(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "kplex did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Kplex {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn kubectl(args: &[&str]) -> Output {
+    let bin = std::env::var("KPLEX_KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    Command::new(&bin)
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {bin} ({e}); hack/ensure-deps installs kubectl"))
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn first_start_bootstraps_credentials_that_kubectl_uses_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let kplex = Kplex::start(dir.path());
+    for private in ["admin.kubeconfig", "pki/ca.key", "pki/apiserver.key"] {
+        let mode = std::fs::metadata(dir.path().join(private))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{private} must be private");
+    }
+    let kc = kplex.kubeconfig();
+    let kc = kc.to_str().unwrap();
+    let ready = kubectl(&["--kubeconfig", kc, "get", "--raw", "/readyz"]);
+    assert!(ready.status.success(), "{}", stderr(&ready));
+    assert_eq!(stdout(&ready), "ok");
+    let version = kubectl(&["--kubeconfig", kc, "version", "-o", "json"]);
+    assert!(version.status.success(), "{}", stderr(&version));
+    let v: serde_json::Value = serde_json::from_slice(&version.stdout).unwrap();
+    assert_eq!(v["serverVersion"]["major"], "1");
+    assert!(v["serverVersion"]["gitVersion"]
+        .as_str()
+        .unwrap()
+        .starts_with("v1."));
+
+    let ca = std::fs::read(dir.path().join("pki/ca.crt")).unwrap();
+    assert!(kplex.terminate().success());
+    let kplex = Kplex::start(dir.path());
+    assert_eq!(
+        std::fs::read(dir.path().join("pki/ca.crt")).unwrap(),
+        ca,
+        "the CA is kept"
+    );
+    // The port changed; the old credential still verifies against the kept CA.
+    let again = kubectl(&[
+        "--kubeconfig",
+        kc,
+        "--server",
+        &kplex.server(),
+        "get",
+        "--raw",
+        "/livez",
+    ]);
+    assert!(again.status.success(), "{}", stderr(&again));
+}
+
+#[test]
+fn callers_without_a_credential_get_401_except_on_health_and_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let kplex = Kplex::start(dir.path());
+    let ca = dir.path().join("pki/ca.crt");
+    // kubectl prompts for a password when it has no credential at all; a
+    // bearer token kplex does not accept is the same to the server: no
+    // credential.
+    let anonymous = |path: &str| {
+        kubectl(&[
+            "--token",
+            "not-a-kplex-credential",
+            "--server",
+            &kplex.server(),
+            "--certificate-authority",
+            ca.to_str().unwrap(),
+            "get",
+            "--raw",
+            path,
+        ])
+    };
+    for path in ["/livez", "/readyz", "/healthz", "/version"] {
+        let o = anonymous(path);
+        assert!(o.status.success(), "{path}: {}", stderr(&o));
+    }
+    for path in ["/api", "/apis", "/metrics", "/clusters/a/api"] {
+        let o = anonymous(path);
+        assert!(!o.status.success(), "{path} must be refused");
+        assert!(
+            stderr(&o).contains("Unauthorized"),
+            "{path}: {}",
+            stderr(&o)
+        );
+    }
+}
+
+#[test]
+fn a_certificate_from_another_ca_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let kplex = Kplex::start(dir.path());
+    // A look-alike admin credential signed by a CA kplex never saw.
+    let rogue_dir = tempfile::tempdir().unwrap();
+    let rogue = kplex_certs::Authority::load_or_create(rogue_dir.path()).unwrap();
+    let cred = rogue
+        .issue_client(
+            &kplex_certs::Identity {
+                user: "kplex-admin".into(),
+                groups: vec!["system:masters".into()],
+                scope: kplex_certs::Scope::Admin,
+            },
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    let cert = rogue_dir.path().join("client.crt");
+    let key = rogue_dir.path().join("client.key");
+    std::fs::write(&cert, cred.cert_pem).unwrap();
+    std::fs::write(&key, cred.key_pem).unwrap();
+    let o = kubectl(&[
+        "--server",
+        &kplex.server(),
+        "--certificate-authority",
+        dir.path().join("pki/ca.crt").to_str().unwrap(),
+        "--client-certificate",
+        cert.to_str().unwrap(),
+        "--client-key",
+        key.to_str().unwrap(),
+        "get",
+        "--raw",
+        "/api",
+    ]);
+    assert!(
+        !o.status.success(),
+        "a foreign CA's certificate must not be accepted"
+    );
+    // The server keeps serving its own callers.
+    let ok = kubectl(&[
+        "--kubeconfig",
+        kplex.kubeconfig().to_str().unwrap(),
+        "get",
+        "--raw",
+        "/readyz",
+    ]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+}
