@@ -1,21 +1,78 @@
-//! Routing of authenticated requests to handlers.
+//! Authentication outcome → routing → handlers. Root paths are the admin
+//! cluster; `/clusters/<vc>/…` is a tenant's cluster. The verified credential
+//! decides which one a caller may reach: a mismatch is 403 whether or not the
+//! target exists.
 
 use std::sync::Arc;
 
-use hyper::{Method, Request, Response, StatusCode};
-use kplex_certs::Identity;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::{HeaderMap, Method, Response, StatusCode};
+use kplex_certs::{Authority, Identity, Scope};
 use kplex_storage::Store;
 use serde_json::json;
 
 use crate::status::{json_response, text_response, ApiError, Body};
+use crate::virtualclusters::Registry;
 
 /// The Kubernetes minor version kplex presents (its API is that of k8s 1.32).
 const KUBE_MINOR: &str = "32";
+/// Largest request body accepted (kube-apiserver's limit is 3 MiB).
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
 /// What every handler can reach.
 pub struct Context {
     /// The storage backend.
     pub store: Arc<dyn Store>,
+    /// The virtual clusters.
+    pub registry: Registry,
+    /// The CA, for issuing tenant credentials.
+    pub authority: Arc<Authority>,
+    /// The URL clients reach this server at (`https://host:port`).
+    pub url: String,
+}
+
+impl Context {
+    /// The URL of one VC.
+    pub fn vc_url(&self, name: &str) -> String {
+        format!("{}/clusters/{name}", self.url)
+    }
+}
+
+/// A request whose body has been read (within [`MAX_BODY_BYTES`]).
+pub struct Request {
+    /// The method.
+    pub method: Method,
+    /// The path, without the query.
+    pub path: String,
+    /// The headers.
+    pub headers: HeaderMap,
+    /// The body.
+    pub body: Bytes,
+}
+
+impl Request {
+    /// Whether the client asked for a `meta.k8s.io` Table.
+    pub fn wants_table(&self) -> bool {
+        self.headers
+            .get_all(hyper::header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.contains("as=Table"))
+    }
+
+    /// The body as a JSON object (400 if it is not one).
+    pub fn json_body(&self) -> Result<serde_json::Value, ApiError> {
+        let value: serde_json::Value = serde_json::from_slice(&self.body).map_err(|e| {
+            ApiError::bad_request(format!("the request body is not valid JSON: {e}"))
+        })?;
+        if !value.is_object() {
+            return Err(ApiError::bad_request(
+                "the request body must be a JSON object",
+            ));
+        }
+        Ok(value)
+    }
 }
 
 /// Paths anyone may read, as kube-apiserver lets anonymous callers read
@@ -28,22 +85,107 @@ fn is_public(path: &str) -> bool {
 pub async fn handle<B>(
     ctx: &Context,
     caller: Option<&Identity>,
-    req: Request<B>,
-) -> Response<Body> {
-    let path = req.uri().path();
-    if !is_public(path) && caller.is_none() {
-        return ApiError::unauthorized().into_response();
+    req: hyper::Request<B>,
+) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match route(ctx, caller, req).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
     }
-    if req.method() != Method::GET && is_public(path) {
-        return ApiError {
+}
+
+async fn route<B>(
+    ctx: &Context,
+    caller: Option<&Identity>,
+    req: hyper::Request<B>,
+) -> Result<Response<Body>, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let path = req.uri().path().to_owned();
+    if is_public(&path) {
+        return public(ctx, req.method(), &path).await;
+    }
+    let caller = caller.ok_or_else(ApiError::unauthorized)?;
+    let (parts, body) = req.into_parts();
+    let body = Limited::new(body, MAX_BODY_BYTES)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ApiError {
+                    code: StatusCode::PAYLOAD_TOO_LARGE,
+                    reason: "RequestEntityTooLarge",
+                    message: format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+                }
+            } else {
+                ApiError::bad_request(format!("reading the request body: {e}"))
+            }
+        })?
+        .to_bytes();
+    let request = Request {
+        method: parts.method,
+        path: path.clone(),
+        headers: parts.headers,
+        body,
+    };
+    if let Some(rest) = path.strip_prefix("/clusters/") {
+        let (name, tenant_path) = rest.split_once('/').unwrap_or((rest, ""));
+        return tenant(ctx, caller, name, &format!("/{tenant_path}"), &request).await;
+    }
+    if caller.scope != Scope::Admin {
+        return Err(ApiError::forbidden(format!(
+            "User \"{}\" cannot access the admin API: the credential belongs to a virtual cluster",
+            caller.user
+        )));
+    }
+    crate::admin::handle(ctx, request).await
+}
+
+/// A tenant's cluster. The credential must name this VC's UID.
+async fn tenant(
+    ctx: &Context,
+    caller: &Identity,
+    name: &str,
+    path: &str,
+    req: &Request,
+) -> Result<Response<Body>, ApiError> {
+    let refused = || {
+        ApiError::forbidden(format!(
+            "User \"{}\" cannot access virtual cluster \"{name}\"",
+            caller.user
+        ))
+    };
+    let Scope::VirtualCluster { uid } = &caller.scope else {
+        return Err(refused());
+    };
+    let vc = ctx.registry.get(name).await?.ok_or_else(refused)?;
+    if vc.uid() != uid {
+        return Err(refused());
+    }
+    let span = tracing::debug_span!("tenant", vc = name);
+    let _enter = span.enter();
+    if is_public(path) {
+        return public(ctx, &req.method, path).await;
+    }
+    Err(ApiError::not_found(
+        "the server could not find the requested resource",
+    ))
+}
+
+async fn public(ctx: &Context, method: &Method, path: &str) -> Result<Response<Body>, ApiError> {
+    if method != Method::GET {
+        return Err(ApiError {
             code: StatusCode::METHOD_NOT_ALLOWED,
             reason: "MethodNotAllowed",
-            message: format!("{} is not supported on {path}", req.method()),
-        }
-        .into_response();
+            message: format!("{method} is not supported on {path}"),
+        });
     }
-    match path {
-        "/livez" | "/healthz" => text_response(StatusCode::OK, "ok"),
+    Ok(match path {
         "/readyz" => match ctx.store.current_revision().await {
             Ok(_) => text_response(StatusCode::OK, "ok"),
             Err(e) => {
@@ -52,10 +194,8 @@ pub async fn handle<B>(
             }
         },
         "/version" => json_response(StatusCode::OK, &version()),
-        _ => {
-            ApiError::not_found("the server could not find the requested resource").into_response()
-        }
-    }
+        _ => text_response(StatusCode::OK, "ok"),
+    })
 }
 
 fn version() -> serde_json::Value {

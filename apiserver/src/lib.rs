@@ -2,8 +2,10 @@
 //! TLS (rustls, client certificates optional) → authentication (the
 //! certificate's kplex identity) → routing → handler. See ARCHITECTURE.md.
 
+pub mod admin;
 pub mod bootstrap;
 pub mod handler;
 pub mod server;
 pub mod status;
 pub mod storage_config;
+pub mod virtualclusters;

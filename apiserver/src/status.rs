@@ -56,6 +56,59 @@ impl ApiError {
         }
     }
 
+    /// 404 for a named object, with `details` as kube-apiserver sends them.
+    pub fn not_found_object(kind: &str, group: &str, name: &str) -> ApiError {
+        let plural = format!("{}s", kind.to_lowercase());
+        let resource = if group.is_empty() {
+            plural
+        } else {
+            format!("{plural}.{group}")
+        };
+        ApiError {
+            code: StatusCode::NOT_FOUND,
+            reason: "NotFound",
+            message: format!("{resource} \"{name}\" not found"),
+        }
+    }
+
+    /// 409: the object already exists.
+    pub fn already_exists(kind: &str, name: &str) -> ApiError {
+        ApiError {
+            code: StatusCode::CONFLICT,
+            reason: "AlreadyExists",
+            message: format!("{} \"{name}\" already exists", kind.to_lowercase()),
+        }
+    }
+
+    /// 422: the object is invalid.
+    pub fn invalid(kind: &str, name: &str, field: &str, detail: &str) -> ApiError {
+        ApiError {
+            code: StatusCode::UNPROCESSABLE_ENTITY,
+            reason: "Invalid",
+            message: format!(
+                "{kind} \"{name}\" is invalid: {field}: Invalid value: \"{name}\": {detail}"
+            ),
+        }
+    }
+
+    /// 400: the request cannot be understood.
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError {
+            code: StatusCode::BAD_REQUEST,
+            reason: "BadRequest",
+            message: message.into(),
+        }
+    }
+
+    /// 500: something on our side failed.
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError {
+            code: StatusCode::INTERNAL_SERVER_ERROR,
+            reason: "InternalError",
+            message: message.into(),
+        }
+    }
+
     /// The `Status` object as a response.
     pub fn into_response(self) -> Response<Body> {
         let body = json!({
@@ -91,4 +144,26 @@ pub fn text_response(code: StatusCode, text: &'static str) -> Response<Body> {
         hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+/// The one mapping from storage errors to Kubernetes `Status`.
+pub fn from_store(e: kplex_storage::StoreError) -> ApiError {
+    use kplex_storage::StoreError as E;
+    let (code, reason) = match &e {
+        E::InvalidKey { .. } => (StatusCode::BAD_REQUEST, "BadRequest"),
+        E::NotFound { .. } => (StatusCode::NOT_FOUND, "NotFound"),
+        E::AlreadyExists { .. } => (StatusCode::CONFLICT, "AlreadyExists"),
+        E::Conflict { .. } => (StatusCode::CONFLICT, "Conflict"),
+        E::ValueTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge"),
+        E::Compacted { .. } => (StatusCode::GONE, "Expired"),
+        E::FutureRevision { .. } => (StatusCode::GATEWAY_TIMEOUT, "Timeout"),
+        E::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "Timeout"),
+        E::Unavailable(_) | E::Closed => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
+        E::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
+    };
+    ApiError {
+        code,
+        reason,
+        message: e.to_string(),
+    }
 }

@@ -1,111 +1,11 @@
 //! `kplex serve` as a user runs it: the real binary, the real kubectl.
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-struct Kplex {
-    child: Child,
-    data_dir: PathBuf,
-    port: u16,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Kplex {
-    /// Starts kplex and waits for its "serving" log line.
-    fn start(data_dir: &Path) -> Kplex {
-        let port = free_port();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kplex"))
-            .args(["serve", "--port", &port.to_string(), "--data-dir"])
-            .arg(data_dir)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start kplex");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if line.contains("kplex serving") {
-                    let _ = tx.send(line);
-                }
-            }
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("kplex did not report serving");
-        assert!(
-            line.contains("admin.kubeconfig"),
-            "the log says where the kubeconfig is: {line}"
-        );
-        Kplex {
-            child,
-            data_dir: data_dir.to_owned(),
-            port,
-        }
-    }
-
-    fn kubeconfig(&self) -> PathBuf {
-        self.data_dir.join("admin.kubeconfig")
-    }
-
-    fn server(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
-    }
-
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "kplex did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Kplex {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn kubectl(args: &[&str]) -> Output {
-    let bin = std::env::var("KPLEX_KUBECTL").unwrap_or_else(|_| "kubectl".into());
-    Command::new(&bin)
-        .args(args)
-        .env_remove("KUBECONFIG")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {bin} ({e}); hack/ensure-deps installs kubectl"))
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use support::{kubectl, stderr, stdout, Kplex};
 
 #[test]
 fn first_start_bootstraps_credentials_that_kubectl_uses_across_restarts() {

@@ -83,14 +83,19 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     tracing::info!(
-        %url,
+        url = %url,
         %revision,
         ca = %boot.ca_file.display(),
         admin_kubeconfig = %boot.admin_kubeconfig.display(),
         "kplex serving; try: kubectl --kubeconfig {} get --raw /readyz",
         boot.admin_kubeconfig.display()
     );
-    let ctx = Arc::new(Context { store });
+    let ctx = Arc::new(Context {
+        registry: kplex_apiserver::virtualclusters::Registry::new(store.clone()),
+        store,
+        authority: Arc::new(boot.authority),
+        url,
+    });
     kplex_apiserver::server::serve(listener, boot.tls, ctx, wait_for_shutdown()).await;
     tracing::info!("stopped");
     Ok(())

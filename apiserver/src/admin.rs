@@ -1,0 +1,325 @@
+//! The admin API (`tenancy.kplex.dev/v1alpha1`, `VirtualCluster`) on the root
+//! paths, and the discovery documents that let kubectl find it.
+
+use std::time::Duration;
+
+use hyper::{Method, StatusCode};
+use kplex_certs::{Identity, Scope};
+use serde_json::{json, Value};
+
+use crate::handler::{Context, Request};
+use crate::status::{json_response, ApiError, Body};
+use crate::virtualclusters::{VirtualCluster, GROUP, KIND, VERSION};
+
+type Response = hyper::Response<Body>;
+
+/// Default and longest lifetime of an issued tenant credential.
+const DEFAULT_CREDENTIAL_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+const MAX_CREDENTIAL_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Serves a root path for an admin caller.
+pub async fn handle(ctx: &Context, req: Request) -> Result<Response, ApiError> {
+    let path = req.path.clone();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let gv = format!("{GROUP}/{VERSION}");
+    match (req.method.clone(), segments.as_slice()) {
+        (Method::GET, ["api"]) => Ok(ok(json!({
+            "kind": "APIVersions",
+            "versions": ["v1"],
+            "serverAddressByClientCIDRs": [],
+        }))),
+        (Method::GET, ["api", "v1"]) => Ok(ok(json!({
+            "kind": "APIResourceList",
+            "apiVersion": "v1",
+            "groupVersion": "v1",
+            "resources": [],
+        }))),
+        (Method::GET, ["apis"]) => Ok(ok(json!({
+            "kind": "APIGroupList",
+            "apiVersion": "v1",
+            "groups": [api_group()],
+        }))),
+        (Method::GET, ["apis", g]) if *g == GROUP => {
+            let mut group = api_group();
+            group["kind"] = json!("APIGroup");
+            group["apiVersion"] = json!("v1");
+            Ok(ok(group))
+        }
+        (Method::GET, ["apis", g, v]) if *g == GROUP && *v == VERSION => Ok(ok(json!({
+            "kind": "APIResourceList",
+            "apiVersion": "v1",
+            "groupVersion": gv,
+            "resources": [
+                {
+                    "name": "virtualclusters",
+                    "singularName": "virtualcluster",
+                    "namespaced": false,
+                    "kind": KIND,
+                    "verbs": ["create", "delete", "get", "list"],
+                    "shortNames": ["vc"],
+                },
+                {
+                    "name": "virtualclusters/kubeconfig",
+                    "singularName": "",
+                    "namespaced": false,
+                    "kind": "VirtualClusterKubeconfig",
+                    "verbs": ["create"],
+                },
+            ],
+        }))),
+        // An empty OpenAPI v2 document (zero bytes of protobuf). kubectl
+        // downloads it before every create or apply; finding no schema for a
+        // kind, it leaves validation to the server. Full schemas come with the
+        // OpenAPI work of the API server issue.
+        (Method::GET, ["openapi", "v2"]) => {
+            let mut response = hyper::Response::new(Body::new(bytes::Bytes::new()));
+            response.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static(
+                    "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+                ),
+            );
+            Ok(response)
+        }
+        (method, ["apis", g, v, "virtualclusters", rest @ ..]) if *g == GROUP && *v == VERSION => {
+            virtualclusters(ctx, method, rest, req).await
+        }
+        _ => Err(ApiError::not_found(
+            "the server could not find the requested resource",
+        )),
+    }
+}
+
+fn api_group() -> Value {
+    let gv = json!({"groupVersion": format!("{GROUP}/{VERSION}"), "version": VERSION});
+    json!({"name": GROUP, "versions": [gv], "preferredVersion": gv})
+}
+
+fn ok(body: Value) -> Response {
+    json_response(StatusCode::OK, &body)
+}
+
+async fn virtualclusters(
+    ctx: &Context,
+    method: Method,
+    rest: &[&str],
+    req: Request,
+) -> Result<Response, ApiError> {
+    match (method, rest) {
+        (Method::GET, []) => list(ctx, &req).await,
+        (Method::POST, []) => create(ctx, req).await,
+        (Method::GET, [name]) => {
+            let vc = ctx
+                .registry
+                .get(name)
+                .await?
+                .ok_or_else(|| ApiError::not_found_object(KIND, GROUP, name))?;
+            let object = present(ctx, &vc, true).await?;
+            Ok(if req.wants_table() {
+                ok(table(ctx, &[vc], &req))
+            } else {
+                ok(object)
+            })
+        }
+        (Method::DELETE, [name]) => {
+            let vc = ctx.registry.delete(name).await?;
+            tracing::info!(vc = name, uid = vc.uid(), "virtual cluster deleted");
+            Ok(ok(json!({
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Success",
+                "details": {"name": name, "group": GROUP, "kind": "virtualclusters", "uid": vc.uid()},
+            })))
+        }
+        (Method::POST, [name, "kubeconfig"]) => kubeconfig(ctx, name, req).await,
+        (method, _) => Err(ApiError {
+            code: StatusCode::METHOD_NOT_ALLOWED,
+            reason: "MethodNotAllowed",
+            message: format!(
+                "the server does not allow this method on the requested resource ({method})"
+            ),
+        }),
+    }
+}
+
+async fn create(ctx: &Context, req: Request) -> Result<Response, ApiError> {
+    let body = req.json_body()?;
+    let name = body["metadata"]["name"]
+        .as_str()
+        .ok_or_else(|| ApiError::invalid(KIND, "", "metadata.name", "name is required"))?
+        .to_owned();
+    if let Some(kind) = body.get("kind").and_then(Value::as_str) {
+        if kind != KIND {
+            return Err(ApiError::bad_request(format!(
+                "the body is a {kind}, not a {KIND}"
+            )));
+        }
+    }
+    let spec = body.get("spec").cloned().unwrap_or_else(|| json!({}));
+    if !spec.is_object() {
+        return Err(ApiError::invalid(
+            KIND,
+            &name,
+            "spec",
+            "spec must be an object",
+        ));
+    }
+    let vc = ctx.registry.create(&name, spec).await?;
+    tracing::info!(vc = %name, uid = vc.uid(), "virtual cluster created");
+    Ok(json_response(
+        StatusCode::CREATED,
+        &present(ctx, &vc, false).await?,
+    ))
+}
+
+async fn list(ctx: &Context, req: &Request) -> Result<Response, ApiError> {
+    let (vcs, revision) = ctx.registry.list().await?;
+    if req.wants_table() {
+        return Ok(ok(table(ctx, &vcs, req)));
+    }
+    let mut items = Vec::with_capacity(vcs.len());
+    for vc in &vcs {
+        items.push(present(ctx, vc, false).await?);
+    }
+    Ok(ok(json!({
+        "kind": "VirtualClusterList",
+        "apiVersion": format!("{GROUP}/{VERSION}"),
+        "metadata": {"resourceVersion": revision.to_string()},
+        "items": items,
+    })))
+}
+
+/// The VC as served: the record plus its status.
+async fn present(ctx: &Context, vc: &VirtualCluster, count: bool) -> Result<Value, ApiError> {
+    let mut object = vc.object.clone();
+    object["status"] = json!({
+        "phase": "Ready",
+        "endpoint": ctx.vc_url(vc.name()),
+        "creationTime": vc.object["metadata"]["creationTimestamp"],
+    });
+    if count {
+        object["status"]["objectCount"] = json!(ctx.registry.object_count(vc).await?);
+    }
+    Ok(object)
+}
+
+fn table(ctx: &Context, vcs: &[VirtualCluster], req: &Request) -> Value {
+    let rows: Vec<Value> = vcs
+        .iter()
+        .map(|vc| {
+            let created = vc.object["metadata"]["creationTimestamp"]
+                .as_str()
+                .unwrap_or("");
+            let mut metadata = vc.object["metadata"].clone();
+            metadata["creationTimestamp"] = json!(created);
+            json!({
+                "cells": [vc.name(), "Ready", ctx.vc_url(vc.name()), age(created)],
+                "object": {
+                    "kind": "PartialObjectMetadata",
+                    "apiVersion": "meta.k8s.io/v1",
+                    "metadata": metadata,
+                },
+            })
+        })
+        .collect();
+    let _ = req;
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": {},
+        "columnDefinitions": [
+            {"name": "Name", "type": "string", "format": "name", "description": "Name of the virtual cluster", "priority": 0},
+            {"name": "Phase", "type": "string", "format": "", "description": "Lifecycle phase", "priority": 0},
+            {"name": "Endpoint", "type": "string", "format": "", "description": "URL tenants point kubectl at", "priority": 0},
+            {"name": "Age", "type": "string", "format": "", "description": "Time since creation", "priority": 0},
+        ],
+        "rows": rows,
+    })
+}
+
+/// Ages as kubectl shows them: `45s`, `12m`, `5h`, `3d`.
+fn age(created: &str) -> String {
+    let Ok(t) =
+        time::OffsetDateTime::parse(created, &time::format_description::well_known::Rfc3339)
+    else {
+        return "<unknown>".into();
+    };
+    let secs = (time::OffsetDateTime::now_utc() - t).whole_seconds().max(0);
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+async fn kubeconfig(ctx: &Context, name: &str, req: Request) -> Result<Response, ApiError> {
+    let body = req.json_body()?;
+    let vc = ctx
+        .registry
+        .get(name)
+        .await?
+        .ok_or_else(|| ApiError::not_found_object(KIND, GROUP, name))?;
+    let user = body["user"]
+        .as_str()
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| ApiError::bad_request("user is required"))?
+        .to_owned();
+    let groups: Vec<String> = match body.get("groups") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|g| g.as_str().map(str::to_owned))
+            .collect::<Option<_>>()
+            .ok_or_else(|| ApiError::bad_request("groups must be strings"))?,
+        Some(_) => return Err(ApiError::bad_request("groups must be a list of strings")),
+    };
+    let ttl = match body.get("expirationSeconds") {
+        None | Some(Value::Null) => DEFAULT_CREDENTIAL_TTL,
+        Some(v) => match v.as_u64() {
+            Some(s) if s >= 600 && Duration::from_secs(s) <= MAX_CREDENTIAL_TTL => {
+                Duration::from_secs(s)
+            }
+            _ => {
+                return Err(ApiError::bad_request(
+                    "expirationSeconds must be between 600 and 315360000",
+                ))
+            }
+        },
+    };
+    let identity = Identity {
+        user: user.clone(),
+        groups,
+        scope: Scope::VirtualCluster {
+            uid: vc.uid().to_owned(),
+        },
+    };
+    let cred = ctx
+        .authority
+        .issue_client(&identity, ttl)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let config = crate::bootstrap::kubeconfig(
+        name,
+        &ctx.vc_url(name),
+        ctx.authority.ca_pem(),
+        &user,
+        &cred,
+    );
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({
+            "apiVersion": format!("{GROUP}/{VERSION}"),
+            "kind": "VirtualClusterKubeconfig",
+            "metadata": {"name": name},
+            "user": user,
+            "expirationSeconds": ttl.as_secs(),
+            "kubeconfig": config,
+        }),
+    ))
+}
+
+/// Whether `caller` holds an admin credential.
+pub fn is_admin(caller: &Identity) -> bool {
+    caller.scope == Scope::Admin
+}

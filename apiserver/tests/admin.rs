@@ -1,0 +1,224 @@
+//! The admin API and tenant routing, driven with the real kubectl.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use support::{kubectl, stderr, stdout, Kplex};
+
+fn admin(kplex: &Kplex, args: &[&str]) -> std::process::Output {
+    let kc = kplex.kubeconfig();
+    let mut all = vec!["--kubeconfig", kc.to_str().unwrap()];
+    all.extend_from_slice(args);
+    kubectl(&all)
+}
+
+fn create_vc(kplex: &Kplex, dir: &Path, name: &str) {
+    let file = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &file,
+        format!("apiVersion: tenancy.kplex.dev/v1alpha1\nkind: VirtualCluster\nmetadata:\n  name: {name}\n"),
+    )
+    .unwrap();
+    let o = admin(kplex, &["create", "-f", file.to_str().unwrap()]);
+    assert!(o.status.success(), "create {name}: {}", stderr(&o));
+}
+
+/// Issues a tenant kubeconfig through the admin API's kubeconfig subresource.
+fn tenant_kubeconfig(kplex: &Kplex, dir: &Path, vc: &str, user: &str) -> PathBuf {
+    let body = dir.join("kubeconfig-request.json");
+    std::fs::write(&body, format!(r#"{{"user":"{user}","groups":["dev"]}}"#)).unwrap();
+    let o = admin(
+        kplex,
+        &[
+            "create",
+            "--raw",
+            &format!("/apis/tenancy.kplex.dev/v1alpha1/virtualclusters/{vc}/kubeconfig"),
+            "-f",
+            body.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "kubeconfig for {vc}: {}", stderr(&o));
+    let response: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let path = dir.join(format!("{vc}-{user}.kubeconfig"));
+    std::fs::write(&path, response["kubeconfig"].as_str().unwrap()).unwrap();
+    path
+}
+
+fn raw_get(kubeconfig: &Path, path: &str) -> std::process::Output {
+    kubectl(&[
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "get",
+        "--raw",
+        path,
+    ])
+}
+
+#[test]
+fn admins_create_list_get_and_delete_virtualclusters_with_kubectl() {
+    let dir = tempfile::tempdir().unwrap();
+    let kplex = Kplex::start(&dir.path().join("data"));
+    create_vc(&kplex, dir.path(), "team-a");
+    create_vc(&kplex, dir.path(), "team-b");
+
+    let table = admin(&kplex, &["get", "virtualclusters"]);
+    assert!(table.status.success(), "{}", stderr(&table));
+    let text = stdout(&table);
+    let header: Vec<&str> = text.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "PHASE", "ENDPOINT", "AGE"]);
+    assert!(text.contains("team-a") && text.contains("team-b"), "{text}");
+    assert!(
+        text.contains(&format!("{}/clusters/team-a", kplex.server())),
+        "{text}"
+    );
+
+    let one = admin(&kplex, &["get", "vc", "team-a", "-o", "json"]);
+    assert!(one.status.success(), "{}", stderr(&one));
+    let vc: serde_json::Value = serde_json::from_slice(&one.stdout).unwrap();
+    assert_eq!(vc["kind"], "VirtualCluster");
+    assert_eq!(vc["status"]["phase"], "Ready");
+    assert_eq!(vc["status"]["objectCount"], 0);
+    assert_eq!(vc["metadata"]["uid"].as_str().unwrap().len(), 36);
+    assert!(vc["metadata"]["creationTimestamp"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
+
+    let again = dir.path().join("team-a.yaml");
+    let dup = admin(&kplex, &["create", "-f", again.to_str().unwrap()]);
+    assert!(!dup.status.success());
+    assert!(stderr(&dup).contains("AlreadyExists"), "{}", stderr(&dup));
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "apiVersion: tenancy.kplex.dev/v1alpha1\nkind: VirtualCluster\nmetadata:\n  name: Not_A_Label\n").unwrap();
+    let o = admin(&kplex, &["create", "-f", bad.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("is invalid"), "{}", stderr(&o));
+
+    let del = admin(&kplex, &["delete", "vc", "team-a"]);
+    assert!(del.status.success(), "{}", stderr(&del));
+    let gone = admin(&kplex, &["get", "vc", "team-a"]);
+    assert!(!gone.status.success());
+    assert!(stderr(&gone).contains("NotFound"), "{}", stderr(&gone));
+    let list = admin(&kplex, &["get", "vc", "-o", "name"]);
+    assert_eq!(
+        stdout(&list).trim(),
+        "virtualcluster.tenancy.kplex.dev/team-b"
+    );
+}
+
+#[test]
+fn a_tenant_credential_reaches_only_its_own_virtual_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let kplex = Kplex::start(&dir.path().join("data"));
+    create_vc(&kplex, dir.path(), "team-a");
+    create_vc(&kplex, dir.path(), "team-b");
+    let alice = tenant_kubeconfig(&kplex, dir.path(), "team-a", "alice");
+
+    // Its own VC: past authorization (the API itself answers 404 until it exists).
+    let own = raw_get(&alice, "/clusters/team-a/api");
+    assert!(stderr(&own).contains("NotFound"), "{}", stderr(&own));
+    let own_health = raw_get(&alice, "/clusters/team-a/readyz");
+    assert_eq!(stdout(&own_health), "ok", "{}", stderr(&own_health));
+    // Another VC, a VC that does not exist, the admin API: all 403.
+    for path in [
+        "/clusters/team-b/api",
+        "/clusters/team-b/readyz",
+        "/clusters/no-such-vc/api",
+        "/clusters/team-a0/api",
+        "/clusters//api",
+        "/apis",
+        "/apis/tenancy.kplex.dev/v1alpha1/virtualclusters",
+        "/metrics",
+    ] {
+        let o = raw_get(&alice, path);
+        assert!(!o.status.success(), "{path} must be refused");
+        assert!(stderr(&o).contains("Forbidden"), "{path}: {}", stderr(&o));
+    }
+    // An admin credential on a tenant path is refused too.
+    let o = admin(&kplex, &["get", "--raw", "/clusters/team-a/api"]);
+    assert!(stderr(&o).contains("Forbidden"), "{}", stderr(&o));
+}
+
+#[test]
+fn deleting_a_vc_revokes_its_credentials_even_when_the_name_is_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let kplex = Kplex::start(&dir.path().join("data"));
+    create_vc(&kplex, dir.path(), "team-a");
+    let alice = tenant_kubeconfig(&kplex, dir.path(), "team-a", "alice");
+    assert!(stderr(&raw_get(&alice, "/clusters/team-a/api")).contains("NotFound"));
+
+    assert!(admin(&kplex, &["delete", "vc", "team-a"]).status.success());
+    let o = raw_get(&alice, "/clusters/team-a/api");
+    assert!(stderr(&o).contains("Forbidden"), "{}", stderr(&o));
+
+    create_vc(&kplex, dir.path(), "team-a");
+    let o = raw_get(&alice, "/clusters/team-a/api");
+    assert!(
+        stderr(&o).contains("Forbidden"),
+        "an old credential must not open the new VC: {}",
+        stderr(&o)
+    );
+    let fresh = tenant_kubeconfig(&kplex, dir.path(), "team-a", "bob");
+    assert!(stderr(&raw_get(&fresh, "/clusters/team-a/api")).contains("NotFound"));
+}
+
+#[test]
+fn malformed_and_oversized_requests_get_a_status_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let kplex = Kplex::start(&dir.path().join("data"));
+    let post = |file: &Path| {
+        admin(
+            &kplex,
+            &[
+                "create",
+                "--raw",
+                "/apis/tenancy.kplex.dev/v1alpha1/virtualclusters",
+                "-f",
+                file.to_str().unwrap(),
+            ],
+        )
+    };
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "broken.json",
+            b"{\"metadata\": {\"name\": ".to_vec(),
+            "BadRequest",
+        ),
+        ("array.json", b"[1, 2]".to_vec(), "BadRequest"),
+        (
+            "deep.json",
+            format!("{}{}", "[".repeat(5000), "]".repeat(5000)).into_bytes(),
+            "BadRequest",
+        ),
+        (
+            "noname.json",
+            b"{\"kind\": \"VirtualCluster\", \"metadata\": {}}".to_vec(),
+            "is invalid",
+        ),
+        (
+            "big.json",
+            format!(
+                "{{\"metadata\":{{\"name\":\"big\"}},\"spec\":{{\"x\":\"{}\"}}}}",
+                "x".repeat(4 << 20)
+            )
+            .into_bytes(),
+            "RequestEntityTooLarge",
+        ),
+    ];
+    for (name, body, want) in cases {
+        let file = dir.path().join(name);
+        std::fs::write(&file, body).unwrap();
+        let o = post(&file);
+        assert!(!o.status.success(), "{name} must be refused");
+        assert!(stderr(&o).contains(want), "{name}: {}", stderr(&o));
+    }
+    let list = admin(&kplex, &["get", "vc", "-o", "name"]);
+    assert!(
+        list.status.success(),
+        "the server keeps serving: {}",
+        stderr(&list)
+    );
+    assert_eq!(stdout(&list).trim(), "", "nothing was stored");
+}
