@@ -71,16 +71,11 @@ pub async fn handle(ctx: &Context, req: Request) -> Result<Response, ApiError> {
         // downloads it before every create or apply; finding no schema for a
         // kind, it leaves validation to the server. Full schemas come with the
         // OpenAPI work of the API server issue.
-        (Method::GET, ["openapi", "v2"]) => {
-            let mut response = hyper::Response::new(Body::new(bytes::Bytes::new()));
-            response.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static(
-                    "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
-                ),
-            );
-            Ok(response)
-        }
+        (Method::GET, ["openapi", "v2"]) => Ok(crate::status::bytes_response(
+            StatusCode::OK,
+            "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+            bytes::Bytes::new(),
+        )),
         (method, ["apis", g, v, "virtualclusters", rest @ ..]) if *g == GROUP && *v == VERSION => {
             virtualclusters(ctx, method, rest, req).await
         }
@@ -166,6 +161,23 @@ async fn create(ctx: &Context, req: Request) -> Result<Response, ApiError> {
         ));
     }
     let vc = ctx.registry.create(&name, spec).await?;
+    // Every new VC has the four namespaces a cluster starts with.
+    let objects = crate::generic::GenericStore::new(ctx.store.clone(), vc.keyspace()?);
+    let namespaces = ctx
+        .catalog
+        .find("", "v1", "namespaces")
+        .expect("catalogued");
+    for ns in crate::generic::DEFAULT_NAMESPACES {
+        objects
+            .create(
+                &ctx.catalog,
+                namespaces,
+                None,
+                json!({"metadata": {"name": ns}}),
+                false,
+            )
+            .await?;
+    }
     tracing::info!(vc = %name, uid = vc.uid(), "virtual cluster created");
     Ok(json_response(
         StatusCode::CREATED,
@@ -239,7 +251,7 @@ fn table(ctx: &Context, vcs: &[VirtualCluster], req: &Request) -> Value {
 }
 
 /// Ages as kubectl shows them: `45s`, `12m`, `5h`, `3d`.
-fn age(created: &str) -> String {
+pub fn age(created: &str) -> String {
     let Ok(t) =
         time::OffsetDateTime::parse(created, &time::format_description::well_known::Rfc3339)
     else {

@@ -11,12 +11,13 @@ use hyper::{HeaderMap, Method, Response, StatusCode};
 use kplex_certs::{Authority, Identity, Scope};
 use kplex_storage::Store;
 use serde_json::json;
+use tracing::Instrument;
 
 use crate::status::{json_response, text_response, ApiError, Body};
 use crate::virtualclusters::Registry;
 
-/// The Kubernetes minor version kplex presents (its API is that of k8s 1.32).
-const KUBE_MINOR: &str = "32";
+/// The Kubernetes minor version kplex presents (its types are k8s-openapi's 1.33).
+const KUBE_MINOR: &str = "33";
 /// Largest request body accepted (kube-apiserver's limit is 3 MiB).
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
@@ -30,6 +31,8 @@ pub struct Context {
     pub authority: Arc<Authority>,
     /// The URL clients reach this server at (`https://host:port`).
     pub url: String,
+    /// The built-in resources every VC serves.
+    pub catalog: crate::catalog::Catalog,
 }
 
 impl Context {
@@ -45,6 +48,8 @@ pub struct Request {
     pub method: Method,
     /// The path, without the query.
     pub path: String,
+    /// The raw query string.
+    pub query: String,
     /// The headers.
     pub headers: HeaderMap,
     /// The body.
@@ -52,6 +57,13 @@ pub struct Request {
 }
 
 impl Request {
+    /// The query parameters, decoded.
+    pub fn query_pairs(&self) -> Vec<(String, String)> {
+        form_urlencoded::parse(self.query.as_bytes())
+            .into_owned()
+            .collect()
+    }
+
     /// Whether the client asked for a `meta.k8s.io` Table.
     pub fn wants_table(&self) -> bool {
         self.headers
@@ -61,8 +73,22 @@ impl Request {
             .any(|v| v.contains("as=Table"))
     }
 
-    /// The body as a JSON object (400 if it is not one).
+    /// The body as a JSON object: 415 for other media types (clients such
+    /// as kubectl then retry with JSON), 400 if it is not a JSON object.
     pub fn json_body(&self) -> Result<serde_json::Value, ApiError> {
+        let content_type = self
+            .headers
+            .get(hyper::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json");
+        let media = content_type.split(';').next().unwrap_or("").trim();
+        if !matches!(media, "application/json" | "" | "*/*") {
+            return Err(ApiError {
+                code: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                reason: "UnsupportedMediaType",
+                message: format!("the body of the request was in an unknown format - accepted media types include: application/json (got {media})"),
+            });
+        }
         let value: serde_json::Value = serde_json::from_slice(&self.body).map_err(|e| {
             ApiError::bad_request(format!("the request body is not valid JSON: {e}"))
         })?;
@@ -107,6 +133,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
     if is_public(&path) {
         return public(ctx, req.method(), &path).await;
     }
@@ -130,6 +157,7 @@ where
     let request = Request {
         method: parts.method,
         path: path.clone(),
+        query,
         headers: parts.headers,
         body,
     };
@@ -167,14 +195,14 @@ async fn tenant(
     if vc.uid() != uid {
         return Err(refused());
     }
-    let span = tracing::debug_span!("tenant", vc = name);
-    let _enter = span.enter();
     if is_public(path) {
         return public(ctx, &req.method, path).await;
     }
-    Err(ApiError::not_found(
-        "the server could not find the requested resource",
-    ))
+    let store = crate::generic::GenericStore::new(ctx.store.clone(), vc.keyspace()?);
+    let span = tracing::debug_span!("tenant", vc = name, method = %req.method, path);
+    crate::tenant::handle(&ctx.catalog, &store, path, req)
+        .instrument(span)
+        .await
 }
 
 async fn public(ctx: &Context, method: &Method, path: &str) -> Result<Response<Body>, ApiError> {

@@ -4,8 +4,12 @@
 
 pub mod admin;
 pub mod bootstrap;
+pub mod catalog;
+pub mod generic;
 pub mod handler;
+pub mod selectors;
 pub mod server;
 pub mod status;
 pub mod storage_config;
+pub mod tenant;
 pub mod virtualclusters;

@@ -1,12 +1,26 @@
 //! Kubernetes `Status` responses: the one place errors become HTTP.
 
+use std::convert::Infallible;
+
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::{Response, StatusCode};
 use serde_json::json;
 
-/// The response body type of every handler.
-pub type Body = Full<Bytes>;
+/// The response body type of every handler: whole, or streamed (watch).
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// A whole-body response with a content type.
+pub fn bytes_response(code: StatusCode, content_type: &'static str, body: Bytes) -> Response<Body> {
+    let mut response = Response::new(Full::new(body).boxed());
+    *response.status_mut() = code;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    response
+}
 
 /// A failure as Kubernetes reports it: an HTTP code, a `reason`, a message.
 #[derive(Debug, Clone)]
@@ -71,12 +85,24 @@ impl ApiError {
         }
     }
 
-    /// 409: the object already exists.
-    pub fn already_exists(kind: &str, name: &str) -> ApiError {
+    /// 409: the object already exists (`resource` as `plural[.group]`).
+    pub fn already_exists(resource: &str, name: &str) -> ApiError {
         ApiError {
             code: StatusCode::CONFLICT,
             reason: "AlreadyExists",
-            message: format!("{} \"{name}\" already exists", kind.to_lowercase()),
+            message: format!("{resource} \"{name}\" already exists"),
+        }
+    }
+
+    /// 409: the object changed since the caller read it.
+    pub fn conflict(resource: &str, name: &str) -> ApiError {
+        ApiError {
+            code: StatusCode::CONFLICT,
+            reason: "Conflict",
+            message: format!(
+                "Operation cannot be fulfilled on {resource} \"{name}\": the object has been modified; \
+                 please apply your changes to the latest version and try again"
+            ),
         }
     }
 
@@ -126,24 +152,16 @@ impl ApiError {
 
 /// A JSON response with the given status.
 pub fn json_response(code: StatusCode, body: &serde_json::Value) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
-    *response.status_mut() = code;
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    response
+    bytes_response(code, "application/json", Bytes::from(body.to_string()))
 }
 
 /// A plain-text response (health endpoints answer `ok`).
 pub fn text_response(code: StatusCode, text: &'static str) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
-    *response.status_mut() = code;
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
+    bytes_response(
+        code,
+        "text/plain; charset=utf-8",
+        Bytes::from_static(text.as_bytes()),
+    )
 }
 
 /// The one mapping from storage errors to Kubernetes `Status`.

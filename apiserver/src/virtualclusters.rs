@@ -106,7 +106,10 @@ impl Registry {
         let bytes = Bytes::from(object.to_string());
         match self.store.create(&Self::key(name)?, bytes).await {
             Ok(kv) => Ok(with_revision(object, kv.mod_revision)),
-            Err(StoreError::AlreadyExists { .. }) => Err(ApiError::already_exists(KIND, name)),
+            Err(StoreError::AlreadyExists { .. }) => Err(ApiError::already_exists(
+                &format!("{RECORDS}.{GROUP}"),
+                name,
+            )),
             Err(e) => Err(store_error(e)),
         }
     }

@@ -95,6 +95,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         store,
         authority: Arc::new(boot.authority),
         url,
+        catalog: Default::default(),
     });
     kplex_apiserver::server::serve(listener, boot.tls, ctx, wait_for_shutdown()).await;
     tracing::info!("stopped");

@@ -107,3 +107,42 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+pub fn admin(kplex: &Kplex, args: &[&str]) -> std::process::Output {
+    let kc = kplex.kubeconfig();
+    let mut all = vec!["--kubeconfig", kc.to_str().unwrap()];
+    all.extend_from_slice(args);
+    kubectl(&all)
+}
+
+pub fn create_vc(kplex: &Kplex, dir: &Path, name: &str) {
+    let file = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &file,
+        format!("apiVersion: tenancy.kplex.dev/v1alpha1\nkind: VirtualCluster\nmetadata:\n  name: {name}\n"),
+    )
+    .unwrap();
+    let o = admin(kplex, &["create", "-f", file.to_str().unwrap()]);
+    assert!(o.status.success(), "create {name}: {}", stderr(&o));
+}
+
+/// Issues a tenant kubeconfig through the admin API's kubeconfig subresource.
+pub fn tenant_kubeconfig(kplex: &Kplex, dir: &Path, vc: &str, user: &str) -> PathBuf {
+    let body = dir.join("kubeconfig-request.json");
+    std::fs::write(&body, format!(r#"{{"user":"{user}","groups":["dev"]}}"#)).unwrap();
+    let o = admin(
+        kplex,
+        &[
+            "create",
+            "--raw",
+            &format!("/apis/tenancy.kplex.dev/v1alpha1/virtualclusters/{vc}/kubeconfig"),
+            "-f",
+            body.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "kubeconfig for {vc}: {}", stderr(&o));
+    let response: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let path = dir.join(format!("{vc}-{user}.kubeconfig"));
+    std::fs::write(&path, response["kubeconfig"].as_str().unwrap()).unwrap();
+    path
+}

@@ -1,0 +1,545 @@
+//! The generic store: get, list, create, update, delete and watch for every
+//! catalogued kind of one VC, on JSON objects. What differs per kind comes
+//! from its [`ResourceInfo`] row; no handler is written per kind.
+//!
+//! Objects are stored without `metadata.resourceVersion`: it is the storage
+//! revision (`mod_revision`) and is filled in on the way out.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use bytes::Bytes;
+use kplex_storage::{Key, KeyPrefix, RangeRequest, Revision, Store, StoreError, TenantKeyspace};
+use rand::Rng;
+use serde_json::{json, Map, Value};
+
+use crate::catalog::{Catalog, ResourceInfo};
+use crate::selectors::{FieldSelector, LabelSelector};
+use crate::status::{from_store, ApiError};
+
+/// The namespaces every new VC has.
+pub const DEFAULT_NAMESPACES: &[&str] =
+    &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+/// Options of a list (and of a watch's initial state).
+#[derive(Debug, Default)]
+pub struct ListOptions {
+    /// Label selector.
+    pub labels: LabelSelector,
+    /// Field selector.
+    pub fields: FieldSelector,
+    /// Page size; 0 for all.
+    pub limit: usize,
+    /// Continue token from the previous page.
+    pub continue_token: Option<String>,
+}
+
+/// One page of a list.
+pub struct ListPage {
+    /// The objects.
+    pub items: Vec<Value>,
+    /// The revision the list is consistent at.
+    pub revision: Revision,
+    /// Token for the next page.
+    pub continue_token: Option<String>,
+}
+
+/// The objects of one VC.
+pub struct GenericStore {
+    store: Arc<dyn Store>,
+    keyspace: TenantKeyspace,
+}
+
+/// The namespace a request addresses, if the resource is namespaced.
+pub type Namespace<'a> = Option<&'a str>;
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .expect("zero nanoseconds is valid")
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("RFC 3339 formatting")
+}
+
+/// Checks a name as Kubernetes does for the kind: DNS-1123 label for
+/// namespaces and services, DNS-1123 subdomain otherwise.
+pub fn validate_name(info: &ResourceInfo, name: &str) -> Result<(), ApiError> {
+    let (max, label) = if info.name_is_label() {
+        (63, true)
+    } else {
+        (253, false)
+    };
+    let allowed =
+        |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || (!label && b == b'.');
+    let edges = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let ok = !name.is_empty()
+        && name.len() <= max
+        && name.bytes().all(allowed)
+        && edges(name.as_bytes().first())
+        && edges(name.as_bytes().last())
+        && !name.contains("..");
+    if ok {
+        return Ok(());
+    }
+    let rule = if label {
+        "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character"
+    } else {
+        "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
+    };
+    Err(ApiError::invalid(info.kind, name, "metadata.name", rule))
+}
+
+fn object_of(kv: &kplex_storage::KeyValue) -> Result<Value, ApiError> {
+    let mut object: Value = serde_json::from_slice(&kv.value)
+        .map_err(|e| ApiError::internal(format!("corrupt object at {}: {e}", kv.key)))?;
+    object["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
+    Ok(object)
+}
+
+fn encode(object: &Value) -> Bytes {
+    let mut stored = object.clone();
+    if let Some(meta) = stored.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("resourceVersion");
+    }
+    Bytes::from(stored.to_string())
+}
+
+impl GenericStore {
+    /// The store of the VC with this keyspace.
+    pub fn new(store: Arc<dyn Store>, keyspace: TenantKeyspace) -> GenericStore {
+        GenericStore { store, keyspace }
+    }
+
+    fn key(&self, info: &ResourceInfo, ns: Namespace<'_>, name: &str) -> Result<Key, ApiError> {
+        self.keyspace
+            .object_key(info.group, info.plural, ns, name)
+            .map_err(from_store)
+    }
+
+    fn prefix(&self, info: &ResourceInfo, ns: Namespace<'_>) -> Result<KeyPrefix, ApiError> {
+        match ns {
+            Some(ns) => self.keyspace.namespace_prefix(info.group, info.plural, ns),
+            None => self.keyspace.resource_prefix(info.group, info.plural),
+        }
+        .map_err(from_store)
+    }
+
+    fn not_found(info: &ResourceInfo, name: &str) -> ApiError {
+        ApiError {
+            code: hyper::StatusCode::NOT_FOUND,
+            reason: "NotFound",
+            message: format!("{} \"{name}\" not found", info.qualified()),
+        }
+    }
+
+    /// One object.
+    pub async fn get(
+        &self,
+        info: &ResourceInfo,
+        ns: Namespace<'_>,
+        name: &str,
+    ) -> Result<Value, ApiError> {
+        validate_name(info, name).map_err(|_| Self::not_found(info, name))?;
+        match self
+            .store
+            .get(&self.key(info, ns, name)?)
+            .await
+            .map_err(from_store)?
+        {
+            Some(kv) => object_of(&kv),
+            None => Err(Self::not_found(info, name)),
+        }
+    }
+
+    /// A page of objects (`ns` None: across namespaces).
+    pub async fn list(
+        &self,
+        info: &ResourceInfo,
+        ns: Namespace<'_>,
+        opts: &ListOptions,
+    ) -> Result<ListPage, ApiError> {
+        let prefix = self.prefix(info, ns)?;
+        let (mut after, mut revision) = (None, None);
+        if let Some(token) = &opts.continue_token {
+            let (rev, key) = self.decode_continue(info, token)?;
+            after = Some(key);
+            revision = Some(rev);
+        }
+        let mut items = Vec::new();
+        loop {
+            // Selectors filter after the read, so read in pages until the
+            // caller's page is full or the range ends.
+            let want = if opts.limit == 0 {
+                None
+            } else {
+                Some(opts.limit - items.len())
+            };
+            let page = self
+                .store
+                .range(RangeRequest {
+                    prefix: prefix.clone(),
+                    after: after.clone(),
+                    limit: want,
+                    revision,
+                })
+                .await
+                .map_err(|e| match e {
+                    StoreError::Compacted { .. } => ApiError {
+                        code: hyper::StatusCode::GONE,
+                        reason: "Expired",
+                        message: "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.".into(),
+                    },
+                    e => from_store(e),
+                })?;
+            revision = Some(page.revision);
+            after = page.kvs.last().map(|kv| kv.key.clone());
+            for kv in &page.kvs {
+                let object = object_of(kv)?;
+                if opts.labels.matches(&object["metadata"]["labels"])
+                    && opts.fields.matches(&object)
+                {
+                    items.push(object);
+                }
+            }
+            let full = opts.limit != 0 && items.len() >= opts.limit;
+            if !page.more || full {
+                let revision = page.revision;
+                let continue_token = match (&after, page.more) {
+                    (Some(last), true) => Some(self.encode_continue(revision, last)),
+                    _ => None,
+                };
+                return Ok(ListPage {
+                    items,
+                    revision,
+                    continue_token,
+                });
+            }
+        }
+    }
+
+    fn encode_continue(&self, revision: Revision, last: &Key) -> String {
+        let parts = TenantKeyspace::parse(last);
+        let token = json!({
+            "rv": revision.get(),
+            "ns": parts.as_ref().and_then(|p| p.namespace),
+            "name": parts.as_ref().map(|p| p.name),
+        });
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token.to_string())
+    }
+
+    /// A continue token names a position by namespace and name only; the key
+    /// is rebuilt through this VC's keyspace, so a forged token can never
+    /// point outside it.
+    fn decode_continue(
+        &self,
+        info: &ResourceInfo,
+        token: &str,
+    ) -> Result<(Revision, Key), ApiError> {
+        let bad = || ApiError::bad_request("continue key is not valid");
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|_| bad())?;
+        let value: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+        let rev = value["rv"].as_u64().ok_or_else(bad)?;
+        let name = value["name"].as_str().ok_or_else(bad)?;
+        let ns = value["ns"].as_str();
+        if ns.is_some() != info.namespaced {
+            return Err(bad());
+        }
+        let key = self
+            .keyspace
+            .object_key(info.group, info.plural, ns, name)
+            .map_err(|_| bad())?;
+        Ok((Revision::new(rev), key))
+    }
+
+    async fn require_namespace(&self, catalog: &Catalog, ns: &str) -> Result<(), ApiError> {
+        let info = catalog
+            .find("", "v1", "namespaces")
+            .expect("namespaces are catalogued");
+        match self.get(info, None, ns).await {
+            Ok(object) if object["status"]["phase"] == "Terminating" => {
+                Err(ApiError::forbidden(format!(
+                    "unable to create new content in namespace {ns} because it is being terminated"
+                )))
+            }
+            Ok(_) => Ok(()),
+            Err(e) if e.code == hyper::StatusCode::NOT_FOUND => Err(Self::not_found(info, ns)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates an object from a client's body.
+    pub async fn create(
+        &self,
+        catalog: &Catalog,
+        info: &ResourceInfo,
+        ns: Namespace<'_>,
+        mut object: Value,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        check_type(info, &mut object)?;
+        let meta = object["metadata"].as_object_mut().expect("checked");
+        if let Some(ns) = ns {
+            match meta.get("namespace").and_then(Value::as_str) {
+                None | Some("") => {
+                    meta.insert("namespace".into(), json!(ns));
+                }
+                Some(other) if other != ns => {
+                    return Err(ApiError::bad_request(
+                        "the namespace of the provided object does not match the namespace sent on the request",
+                    ))
+                }
+                Some(_) => {}
+            }
+        } else {
+            meta.remove("namespace");
+        }
+        let explicit = meta
+            .get("name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned);
+        let generate = meta
+            .get("generateName")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        for field in [
+            "resourceVersion",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
+        ] {
+            meta.remove(field);
+        }
+        meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+        meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
+        if info.tracks_generation() {
+            meta.insert("generation".into(), json!(1));
+        } else {
+            meta.remove("generation");
+        }
+        if info.plural == "namespaces" && info.group.is_empty() {
+            object["spec"] = json!({"finalizers": ["kubernetes"]});
+            object["status"] = json!({"phase": "Active"});
+        }
+        if let Some(ns) = ns {
+            self.require_namespace(catalog, ns).await?;
+        }
+        // generateName: five random characters, retried on collision.
+        let attempts = if explicit.is_some() { 1 } else { 8 };
+        for _ in 0..attempts {
+            let name = match (&explicit, &generate) {
+                (Some(name), _) => name.clone(),
+                (None, Some(prefix)) => format!("{prefix}{}", random_suffix()),
+                (None, None) => {
+                    return Err(ApiError::invalid(
+                        info.kind,
+                        "",
+                        "metadata.name",
+                        "name or generateName is required",
+                    ))
+                }
+            };
+            validate_name(info, &name)?;
+            object["metadata"]["name"] = json!(name);
+            let key = self.key(info, ns, &name)?;
+            if dry_run {
+                if self.store.get(&key).await.map_err(from_store)?.is_some() {
+                    return Err(ApiError::already_exists(&info.qualified(), &name));
+                }
+                return Ok(object);
+            }
+            match self.store.create(&key, encode(&object)).await {
+                Ok(kv) => {
+                    object["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
+                    return Ok(object);
+                }
+                Err(StoreError::AlreadyExists { .. }) if explicit.is_none() => continue,
+                Err(StoreError::AlreadyExists { .. }) => {
+                    return Err(ApiError::already_exists(&info.qualified(), &name))
+                }
+                Err(e) => return Err(from_store(e)),
+            }
+        }
+        Err(ApiError::already_exists(
+            &info.qualified(),
+            "generated name",
+        ))
+    }
+
+    /// Replaces an object (PUT). A `resourceVersion` in the body must match
+    /// (409 otherwise); without one the update is unconditional.
+    pub async fn update(
+        &self,
+        info: &ResourceInfo,
+        ns: Namespace<'_>,
+        name: &str,
+        mut object: Value,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        check_type(info, &mut object)?;
+        if object["metadata"]["name"].as_str() != Some(name) {
+            return Err(ApiError::bad_request(
+                "the name of the object does not match the name on the URL",
+            ));
+        }
+        let key = self.key(info, ns, name)?;
+        let current = self
+            .store
+            .get(&key)
+            .await
+            .map_err(from_store)?
+            .ok_or_else(|| Self::not_found(info, name))?;
+        let expected = match object["metadata"]["resourceVersion"].as_str() {
+            Some(rv) => Revision::new(
+                rv.parse()
+                    .map_err(|_| ApiError::bad_request("invalid resourceVersion"))?,
+            ),
+            None => current.mod_revision,
+        };
+        if expected != current.mod_revision {
+            return Err(ApiError::conflict(&info.qualified(), name));
+        }
+        let old = object_of(&current)?;
+        let meta = object["metadata"].as_object_mut().expect("checked");
+        // Server-owned metadata is kept from the stored object.
+        for field in ["uid", "creationTimestamp", "namespace", "deletionTimestamp"] {
+            match old["metadata"].get(field) {
+                Some(v) => meta.insert(field.into(), v.clone()),
+                None => meta.remove(field),
+            };
+        }
+        if info.tracks_generation() {
+            let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
+            let spec_changed = object.get("spec") != old.get("spec");
+            object["metadata"]["generation"] = json!(if spec_changed {
+                generation + 1
+            } else {
+                generation
+            });
+        } else if let Some(meta) = object["metadata"].as_object_mut() {
+            meta.remove("generation");
+        }
+        if dry_run {
+            return Ok(object);
+        }
+        match self.store.update(&key, encode(&object), expected).await {
+            Ok(kv) => {
+                object["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
+                Ok(object)
+            }
+            Err(StoreError::Conflict { .. }) => Err(ApiError::conflict(&info.qualified(), name)),
+            Err(StoreError::NotFound { .. }) => Err(Self::not_found(info, name)),
+            Err(e) => Err(from_store(e)),
+        }
+    }
+
+    /// Deletes an object and returns it. Deleting a namespace deletes
+    /// everything in it.
+    pub async fn delete(
+        &self,
+        catalog: &Catalog,
+        info: &ResourceInfo,
+        ns: Namespace<'_>,
+        name: &str,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        validate_name(info, name).map_err(|_| Self::not_found(info, name))?;
+        let key = self.key(info, ns, name)?;
+        let current = self
+            .store
+            .get(&key)
+            .await
+            .map_err(from_store)?
+            .ok_or_else(|| Self::not_found(info, name))?;
+        let object = object_of(&current)?;
+        if dry_run {
+            return Ok(object);
+        }
+        if info.plural == "namespaces" && info.group.is_empty() {
+            for inner in catalog.all().iter().filter(|r| r.namespaced) {
+                self.store
+                    .delete_range(&self.prefix(inner, Some(name))?)
+                    .await
+                    .map_err(from_store)?;
+            }
+        }
+        match self.store.delete(&key, current.mod_revision).await {
+            Ok(_) => Ok(object),
+            Err(StoreError::NotFound { .. }) => Err(Self::not_found(info, name)),
+            Err(StoreError::Conflict { .. }) => Err(ApiError::conflict(&info.qualified(), name)),
+            Err(e) => Err(from_store(e)),
+        }
+    }
+
+    /// The prefix a watch of `info` in `ns` covers.
+    pub fn watch_prefix(
+        &self,
+        info: &ResourceInfo,
+        ns: Namespace<'_>,
+    ) -> Result<KeyPrefix, ApiError> {
+        self.prefix(info, ns)
+    }
+
+    /// The backend.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+}
+
+/// Decodes a stored value as the watch sends it.
+pub fn decode_watched(kv: &kplex_storage::KeyValue) -> Result<Value, ApiError> {
+    object_of(kv)
+}
+
+/// Checks `apiVersion`/`kind` (filling them in when absent) and that
+/// `metadata` is an object.
+fn check_type(info: &ResourceInfo, object: &mut Value) -> Result<(), ApiError> {
+    let Some(map) = object.as_object_mut() else {
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
+    };
+    let api_version = info.api_version();
+    match map.get("apiVersion").and_then(Value::as_str) {
+        None => {
+            map.insert("apiVersion".into(), json!(api_version));
+        }
+        Some(v) if v == api_version => {}
+        Some(v) => {
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({v}) does not match the expected API version ({api_version})"
+            )))
+        }
+    }
+    match map.get("kind").and_then(Value::as_str) {
+        None => {
+            map.insert("kind".into(), json!(info.kind));
+        }
+        Some(k) if k == info.kind => {}
+        Some(k) => {
+            return Err(ApiError::bad_request(format!(
+                "the kind in the data ({k}) does not match the expected kind ({})",
+                info.kind
+            )))
+        }
+    }
+    match map.get("metadata") {
+        None => {
+            map.insert("metadata".into(), Value::Object(Map::new()));
+        }
+        Some(Value::Object(_)) => {}
+        Some(_) => return Err(ApiError::bad_request("metadata must be an object")),
+    }
+    Ok(())
+}
+
+fn random_suffix() -> String {
+    // The alphabet kube-apiserver uses: no vowels, no look-alikes.
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::rng();
+    (0..5)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}

@@ -1,0 +1,217 @@
+//! Label and field selectors, parsed as kube-apiserver parses them.
+
+use serde_json::Value;
+
+use crate::status::ApiError;
+
+#[derive(Debug, Clone, PartialEq)]
+enum Op {
+    Equals(String),
+    NotEquals(String),
+    In(Vec<String>),
+    NotIn(Vec<String>),
+    Exists,
+    DoesNotExist,
+}
+
+/// A parsed label selector: every requirement must hold.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LabelSelector(Vec<(String, Op)>);
+
+/// Splits on commas outside parentheses.
+fn split_top_level(s: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut depth, mut start) = (0i32, 0);
+    for (i, c) in s.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&s[start..]);
+    parts
+}
+
+fn valid_key(k: &str) -> bool {
+    !k.is_empty()
+        && k.len() <= 317
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+}
+
+fn valid_value(v: &str) -> bool {
+    v.len() <= 63
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn bad(selector: &str, why: &str) -> ApiError {
+    ApiError::bad_request(format!("unable to parse requirement: {selector:?}: {why}"))
+}
+
+impl LabelSelector {
+    /// Parses `a=b,c!=d,e in (f,g),!h,i`.
+    pub fn parse(s: &str) -> Result<LabelSelector, ApiError> {
+        let mut reqs = Vec::new();
+        if s.trim().is_empty() {
+            return Ok(LabelSelector(reqs));
+        }
+        for part in split_top_level(s) {
+            let part = part.trim();
+            let (key, op) = if let Some(k) = part.strip_prefix('!') {
+                (k.trim(), Op::DoesNotExist)
+            } else if let Some((k, v)) = part.split_once("!=") {
+                (k.trim(), Op::NotEquals(v.trim().to_owned()))
+            } else if let Some((k, v)) = part.split_once("==") {
+                (k.trim(), Op::Equals(v.trim().to_owned()))
+            } else if let Some((k, v)) = part.split_once('=') {
+                (k.trim(), Op::Equals(v.trim().to_owned()))
+            } else if let Some((k, rest)) = part.split_once(" notin ") {
+                (k.trim(), Op::NotIn(set(part, rest)?))
+            } else if let Some((k, rest)) = part.split_once(" in ") {
+                (k.trim(), Op::In(set(part, rest)?))
+            } else {
+                (part, Op::Exists)
+            };
+            if !valid_key(key) {
+                return Err(bad(part, "invalid label key"));
+            }
+            let values_ok = match &op {
+                Op::Equals(v) | Op::NotEquals(v) => valid_value(v),
+                Op::In(vs) | Op::NotIn(vs) => vs.iter().all(|v| valid_value(v)),
+                _ => true,
+            };
+            if !values_ok {
+                return Err(bad(part, "invalid label value"));
+            }
+            reqs.push((key.to_owned(), op));
+        }
+        Ok(LabelSelector(reqs))
+    }
+
+    /// Whether an object with these labels matches.
+    pub fn matches(&self, labels: &Value) -> bool {
+        self.0.iter().all(|(key, op)| {
+            let value = labels.get(key).and_then(Value::as_str);
+            match op {
+                Op::Equals(v) => value == Some(v.as_str()),
+                Op::NotEquals(v) => value != Some(v.as_str()),
+                Op::In(vs) => value.is_some_and(|x| vs.iter().any(|v| v == x)),
+                Op::NotIn(vs) => !value.is_some_and(|x| vs.iter().any(|v| v == x)),
+                Op::Exists => value.is_some(),
+                Op::DoesNotExist => value.is_none(),
+            }
+        })
+    }
+}
+
+fn set(part: &str, rest: &str) -> Result<Vec<String>, ApiError> {
+    let inner = rest
+        .trim()
+        .strip_prefix('(')
+        .and_then(|r| r.strip_suffix(')'))
+        .ok_or_else(|| bad(part, "expected a parenthesised set"))?;
+    Ok(inner
+        .split(',')
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .collect())
+}
+
+/// A parsed field selector over the fields every kind supports.
+#[derive(Debug, Clone, Default)]
+pub struct FieldSelector(Vec<(String, bool, String)>);
+
+impl FieldSelector {
+    /// Parses `metadata.name=x,metadata.namespace!=y`; other fields are a 400,
+    /// as kube-apiserver answers for fields a kind does not index.
+    pub fn parse(s: &str, kind: &str) -> Result<FieldSelector, ApiError> {
+        let mut reqs = Vec::new();
+        if s.trim().is_empty() {
+            return Ok(FieldSelector(reqs));
+        }
+        for part in s.split(',') {
+            let (field, equal, value) = if let Some((f, v)) = part.split_once("!=") {
+                (f, false, v)
+            } else if let Some((f, v)) = part.split_once("==") {
+                (f, true, v)
+            } else if let Some((f, v)) = part.split_once('=') {
+                (f, true, v)
+            } else {
+                return Err(ApiError::bad_request(format!(
+                    "invalid field selector: {part:?}"
+                )));
+            };
+            let field = field.trim();
+            if !matches!(field, "metadata.name" | "metadata.namespace") {
+                return Err(ApiError::bad_request(format!(
+                    "field label not supported: {field} (for {kind})"
+                )));
+            }
+            reqs.push((field.to_owned(), equal, value.trim().to_owned()));
+        }
+        Ok(FieldSelector(reqs))
+    }
+
+    /// Whether the object matches.
+    pub fn matches(&self, object: &Value) -> bool {
+        self.0.iter().all(|(field, equal, value)| {
+            let actual = match field.as_str() {
+                "metadata.name" => object["metadata"]["name"].as_str().unwrap_or(""),
+                _ => object["metadata"]["namespace"].as_str().unwrap_or(""),
+            };
+            (actual == value) == *equal
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn label_selectors_match_as_kubernetes_does() {
+        let labels = json!({"app": "web", "tier": "front"});
+        let cases = [
+            ("", true),
+            ("app=web", true),
+            ("app==web", true),
+            ("app!=web", false),
+            ("app=db", false),
+            ("app in (db, web)", true),
+            ("app notin (db,web)", false),
+            ("tier", true),
+            ("!tier", false),
+            ("!missing", true),
+            ("missing!=x", true),
+            ("app=web,tier=back", false),
+            ("app in (web),tier notin (back)", true),
+        ];
+        for (selector, want) in cases {
+            let parsed = LabelSelector::parse(selector).unwrap();
+            assert_eq!(parsed.matches(&labels), want, "{selector}");
+        }
+        for bad in ["app=we b", "a b c", "app in web", "=x", "app in (a b)"] {
+            assert!(LabelSelector::parse(bad).is_err(), "{bad} must be refused");
+        }
+    }
+
+    #[test]
+    fn field_selectors_know_name_and_namespace_only() {
+        let obj = json!({"metadata": {"name": "a", "namespace": "ns"}});
+        assert!(FieldSelector::parse("metadata.name=a", "Pod")
+            .unwrap()
+            .matches(&obj));
+        assert!(!FieldSelector::parse("metadata.namespace!=ns", "Pod")
+            .unwrap()
+            .matches(&obj));
+        assert!(FieldSelector::parse("spec.bogus=x", "Pod").is_err());
+        assert!(FieldSelector::parse("nonsense", "Pod").is_err());
+    }
+}

@@ -1,0 +1,448 @@
+//! The Kubernetes API of one VC: discovery, and every catalogued resource
+//! through the generic store.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper::{Method, Response, StatusCode};
+use kplex_storage::{Event, Revision, WatchEvent};
+use serde_json::{json, Value};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::catalog::{Catalog, ResourceInfo, VERBS};
+use crate::generic::{decode_watched, GenericStore, ListOptions, Namespace};
+use crate::handler::Request;
+use crate::selectors::{FieldSelector, LabelSelector};
+use crate::status::{bytes_response, from_store, json_response, ApiError, Body};
+
+/// Longest watch when the client sets no `timeoutSeconds` (kube picks 30–60 min).
+const MAX_WATCH: Duration = Duration::from_secs(1800);
+
+/// Serves `path` (below `/clusters/<vc>`) for this VC.
+pub async fn handle(
+    catalog: &Catalog,
+    store: &GenericStore,
+    path: &str,
+    req: &Request,
+) -> Result<Response<Body>, ApiError> {
+    let segments: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let not_found = || ApiError::not_found("the server could not find the requested resource");
+    match segments.as_slice() {
+        ["api"] if req.method == Method::GET => Ok(ok(json!({
+            "kind": "APIVersions",
+            "versions": ["v1"],
+            "serverAddressByClientCIDRs": [],
+        }))),
+        ["apis"] if req.method == Method::GET => Ok(ok(group_list(catalog))),
+        ["apis", group] if req.method == Method::GET => {
+            let g = group_list(catalog);
+            let found = g["groups"]
+                .as_array()
+                .and_then(|gs| gs.iter().find(|x| x["name"] == *group).cloned());
+            let mut found = found.ok_or_else(not_found)?;
+            found["kind"] = json!("APIGroup");
+            found["apiVersion"] = json!("v1");
+            Ok(ok(found))
+        }
+        ["openapi", "v2"] if req.method == Method::GET => Ok(bytes_response(
+            StatusCode::OK,
+            "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+            Bytes::new(),
+        )),
+        ["api", "v1"] if req.method == Method::GET => Ok(ok(resource_list(catalog, "", "v1"))),
+        ["apis", group, version] if req.method == Method::GET => {
+            if !catalog.group_versions().contains(&(*group, *version)) {
+                return Err(not_found());
+            }
+            Ok(ok(resource_list(catalog, group, version)))
+        }
+        ["api", "v1", rest @ ..] => resource(catalog, store, "", "v1", rest, req).await,
+        ["apis", group, version, rest @ ..] => {
+            resource(catalog, store, group, version, rest, req).await
+        }
+        _ => Err(not_found()),
+    }
+}
+
+fn ok(body: Value) -> Response<Body> {
+    json_response(StatusCode::OK, &body)
+}
+
+fn group_list(catalog: &Catalog) -> Value {
+    let mut groups: Vec<Value> = Vec::new();
+    for (group, version) in catalog.group_versions() {
+        if group.is_empty() {
+            continue;
+        }
+        let gv = json!({"groupVersion": format!("{group}/{version}"), "version": version});
+        match groups.iter_mut().find(|g| g["name"] == group) {
+            Some(g) => g["versions"].as_array_mut().expect("array").push(gv),
+            None => groups
+                .push(json!({"name": group, "versions": [gv.clone()], "preferredVersion": gv})),
+        }
+    }
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+}
+
+fn resource_list(catalog: &Catalog, group: &str, version: &str) -> Value {
+    let resources: Vec<Value> = catalog
+        .all()
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+        .map(|r| {
+            json!({
+                "name": r.plural,
+                "singularName": r.singular(),
+                "namespaced": r.namespaced,
+                "kind": r.kind,
+                "verbs": VERBS,
+                "shortNames": r.short_names,
+                "categories": r.categories,
+            })
+        })
+        .collect();
+    let gv = if group.is_empty() {
+        version.to_owned()
+    } else {
+        format!("{group}/{version}")
+    };
+    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources})
+}
+
+/// Where a resource path points.
+struct Target<'a> {
+    info: &'a ResourceInfo,
+    namespace: Option<&'a str>,
+    name: Option<&'a str>,
+}
+
+fn target<'a>(
+    catalog: &'a Catalog,
+    group: &str,
+    version: &str,
+    rest: &[&'a str],
+) -> Result<Target<'a>, ApiError> {
+    let not_found = || ApiError::not_found("the server could not find the requested resource");
+    let find = |plural: &str| catalog.find(group, version, plural).ok_or_else(not_found);
+    let t = match rest {
+        [plural] => Target {
+            info: find(plural)?,
+            namespace: None,
+            name: None,
+        },
+        ["namespaces", ns, plural] if group.is_empty() || *plural != "namespaces" => {
+            let info = find(plural)?;
+            if !info.namespaced {
+                return Err(not_found());
+            }
+            Target {
+                info,
+                namespace: Some(ns),
+                name: None,
+            }
+        }
+        ["namespaces", ns, plural, name] => {
+            let info = find(plural)?;
+            if !info.namespaced {
+                return Err(not_found());
+            }
+            Target {
+                info,
+                namespace: Some(ns),
+                name: Some(name),
+            }
+        }
+        [plural, name] => {
+            let info = find(plural)?;
+            if info.namespaced {
+                return Err(not_found());
+            }
+            Target {
+                info,
+                namespace: None,
+                name: Some(name),
+            }
+        }
+        _ => return Err(not_found()),
+    };
+    Ok(t)
+}
+
+async fn resource(
+    catalog: &Catalog,
+    store: &GenericStore,
+    group: &str,
+    version: &str,
+    rest: &[&str],
+    req: &Request,
+) -> Result<Response<Body>, ApiError> {
+    let t = target(catalog, group, version, rest)?;
+    let query = req.query_pairs();
+    let q = |k: &str| {
+        query
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
+    let dry_run = match q("dryRun") {
+        None | Some("") => false,
+        Some("All") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "unsupported dryRun value {other:?}"
+            )))
+        }
+    };
+    match (&req.method, t.name) {
+        (&Method::GET, None) => {
+            let opts = ListOptions {
+                labels: LabelSelector::parse(q("labelSelector").unwrap_or(""))?,
+                fields: FieldSelector::parse(q("fieldSelector").unwrap_or(""), t.info.kind)?,
+                limit: match q("limit") {
+                    None | Some("") => 0,
+                    Some(l) => l
+                        .parse()
+                        .map_err(|_| ApiError::bad_request("limit must be a number"))?,
+                },
+                continue_token: q("continue").filter(|c| !c.is_empty()).map(str::to_owned),
+            };
+            if matches!(q("watch"), Some("1" | "true")) {
+                let timeout = q("timeoutSeconds")
+                    .and_then(|s| s.parse().ok())
+                    .map(Duration::from_secs);
+                return watch(
+                    store,
+                    t.info,
+                    t.namespace,
+                    opts,
+                    q("resourceVersion"),
+                    timeout,
+                )
+                .await;
+            }
+            let page = store.list(t.info, t.namespace, &opts).await?;
+            if req.wants_table() {
+                return Ok(ok(table(t.info, &page.items)));
+            }
+            let mut metadata = json!({"resourceVersion": page.revision.to_string()});
+            if let Some(c) = page.continue_token {
+                metadata["continue"] = json!(c);
+            }
+            Ok(ok(json!({
+                "kind": format!("{}List", t.info.kind),
+                "apiVersion": t.info.api_version(),
+                "metadata": metadata,
+                "items": page.items,
+            })))
+        }
+        (&Method::GET, Some(name)) => {
+            let object = store.get(t.info, t.namespace, name).await?;
+            Ok(if req.wants_table() {
+                ok(table(t.info, &[object]))
+            } else {
+                ok(object)
+            })
+        }
+        (&Method::POST, None) => {
+            if t.info.namespaced && t.namespace.is_none() {
+                return Err(ApiError::not_found(
+                    "the server could not find the requested resource",
+                ));
+            }
+            let object = store
+                .create(catalog, t.info, t.namespace, req.json_body()?, dry_run)
+                .await?;
+            Ok(json_response(StatusCode::CREATED, &object))
+        }
+        (&Method::PUT, Some(name)) => {
+            let object = store
+                .update(t.info, t.namespace, name, req.json_body()?, dry_run)
+                .await?;
+            Ok(ok(object))
+        }
+        (&Method::DELETE, Some(name)) => {
+            let object = store
+                .delete(catalog, t.info, t.namespace, name, dry_run)
+                .await?;
+            Ok(ok(json!({
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Success",
+                "details": {
+                    "name": name,
+                    "group": t.info.group,
+                    "kind": t.info.plural,
+                    "uid": object["metadata"]["uid"],
+                },
+            })))
+        }
+        (method, _) => Err(ApiError {
+            code: StatusCode::METHOD_NOT_ALLOWED,
+            reason: "MethodNotAllowed",
+            message: format!(
+                "the server does not allow this method on the requested resource ({method})"
+            ),
+        }),
+    }
+}
+
+/// A Table as kubectl prints it: NAME (STATUS for namespaces) AGE.
+fn table(info: &ResourceInfo, items: &[Value]) -> Value {
+    let is_namespace = info.group.is_empty() && info.plural == "namespaces";
+    let mut columns = vec![
+        json!({"name": "Name", "type": "string", "format": "name", "description": "Name", "priority": 0}),
+    ];
+    if is_namespace {
+        columns.push(json!({"name": "Status", "type": "string", "format": "", "description": "Phase", "priority": 0}));
+    }
+    columns.push(json!({"name": "Age", "type": "string", "format": "", "description": "Time since creation", "priority": 0}));
+    let rows: Vec<Value> = items
+        .iter()
+        .map(|o| {
+            let meta = &o["metadata"];
+            let mut cells = vec![meta["name"].clone()];
+            if is_namespace {
+                cells.push(o["status"]["phase"].clone());
+            }
+            cells.push(json!(crate::admin::age(meta["creationTimestamp"].as_str().unwrap_or(""))));
+            json!({
+                "cells": cells,
+                "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": meta},
+            })
+        })
+        .collect();
+    json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {}, "columnDefinitions": columns, "rows": rows})
+}
+
+fn watch_line(kind: &str, object: &Value) -> Bytes {
+    let mut line = json!({"type": kind, "object": object}).to_string();
+    line.push('\n');
+    Bytes::from(line)
+}
+
+/// A watch: newline-delimited JSON events, flushed per event. Without a
+/// `resourceVersion` (or `0`) the current objects come first as ADDED.
+async fn watch(
+    store: &GenericStore,
+    info: &ResourceInfo,
+    ns: Namespace<'_>,
+    opts: ListOptions,
+    resource_version: Option<&str>,
+    timeout: Option<Duration>,
+) -> Result<Response<Body>, ApiError> {
+    let mut initial = Vec::new();
+    let from = match resource_version {
+        None | Some("") | Some("0") => {
+            let page = store
+                .list(
+                    info,
+                    ns,
+                    &ListOptions {
+                        labels: opts.labels.clone(),
+                        fields: opts.fields.clone(),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            initial = page.items;
+            page.revision
+        }
+        Some(rv) => Revision::new(
+            rv.parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?,
+        ),
+    };
+    let prefix = store.watch_prefix(info, ns)?;
+    let mut events = match store.store().watch(&prefix, from).await {
+        Ok(w) => Some(w),
+        Err(kplex_storage::StoreError::Compacted { .. }) => None,
+        Err(e) => return Err(from_store(e)),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let deadline = tokio::time::Instant::now() + timeout.unwrap_or(MAX_WATCH).min(MAX_WATCH);
+    tokio::spawn(async move {
+        for object in &initial {
+            if tx.send(watch_line("ADDED", object)).await.is_err() {
+                return;
+            }
+        }
+        let Some(events) = events.as_mut() else {
+            let gone = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": "too old resource version", "reason": "Expired", "code": 410});
+            let _ = tx.send(watch_line("ERROR", &gone)).await;
+            return;
+        };
+        loop {
+            let next = tokio::select! {
+                _ = tx.closed() => return,
+                _ = tokio::time::sleep_until(deadline) => return,
+                next = events.next() => next,
+            };
+            let line = match next {
+                Some(Ok(WatchEvent::Change(event))) => match to_watch_event(&event, &opts) {
+                    Some(line) => line,
+                    None => continue,
+                },
+                Some(Ok(WatchEvent::Progress(_))) => continue,
+                Some(Err(kplex_storage::StoreError::Compacted { .. })) => {
+                    let gone = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                        "message": "too old resource version", "reason": "Expired", "code": 410});
+                    watch_line("ERROR", &gone)
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "watch ended by storage");
+                    return;
+                }
+                None => return,
+            };
+            if tx.send(line).await.is_err() {
+                return;
+            }
+        }
+    });
+    let body =
+        StreamBody::new(ReceiverStream::new(rx).map(|b| Ok::<_, Infallible>(Frame::data(b))));
+    let mut response = Response::new(BodyExt::boxed(body));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}
+
+/// The event as a client sees it, or `None` if the selectors exclude it.
+/// An object that stops matching is reported as DELETED.
+fn to_watch_event(event: &Event, opts: &ListOptions) -> Option<Bytes> {
+    let matches =
+        |o: &Value| opts.labels.matches(&o["metadata"]["labels"]) && opts.fields.matches(o);
+    match event {
+        Event::Put { kv, prev } => {
+            let object = decode_watched(kv).ok()?;
+            let before = prev.as_ref().and_then(|p| decode_watched(p).ok());
+            let was = before.as_ref().is_some_and(matches);
+            match (was, matches(&object)) {
+                (_, true) if before.is_none() || !was => Some(watch_line("ADDED", &object)),
+                (true, true) => Some(watch_line("MODIFIED", &object)),
+                (true, false) => Some(watch_line("DELETED", &object)),
+                _ => None,
+            }
+        }
+        Event::Delete { prev, revision } => {
+            let mut object = decode_watched(prev).ok()?;
+            if !matches(&object) {
+                return None;
+            }
+            object["metadata"]["resourceVersion"] = json!(revision.to_string());
+            Some(watch_line("DELETED", &object))
+        }
+    }
+}

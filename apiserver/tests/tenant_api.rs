@@ -1,0 +1,419 @@
+//! The Kubernetes API inside a VC, driven with the real kubectl.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::{create_vc, kubectl, stderr, stdout, tenant_kubeconfig, Kplex};
+
+fn k(kubeconfig: &Path, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["--kubeconfig", kubeconfig.to_str().unwrap()];
+    all.extend_from_slice(args);
+    kubectl(&all)
+}
+
+fn ok(kubeconfig: &Path, args: &[&str]) -> String {
+    let o = k(kubeconfig, args);
+    assert!(o.status.success(), "kubectl {args:?}: {}", stderr(&o));
+    stdout(&o)
+}
+
+fn fails_with(kubeconfig: &Path, args: &[&str], want: &str) {
+    let o = k(kubeconfig, args);
+    assert!(!o.status.success(), "kubectl {args:?} must fail");
+    assert!(
+        stderr(&o).contains(want),
+        "kubectl {args:?}: {}",
+        stderr(&o)
+    );
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+const MANIFEST: &str = "apiVersion: v1
+kind: Namespace
+metadata:
+  name: demo
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: web
+  namespace: demo
+  labels: {app: web}
+data:
+  greeting: hello
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: db
+  namespace: demo
+  labels: {app: db}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: demo
+  labels: {app: web}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: web, image: nginx}]
+";
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    kplex: Kplex,
+    path: std::path::PathBuf,
+}
+
+fn setup(vcs: &[&str]) -> (Setup, Vec<std::path::PathBuf>) {
+    let dir = tempfile::tempdir().unwrap();
+    let kplex = Kplex::start(&dir.path().join("data"));
+    let mut configs = Vec::new();
+    for vc in vcs {
+        create_vc(&kplex, dir.path(), vc);
+        configs.push(tenant_kubeconfig(&kplex, dir.path(), vc, "alice"));
+    }
+    let path = dir.path().to_owned();
+    (
+        Setup {
+            _dir: dir,
+            kplex,
+            path,
+        },
+        configs,
+    )
+}
+
+#[test]
+fn kubectl_manages_objects_inside_a_virtual_cluster() {
+    let (s, configs) = setup(&["team-a"]);
+    let kc = &configs[0];
+    let ns = ok(kc, &["get", "namespaces", "-o", "name"]);
+    for default in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(ns.contains(&format!("namespace/{default}")), "{ns}");
+    }
+    let manifest = write(&s.path, "manifest.yaml", MANIFEST);
+    ok(kc, &["create", "-f", &manifest]);
+
+    let table = ok(kc, &["-n", "demo", "get", "configmaps"]);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "AGE"]);
+    let cm: serde_json::Value =
+        serde_json::from_str(&ok(kc, &["-n", "demo", "get", "cm", "web", "-o", "json"])).unwrap();
+    assert_eq!(cm["data"]["greeting"], "hello");
+    assert_eq!(cm["metadata"]["uid"].as_str().unwrap().len(), 36);
+    assert!(cm["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse::<u64>()
+        .is_ok());
+    assert!(
+        cm["metadata"].get("generation").is_none(),
+        "ConfigMaps have no generation"
+    );
+    let deploy: serde_json::Value = serde_json::from_str(&ok(
+        kc,
+        &["-n", "demo", "get", "deploy", "web", "-o", "json"],
+    ))
+    .unwrap();
+    assert_eq!(deploy["metadata"]["generation"], 1);
+    assert_eq!(
+        ok(
+            kc,
+            &[
+                "-n",
+                "demo",
+                "get",
+                "cm",
+                "web",
+                "-o",
+                "jsonpath={.data.greeting}"
+            ]
+        ),
+        "hello"
+    );
+
+    // Selectors.
+    assert_eq!(
+        ok(
+            kc,
+            &["-n", "demo", "get", "cm", "-l", "app=web", "-o", "name"]
+        )
+        .trim(),
+        "configmap/web"
+    );
+    assert_eq!(
+        ok(
+            kc,
+            &["-n", "demo", "get", "cm", "-l", "app!=web", "-o", "name"]
+        )
+        .trim(),
+        "configmap/db"
+    );
+    assert_eq!(
+        ok(
+            kc,
+            &[
+                "-n",
+                "demo",
+                "get",
+                "cm",
+                "-l",
+                "app in (db,web)",
+                "-o",
+                "name"
+            ]
+        )
+        .lines()
+        .count(),
+        2
+    );
+    assert_eq!(
+        ok(
+            kc,
+            &[
+                "get",
+                "cm",
+                "-A",
+                "--field-selector",
+                "metadata.name=db",
+                "-o",
+                "name"
+            ]
+        )
+        .trim(),
+        "configmap/db"
+    );
+    fails_with(
+        kc,
+        &["-n", "demo", "get", "cm", "--field-selector", "spec.nope=x"],
+        "field label not supported",
+    );
+    fails_with(
+        kc,
+        &["-n", "demo", "get", "cm", "-l", "a b c"],
+        "unable to parse",
+    );
+
+    // Errors a user meets.
+    fails_with(kc, &["create", "-f", &manifest], "AlreadyExists");
+    fails_with(kc, &["-n", "demo", "get", "cm", "missing"], "NotFound");
+    let bad = write(
+        &s.path,
+        "bad.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: Bad_Name, namespace: demo}\n",
+    );
+    fails_with(kc, &["create", "-f", &bad], "is invalid");
+    let orphan = write(
+        &s.path,
+        "orphan.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x, namespace: nowhere}\n",
+    );
+    fails_with(
+        kc,
+        &["create", "-f", &orphan],
+        "namespaces \"nowhere\" not found",
+    );
+
+    // Replace (PUT): applies with the current resourceVersion, 409 with a stale one.
+    let current = ok(kc, &["-n", "demo", "get", "cm", "web", "-o", "json"]);
+    let mut edited: serde_json::Value = serde_json::from_str(&current).unwrap();
+    edited["data"]["greeting"] = "bonjour".into();
+    let edited_file = write(&s.path, "edited.json", &edited.to_string());
+    ok(kc, &["replace", "-f", &edited_file]);
+    assert_eq!(
+        ok(
+            kc,
+            &[
+                "-n",
+                "demo",
+                "get",
+                "cm",
+                "web",
+                "-o",
+                "jsonpath={.data.greeting}"
+            ]
+        ),
+        "bonjour"
+    );
+    fails_with(
+        kc,
+        &["replace", "-f", &edited_file],
+        "the object has been modified",
+    );
+
+    // Delete, and a namespace takes its contents with it.
+    ok(kc, &["-n", "demo", "delete", "cm", "db"]);
+    fails_with(kc, &["-n", "demo", "get", "cm", "db"], "NotFound");
+    ok(kc, &["delete", "namespace", "demo"]);
+    assert_eq!(ok(kc, &["get", "cm,deploy", "-A", "-o", "name"]).trim(), "");
+    let resources = ok(kc, &["api-resources", "-o", "name"]);
+    for r in [
+        "configmaps",
+        "deployments.apps",
+        "cronjobs.batch",
+        "leases.coordination.k8s.io",
+    ] {
+        assert!(
+            resources.lines().any(|l| l == r),
+            "{r} missing from {resources}"
+        );
+    }
+    drop(s.kplex);
+}
+
+#[test]
+fn two_virtual_clusters_hold_the_same_names_without_seeing_each_other() {
+    let (s, configs) = setup(&["team-a", "team-b"]);
+    let (a, b) = (&configs[0], &configs[1]);
+    for (kc, value) in [(a, "from-a"), (b, "from-b")] {
+        let file = write(
+            &s.path,
+            &format!("{value}.yaml"),
+            &format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: shared, namespace: default}}\ndata: {{owner: {value}}}\n"),
+        );
+        ok(kc, &["create", "-f", &file]);
+    }
+    assert_eq!(
+        ok(a, &["get", "cm", "shared", "-o", "jsonpath={.data.owner}"]),
+        "from-a"
+    );
+    assert_eq!(
+        ok(b, &["get", "cm", "shared", "-o", "jsonpath={.data.owner}"]),
+        "from-b"
+    );
+    assert_eq!(
+        ok(a, &["get", "cm", "-A", "-o", "name"]).trim(),
+        "configmap/shared"
+    );
+    ok(a, &["delete", "cm", "shared"]);
+    assert_eq!(
+        ok(b, &["get", "cm", "shared", "-o", "jsonpath={.data.owner}"]),
+        "from-b"
+    );
+    // A's credential pointed at B's URL is refused.
+    let o = kubectl(&[
+        "--kubeconfig",
+        a.to_str().unwrap(),
+        "--server",
+        &format!("{}/clusters/team-b", s.kplex.server()),
+        "get",
+        "cm",
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("Forbidden"), "{}", stderr(&o));
+    // Deleting VC A leaves B whole.
+    let admin = s.kplex.kubeconfig();
+    assert!(kubectl(&[
+        "--kubeconfig",
+        admin.to_str().unwrap(),
+        "delete",
+        "vc",
+        "team-a"
+    ])
+    .status
+    .success());
+    assert_eq!(
+        ok(b, &["get", "cm", "shared", "-o", "jsonpath={.data.owner}"]),
+        "from-b"
+    );
+}
+
+#[test]
+fn lists_paginate_and_forged_continue_tokens_are_refused() {
+    let (s, configs) = setup(&["team-a"]);
+    let kc = &configs[0];
+    let mut docs = String::new();
+    for i in 0..7 {
+        docs.push_str(&format!(
+            "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm{i}, namespace: default}}\n"
+        ));
+    }
+    ok(kc, &["create", "-f", &write(&s.path, "many.yaml", &docs)]);
+    // kubectl fetches in pages of two and stitches them together.
+    let names = ok(kc, &["get", "cm", "--chunk-size=2", "-o", "name"]);
+    assert_eq!(names.lines().count(), 7, "{names}");
+    let page: serde_json::Value = serde_json::from_str(&ok(
+        kc,
+        &[
+            "get",
+            "--raw",
+            "/clusters/team-a/api/v1/namespaces/default/configmaps?limit=3",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(page["items"].as_array().unwrap().len(), 3);
+    assert!(page["metadata"]["continue"].as_str().is_some());
+    for forged in ["garbage", "eyJydiI6MSwibnMiOiIuLiIsIm5hbWUiOiJ4In0"] {
+        let o = k(kc, &["get", "--raw", &format!("/clusters/team-a/api/v1/namespaces/default/configmaps?limit=3&continue={forged}")]);
+        assert!(!o.status.success(), "{forged}");
+        assert!(stderr(&o).contains("continue"), "{}", stderr(&o));
+    }
+}
+
+#[test]
+fn kubectl_get_watch_sees_a_change_made_by_another_client() {
+    let (s, configs) = setup(&["team-a"]);
+    let kc = &configs[0];
+    let bin = std::env::var("KPLEX_KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    let mut watcher = Command::new(bin)
+        .args([
+            "--kubeconfig",
+            kc.to_str().unwrap(),
+            "get",
+            "cm",
+            "-w",
+            "-o",
+            "name",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = watcher.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // Once kubectl prints the object that existed before, its list is done
+    // and its watch starts from the list's resourceVersion: anything created
+    // now can only reach it through the watch.
+    let cm = |name: &str| {
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: default}}\n")
+    };
+    ok(
+        kc,
+        &["create", "-f", &write(&s.path, "b.yaml", &cm("before"))],
+    );
+    let listed = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("kubectl -w listed nothing");
+    assert_eq!(listed, "configmap/before");
+    ok(
+        kc,
+        &["create", "-f", &write(&s.path, "w.yaml", &cm("watched"))],
+    );
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("kubectl -w saw nothing");
+    assert_eq!(line, "configmap/watched");
+    ok(kc, &["delete", "cm", "watched"]);
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+}
