@@ -6,7 +6,9 @@ use k8s_openapi::api::{apps, batch, coordination, core, events, networking, poli
 use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope, Resource};
 
 /// Verbs every catalogued resource serves.
-pub const VERBS: &[&str] = &["create", "delete", "get", "list", "update", "watch"];
+pub const VERBS: &[&str] = &[
+    "create", "delete", "get", "list", "patch", "update", "watch",
+];
 
 /// One resource kind as the API serves it.
 #[derive(Debug, Clone)]

@@ -401,7 +401,73 @@ impl GenericStore {
         if expected != current.mod_revision {
             return Err(ApiError::conflict(&info.qualified(), name));
         }
-        let old = object_of(&current)?;
+        self.write_update(info, name, &key, &current, object, dry_run)
+            .await
+    }
+
+    /// Applies a patch to the stored object. Without a `resourceVersion`
+    /// in the patch, a write that races another is retried on the newer
+    /// object, as kube-apiserver does.
+    pub async fn patch(
+        &self,
+        info: &ResourceInfo,
+        ns: Namespace<'_>,
+        name: &str,
+        kind: crate::patch::PatchType,
+        body: &[u8],
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        validate_name(info, name).map_err(|_| Self::not_found(info, name))?;
+        let key = self.key(info, ns, name)?;
+        for _ in 0..8 {
+            let current = self
+                .store
+                .get(&key)
+                .await
+                .map_err(from_store)?
+                .ok_or_else(|| Self::not_found(info, name))?;
+            let old = object_of(&current)?;
+            let mut patched = crate::patch::apply(&old, kind, body)?;
+            check_type(info, &mut patched)?;
+            if patched["metadata"]["name"].as_str() != Some(name) {
+                return Err(ApiError::invalid(
+                    info.kind,
+                    name,
+                    "metadata.name",
+                    "field is immutable",
+                ));
+            }
+            let precondition = patched["metadata"]["resourceVersion"]
+                .as_str()
+                .map(str::to_owned);
+            if let Some(rv) = &precondition {
+                if *rv != current.mod_revision.to_string() {
+                    return Err(ApiError::conflict(&info.qualified(), name));
+                }
+            }
+            match self
+                .write_update(info, name, &key, &current, patched, dry_run)
+                .await
+            {
+                Err(e) if e.reason == "Conflict" && precondition.is_none() => continue,
+                other => return other,
+            }
+        }
+        Err(ApiError::conflict(&info.qualified(), name))
+    }
+
+    /// Writes `object` over `current`, keeping server-owned metadata and
+    /// counting spec changes in `generation`.
+    async fn write_update(
+        &self,
+        info: &ResourceInfo,
+        name: &str,
+        key: &Key,
+        current: &kplex_storage::KeyValue,
+        mut object: Value,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        let old = object_of(current)?;
         let meta = object["metadata"].as_object_mut().expect("checked");
         // Server-owned metadata is kept from the stored object.
         for field in ["uid", "creationTimestamp", "namespace", "deletionTimestamp"] {
@@ -424,7 +490,11 @@ impl GenericStore {
         if dry_run {
             return Ok(object);
         }
-        match self.store.update(&key, encode(&object), expected).await {
+        match self
+            .store
+            .update(key, encode(&object), current.mod_revision)
+            .await
+        {
             Ok(kv) => {
                 object["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
                 Ok(object)

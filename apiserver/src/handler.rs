@@ -73,16 +73,26 @@ impl Request {
             .any(|v| v.contains("as=Table"))
     }
 
-    /// The body as a JSON object: 415 for other media types (clients such
-    /// as kubectl then retry with JSON), 400 if it is not a JSON object.
-    pub fn json_body(&self) -> Result<serde_json::Value, ApiError> {
+    /// The media type of the body (`application/json` when unstated).
+    pub fn media_type(&self) -> String {
         let content_type = self
             .headers
             .get(hyper::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("application/json");
-        let media = content_type.split(';').next().unwrap_or("").trim();
-        if !matches!(media, "application/json" | "" | "*/*") {
+        content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_owned()
+    }
+
+    /// The body as a JSON object: 415 for other media types (clients such
+    /// as kubectl then retry with JSON), 400 if it is not a JSON object.
+    pub fn json_body(&self) -> Result<serde_json::Value, ApiError> {
+        let media = self.media_type();
+        if !matches!(media.as_str(), "application/json" | "" | "*/*") {
             return Err(ApiError {
                 code: StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 reason: "UnsupportedMediaType",

@@ -268,6 +268,14 @@ async fn resource(
                 .await?;
             Ok(ok(object))
         }
+        (&Method::PATCH, Some(name)) => {
+            let media = req.media_type();
+            let kind = crate::patch::PatchType::from_media_type(&media)?;
+            let object = store
+                .patch(t.info, t.namespace, name, kind, &req.body, dry_run)
+                .await?;
+            Ok(ok(object))
+        }
         (&Method::DELETE, Some(name)) => {
             let object = store
                 .delete(catalog, t.info, t.namespace, name, dry_run)

@@ -417,3 +417,171 @@ fn kubectl_get_watch_sees_a_change_made_by_another_client() {
     let _ = watcher.kill();
     let _ = watcher.wait();
 }
+
+#[test]
+fn apply_label_annotate_and_every_patch_type_work_like_a_real_cluster() {
+    let (s, configs) = setup(&["team-a"]);
+    let kc = &configs[0];
+    let manifest = write(&s.path, "manifest.yaml", MANIFEST);
+    let first = ok(kc, &["apply", "-f", &manifest]);
+    assert!(first.contains("deployment.apps/web created"), "{first}");
+    let second = ok(kc, &["apply", "-f", &manifest]);
+    assert_eq!(second.matches("unchanged").count(), 4, "{second}");
+    // Edit one container's image and re-apply: a strategic merge patch.
+    let edited = write(
+        &s.path,
+        "edited.yaml",
+        &MANIFEST.replace("image: nginx", "image: nginx:1.27"),
+    );
+    let third = ok(kc, &["apply", "-f", &edited]);
+    assert!(third.contains("deployment.apps/web configured"), "{third}");
+    let jp = |args: &[&str]| ok(kc, args);
+    assert_eq!(
+        jp(&[
+            "-n",
+            "demo",
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image} {.metadata.generation}"
+        ]),
+        "nginx:1.27 2"
+    );
+
+    ok(kc, &["-n", "demo", "label", "cm", "web", "tier=front"]);
+    ok(kc, &["-n", "demo", "annotate", "cm", "web", "note=hi"]);
+    assert_eq!(
+        jp(&[
+            "-n",
+            "demo",
+            "get",
+            "cm",
+            "web",
+            "-o",
+            "jsonpath={.metadata.labels.tier} {.metadata.annotations.note}"
+        ]),
+        "front hi"
+    );
+    ok(kc, &["-n", "demo", "label", "cm", "web", "tier-"]);
+    assert_eq!(
+        jp(&["-n", "demo", "get", "cm", "-l", "tier", "-o", "name"]).trim(),
+        ""
+    );
+
+    ok(
+        kc,
+        &[
+            "-n",
+            "demo",
+            "patch",
+            "cm",
+            "web",
+            "--type=merge",
+            "-p",
+            r#"{"data":{"x":"1"}}"#,
+        ],
+    );
+    ok(
+        kc,
+        &[
+            "-n",
+            "demo",
+            "patch",
+            "cm",
+            "web",
+            "--type=json",
+            "-p",
+            r#"[{"op":"add","path":"/data/y","value":"2"}]"#,
+        ],
+    );
+    assert_eq!(
+        jp(&[
+            "-n",
+            "demo",
+            "get",
+            "cm",
+            "web",
+            "-o",
+            "jsonpath={.data.greeting}{.data.x}{.data.y}"
+        ]),
+        "hello12"
+    );
+    // Strategic (kubectl's default): the container list merges by name.
+    ok(
+        kc,
+        &[
+            "-n",
+            "demo",
+            "patch",
+            "deploy",
+            "web",
+            "-p",
+            r#"{"spec":{"template":{"spec":{"containers":[{"name":"sidecar","image":"busybox"}]}}}}"#,
+        ],
+    );
+    assert_eq!(
+        jp(&[
+            "-n",
+            "demo",
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[*].name}"
+        ]),
+        "web sidecar"
+    );
+    // A failing JSON patch test op, and a patch that renames: refused, nothing changed.
+    fails_with(
+        kc,
+        &[
+            "-n",
+            "demo",
+            "patch",
+            "cm",
+            "web",
+            "--type=json",
+            "-p",
+            r#"[{"op":"test","path":"/data/x","value":"no"}]"#,
+        ],
+        "could not be applied",
+    );
+    fails_with(
+        kc,
+        &[
+            "-n",
+            "demo",
+            "patch",
+            "cm",
+            "web",
+            "--type=merge",
+            "-p",
+            r#"{"metadata":{"name":"other"}}"#,
+        ],
+        "immutable",
+    );
+    assert_eq!(
+        jp(&["-n", "demo", "get", "cm", "web", "-o", "jsonpath={.data.x}"]),
+        "1"
+    );
+    // dryRun changes nothing.
+    ok(
+        kc,
+        &[
+            "-n",
+            "demo",
+            "patch",
+            "cm",
+            "web",
+            "--dry-run=server",
+            "--type=merge",
+            "-p",
+            r#"{"data":{"x":"dry"}}"#,
+        ],
+    );
+    assert_eq!(
+        jp(&["-n", "demo", "get", "cm", "web", "-o", "jsonpath={.data.x}"]),
+        "1"
+    );
+}
