@@ -174,7 +174,7 @@ async fn create(ctx: &Context, req: Request) -> Result<Response, ApiError> {
                 namespaces,
                 None,
                 json!({"metadata": {"name": ns}}),
-                false,
+                Default::default(),
             )
             .await?;
     }

@@ -27,6 +27,23 @@ pub struct ResourceInfo {
     pub short_names: &'static [&'static str],
     /// Categories (`all`).
     pub categories: &'static [&'static str],
+    /// Decodes an object into its k8s-openapi type and encodes it again, as
+    /// kube-apiserver does with its Go types: the object without the fields
+    /// the type does not know, and those fields' paths.
+    pub decode: fn(&[u8]) -> Result<(serde_json::Value, Vec<String>), String>,
+}
+
+/// Round-trips `bytes` through `T`, collecting the fields `T` ignores.
+fn decode_as<T>(bytes: &[u8]) -> Result<(serde_json::Value, Vec<String>), String>
+where
+    T: serde::de::DeserializeOwned + serde::Serialize,
+{
+    let mut unknown = Vec::new();
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let typed: T = serde_ignored::deserialize(&mut de, |path| unknown.push(path.to_string()))
+        .map_err(|e| e.to_string())?;
+    let value = serde_json::to_value(&typed).map_err(|e| e.to_string())?;
+    Ok((value, unknown))
 }
 
 impl ResourceInfo {
@@ -84,7 +101,7 @@ impl ScopeFlag for ClusterResourceScope {
 
 fn row<T>(short_names: &'static [&'static str], categories: &'static [&'static str]) -> ResourceInfo
 where
-    T: Resource,
+    T: Resource + serde::de::DeserializeOwned + serde::Serialize,
     T::Scope: ScopeFlag,
 {
     ResourceInfo {
@@ -95,6 +112,7 @@ where
         namespaced: <T::Scope as ScopeFlag>::NAMESPACED,
         short_names,
         categories,
+        decode: decode_as::<T>,
     }
 }
 

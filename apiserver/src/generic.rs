@@ -21,6 +21,15 @@ use crate::status::{from_store, ApiError};
 pub const DEFAULT_NAMESPACES: &[&str] =
     &["default", "kube-system", "kube-public", "kube-node-lease"];
 
+/// Options of a write.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriteOptions {
+    /// `dryRun=All`: validate, store nothing.
+    pub dry_run: bool,
+    /// `fieldValidation`.
+    pub validation: FieldValidation,
+}
+
 /// Options of a list (and of a watch's initial state).
 #[derive(Debug, Default)]
 pub struct ListOptions {
@@ -276,9 +285,11 @@ impl GenericStore {
         info: &ResourceInfo,
         ns: Namespace<'_>,
         mut object: Value,
-        dry_run: bool,
+        write: WriteOptions,
     ) -> Result<Value, ApiError> {
+        let dry_run = write.dry_run;
         check_type(info, &mut object)?;
+        validate(info, &mut object, write.validation)?;
         let meta = object["metadata"].as_object_mut().expect("checked");
         if let Some(ns) = ns {
             match meta.get("namespace").and_then(Value::as_str) {
@@ -376,9 +387,11 @@ impl GenericStore {
         ns: Namespace<'_>,
         name: &str,
         mut object: Value,
-        dry_run: bool,
+        write: WriteOptions,
     ) -> Result<Value, ApiError> {
+        let dry_run = write.dry_run;
         check_type(info, &mut object)?;
+        validate(info, &mut object, write.validation)?;
         if object["metadata"]["name"].as_str() != Some(name) {
             return Err(ApiError::bad_request(
                 "the name of the object does not match the name on the URL",
@@ -415,8 +428,9 @@ impl GenericStore {
         name: &str,
         kind: crate::patch::PatchType,
         body: &[u8],
-        dry_run: bool,
+        write: WriteOptions,
     ) -> Result<Value, ApiError> {
+        let dry_run = write.dry_run;
         validate_name(info, name).map_err(|_| Self::not_found(info, name))?;
         let key = self.key(info, ns, name)?;
         for _ in 0..8 {
@@ -429,6 +443,7 @@ impl GenericStore {
             let old = object_of(&current)?;
             let mut patched = crate::patch::apply(&old, kind, body)?;
             check_type(info, &mut patched)?;
+            validate(info, &mut patched, write.validation)?;
             if patched["metadata"]["name"].as_str() != Some(name) {
                 return Err(ApiError::invalid(
                     info.kind,
@@ -561,6 +576,62 @@ impl GenericStore {
 /// Decodes a stored value as the watch sends it.
 pub fn decode_watched(kv: &kplex_storage::KeyValue) -> Result<Value, ApiError> {
     object_of(kv)
+}
+
+/// How to treat fields the kind's type does not know (`fieldValidation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FieldValidation {
+    /// Drop them silently.
+    Ignore,
+    /// Drop them (kube-apiserver's default also warns).
+    #[default]
+    Warn,
+    /// Refuse the request (kubectl's default).
+    Strict,
+}
+
+impl FieldValidation {
+    /// Parses the query parameter.
+    pub fn parse(value: Option<&str>) -> Result<FieldValidation, ApiError> {
+        match value {
+            None | Some("") | Some("Warn") => Ok(FieldValidation::Warn),
+            Some("Ignore") => Ok(FieldValidation::Ignore),
+            Some("Strict") => Ok(FieldValidation::Strict),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "fieldValidation must be one of Ignore, Warn, Strict (got {other:?})"
+            ))),
+        }
+    }
+}
+
+/// Decodes the object into its k8s-openapi type and back, as kube-apiserver
+/// decodes into its Go type: a malformed object is a 400; unknown fields are
+/// a 400 under `Strict` and dropped otherwise.
+pub fn validate(
+    info: &ResourceInfo,
+    object: &mut Value,
+    mode: FieldValidation,
+) -> Result<(), ApiError> {
+    let bytes = serde_json::to_vec(object).map_err(|e| ApiError::internal(e.to_string()))?;
+    let (decoded, unknown) = (info.decode)(&bytes).map_err(|e| {
+        ApiError::bad_request(format!(
+            "{kind} in version \"{version}\" cannot be handled as a {kind}: {e}",
+            kind = info.kind,
+            version = info.version
+        ))
+    })?;
+    if mode == FieldValidation::Strict && !unknown.is_empty() {
+        let fields: Vec<String> = unknown
+            .iter()
+            .map(|f| format!("unknown field \"{f}\""))
+            .collect();
+        return Err(ApiError::bad_request(format!(
+            "strict decoding error: {}",
+            fields.join(", ")
+        )));
+    }
+    *object = decoded;
+    Ok(())
 }
 
 /// Checks `apiVersion`/`kind` (filling them in when absent) and that

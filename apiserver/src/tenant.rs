@@ -14,7 +14,9 @@ use serde_json::{json, Value};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::catalog::{Catalog, ResourceInfo, VERBS};
-use crate::generic::{decode_watched, GenericStore, ListOptions, Namespace};
+use crate::generic::{
+    decode_watched, FieldValidation, GenericStore, ListOptions, Namespace, WriteOptions,
+};
 use crate::handler::Request;
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::status::{bytes_response, from_store, json_response, ApiError, Body};
@@ -201,6 +203,10 @@ async fn resource(
             )))
         }
     };
+    let write = WriteOptions {
+        dry_run,
+        validation: FieldValidation::parse(q("fieldValidation"))?,
+    };
     match (&req.method, t.name) {
         (&Method::GET, None) => {
             let opts = ListOptions {
@@ -258,13 +264,13 @@ async fn resource(
                 ));
             }
             let object = store
-                .create(catalog, t.info, t.namespace, req.json_body()?, dry_run)
+                .create(catalog, t.info, t.namespace, req.json_body()?, write)
                 .await?;
             Ok(json_response(StatusCode::CREATED, &object))
         }
         (&Method::PUT, Some(name)) => {
             let object = store
-                .update(t.info, t.namespace, name, req.json_body()?, dry_run)
+                .update(t.info, t.namespace, name, req.json_body()?, write)
                 .await?;
             Ok(ok(object))
         }
@@ -272,7 +278,7 @@ async fn resource(
             let media = req.media_type();
             let kind = crate::patch::PatchType::from_media_type(&media)?;
             let object = store
-                .patch(t.info, t.namespace, name, kind, &req.body, dry_run)
+                .patch(t.info, t.namespace, name, kind, &req.body, write)
                 .await?;
             Ok(ok(object))
         }

@@ -229,6 +229,34 @@ fn kubectl_manages_objects_inside_a_virtual_cluster() {
         "namespaces \"nowhere\" not found",
     );
 
+    // kubectl validates strictly by default: unknown fields are refused;
+    // malformed values and bad YAML too. Without validation the unknown field
+    // is dropped, as the built-in types drop it.
+    let unknown = write(
+        &s.path,
+        "unknown.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: u, namespace: demo}\nbogus: 1\n",
+    );
+    fails_with(kc, &["create", "-f", &unknown], "unknown field \"bogus\"");
+    ok(kc, &["create", "--validate=false", "-f", &unknown]);
+    assert!(!ok(kc, &["-n", "demo", "get", "cm", "u", "-o", "json"]).contains("bogus"));
+    let malformed = write(&s.path, "malformed.yaml", "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: m, namespace: demo}\nspec: {replicas: three}\n");
+    fails_with(
+        kc,
+        &["create", "-f", &malformed],
+        "cannot be handled as a Deployment",
+    );
+    let broken = write(
+        &s.path,
+        "broken.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x\n",
+    );
+    fails_with(
+        kc,
+        &["create", "-f", &broken],
+        "error converting YAML to JSON",
+    );
+
     // Replace (PUT): applies with the current resourceVersion, 409 with a stale one.
     let current = ok(kc, &["-n", "demo", "get", "cm", "web", "-o", "json"]);
     let mut edited: serde_json::Value = serde_json::from_str(&current).unwrap();
