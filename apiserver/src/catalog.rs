@@ -30,11 +30,15 @@ pub struct ResourceInfo {
     /// Decodes an object into its k8s-openapi type and encodes it again, as
     /// kube-apiserver does with its Go types: the object without the fields
     /// the type does not know, and those fields' paths.
-    pub decode: fn(&[u8]) -> Result<(serde_json::Value, Vec<String>), String>,
+    pub decode: fn(&[u8]) -> Decoded,
 }
 
+/// An object round-tripped through its type, with the unknown fields'
+/// paths; or the type error.
+pub type Decoded = Result<(serde_json::Value, Vec<String>), String>;
+
 /// Round-trips `bytes` through `T`, collecting the fields `T` ignores.
-fn decode_as<T>(bytes: &[u8]) -> Result<(serde_json::Value, Vec<String>), String>
+fn decode_as<T>(bytes: &[u8]) -> Decoded
 where
     T: serde::de::DeserializeOwned + serde::Serialize,
 {
