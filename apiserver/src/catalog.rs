@@ -83,6 +83,28 @@ impl ResourceInfo {
         )
     }
 
+    /// Whether the kind has a `status` subresource.
+    pub fn has_status(&self) -> bool {
+        matches!(
+            (self.group, self.plural),
+            (
+                "",
+                "namespaces" | "pods" | "services" | "persistentvolumeclaims" | "resourcequotas"
+            ) | ("apps", _)
+                | ("batch", _)
+                | ("networking.k8s.io", "ingresses")
+                | ("policy", "poddisruptionbudgets")
+        )
+    }
+
+    /// Whether the kind has a `scale` subresource.
+    pub fn has_scale(&self) -> bool {
+        matches!(
+            (self.group, self.plural),
+            ("apps", "deployments" | "statefulsets" | "replicasets")
+        )
+    }
+
     /// Whether object names must be DNS-1123 labels (else subdomains).
     pub fn name_is_label(&self) -> bool {
         matches!(

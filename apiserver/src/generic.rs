@@ -28,6 +28,9 @@ pub struct WriteOptions {
     pub dry_run: bool,
     /// `fieldValidation`.
     pub validation: FieldValidation,
+    /// A write to the `status` subresource: only `status` changes. (Writes
+    /// to the main resource keep the stored `status`.)
+    pub status: bool,
 }
 
 /// Options of a list (and of a watch's initial state).
@@ -333,6 +336,9 @@ impl GenericStore {
         if info.plural == "namespaces" && info.group.is_empty() {
             object["spec"] = json!({"finalizers": ["kubernetes"]});
             object["status"] = json!({"phase": "Active"});
+        } else if info.has_status() {
+            // Status is the controllers' to write, through /status.
+            set_or_remove(&mut object, "status", None);
         }
         if let Some(ns) = ns {
             self.require_namespace(catalog, ns).await?;
@@ -389,7 +395,6 @@ impl GenericStore {
         mut object: Value,
         write: WriteOptions,
     ) -> Result<Value, ApiError> {
-        let dry_run = write.dry_run;
         check_type(info, &mut object)?;
         validate(info, &mut object, write.validation)?;
         if object["metadata"]["name"].as_str() != Some(name) {
@@ -414,7 +419,7 @@ impl GenericStore {
         if expected != current.mod_revision {
             return Err(ApiError::conflict(&info.qualified(), name));
         }
-        self.write_update(info, name, &key, &current, object, dry_run)
+        self.write_update(info, name, &key, &current, object, write)
             .await
     }
 
@@ -430,7 +435,6 @@ impl GenericStore {
         body: &[u8],
         write: WriteOptions,
     ) -> Result<Value, ApiError> {
-        let dry_run = write.dry_run;
         validate_name(info, name).map_err(|_| Self::not_found(info, name))?;
         let key = self.key(info, ns, name)?;
         for _ in 0..8 {
@@ -461,7 +465,7 @@ impl GenericStore {
                 }
             }
             match self
-                .write_update(info, name, &key, &current, patched, dry_run)
+                .write_update(info, name, &key, &current, patched, write)
                 .await
             {
                 Err(e) if e.reason == "Conflict" && precondition.is_none() => continue,
@@ -480,9 +484,19 @@ impl GenericStore {
         key: &Key,
         current: &kplex_storage::KeyValue,
         mut object: Value,
-        dry_run: bool,
+        write: WriteOptions,
     ) -> Result<Value, ApiError> {
+        let dry_run = write.dry_run;
         let old = object_of(current)?;
+        if info.has_status() {
+            if write.status {
+                let status = object.get("status").cloned();
+                object = old.clone();
+                set_or_remove(&mut object, "status", status);
+            } else {
+                set_or_remove(&mut object, "status", old.get("status").cloned());
+            }
+        }
         let meta = object["metadata"].as_object_mut().expect("checked");
         // Server-owned metadata is kept from the stored object.
         for field in ["uid", "creationTimestamp", "namespace", "deletionTimestamp"] {
@@ -674,6 +688,15 @@ fn check_type(info: &ResourceInfo, object: &mut Value) -> Result<(), ApiError> {
         Some(_) => return Err(ApiError::bad_request("metadata must be an object")),
     }
     Ok(())
+}
+
+fn set_or_remove(object: &mut Value, field: &str, value: Option<Value>) {
+    if let Some(map) = object.as_object_mut() {
+        match value {
+            Some(v) => map.insert(field.to_owned(), v),
+            None => map.remove(field),
+        };
+    }
 }
 
 fn random_suffix() -> String {

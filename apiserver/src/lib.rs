@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod generic;
 pub mod handler;
 pub mod patch;
+pub mod printers;
 pub mod selectors;
 pub mod server;
 pub mod status;

@@ -124,6 +124,8 @@ struct Target<'a> {
     info: &'a ResourceInfo,
     namespace: Option<&'a str>,
     name: Option<&'a str>,
+    /// `status` or `scale`.
+    sub: Option<&'a str>,
 }
 
 fn target<'a>(
@@ -134,47 +136,77 @@ fn target<'a>(
 ) -> Result<Target<'a>, ApiError> {
     let not_found = || ApiError::not_found("the server could not find the requested resource");
     let find = |plural: &str| catalog.find(group, version, plural).ok_or_else(not_found);
+    let namespaced = |plural: &str| {
+        let info = find(plural)?;
+        if info.namespaced {
+            Ok(info)
+        } else {
+            Err(not_found())
+        }
+    };
+    let cluster = |plural: &str| {
+        let info = find(plural)?;
+        if info.namespaced {
+            Err(not_found())
+        } else {
+            Ok(info)
+        }
+    };
     let t = match rest {
         [plural] => Target {
             info: find(plural)?,
             namespace: None,
             name: None,
+            sub: None,
         },
-        ["namespaces", ns, plural] if group.is_empty() || *plural != "namespaces" => {
-            let info = find(plural)?;
-            if !info.namespaced {
-                return Err(not_found());
-            }
-            Target {
-                info,
-                namespace: Some(ns),
-                name: None,
-            }
-        }
-        ["namespaces", ns, plural, name] => {
-            let info = find(plural)?;
-            if !info.namespaced {
-                return Err(not_found());
-            }
-            Target {
-                info,
-                namespace: Some(ns),
-                name: Some(name),
-            }
-        }
-        [plural, name] => {
-            let info = find(plural)?;
-            if info.namespaced {
-                return Err(not_found());
-            }
-            Target {
-                info,
-                namespace: None,
-                name: Some(name),
-            }
-        }
+        // /api/v1/namespaces/<name>/status is the namespace's own subresource.
+        ["namespaces", name, sub @ ("status" | "scale")] if group.is_empty() => Target {
+            info: cluster("namespaces")?,
+            namespace: None,
+            name: Some(name),
+            sub: Some(sub),
+        },
+        ["namespaces", ns, plural] => Target {
+            info: namespaced(plural)?,
+            namespace: Some(ns),
+            name: None,
+            sub: None,
+        },
+        ["namespaces", ns, plural, name] => Target {
+            info: namespaced(plural)?,
+            namespace: Some(ns),
+            name: Some(name),
+            sub: None,
+        },
+        ["namespaces", ns, plural, name, sub] => Target {
+            info: namespaced(plural)?,
+            namespace: Some(ns),
+            name: Some(name),
+            sub: Some(sub),
+        },
+        [plural, name] => Target {
+            info: cluster(plural)?,
+            namespace: None,
+            name: Some(name),
+            sub: None,
+        },
+        [plural, name, sub] => Target {
+            info: cluster(plural)?,
+            namespace: None,
+            name: Some(name),
+            sub: Some(sub),
+        },
         _ => return Err(not_found()),
     };
+    let served = match t.sub {
+        None => true,
+        Some("status") => t.info.has_status(),
+        Some("scale") => t.info.has_scale(),
+        Some(_) => false,
+    };
+    if !served {
+        return Err(not_found());
+    }
     Ok(t)
 }
 
@@ -206,7 +238,23 @@ async fn resource(
     let write = WriteOptions {
         dry_run,
         validation: FieldValidation::parse(q("fieldValidation"))?,
+        status: t.sub == Some("status"),
     };
+    if t.sub.is_some() && !matches!(req.method, Method::GET | Method::PUT | Method::PATCH) {
+        return Err(ApiError {
+            code: StatusCode::METHOD_NOT_ALLOWED,
+            reason: "MethodNotAllowed",
+            message: format!(
+                "the server does not allow this method on the requested resource ({})",
+                req.method
+            ),
+        });
+    }
+    if t.sub == Some("scale") {
+        if let Some(name) = t.name {
+            return scale(store, &t, name, req, write).await;
+        }
+    }
     match (&req.method, t.name) {
         (&Method::GET, None) => {
             let opts = ListOptions {
@@ -309,25 +357,33 @@ async fn resource(
     }
 }
 
-/// A Table as kubectl prints it: NAME (STATUS for namespaces) AGE.
+/// A Table as kubectl prints it: NAME, the kind's columns, AGE, then the
+/// `-o wide` columns.
 fn table(info: &ResourceInfo, items: &[Value]) -> Value {
-    let is_namespace = info.group.is_empty() && info.plural == "namespaces";
-    let mut columns = vec![
-        json!({"name": "Name", "type": "string", "format": "name", "description": "Name", "priority": 0}),
-    ];
-    if is_namespace {
-        columns.push(json!({"name": "Status", "type": "string", "format": "", "description": "Phase", "priority": 0}));
-    }
-    columns.push(json!({"name": "Age", "type": "string", "format": "", "description": "Time since creation", "priority": 0}));
+    let extra = crate::printers::columns(info);
+    let def = |name: &str, priority: u8, format: &str| json!({"name": name, "type": "string", "format": format, "description": name, "priority": priority});
+    let mut columns = vec![def("Name", 0, "name")];
+    columns.extend(
+        extra
+            .iter()
+            .filter(|c| c.priority == 0)
+            .map(|c| def(c.name, 0, "")),
+    );
+    columns.push(def("Age", 0, ""));
+    columns.extend(
+        extra
+            .iter()
+            .filter(|c| c.priority > 0)
+            .map(|c| def(c.name, c.priority, "")),
+    );
     let rows: Vec<Value> = items
         .iter()
         .map(|o| {
             let meta = &o["metadata"];
             let mut cells = vec![meta["name"].clone()];
-            if is_namespace {
-                cells.push(o["status"]["phase"].clone());
-            }
+            cells.extend(extra.iter().filter(|c| c.priority == 0).map(|c| (c.cell)(o)));
             cells.push(json!(crate::admin::age(meta["creationTimestamp"].as_str().unwrap_or(""))));
+            cells.extend(extra.iter().filter(|c| c.priority > 0).map(|c| (c.cell)(o)));
             json!({
                 "cells": cells,
                 "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": meta},
@@ -459,4 +515,96 @@ fn to_watch_event(event: &Event, opts: &ListOptions) -> Option<Bytes> {
             Some(watch_line("DELETED", &object))
         }
     }
+}
+
+/// The `scale` subresource: an `autoscaling/v1` Scale view of `spec.replicas`.
+async fn scale(
+    store: &GenericStore,
+    t: &Target<'_>,
+    name: &str,
+    req: &Request,
+    write: WriteOptions,
+) -> Result<Response<Body>, ApiError> {
+    let object = match req.method {
+        Method::GET => store.get(t.info, t.namespace, name).await?,
+        Method::PUT | Method::PATCH => {
+            let current = store.get(t.info, t.namespace, name).await?;
+            let requested = if req.method == Method::PUT {
+                req.json_body()?
+            } else {
+                let kind = crate::patch::PatchType::from_media_type(&req.media_type())?;
+                crate::patch::apply(&scale_of(&current), kind, &req.body)?
+            };
+            let replicas = requested["spec"]["replicas"]
+                .as_i64()
+                .filter(|r| (0..=i64::from(i32::MAX)).contains(r))
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "Scale",
+                        name,
+                        "spec.replicas",
+                        "must be a non-negative integer",
+                    )
+                })?;
+            let mut patch = json!({"spec": {"replicas": replicas}});
+            if let Some(rv) = requested["metadata"]["resourceVersion"].as_str() {
+                patch["metadata"] = json!({"resourceVersion": rv});
+            }
+            let body = serde_json::to_vec(&patch).expect("JSON");
+            let write = WriteOptions {
+                status: false,
+                ..write
+            };
+            store
+                .patch(
+                    t.info,
+                    t.namespace,
+                    name,
+                    crate::patch::PatchType::Merge,
+                    &body,
+                    write,
+                )
+                .await?
+        }
+        ref method => {
+            return Err(ApiError {
+                code: StatusCode::METHOD_NOT_ALLOWED,
+                reason: "MethodNotAllowed",
+                message: format!(
+                    "the server does not allow this method on the requested resource ({method})"
+                ),
+            })
+        }
+    };
+    Ok(ok(scale_of(&object)))
+}
+
+fn scale_of(object: &Value) -> Value {
+    let meta = &object["metadata"];
+    let selector = object["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .map(|labels| {
+            labels
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta["uid"],
+            "resourceVersion": meta["resourceVersion"],
+            "creationTimestamp": meta["creationTimestamp"],
+        },
+        "spec": {"replicas": object["spec"]["replicas"].as_i64().unwrap_or(1)},
+        "status": {
+            "replicas": object["status"]["replicas"].as_i64().unwrap_or(0),
+            "selector": selector,
+        },
+    })
 }

@@ -613,3 +613,194 @@ fn apply_label_annotate_and_every_patch_type_work_like_a_real_cluster() {
         "1"
     );
 }
+
+#[test]
+fn tables_scale_and_status_subresources_behave_like_a_real_cluster() {
+    let (s, configs) = setup(&["team-a"]);
+    let kc = &configs[0];
+    let extra = "---\napiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: demo}\nspec:\n  selector: {app: web}\n  ports: [{port: 80}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: demo}\nspec:\n  containers: [{name: c, image: busybox}]\n";
+    ok(
+        kc,
+        &[
+            "apply",
+            "-f",
+            &write(&s.path, "all.yaml", &format!("{MANIFEST}{extra}")),
+        ],
+    );
+    let wide = ok(kc, &["-n", "demo", "get", "pods,deploy,svc", "-o", "wide"]);
+    let headers: Vec<Vec<&str>> = wide
+        .split("\n\n")
+        .map(|block| {
+            block
+                .lines()
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        headers[0],
+        [
+            "NAME",
+            "READY",
+            "STATUS",
+            "RESTARTS",
+            "AGE",
+            "IP",
+            "NODE",
+            "NOMINATED",
+            "NODE",
+            "READINESS",
+            "GATES"
+        ]
+    );
+    assert_eq!(
+        headers[1],
+        [
+            "NAME",
+            "READY",
+            "UP-TO-DATE",
+            "AVAILABLE",
+            "AGE",
+            "CONTAINERS",
+            "IMAGES",
+            "SELECTOR"
+        ]
+    );
+    assert_eq!(
+        headers[2],
+        [
+            "NAME",
+            "TYPE",
+            "CLUSTER-IP",
+            "EXTERNAL-IP",
+            "PORT(S)",
+            "AGE",
+            "SELECTOR"
+        ]
+    );
+    assert!(
+        wide.contains("80/TCP") && wide.contains("app=web") && wide.contains("Pending"),
+        "{wide}"
+    );
+
+    // scale goes through the scale subresource.
+    ok(
+        kc,
+        &["-n", "demo", "scale", "deployment", "web", "--replicas=3"],
+    );
+    assert_eq!(
+        ok(
+            kc,
+            &[
+                "-n",
+                "demo",
+                "get",
+                "deploy",
+                "web",
+                "-o",
+                "jsonpath={.spec.replicas} {.metadata.generation}"
+            ]
+        ),
+        "3 2"
+    );
+    let scale: serde_json::Value = serde_json::from_str(&ok(
+        kc,
+        &[
+            "get",
+            "--raw",
+            "/clusters/team-a/apis/apps/v1/namespaces/demo/deployments/web/scale",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(scale["kind"], "Scale");
+    assert_eq!(scale["spec"]["replicas"], 3);
+    assert_eq!(scale["status"]["selector"], "app=web");
+    fails_with(
+        kc,
+        &[
+            "-n",
+            "demo",
+            "get",
+            "--raw",
+            "/clusters/team-a/api/v1/namespaces/demo/configmaps/web/scale",
+        ],
+        "NotFound",
+    );
+
+    // status is written through /status only; the main resource keeps it.
+    ok(
+        kc,
+        &[
+            "-n",
+            "demo",
+            "patch",
+            "deploy",
+            "web",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"replicas":3,"readyReplicas":2}}"#,
+        ],
+    );
+    ok(
+        kc,
+        &[
+            "-n",
+            "demo",
+            "patch",
+            "deploy",
+            "web",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"readyReplicas":9},"spec":{"replicas":4}}"#,
+        ],
+    );
+    assert_eq!(
+        ok(
+            kc,
+            &[
+                "-n",
+                "demo",
+                "get",
+                "deploy",
+                "web",
+                "-o",
+                "jsonpath={.spec.replicas} {.status.readyReplicas}"
+            ]
+        ),
+        "4 2"
+    );
+    assert!(ok(kc, &["-n", "demo", "get", "deploy", "web"]).contains("2/4"));
+    // A status write cannot change the spec.
+    ok(
+        kc,
+        &[
+            "-n",
+            "demo",
+            "patch",
+            "deploy",
+            "web",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"replicas":7}}"#,
+        ],
+    );
+    assert_eq!(
+        ok(
+            kc,
+            &[
+                "-n",
+                "demo",
+                "get",
+                "deploy",
+                "web",
+                "-o",
+                "jsonpath={.spec.replicas}"
+            ]
+        ),
+        "4"
+    );
+}

@@ -1,0 +1,392 @@
+//! Table columns per kind, as `kubectl get` shows them (kube-apiserver's
+//! printers). Kinds without a row here print NAME and AGE.
+
+use serde_json::{json, Value};
+
+use crate::catalog::ResourceInfo;
+
+/// One column: header, priority (1 = only with `-o wide`), and its cell.
+pub struct Column {
+    /// Header as kubectl prints it (upper-cased by kubectl).
+    pub name: &'static str,
+    /// 0: always shown; 1: `-o wide`.
+    pub priority: u8,
+    /// The cell for one object.
+    pub cell: fn(&Value) -> Value,
+}
+
+const fn col(name: &'static str, priority: u8, cell: fn(&Value) -> Value) -> Column {
+    Column {
+        name,
+        priority,
+        cell,
+    }
+}
+
+fn str_or(v: &Value, default: &str) -> Value {
+    json!(v.as_str().unwrap_or(default))
+}
+
+fn int(v: &Value) -> i64 {
+    v.as_i64().unwrap_or(0)
+}
+
+fn count(v: &Value) -> usize {
+    match v {
+        Value::Object(m) => m.len(),
+        Value::Array(a) => a.len(),
+        _ => 0,
+    }
+}
+
+fn selector_string(v: &Value) -> String {
+    v.as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "<none>".into())
+}
+
+fn containers(o: &Value) -> &[Value] {
+    o["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+}
+
+fn join(items: impl Iterator<Item = String>) -> Value {
+    let v: Vec<String> = items.collect();
+    json!(if v.is_empty() {
+        "<none>".to_owned()
+    } else {
+        v.join(",")
+    })
+}
+
+fn pod_ready(o: &Value) -> Value {
+    let total = o["spec"]["containers"].as_array().map_or(0, Vec::len);
+    let ready = o["status"]["containerStatuses"]
+        .as_array()
+        .map_or(0, |s| s.iter().filter(|c| c["ready"] == true).count());
+    json!(format!("{ready}/{total}"))
+}
+
+fn pod_status(o: &Value) -> Value {
+    if o["metadata"]["deletionTimestamp"].is_string() {
+        return json!("Terminating");
+    }
+    let waiting = o["status"]["containerStatuses"].as_array().and_then(|s| {
+        s.iter()
+            .find_map(|c| c["state"]["waiting"]["reason"].as_str().map(str::to_owned))
+    });
+    json!(waiting.unwrap_or_else(|| o["status"]["phase"]
+        .as_str()
+        .unwrap_or("Pending")
+        .to_owned()))
+}
+
+fn pod_restarts(o: &Value) -> Value {
+    json!(o["status"]["containerStatuses"].as_array().map_or(0, |s| s
+        .iter()
+        .map(|c| int(&c["restartCount"]))
+        .sum::<i64>()))
+}
+
+fn service_ports(o: &Value) -> Value {
+    join(
+        o["spec"]["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                let port = int(&p["port"]);
+                let proto = p["protocol"].as_str().unwrap_or("TCP");
+                match p["nodePort"].as_i64() {
+                    Some(node) => format!("{port}:{node}/{proto}"),
+                    None => format!("{port}/{proto}"),
+                }
+            }),
+    )
+}
+
+fn external_ip(o: &Value) -> Value {
+    let from_lb = o["status"]["loadBalancer"]["ingress"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| {
+            i["ip"]
+                .as_str()
+                .or(i["hostname"].as_str())
+                .map(str::to_owned)
+        });
+    let explicit = o["spec"]["externalIPs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.as_str().map(str::to_owned));
+    let all: Vec<String> = explicit.chain(from_lb).collect();
+    if all.is_empty() {
+        let pending = o["spec"]["type"] == "LoadBalancer";
+        return json!(if pending { "<pending>" } else { "<none>" });
+    }
+    json!(all.join(","))
+}
+
+/// The kind's columns between NAME and AGE (and the wide ones after AGE).
+pub fn columns(info: &ResourceInfo) -> Vec<Column> {
+    match (info.group, info.plural) {
+        ("", "pods") => vec![
+            col("Ready", 0, pod_ready),
+            col("Status", 0, pod_status),
+            col("Restarts", 0, pod_restarts),
+            col("IP", 1, |o| str_or(&o["status"]["podIP"], "<none>")),
+            col("Node", 1, |o| str_or(&o["spec"]["nodeName"], "<none>")),
+            col("Nominated Node", 1, |o| {
+                str_or(&o["status"]["nominatedNodeName"], "<none>")
+            }),
+            col("Readiness Gates", 1, |_| json!("<none>")),
+        ],
+        ("", "namespaces") => vec![col("Status", 0, |o| str_or(&o["status"]["phase"], ""))],
+        ("", "services") => vec![
+            col("Type", 0, |o| str_or(&o["spec"]["type"], "ClusterIP")),
+            col("Cluster-IP", 0, |o| {
+                str_or(&o["spec"]["clusterIP"], "<none>")
+            }),
+            col("External-IP", 0, external_ip),
+            col("Port(s)", 0, service_ports),
+            col("Selector", 1, |o| {
+                json!(selector_string(&o["spec"]["selector"]))
+            }),
+        ],
+        ("", "configmaps") => vec![col("Data", 0, |o| {
+            json!(count(&o["data"]) + count(&o["binaryData"]))
+        })],
+        ("", "secrets") => vec![
+            col("Type", 0, |o| str_or(&o["type"], "Opaque")),
+            col("Data", 0, |o| json!(count(&o["data"]))),
+        ],
+        ("", "serviceaccounts") => vec![col("Secrets", 0, |o| json!(count(&o["secrets"])))],
+        ("", "endpoints") => vec![col("Endpoints", 0, |o| {
+            join(o["subsets"].as_array().into_iter().flatten().flat_map(|s| {
+                let ports: Vec<i64> = s["ports"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|p| int(&p["port"]))
+                    .collect();
+                s["addresses"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(move |a| {
+                        let ip = a["ip"].as_str().unwrap_or("").to_owned();
+                        ports.clone().into_iter().map(move |p| format!("{ip}:{p}"))
+                    })
+                    .collect::<Vec<_>>()
+            }))
+        })],
+        ("", "persistentvolumeclaims") => vec![
+            col("Status", 0, |o| str_or(&o["status"]["phase"], "Pending")),
+            col("Volume", 0, |o| str_or(&o["spec"]["volumeName"], "")),
+            col("Capacity", 0, |o| {
+                str_or(&o["status"]["capacity"]["storage"], "")
+            }),
+            col("Access Modes", 0, |o| {
+                join(
+                    o["status"]["accessModes"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|m| {
+                            m.as_str().map(|m| match m {
+                                "ReadWriteOnce" => "RWO".to_owned(),
+                                "ReadOnlyMany" => "ROX".to_owned(),
+                                "ReadWriteMany" => "RWX".to_owned(),
+                                "ReadWriteOncePod" => "RWOP".to_owned(),
+                                other => other.to_owned(),
+                            })
+                        }),
+                )
+            }),
+            col("StorageClass", 0, |o| {
+                str_or(&o["spec"]["storageClassName"], "<unset>")
+            }),
+        ],
+        ("apps", "deployments") => vec![
+            col("Ready", 0, |o| {
+                json!(format!(
+                    "{}/{}",
+                    int(&o["status"]["readyReplicas"]),
+                    int(&o["spec"]["replicas"])
+                ))
+            }),
+            col("Up-to-date", 0, |o| {
+                json!(int(&o["status"]["updatedReplicas"]))
+            }),
+            col("Available", 0, |o| {
+                json!(int(&o["status"]["availableReplicas"]))
+            }),
+            col("Containers", 1, |o| {
+                join(
+                    containers(o)
+                        .iter()
+                        .filter_map(|c| c["name"].as_str().map(str::to_owned)),
+                )
+            }),
+            col("Images", 1, |o| {
+                join(
+                    containers(o)
+                        .iter()
+                        .filter_map(|c| c["image"].as_str().map(str::to_owned)),
+                )
+            }),
+            col("Selector", 1, |o| {
+                json!(selector_string(&o["spec"]["selector"]["matchLabels"]))
+            }),
+        ],
+        ("apps", "replicasets") => vec![
+            col("Desired", 0, |o| json!(int(&o["spec"]["replicas"]))),
+            col("Current", 0, |o| json!(int(&o["status"]["replicas"]))),
+            col("Ready", 0, |o| json!(int(&o["status"]["readyReplicas"]))),
+        ],
+        ("apps", "statefulsets") => vec![col("Ready", 0, |o| {
+            json!(format!(
+                "{}/{}",
+                int(&o["status"]["readyReplicas"]),
+                int(&o["spec"]["replicas"])
+            ))
+        })],
+        ("apps", "daemonsets") => vec![
+            col("Desired", 0, |o| {
+                json!(int(&o["status"]["desiredNumberScheduled"]))
+            }),
+            col("Current", 0, |o| {
+                json!(int(&o["status"]["currentNumberScheduled"]))
+            }),
+            col("Ready", 0, |o| json!(int(&o["status"]["numberReady"]))),
+            col("Up-to-date", 0, |o| {
+                json!(int(&o["status"]["updatedNumberScheduled"]))
+            }),
+            col("Available", 0, |o| {
+                json!(int(&o["status"]["numberAvailable"]))
+            }),
+            col("Node Selector", 0, |o| {
+                json!(selector_string(
+                    &o["spec"]["template"]["spec"]["nodeSelector"]
+                ))
+            }),
+        ],
+        ("batch", "jobs") => vec![
+            col("Status", 0, |o| {
+                let done = o["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|c| c["status"] == "True");
+                json!(match done.and_then(|c| c["type"].as_str()) {
+                    Some("Complete") => "Complete",
+                    Some("Failed") => "Failed",
+                    _ => "Running",
+                })
+            }),
+            col("Completions", 0, |o| {
+                json!(format!(
+                    "{}/{}",
+                    int(&o["status"]["succeeded"]),
+                    o["spec"]["completions"].as_i64().unwrap_or(1)
+                ))
+            }),
+        ],
+        ("batch", "cronjobs") => vec![
+            col("Schedule", 0, |o| str_or(&o["spec"]["schedule"], "")),
+            col("Timezone", 0, |o| str_or(&o["spec"]["timeZone"], "<none>")),
+            col("Suspend", 0, |o| {
+                json!(if o["spec"]["suspend"] == true {
+                    "True"
+                } else {
+                    "False"
+                })
+            }),
+            col("Active", 0, |o| json!(count(&o["status"]["active"]))),
+            col("Last Schedule", 0, |o| {
+                json!(o["status"]["lastScheduleTime"]
+                    .as_str()
+                    .map_or("<none>".to_owned(), crate::admin::age))
+            }),
+        ],
+        ("networking.k8s.io", "ingresses") => vec![
+            col("Class", 0, |o| {
+                str_or(&o["spec"]["ingressClassName"], "<none>")
+            }),
+            col("Hosts", 0, |o| {
+                let hosts: Vec<String> = o["spec"]["rules"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|r| r["host"].as_str().map(str::to_owned))
+                    .collect();
+                json!(if hosts.is_empty() {
+                    "*".to_owned()
+                } else {
+                    hosts.join(",")
+                })
+            }),
+            col("Address", 0, |o| {
+                let ips: Vec<String> = o["status"]["loadBalancer"]["ingress"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|i| {
+                        i["ip"]
+                            .as_str()
+                            .or(i["hostname"].as_str())
+                            .map(str::to_owned)
+                    })
+                    .collect();
+                json!(ips.join(","))
+            }),
+            col("Ports", 0, |o| {
+                json!(
+                    if o["spec"]["tls"].as_array().is_some_and(|t| !t.is_empty()) {
+                        "80, 443"
+                    } else {
+                        "80"
+                    }
+                )
+            }),
+        ],
+        ("networking.k8s.io", "networkpolicies") => {
+            vec![col("Pod-Selector", 0, |o| {
+                json!(selector_string(&o["spec"]["podSelector"]["matchLabels"]))
+            })]
+        }
+        ("coordination.k8s.io", "leases") => vec![col("Holder", 0, |o| {
+            str_or(&o["spec"]["holderIdentity"], "")
+        })],
+        ("policy", "poddisruptionbudgets") => vec![
+            col("Min Available", 0, |o| {
+                json!(o["spec"]["minAvailable"]
+                    .as_i64()
+                    .map(|v| v.to_string())
+                    .or(o["spec"]["minAvailable"].as_str().map(str::to_owned))
+                    .unwrap_or_else(|| "N/A".into()))
+            }),
+            col("Max Unavailable", 0, |o| {
+                json!(o["spec"]["maxUnavailable"]
+                    .as_i64()
+                    .map(|v| v.to_string())
+                    .or(o["spec"]["maxUnavailable"].as_str().map(str::to_owned))
+                    .unwrap_or_else(|| "N/A".into()))
+            }),
+            col("Allowed Disruptions", 0, |o| {
+                json!(int(&o["status"]["disruptionsAllowed"]))
+            }),
+        ],
+        _ => Vec::new(),
+    }
+}
