@@ -33,6 +33,8 @@ pub struct Context {
     pub url: String,
     /// The built-in resources every VC serves.
     pub catalog: crate::catalog::Catalog,
+    /// Set to `true` when the server shuts down, so open watches end cleanly.
+    pub stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl Context {
@@ -210,7 +212,7 @@ async fn tenant(
     }
     let store = crate::generic::GenericStore::new(ctx.store.clone(), vc.keyspace()?);
     let span = tracing::debug_span!("tenant", vc = name, method = %req.method, path);
-    crate::tenant::handle(&ctx.catalog, &store, path, req)
+    crate::tenant::handle(&ctx.catalog, &store, path, req, ctx.stopping.subscribe())
         .instrument(span)
         .await
 }

@@ -80,6 +80,7 @@ pub async fn serve(
     }
     drop(listener);
     tracing::info!("draining open connections");
+    let _ = ctx.stopping.send(true);
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
         .await
         .is_err()

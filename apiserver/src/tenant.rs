@@ -30,6 +30,7 @@ pub async fn handle(
     store: &GenericStore,
     path: &str,
     req: &Request,
+    stopping: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Response<Body>, ApiError> {
     let segments: Vec<&str> = path
         .trim_matches('/')
@@ -66,9 +67,9 @@ pub async fn handle(
             }
             Ok(ok(resource_list(catalog, group, version)))
         }
-        ["api", "v1", rest @ ..] => resource(catalog, store, "", "v1", rest, req).await,
+        ["api", "v1", rest @ ..] => resource(catalog, store, "", "v1", rest, req, stopping).await,
         ["apis", group, version, rest @ ..] => {
-            resource(catalog, store, group, version, rest, req).await
+            resource(catalog, store, group, version, rest, req, stopping).await
         }
         _ => Err(not_found()),
     }
@@ -217,6 +218,7 @@ async fn resource(
     version: &str,
     rest: &[&str],
     req: &Request,
+    stopping: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Response<Body>, ApiError> {
     let t = target(catalog, group, version, rest)?;
     let query = req.query_pairs();
@@ -279,6 +281,7 @@ async fn resource(
                     opts,
                     q("resourceVersion"),
                     timeout,
+                    stopping,
                 )
                 .await;
             }
@@ -408,6 +411,7 @@ async fn watch(
     opts: ListOptions,
     resource_version: Option<&str>,
     timeout: Option<Duration>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Response<Body>, ApiError> {
     let mut initial = Vec::new();
     let from = match resource_version {
@@ -454,6 +458,8 @@ async fn watch(
         loop {
             let next = tokio::select! {
                 _ = tx.closed() => return,
+                // Server shutdown: end the stream so the connection can drain.
+                _ = stopping.wait_for(|stop| *stop) => return,
                 _ = tokio::time::sleep_until(deadline) => return,
                 next = events.next() => next,
             };

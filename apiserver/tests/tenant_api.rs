@@ -804,3 +804,40 @@ fn tables_scale_and_status_subresources_behave_like_a_real_cluster() {
         "4"
     );
 }
+
+#[test]
+fn sigterm_ends_open_watches_and_the_server_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let kplex = Kplex::start(&dir.path().join("data"));
+    create_vc(&kplex, dir.path(), "team-a");
+    let kc = tenant_kubeconfig(&kplex, dir.path(), "team-a", "alice");
+    let bin = std::env::var("KPLEX_KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    let mut watcher = Command::new(bin)
+        .args([
+            "--kubeconfig",
+            kc.to_str().unwrap(),
+            "get",
+            "ns",
+            "-w",
+            "-o",
+            "name",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The list arrives first; then the watch is open.
+    let mut lines = BufReader::new(watcher.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "namespace/default");
+    // The drain limit is 30 s; an open watch must not hold shutdown that long.
+    let started = std::time::Instant::now();
+    let status = kplex.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+}

@@ -96,6 +96,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         authority: Arc::new(boot.authority),
         url,
         catalog: Default::default(),
+        stopping: tokio::sync::watch::channel(false).0,
     });
     kplex_apiserver::server::serve(listener, boot.tls, ctx, wait_for_shutdown()).await;
     tracing::info!("stopped");
