@@ -35,6 +35,8 @@ pub struct Context {
     pub catalog: crate::catalog::Catalog,
     /// Set to `true` when the server shuts down, so open watches end cleanly.
     pub stopping: tokio::sync::watch::Sender<bool>,
+    /// Request and storage metrics.
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Context {
@@ -129,10 +131,24 @@ where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    match route(ctx, caller, req).await {
+    let started = std::time::Instant::now();
+    let (verb, resource) = crate::metrics::classify(
+        req.method(),
+        req.uri().path(),
+        req.uri().query().unwrap_or(""),
+    );
+    let response = match route(ctx, caller, req).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
-    }
+    };
+    // A watch is counted when its stream starts, not when it ends.
+    ctx.metrics.observe_request(
+        &verb,
+        &resource,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
 }
 
 async fn route<B>(
@@ -182,6 +198,14 @@ where
             "User \"{}\" cannot access the admin API: the credential belongs to a virtual cluster",
             caller.user
         )));
+    }
+    if request.path == "/metrics" {
+        let vcs = ctx.registry.count().await?;
+        return Ok(crate::status::bytes_response(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            Bytes::from(ctx.metrics.render(vcs)),
+        ));
     }
     crate::admin::handle(ctx, request).await
 }

@@ -7,6 +7,7 @@ pub mod bootstrap;
 pub mod catalog;
 pub mod generic;
 pub mod handler;
+pub mod metrics;
 pub mod patch;
 pub mod printers;
 pub mod selectors;

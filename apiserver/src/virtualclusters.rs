@@ -138,6 +138,14 @@ impl Registry {
         Ok((vcs, range.revision.get()))
     }
 
+    /// How many VCs exist.
+    pub async fn count(&self) -> Result<u64, ApiError> {
+        self.store
+            .count(&Self::prefix()?)
+            .await
+            .map_err(store_error)
+    }
+
     /// How many objects the VC holds.
     pub async fn object_count(&self, vc: &VirtualCluster) -> Result<u64, ApiError> {
         self.store

@@ -58,6 +58,19 @@ fn admins_create_list_get_and_delete_virtualclusters_with_kubectl() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("is invalid"), "{}", stderr(&o));
 
+    let metrics = admin(&kplex, &["get", "--raw", "/metrics"]);
+    assert!(metrics.status.success(), "{}", stderr(&metrics));
+    let text = stdout(&metrics);
+    assert!(text.contains("kplex_virtual_clusters 2"), "{text}");
+    assert!(
+        text.contains(r#"kplex_apiserver_requests_total{verb="create",resource="virtualclusters",code="201"} 2"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"kplex_storage_duration_seconds_count{operation="create"}"#),
+        "{text}"
+    );
+
     let del = admin(&kplex, &["delete", "vc", "team-a"]);
     assert!(del.status.success(), "{}", stderr(&del));
     let gone = admin(&kplex, &["get", "vc", "team-a"]);

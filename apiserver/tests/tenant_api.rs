@@ -111,7 +111,7 @@ fn kubectl_manages_objects_inside_a_virtual_cluster() {
 
     let table = ok(kc, &["-n", "demo", "get", "configmaps"]);
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "AGE"]);
+    assert_eq!(header, ["NAME", "DATA", "AGE"]);
     let cm: serde_json::Value =
         serde_json::from_str(&ok(kc, &["-n", "demo", "get", "cm", "web", "-o", "json"])).unwrap();
     assert_eq!(cm["data"]["greeting"], "hello");

@@ -90,7 +90,12 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         "kplex serving; try: kubectl --kubeconfig {} get --raw /readyz",
         boot.admin_kubeconfig.display()
     );
+    let metrics = kplex_apiserver::metrics::Metrics::default();
+    let store: Arc<dyn kplex_storage::Store> = Arc::new(
+        kplex_apiserver::metrics::MeteredStore::new(store, metrics.clone()),
+    );
     let ctx = Arc::new(Context {
+        metrics,
         registry: kplex_apiserver::virtualclusters::Registry::new(store.clone()),
         store,
         authority: Arc::new(boot.authority),

@@ -1,0 +1,303 @@
+//! Prometheus metrics, kept by hand: request counts by verb, resource and
+//! code; request latency by verb and resource; storage latency by operation;
+//! the number of VCs (read at scrape time). Served at `/metrics` to admin
+//! credentials only.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use kplex_storage::{
+    Deleted, DeletedRange, Key, KeyPrefix, KeyValue, RangeRequest, RangeResponse, Revision, Store,
+    StoreResult, WatchStream,
+};
+
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+#[derive(Default, Clone)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, d: Duration) {
+        let secs = d.as_secs_f64();
+        for (i, le) in BUCKETS.iter().enumerate() {
+            if secs <= *le {
+                self.counts[i] += 1;
+            }
+        }
+        self.sum += secs;
+        self.count += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (i, le) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {}",
+                self.counts[i]
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
+            self.count
+        );
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    requests: BTreeMap<(String, String, u16), u64>,
+    latency: BTreeMap<(String, String), Histogram>,
+    storage: BTreeMap<&'static str, Histogram>,
+}
+
+/// The server's metrics.
+#[derive(Default, Clone)]
+pub struct Metrics {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl Metrics {
+    /// Records one served request.
+    pub fn observe_request(&self, verb: &str, resource: &str, code: u16, elapsed: Duration) {
+        let mut inner = self.inner.lock().expect("metrics lock");
+        *inner
+            .requests
+            .entry((verb.to_owned(), resource.to_owned(), code))
+            .or_default() += 1;
+        inner
+            .latency
+            .entry((verb.to_owned(), resource.to_owned()))
+            .or_default()
+            .observe(elapsed);
+    }
+
+    fn observe_storage(&self, op: &'static str, elapsed: Duration) {
+        let mut inner = self.inner.lock().expect("metrics lock");
+        inner.storage.entry(op).or_default().observe(elapsed);
+    }
+
+    /// The Prometheus text exposition, with the current VC count.
+    pub fn render(&self, virtual_clusters: u64) -> String {
+        let inner = self.inner.lock().expect("metrics lock");
+        let mut out = String::new();
+        out.push_str("# HELP kplex_apiserver_requests_total Requests served, by verb, resource and HTTP code.\n");
+        out.push_str("# TYPE kplex_apiserver_requests_total counter\n");
+        for ((verb, resource, code), n) in &inner.requests {
+            let _ = writeln!(
+                out,
+                "kplex_apiserver_requests_total{{verb=\"{verb}\",resource=\"{resource}\",code=\"{code}\"}} {n}"
+            );
+        }
+        out.push_str("# HELP kplex_apiserver_request_duration_seconds Request latency, by verb and resource.\n");
+        out.push_str("# TYPE kplex_apiserver_request_duration_seconds histogram\n");
+        for ((verb, resource), h) in &inner.latency {
+            h.render(
+                &mut out,
+                "kplex_apiserver_request_duration_seconds",
+                &format!("verb=\"{verb}\",resource=\"{resource}\""),
+            );
+        }
+        out.push_str("# HELP kplex_storage_duration_seconds Storage call latency, by operation.\n");
+        out.push_str("# TYPE kplex_storage_duration_seconds histogram\n");
+        for (op, h) in &inner.storage {
+            h.render(
+                &mut out,
+                "kplex_storage_duration_seconds",
+                &format!("operation=\"{op}\""),
+            );
+        }
+        out.push_str("# HELP kplex_virtual_clusters Virtual clusters that exist.\n");
+        out.push_str("# TYPE kplex_virtual_clusters gauge\n");
+        let _ = writeln!(out, "kplex_virtual_clusters {virtual_clusters}");
+        out
+    }
+}
+
+/// The verb and resource of a request, as the Kubernetes audit and metrics
+/// name them (`list pods`, `create virtualclusters`, `get` of a non-resource path …).
+pub fn classify(method: &hyper::Method, path: &str, query: &str) -> (String, String) {
+    let mut segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if segments.first() == Some(&"clusters") && segments.len() >= 2 {
+        segments.drain(..2);
+    }
+    let rest: &[&str] = match segments.as_slice() {
+        ["api", _v, rest @ ..] => rest,
+        ["apis", _g, _v, rest @ ..] => rest,
+        _ => &[],
+    };
+    let rest: Vec<&str> = match rest {
+        ["namespaces", _ns, tail @ ..] if !tail.is_empty() => tail.to_vec(),
+        other => other.to_vec(),
+    };
+    let resource = rest.first().copied().unwrap_or("");
+    let named = rest.len() >= 2;
+    let watch = query
+        .split('&')
+        .any(|kv| kv == "watch=1" || kv == "watch=true");
+    let verb = match (method.as_str(), named, resource.is_empty()) {
+        (_, _, true) => method.as_str().to_lowercase(),
+        ("GET", false, _) if watch => "watch".into(),
+        ("GET", false, _) => "list".into(),
+        ("GET", true, _) => "get".into(),
+        ("POST", _, _) => "create".into(),
+        ("PUT", _, _) => "update".into(),
+        ("PATCH", _, _) => "patch".into(),
+        ("DELETE", false, _) => "deletecollection".into(),
+        ("DELETE", true, _) => "delete".into(),
+        (other, _, _) => other.to_lowercase(),
+    };
+    let resource = match rest.get(2) {
+        Some(sub) if named => format!("{resource}/{sub}"),
+        _ => resource.to_owned(),
+    };
+    (verb, resource)
+}
+
+/// A [`Store`] that times every call into [`Metrics`].
+pub struct MeteredStore {
+    inner: Arc<dyn Store>,
+    metrics: Metrics,
+}
+
+impl MeteredStore {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn Store>, metrics: Metrics) -> MeteredStore {
+        MeteredStore { inner, metrics }
+    }
+
+    async fn timed<T>(&self, op: &'static str, f: impl std::future::Future<Output = T>) -> T {
+        let started = Instant::now();
+        let out = f.await;
+        self.metrics.observe_storage(op, started.elapsed());
+        out
+    }
+}
+
+#[async_trait]
+impl Store for MeteredStore {
+    async fn get(&self, key: &Key) -> StoreResult<Option<KeyValue>> {
+        self.timed("get", self.inner.get(key)).await
+    }
+    async fn range(&self, request: RangeRequest) -> StoreResult<RangeResponse> {
+        self.timed("range", self.inner.range(request)).await
+    }
+    async fn count(&self, prefix: &KeyPrefix) -> StoreResult<u64> {
+        self.timed("count", self.inner.count(prefix)).await
+    }
+    async fn create(&self, key: &Key, value: Bytes) -> StoreResult<KeyValue> {
+        self.timed("create", self.inner.create(key, value)).await
+    }
+    async fn update(&self, key: &Key, value: Bytes, expected: Revision) -> StoreResult<KeyValue> {
+        self.timed("update", self.inner.update(key, value, expected))
+            .await
+    }
+    async fn delete(&self, key: &Key, expected: Revision) -> StoreResult<Deleted> {
+        self.timed("delete", self.inner.delete(key, expected)).await
+    }
+    async fn delete_range(&self, prefix: &KeyPrefix) -> StoreResult<DeletedRange> {
+        self.timed("delete_range", self.inner.delete_range(prefix))
+            .await
+    }
+    async fn current_revision(&self) -> StoreResult<Revision> {
+        self.timed("current_revision", self.inner.current_revision())
+            .await
+    }
+    async fn compact(&self, revision: Revision) -> StoreResult<()> {
+        self.timed("compact", self.inner.compact(revision)).await
+    }
+    async fn watch(&self, prefix: &KeyPrefix, after: Revision) -> StoreResult<WatchStream> {
+        self.timed("watch", self.inner.watch(prefix, after)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::Method;
+
+    #[test]
+    fn requests_are_named_by_kubernetes_verbs() {
+        let cases = [
+            (
+                Method::GET,
+                "/clusters/a/api/v1/namespaces/ns/pods",
+                "",
+                ("list", "pods"),
+            ),
+            (
+                Method::GET,
+                "/clusters/a/api/v1/namespaces/ns/pods",
+                "watch=1",
+                ("watch", "pods"),
+            ),
+            (
+                Method::GET,
+                "/clusters/a/api/v1/namespaces/ns/pods/p",
+                "",
+                ("get", "pods"),
+            ),
+            (
+                Method::PATCH,
+                "/clusters/a/apis/apps/v1/namespaces/ns/deployments/d/scale",
+                "",
+                ("patch", "deployments/scale"),
+            ),
+            (
+                Method::GET,
+                "/clusters/a/api/v1/namespaces",
+                "",
+                ("list", "namespaces"),
+            ),
+            (
+                Method::DELETE,
+                "/clusters/a/api/v1/namespaces/demo",
+                "",
+                ("delete", "namespaces"),
+            ),
+            (
+                Method::POST,
+                "/apis/tenancy.kplex.dev/v1alpha1/virtualclusters",
+                "",
+                ("create", "virtualclusters"),
+            ),
+            (Method::GET, "/readyz", "", ("get", "")),
+        ];
+        for (method, path, query, (verb, resource)) in cases {
+            assert_eq!(
+                classify(&method, path, query),
+                (verb.to_owned(), resource.to_owned()),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn exposition_has_counters_histograms_and_the_vc_gauge() {
+        let m = Metrics::default();
+        m.observe_request("list", "pods", 200, Duration::from_millis(3));
+        m.observe_storage("get", Duration::from_micros(100));
+        let text = m.render(7);
+        assert!(text.contains(
+            "kplex_apiserver_requests_total{verb=\"list\",resource=\"pods\",code=\"200\"} 1"
+        ));
+        assert!(text.contains("kplex_apiserver_request_duration_seconds_bucket{verb=\"list\",resource=\"pods\",le=\"0.005\"} 1"));
+        assert!(text.contains("kplex_apiserver_request_duration_seconds_bucket{verb=\"list\",resource=\"pods\",le=\"0.0025\"} 0"));
+        assert!(text.contains("kplex_storage_duration_seconds_count{operation=\"get\"} 1"));
+        assert!(text.contains("kplex_virtual_clusters 7"));
+    }
+}
