@@ -162,7 +162,8 @@ async fn create(ctx: &Context, req: Request) -> Result<Response, ApiError> {
     }
     let vc = ctx.registry.create(&name, spec).await?;
     // Every new VC has the four namespaces a cluster starts with.
-    let objects = crate::generic::GenericStore::new(ctx.store.clone(), vc.keyspace()?);
+    let objects =
+        crate::generic::GenericStore::new(ctx.store.clone(), vc.keyspace()?, ctx.catalog.clone());
     let namespaces = ctx
         .catalog
         .find("", "v1", "namespaces")
@@ -170,7 +171,6 @@ async fn create(ctx: &Context, req: Request) -> Result<Response, ApiError> {
     for ns in crate::generic::DEFAULT_NAMESPACES {
         objects
             .create(
-                &ctx.catalog,
                 namespaces,
                 None,
                 json!({"metadata": {"name": ns}}),

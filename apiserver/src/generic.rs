@@ -60,6 +60,7 @@ pub struct ListPage {
 pub struct GenericStore {
     store: Arc<dyn Store>,
     keyspace: TenantKeyspace,
+    catalog: Arc<Catalog>,
 }
 
 /// The namespace a request addresses, if the resource is namespaced.
@@ -118,8 +119,16 @@ fn encode(object: &Value) -> Bytes {
 
 impl GenericStore {
     /// The store of the VC with this keyspace.
-    pub fn new(store: Arc<dyn Store>, keyspace: TenantKeyspace) -> GenericStore {
-        GenericStore { store, keyspace }
+    pub fn new(
+        store: Arc<dyn Store>,
+        keyspace: TenantKeyspace,
+        catalog: Arc<Catalog>,
+    ) -> GenericStore {
+        GenericStore {
+            store,
+            keyspace,
+            catalog,
+        }
     }
 
     fn key(&self, info: &ResourceInfo, ns: Namespace<'_>, name: &str) -> Result<Key, ApiError> {
@@ -265,10 +274,8 @@ impl GenericStore {
         Ok((Revision::new(rev), key))
     }
 
-    async fn require_namespace(&self, catalog: &Catalog, ns: &str) -> Result<(), ApiError> {
-        let info = catalog
-            .find("", "v1", "namespaces")
-            .expect("namespaces are catalogued");
+    async fn require_namespace(&self, ns: &str) -> Result<(), ApiError> {
+        let info = self.namespaces();
         match self.get(info, None, ns).await {
             Ok(object) if object["status"]["phase"] == "Terminating" => {
                 Err(ApiError::forbidden(format!(
@@ -284,7 +291,6 @@ impl GenericStore {
     /// Creates an object from a client's body.
     pub async fn create(
         &self,
-        catalog: &Catalog,
         info: &ResourceInfo,
         ns: Namespace<'_>,
         mut object: Value,
@@ -341,7 +347,7 @@ impl GenericStore {
             set_or_remove(&mut object, "status", None);
         }
         if let Some(ns) = ns {
-            self.require_namespace(catalog, ns).await?;
+            self.require_namespace(ns).await?;
         }
         // generateName: five random characters, retried on collision.
         let attempts = if explicit.is_some() { 1 } else { 8 };
@@ -526,6 +532,15 @@ impl GenericStore {
         {
             Ok(kv) => {
                 object["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
+                // The last finalizer of a deleted object is gone: so is the object.
+                if object["metadata"]["deletionTimestamp"].is_string() && !has_finalizers(&object) {
+                    match self.store.delete(key, kv.mod_revision).await {
+                        Ok(_) | Err(StoreError::NotFound { .. }) => {}
+                        Err(e) => return Err(from_store(e)),
+                    }
+                    let ns = object["metadata"]["namespace"].as_str().map(str::to_owned);
+                    self.after_delete(ns.as_deref()).await?;
+                }
                 Ok(object)
             }
             Err(StoreError::Conflict { .. }) => Err(ApiError::conflict(&info.qualified(), name)),
@@ -534,11 +549,12 @@ impl GenericStore {
         }
     }
 
-    /// Deletes an object and returns it. Deleting a namespace deletes
-    /// everything in it.
+    /// Deletes an object and returns it. An object with finalizers is only
+    /// marked (`deletionTimestamp`); it goes when its last finalizer is
+    /// removed. A namespace turns Terminating, its contents are deleted
+    /// (honouring their finalizers), and it goes once it is empty.
     pub async fn delete(
         &self,
-        catalog: &Catalog,
         info: &ResourceInfo,
         ns: Namespace<'_>,
         name: &str,
@@ -553,21 +569,132 @@ impl GenericStore {
             .map_err(from_store)?
             .ok_or_else(|| Self::not_found(info, name))?;
         let object = object_of(&current)?;
-        if dry_run {
+        if dry_run || object["metadata"]["deletionTimestamp"].is_string() {
             return Ok(object);
         }
-        if info.plural == "namespaces" && info.group.is_empty() {
-            for inner in catalog.all().iter().filter(|r| r.namespaced) {
-                self.store
-                    .delete_range(&self.prefix(inner, Some(name))?)
-                    .await
-                    .map_err(from_store)?;
+        if is_namespace(info) {
+            return self.terminate_namespace(name, &current, object).await;
+        }
+        if has_finalizers(&object) {
+            return self.mark_deleted(info, name, &current, object).await;
+        }
+        match self.store.delete(&key, current.mod_revision).await {
+            Ok(_) => {
+                self.after_delete(ns).await?;
+                Ok(object)
+            }
+            Err(StoreError::NotFound { .. }) => Err(Self::not_found(info, name)),
+            Err(StoreError::Conflict { .. }) => Err(ApiError::conflict(&info.qualified(), name)),
+            Err(e) => Err(from_store(e)),
+        }
+    }
+
+    /// Sets `deletionTimestamp` on an object that has finalizers.
+    async fn mark_deleted(
+        &self,
+        info: &ResourceInfo,
+        name: &str,
+        current: &kplex_storage::KeyValue,
+        mut object: Value,
+    ) -> Result<Value, ApiError> {
+        object["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+        object["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+        match self
+            .store
+            .update(&current.key, encode(&object), current.mod_revision)
+            .await
+        {
+            Ok(kv) => {
+                object["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
+                Ok(object)
+            }
+            Err(StoreError::Conflict { .. }) => Err(ApiError::conflict(&info.qualified(), name)),
+            Err(StoreError::NotFound { .. }) => Err(Self::not_found(info, name)),
+            Err(e) => Err(from_store(e)),
+        }
+    }
+
+    async fn terminate_namespace(
+        &self,
+        name: &str,
+        current: &kplex_storage::KeyValue,
+        mut object: Value,
+    ) -> Result<Value, ApiError> {
+        let info = self.namespaces();
+        object["status"]["phase"] = json!("Terminating");
+        let object = self.mark_deleted(info, name, current, object).await?;
+        for inner in self.catalog.all().iter().filter(|r| r.namespaced) {
+            let range = self
+                .store
+                .range(RangeRequest::prefix(self.prefix(inner, Some(name))?))
+                .await
+                .map_err(from_store)?;
+            for kv in &range.kvs {
+                let item = object_of(kv)?;
+                let result = if !has_finalizers(&item) {
+                    self.store
+                        .delete(&kv.key, kv.mod_revision)
+                        .await
+                        .map(|_| ())
+                } else if item["metadata"]["deletionTimestamp"].is_null() {
+                    let mut marked = item.clone();
+                    marked["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+                    marked["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+                    self.store
+                        .update(&kv.key, encode(&marked), kv.mod_revision)
+                        .await
+                        .map(|_| ())
+                } else {
+                    Ok(())
+                };
+                match result {
+                    // Someone else changed or removed it meanwhile; the last
+                    // writer's removal finalizes the namespace.
+                    Ok(()) | Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => {}
+                    Err(e) => return Err(from_store(e)),
+                }
+            }
+        }
+        self.finalize_namespace(name).await?;
+        Ok(object)
+    }
+
+    fn namespaces(&self) -> &ResourceInfo {
+        self.catalog
+            .find("", "v1", "namespaces")
+            .expect("namespaces are catalogued")
+    }
+
+    /// After an object in `ns` is gone: a Terminating namespace that is now
+    /// empty goes too.
+    async fn after_delete(&self, ns: Namespace<'_>) -> Result<(), ApiError> {
+        match ns {
+            Some(ns) => self.finalize_namespace(ns).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn finalize_namespace(&self, ns: &str) -> Result<(), ApiError> {
+        let key = self.key(self.namespaces(), None, ns)?;
+        let Some(current) = self.store.get(&key).await.map_err(from_store)? else {
+            return Ok(());
+        };
+        if object_of(&current)?["status"]["phase"] != "Terminating" {
+            return Ok(());
+        }
+        for inner in self.catalog.all().iter().filter(|r| r.namespaced) {
+            if self
+                .store
+                .count(&self.prefix(inner, Some(ns))?)
+                .await
+                .map_err(from_store)?
+                > 0
+            {
+                return Ok(());
             }
         }
         match self.store.delete(&key, current.mod_revision).await {
-            Ok(_) => Ok(object),
-            Err(StoreError::NotFound { .. }) => Err(Self::not_found(info, name)),
-            Err(StoreError::Conflict { .. }) => Err(ApiError::conflict(&info.qualified(), name)),
+            Ok(_) | Err(StoreError::NotFound { .. } | StoreError::Conflict { .. }) => Ok(()),
             Err(e) => Err(from_store(e)),
         }
     }
@@ -688,6 +815,16 @@ fn check_type(info: &ResourceInfo, object: &mut Value) -> Result<(), ApiError> {
         Some(_) => return Err(ApiError::bad_request("metadata must be an object")),
     }
     Ok(())
+}
+
+fn is_namespace(info: &ResourceInfo) -> bool {
+    info.group.is_empty() && info.plural == "namespaces"
+}
+
+fn has_finalizers(object: &Value) -> bool {
+    object["metadata"]["finalizers"]
+        .as_array()
+        .is_some_and(|f| !f.is_empty())
 }
 
 fn set_or_remove(object: &mut Value, field: &str, value: Option<Value>) {

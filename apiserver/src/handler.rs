@@ -32,7 +32,7 @@ pub struct Context {
     /// The URL clients reach this server at (`https://host:port`).
     pub url: String,
     /// The built-in resources every VC serves.
-    pub catalog: crate::catalog::Catalog,
+    pub catalog: Arc<crate::catalog::Catalog>,
     /// Set to `true` when the server shuts down, so open watches end cleanly.
     pub stopping: tokio::sync::watch::Sender<bool>,
     /// Request and storage metrics.
@@ -234,7 +234,8 @@ async fn tenant(
     if is_public(path) {
         return public(ctx, &req.method, path).await;
     }
-    let store = crate::generic::GenericStore::new(ctx.store.clone(), vc.keyspace()?);
+    let store =
+        crate::generic::GenericStore::new(ctx.store.clone(), vc.keyspace()?, ctx.catalog.clone());
     let span = tracing::debug_span!("tenant", vc = name, method = %req.method, path);
     crate::tenant::handle(&ctx.catalog, &store, path, req, ctx.stopping.subscribe())
         .instrument(span)

@@ -315,7 +315,7 @@ async fn resource(
                 ));
             }
             let object = store
-                .create(catalog, t.info, t.namespace, req.json_body()?, write)
+                .create(t.info, t.namespace, req.json_body()?, write)
                 .await?;
             Ok(json_response(StatusCode::CREATED, &object))
         }
@@ -334,9 +334,7 @@ async fn resource(
             Ok(ok(object))
         }
         (&Method::DELETE, Some(name)) => {
-            let object = store
-                .delete(catalog, t.info, t.namespace, name, dry_run)
-                .await?;
+            let object = store.delete(t.info, t.namespace, name, dry_run).await?;
             Ok(ok(json!({
                 "kind": "Status",
                 "apiVersion": "v1",

@@ -841,3 +841,67 @@ fn sigterm_ends_open_watches_and_the_server_exits_cleanly() {
     let _ = watcher.kill();
     let _ = watcher.wait();
 }
+
+#[test]
+fn finalizers_hold_deletion_and_namespaces_terminate_until_empty() {
+    let (s, configs) = setup(&["team-a"]);
+    let kc = &configs[0];
+    let manifest = "apiVersion: v1\nkind: Namespace\nmetadata: {name: doomed}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: held, namespace: doomed, finalizers: [example.com/hold]}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: free, namespace: doomed}\n";
+    ok(kc, &["create", "-f", &write(&s.path, "ns.yaml", manifest)]);
+
+    // An object with a finalizer is only marked.
+    ok(
+        kc,
+        &["-n", "doomed", "delete", "cm", "held", "--wait=false"],
+    );
+    let held = ok(
+        kc,
+        &[
+            "-n",
+            "doomed",
+            "get",
+            "cm",
+            "held",
+            "-o",
+            "jsonpath={.metadata.deletionTimestamp}",
+        ],
+    );
+    assert!(held.ends_with('Z'), "deletionTimestamp set: {held:?}");
+
+    // The namespace turns Terminating: free content goes, held content stays.
+    ok(kc, &["delete", "namespace", "doomed", "--wait=false"]);
+    assert_eq!(
+        ok(
+            kc,
+            &["get", "ns", "doomed", "-o", "jsonpath={.status.phase}"]
+        ),
+        "Terminating"
+    );
+    assert_eq!(
+        ok(kc, &["-n", "doomed", "get", "cm", "-o", "name"]).trim(),
+        "configmap/held"
+    );
+    let late = write(
+        &s.path,
+        "late.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: late, namespace: doomed}\n",
+    );
+    fails_with(kc, &["create", "-f", &late], "is being terminated");
+
+    // Removing the last finalizer removes the object, and with it the namespace.
+    ok(
+        kc,
+        &[
+            "-n",
+            "doomed",
+            "patch",
+            "cm",
+            "held",
+            "--type=json",
+            "-p",
+            r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+        ],
+    );
+    fails_with(kc, &["-n", "doomed", "get", "cm", "held"], "NotFound");
+    fails_with(kc, &["get", "ns", "doomed"], "NotFound");
+}
