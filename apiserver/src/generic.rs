@@ -44,6 +44,10 @@ pub struct ListOptions {
     pub limit: usize,
     /// Continue token from the previous page.
     pub continue_token: Option<String>,
+    /// `resourceVersionMatch=Exact`: read at this revision.
+    pub exact_revision: Option<Revision>,
+    /// `resourceVersion=N` (not `0`): the list must be at least this new.
+    pub not_older_than: Option<Revision>,
 }
 
 /// One page of a list.
@@ -180,7 +184,17 @@ impl GenericStore {
         opts: &ListOptions,
     ) -> Result<ListPage, ApiError> {
         let prefix = self.prefix(info, ns)?;
-        let (mut after, mut revision) = (None, None);
+        let (mut after, mut revision) = (None, opts.exact_revision);
+        if let Some(min) = opts.not_older_than {
+            let current = self.store.current_revision().await.map_err(from_store)?;
+            if current < min {
+                return Err(ApiError {
+                    code: hyper::StatusCode::GATEWAY_TIMEOUT,
+                    reason: "Timeout",
+                    message: format!("Too large resource version: {min}, current: {current}"),
+                });
+            }
+        }
         if let Some(token) = &opts.continue_token {
             let (rev, key) = self.decode_continue(info, token)?;
             after = Some(key);
@@ -205,10 +219,20 @@ impl GenericStore {
                 })
                 .await
                 .map_err(|e| match e {
-                    StoreError::Compacted { .. } => ApiError {
+                    StoreError::Compacted { .. } if opts.continue_token.is_some() => ApiError {
                         code: hyper::StatusCode::GONE,
                         reason: "Expired",
                         message: "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.".into(),
+                    },
+                    StoreError::Compacted { requested } => ApiError {
+                        code: hyper::StatusCode::GONE,
+                        reason: "Expired",
+                        message: format!("too old resource version: {requested}"),
+                    },
+                    StoreError::FutureRevision { requested } => ApiError {
+                        code: hyper::StatusCode::GATEWAY_TIMEOUT,
+                        reason: "Timeout",
+                        message: format!("Too large resource version: {requested}"),
                     },
                     e => from_store(e),
                 })?;

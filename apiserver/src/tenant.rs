@@ -21,6 +21,27 @@ use crate::handler::Request;
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::status::{bytes_response, from_store, json_response, ApiError, Body};
 
+/// Least time between two bookmarks on one watch.
+const BOOKMARK_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What a watch request asked for besides changes.
+#[derive(Debug, Clone, Copy)]
+struct WatchFlags {
+    /// `allowWatchBookmarks=true`.
+    bookmarks: bool,
+    /// `sendInitialEvents=true` (watch-list): current state, then a bookmark.
+    initial_events: bool,
+}
+
+/// A BOOKMARK object: only the kind and the revision.
+fn bookmark(kind: &str, api_version: &str, revision: Revision, initial_end: bool) -> Value {
+    let mut metadata = json!({"resourceVersion": revision.to_string()});
+    if initial_end {
+        metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+    }
+    json!({"kind": kind, "apiVersion": api_version, "metadata": metadata})
+}
+
 /// Longest watch when the client sets no `timeoutSeconds` (kube picks 30–60 min).
 const MAX_WATCH: Duration = Duration::from_secs(1800);
 
@@ -269,6 +290,14 @@ async fn resource(
                         .map_err(|_| ApiError::bad_request("limit must be a number"))?,
                 },
                 continue_token: q("continue").filter(|c| !c.is_empty()).map(str::to_owned),
+                exact_revision: None,
+                not_older_than: None,
+            };
+            let rv = q("resourceVersion").filter(|v| !v.is_empty());
+            let parse_rv = |v: &str| {
+                v.parse::<u64>()
+                    .map(Revision::new)
+                    .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {v:?}")))
             };
             if matches!(q("watch"), Some("1" | "true")) {
                 let timeout = q("timeoutSeconds")
@@ -282,8 +311,30 @@ async fn resource(
                     q("resourceVersion"),
                     timeout,
                     stopping,
+                    WatchFlags {
+                        bookmarks: matches!(q("allowWatchBookmarks"), Some("true" | "1")),
+                        initial_events: matches!(q("sendInitialEvents"), Some("true" | "1")),
+                    },
                 )
                 .await;
+            }
+            let mut opts = opts;
+            match (q("resourceVersionMatch").filter(|v| !v.is_empty()), rv) {
+                (Some("Exact"), Some(v)) if v != "0" => opts.exact_revision = Some(parse_rv(v)?),
+                (Some("Exact"), _) => {
+                    return Err(ApiError::bad_request(
+                        "resourceVersionMatch=Exact needs a resourceVersion other than 0",
+                    ))
+                }
+                (Some("NotOlderThan") | None, Some(v)) if v != "0" => {
+                    opts.not_older_than = Some(parse_rv(v)?)
+                }
+                (Some("NotOlderThan") | None, _) => {}
+                (Some(other), _) => {
+                    return Err(ApiError::bad_request(format!(
+                        "unsupported resourceVersionMatch {other:?}"
+                    )))
+                }
             }
             let page = store.list(t.info, t.namespace, &opts).await?;
             if req.wants_table() {
@@ -410,9 +461,25 @@ async fn watch(
     resource_version: Option<&str>,
     timeout: Option<Duration>,
     mut stopping: tokio::sync::watch::Receiver<bool>,
+    flags: WatchFlags,
 ) -> Result<Response<Body>, ApiError> {
     let mut initial = Vec::new();
     let from = match resource_version {
+        _ if flags.initial_events => {
+            let page = store
+                .list(
+                    info,
+                    ns,
+                    &ListOptions {
+                        labels: opts.labels.clone(),
+                        fields: opts.fields.clone(),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            initial = page.items;
+            page.revision
+        }
         None | Some("") | Some("0") => {
             let page = store
                 .list(
@@ -440,6 +507,7 @@ async fn watch(
         Err(e) => return Err(from_store(e)),
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let (kind, api_version) = (info.kind.to_owned(), info.api_version());
     let deadline = tokio::time::Instant::now() + timeout.unwrap_or(MAX_WATCH).min(MAX_WATCH);
     tokio::spawn(async move {
         for object in &initial {
@@ -447,6 +515,19 @@ async fn watch(
                 return;
             }
         }
+        // Watch-list: a bookmark marks the end of the initial state.
+        if flags.initial_events
+            && tx
+                .send(watch_line(
+                    "BOOKMARK",
+                    &bookmark(&kind, &api_version, from, true),
+                ))
+                .await
+                .is_err()
+        {
+            return;
+        }
+        let mut last_bookmark = tokio::time::Instant::now();
         let Some(events) = events.as_mut() else {
             let gone = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                 "message": "too old resource version", "reason": "Expired", "code": 410});
@@ -466,7 +547,15 @@ async fn watch(
                     Some(line) => line,
                     None => continue,
                 },
-                Some(Ok(WatchEvent::Progress(_))) => continue,
+                Some(Ok(WatchEvent::Progress(revision))) => {
+                    // Bookmarks tell the client how far it is, without
+                    // flooding it: at most one per interval.
+                    if !flags.bookmarks || last_bookmark.elapsed() < BOOKMARK_INTERVAL {
+                        continue;
+                    }
+                    last_bookmark = tokio::time::Instant::now();
+                    watch_line("BOOKMARK", &bookmark(&kind, &api_version, revision, false))
+                }
                 Some(Err(kplex_storage::StoreError::Compacted { .. })) => {
                     let gone = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                         "message": "too old resource version", "reason": "Expired", "code": 410});

@@ -905,3 +905,90 @@ fn finalizers_hold_deletion_and_namespaces_terminate_until_empty() {
     fails_with(kc, &["-n", "doomed", "get", "cm", "held"], "NotFound");
     fails_with(kc, &["get", "ns", "doomed"], "NotFound");
 }
+
+#[test]
+fn resource_versions_select_the_past_and_watch_list_ends_with_a_bookmark() {
+    let (s, configs) = setup(&["team-a"]);
+    let kc = &configs[0];
+    let cm = |name: &str, v: &str| {
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: default}}\ndata: {{v: \"{v}\"}}\n")
+    };
+    ok(
+        kc,
+        &["create", "-f", &write(&s.path, "a.yaml", &cm("a", "1"))],
+    );
+    let base = "/clusters/team-a/api/v1/namespaces/default/configmaps";
+    let before: serde_json::Value = serde_json::from_str(&ok(kc, &["get", "--raw", base])).unwrap();
+    let rv = before["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(
+        kc,
+        &["replace", "-f", &write(&s.path, "a2.yaml", &cm("a", "2"))],
+    );
+    ok(
+        kc,
+        &["create", "-f", &write(&s.path, "b.yaml", &cm("b", "1"))],
+    );
+
+    // Exact: the list as it was at that resourceVersion.
+    let past: serde_json::Value = serde_json::from_str(&ok(
+        kc,
+        &[
+            "get",
+            "--raw",
+            &format!("{base}?resourceVersion={rv}&resourceVersionMatch=Exact"),
+        ],
+    ))
+    .unwrap();
+    assert_eq!(past["metadata"]["resourceVersion"], rv.as_str());
+    let items = past["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["data"]["v"], "1");
+    // A resourceVersion from the future is a 504, as kube-apiserver answers.
+    let o = k(
+        kc,
+        &["get", "--raw", &format!("{base}?resourceVersion=999999999")],
+    );
+    assert!(
+        stderr(&o).contains("Too large resource version"),
+        "{}",
+        stderr(&o)
+    );
+    fails_with(
+        kc,
+        &[
+            "get",
+            "--raw",
+            &format!("{base}?resourceVersion=abc&resourceVersionMatch=Exact"),
+        ],
+        "invalid resourceVersion",
+    );
+
+    // Watch-list: the current objects, then a bookmark marking their end.
+    let stream = ok(
+        kc,
+        &[
+            "get",
+            "--raw",
+            &format!("{base}?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=1"),
+        ],
+    );
+    let events: Vec<serde_json::Value> = stream
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["ADDED", "ADDED", "BOOKMARK"], "{stream}");
+    let mark = &events[2]["object"]["metadata"];
+    assert_eq!(mark["annotations"]["k8s.io/initial-events-end"], "true");
+    assert!(
+        mark["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > rv.parse::<u64>().unwrap()
+    );
+}
