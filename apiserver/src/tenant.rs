@@ -24,9 +24,13 @@ use crate::status::{bytes_response, from_store, json_response, ApiError, Body};
 /// Least time between two bookmarks on one watch.
 const BOOKMARK_INTERVAL: Duration = Duration::from_secs(10);
 
-/// What a watch request asked for besides changes.
+/// What a watch request asked for.
 #[derive(Debug, Clone, Copy)]
-struct WatchFlags {
+struct WatchFlags<'a> {
+    /// Where to start (`None`/`0`: current state first).
+    resource_version: Option<&'a str>,
+    /// `timeoutSeconds`.
+    timeout: Option<Duration>,
     /// `allowWatchBookmarks=true`.
     bookmarks: bool,
     /// `sendInitialEvents=true` (watch-list): current state, then a bookmark.
@@ -303,20 +307,13 @@ async fn resource(
                 let timeout = q("timeoutSeconds")
                     .and_then(|s| s.parse().ok())
                     .map(Duration::from_secs);
-                return watch(
-                    store,
-                    t.info,
-                    t.namespace,
-                    opts,
-                    q("resourceVersion"),
+                let flags = WatchFlags {
+                    resource_version: q("resourceVersion"),
                     timeout,
-                    stopping,
-                    WatchFlags {
-                        bookmarks: matches!(q("allowWatchBookmarks"), Some("true" | "1")),
-                        initial_events: matches!(q("sendInitialEvents"), Some("true" | "1")),
-                    },
-                )
-                .await;
+                    bookmarks: matches!(q("allowWatchBookmarks"), Some("true" | "1")),
+                    initial_events: matches!(q("sendInitialEvents"), Some("true" | "1")),
+                };
+                return watch(store, t.info, t.namespace, opts, stopping, flags).await;
             }
             let mut opts = opts;
             match (q("resourceVersionMatch").filter(|v| !v.is_empty()), rv) {
@@ -458,13 +455,11 @@ async fn watch(
     info: &ResourceInfo,
     ns: Namespace<'_>,
     opts: ListOptions,
-    resource_version: Option<&str>,
-    timeout: Option<Duration>,
     mut stopping: tokio::sync::watch::Receiver<bool>,
-    flags: WatchFlags,
+    flags: WatchFlags<'_>,
 ) -> Result<Response<Body>, ApiError> {
     let mut initial = Vec::new();
-    let from = match resource_version {
+    let from = match flags.resource_version {
         _ if flags.initial_events => {
             let page = store
                 .list(
@@ -508,7 +503,7 @@ async fn watch(
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     let (kind, api_version) = (info.kind.to_owned(), info.api_version());
-    let deadline = tokio::time::Instant::now() + timeout.unwrap_or(MAX_WATCH).min(MAX_WATCH);
+    let deadline = tokio::time::Instant::now() + flags.timeout.unwrap_or(MAX_WATCH).min(MAX_WATCH);
     tokio::spawn(async move {
         for object in &initial {
             if tx.send(watch_line("ADDED", object)).await.is_err() {
