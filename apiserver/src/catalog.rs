@@ -31,6 +31,14 @@ pub struct ResourceInfo {
     /// kube-apiserver does with its Go types: the object without the fields
     /// the type does not know, and those fields' paths.
     pub decode: fn(&[u8]) -> Decoded,
+    /// Adds the kind's OpenAPI schema (and those it refers to) to the
+    /// generator; returns the schema's name.
+    pub schema: fn(&mut schemars::SchemaGenerator) -> String,
+}
+
+fn schema_of<T: schemars::JsonSchema>(generator: &mut schemars::SchemaGenerator) -> String {
+    generator.subschema_for::<T>();
+    T::schema_name().into_owned()
 }
 
 /// An object round-tripped through its type, with the unknown fields'
@@ -127,7 +135,7 @@ impl ScopeFlag for ClusterResourceScope {
 
 fn row<T>(short_names: &'static [&'static str], categories: &'static [&'static str]) -> ResourceInfo
 where
-    T: Resource + serde::de::DeserializeOwned + serde::Serialize,
+    T: Resource + serde::de::DeserializeOwned + serde::Serialize + schemars::JsonSchema,
     T::Scope: ScopeFlag,
 {
     ResourceInfo {
@@ -139,6 +147,7 @@ where
         short_names,
         categories,
         decode: decode_as::<T>,
+        schema: schema_of::<T>,
     }
 }
 

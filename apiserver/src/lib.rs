@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod generic;
 pub mod handler;
 pub mod metrics;
+pub mod openapi;
 pub mod patch;
 pub mod printers;
 pub mod selectors;

@@ -85,6 +85,17 @@ pub async fn handle(
             "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
             Bytes::new(),
         )),
+        ["openapi", "v3"] if req.method == Method::GET => {
+            // The cluster's URL prefix: the request path minus the part below it.
+            let base = req.path.strip_suffix(path).unwrap_or("");
+            Ok(ok(crate::openapi::root(catalog, base)))
+        }
+        ["openapi", "v3", "api", version] if req.method == Method::GET => {
+            openapi_document(catalog, "", version)
+        }
+        ["openapi", "v3", "apis", group, version] if req.method == Method::GET => {
+            openapi_document(catalog, group, version)
+        }
         ["api", "v1"] if req.method == Method::GET => Ok(ok(resource_list(catalog, "", "v1"))),
         ["apis", group, version] if req.method == Method::GET => {
             if !catalog.group_versions().contains(&(*group, *version)) {
@@ -98,6 +109,20 @@ pub async fn handle(
         }
         _ => Err(not_found()),
     }
+}
+
+fn openapi_document(
+    catalog: &Catalog,
+    group: &str,
+    version: &str,
+) -> Result<Response<Body>, ApiError> {
+    let doc = crate::openapi::document(catalog, group, version)
+        .ok_or_else(|| ApiError::not_found("the server could not find the requested resource"))?;
+    Ok(bytes_response(
+        StatusCode::OK,
+        "application/json",
+        Bytes::from(doc.to_string()),
+    ))
 }
 
 fn ok(body: Value) -> Response<Body> {

@@ -992,3 +992,19 @@ fn resource_versions_select_the_past_and_watch_list_ends_with_a_bookmark() {
             > rv.parse::<u64>().unwrap()
     );
 }
+
+#[test]
+fn kubectl_explain_reads_the_vcs_openapi() {
+    let (_s, configs) = setup(&["team-a"]);
+    let kc = &configs[0];
+    let explained = ok(kc, &["explain", "deployment.spec.template"]);
+    assert!(explained.contains("KIND:       Deployment"), "{explained}");
+    assert!(explained.contains("<PodTemplateSpec>"), "{explained}");
+    assert!(
+        explained.contains("FIELDS:") && explained.contains("spec\t<PodSpec>"),
+        "{explained}"
+    );
+    let pods = ok(kc, &["explain", "pods.spec.containers.image"]);
+    assert!(pods.contains("Container image name"), "{pods}");
+    fails_with(kc, &["explain", "deployment.spec.nonsense"], "nonsense");
+}
