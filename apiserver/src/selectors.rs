@@ -127,10 +127,55 @@ fn set(part: &str, rest: &str) -> Result<Vec<String>, ApiError> {
 #[derive(Debug, Clone, Default)]
 pub struct FieldSelector(Vec<(String, bool, String)>);
 
+/// The fields a kind can be selected by beyond `metadata.name` and
+/// `metadata.namespace` (kube-apiserver's per-kind field label conversions).
+pub fn extra_field_labels(group: &str, plural: &str) -> &'static [&'static str] {
+    match (group, plural) {
+        ("", "pods") => &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.nominatedNodeName",
+        ],
+        ("", "events") => &[
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+        ],
+        ("events.k8s.io", "events") => &[
+            "regarding.kind",
+            "regarding.namespace",
+            "regarding.name",
+            "regarding.uid",
+            "reason",
+            "reportingController",
+            "type",
+        ],
+        ("", "secrets") => &["type"],
+        ("", "namespaces") => &["status.phase"],
+        ("", "persistentvolumeclaims") => &["spec.volumeName"],
+        ("apps", "replicasets") => &["status.replicas"],
+        ("batch", "jobs") => &["status.successful"],
+        _ => &[],
+    }
+}
+
 impl FieldSelector {
-    /// Parses `metadata.name=x,metadata.namespace!=y`; other fields are a 400,
-    /// as kube-apiserver answers for fields a kind does not index.
-    pub fn parse(s: &str, kind: &str) -> Result<FieldSelector, ApiError> {
+    /// Parses `metadata.name=x,status.phase!=Running`. Fields the kind
+    /// cannot be selected by are a 400, as kube-apiserver answers.
+    pub fn parse(s: &str, kind: &str, allowed: &[&str]) -> Result<FieldSelector, ApiError> {
         let mut reqs = Vec::new();
         if s.trim().is_empty() {
             return Ok(FieldSelector(reqs));
@@ -148,7 +193,8 @@ impl FieldSelector {
                 )));
             };
             let field = field.trim();
-            if !matches!(field, "metadata.name" | "metadata.namespace") {
+            if !matches!(field, "metadata.name" | "metadata.namespace") && !allowed.contains(&field)
+            {
                 return Err(ApiError::bad_request(format!(
                     "field label not supported: {field} (for {kind})"
                 )));
@@ -158,14 +204,23 @@ impl FieldSelector {
         Ok(FieldSelector(reqs))
     }
 
-    /// Whether the object matches.
+    /// Whether the object matches. A missing field compares as `""`; numbers
+    /// and booleans compare by their text, as Kubernetes' field sets do.
     pub fn matches(&self, object: &Value) -> bool {
         self.0.iter().all(|(field, equal, value)| {
-            let actual = match field.as_str() {
-                "metadata.name" => object["metadata"]["name"].as_str().unwrap_or(""),
-                _ => object["metadata"]["namespace"].as_str().unwrap_or(""),
+            let actual = field.split('.').fold(object, |v, segment| &v[segment]);
+            let actual = match actual {
+                Value::String(s) => s.clone(),
+                Value::Null => String::new(),
+                // `source` on core events is an object; Kubernetes selects on its component.
+                Value::Object(m) => m
+                    .get("component")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
+                other => other.to_string(),
             };
-            (actual == value) == *equal
+            (actual == *value) == *equal
         })
     }
 }
@@ -203,15 +258,38 @@ mod tests {
     }
 
     #[test]
-    fn field_selectors_know_name_and_namespace_only() {
+    fn field_selectors_know_each_kinds_fields() {
         let obj = json!({"metadata": {"name": "a", "namespace": "ns"}});
-        assert!(FieldSelector::parse("metadata.name=a", "Pod")
+        let none: &[&str] = &[];
+        assert!(FieldSelector::parse("metadata.name=a", "Pod", none)
             .unwrap()
             .matches(&obj));
-        assert!(!FieldSelector::parse("metadata.namespace!=ns", "Pod")
+        assert!(!FieldSelector::parse("metadata.namespace!=ns", "Pod", none)
             .unwrap()
             .matches(&obj));
-        assert!(FieldSelector::parse("spec.bogus=x", "Pod").is_err());
-        assert!(FieldSelector::parse("nonsense", "Pod").is_err());
+        assert!(FieldSelector::parse("spec.bogus=x", "Pod", none).is_err());
+        assert!(FieldSelector::parse("nonsense", "Pod", none).is_err());
+        let pods = extra_field_labels("", "pods");
+        let pod = json!({"metadata": {"name": "p"}, "spec": {"nodeName": "n1", "hostNetwork": true}, "status": {"phase": "Running"}});
+        assert!(
+            FieldSelector::parse("status.phase=Running,spec.nodeName=n1", "Pod", pods)
+                .unwrap()
+                .matches(&pod)
+        );
+        assert!(FieldSelector::parse("spec.hostNetwork=true", "Pod", pods)
+            .unwrap()
+            .matches(&pod));
+        assert!(FieldSelector::parse("status.podIP=", "Pod", pods)
+            .unwrap()
+            .matches(&pod));
+        assert!(!FieldSelector::parse("status.phase!=Running", "Pod", pods)
+            .unwrap()
+            .matches(&pod));
+        assert!(FieldSelector::parse(
+            "type=Opaque",
+            "ConfigMap",
+            extra_field_labels("", "configmaps")
+        )
+        .is_err());
     }
 }

@@ -308,10 +308,44 @@ async fn resource(
         }
     }
     match (&req.method, t.name) {
+        (&Method::DELETE, None) => {
+            // deletecollection: every object the selectors match.
+            let opts = ListOptions {
+                labels: LabelSelector::parse(q("labelSelector").unwrap_or(""))?,
+                fields: FieldSelector::parse(
+                    q("fieldSelector").unwrap_or(""),
+                    t.info.kind,
+                    crate::selectors::extra_field_labels(t.info.group, t.info.plural),
+                )?,
+                ..Default::default()
+            };
+            let page = store.list(t.info, t.namespace, &opts).await?;
+            let mut deleted = Vec::with_capacity(page.items.len());
+            for item in &page.items {
+                let name = item["metadata"]["name"].as_str().unwrap_or_default();
+                let ns = item["metadata"]["namespace"].as_str();
+                match store.delete(t.info, ns, name, dry_run).await {
+                    Ok(object) => deleted.push(object),
+                    // Gone meanwhile: nothing left to delete.
+                    Err(e) if e.code == StatusCode::NOT_FOUND => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(ok(json!({
+                "kind": format!("{}List", t.info.kind),
+                "apiVersion": t.info.api_version(),
+                "metadata": {},
+                "items": deleted,
+            })))
+        }
         (&Method::GET, None) => {
             let opts = ListOptions {
                 labels: LabelSelector::parse(q("labelSelector").unwrap_or(""))?,
-                fields: FieldSelector::parse(q("fieldSelector").unwrap_or(""), t.info.kind)?,
+                fields: FieldSelector::parse(
+                    q("fieldSelector").unwrap_or(""),
+                    t.info.kind,
+                    crate::selectors::extra_field_labels(t.info.group, t.info.plural),
+                )?,
                 limit: match q("limit") {
                     None | Some("") => 0,
                     Some(l) => l

@@ -1008,3 +1008,51 @@ fn kubectl_explain_reads_the_vcs_openapi() {
     assert!(pods.contains("Container image name"), "{pods}");
     fails_with(kc, &["explain", "deployment.spec.nonsense"], "nonsense");
 }
+
+#[test]
+fn deletecollection_and_per_kind_field_selectors() {
+    let (s, configs) = setup(&["team-a"]);
+    let kc = &configs[0];
+    let mut docs = String::new();
+    for (name, tier) in [("a", "web"), ("b", "web"), ("c", "db")] {
+        docs.push_str(&format!("---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: default, labels: {{tier: {tier}}}}}\n"));
+    }
+    docs.push_str("---\napiVersion: v1\nkind: Secret\nmetadata: {name: tls, namespace: default}\ntype: kubernetes.io/tls\ndata: {tls.crt: \"\", tls.key: \"\"}\n");
+    docs.push_str("---\napiVersion: v1\nkind: Secret\nmetadata: {name: plain, namespace: default}\ntype: Opaque\n");
+    ok(kc, &["create", "-f", &write(&s.path, "docs.yaml", &docs)]);
+
+    // Field selectors a kind supports beyond name and namespace.
+    assert_eq!(
+        ok(
+            kc,
+            &[
+                "get",
+                "secrets",
+                "--field-selector",
+                "type=kubernetes.io/tls",
+                "-o",
+                "name"
+            ]
+        )
+        .trim(),
+        "secret/tls"
+    );
+    fails_with(
+        kc,
+        &["get", "cm", "--field-selector", "type=x"],
+        "field label not supported",
+    );
+
+    // DELETE on the collection removes what the selector matches, nothing else.
+    let deleted: serde_json::Value = serde_json::from_str(&ok(
+        kc,
+        &[
+            "delete",
+            "--raw",
+            "/clusters/team-a/api/v1/namespaces/default/configmaps?labelSelector=tier%3Dweb",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(deleted["items"].as_array().unwrap().len(), 2);
+    assert_eq!(ok(kc, &["get", "cm", "-o", "name"]).trim(), "configmap/c");
+}
