@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod bootstrap;
 pub mod catalog;
+pub mod cli;
 pub mod generic;
 pub mod handler;
 pub mod metrics;

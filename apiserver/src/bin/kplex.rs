@@ -1,6 +1,7 @@
 //! The `kplex` command.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +24,58 @@ struct Cli {
 enum Command {
     /// Serves the API over HTTPS until SIGTERM or Ctrl-C.
     Serve(ServeArgs),
+    /// Manages virtual clusters through the admin API.
+    Vc {
+        /// Admin kubeconfig (default: <data-dir>/admin.kubeconfig).
+        #[arg(long, global = true)]
+        kubeconfig: Option<PathBuf>,
+        /// Data directory whose admin kubeconfig to use.
+        #[arg(
+            long,
+            global = true,
+            default_value = "./kplex-data",
+            env = "KPLEX_DATA_DIR"
+        )]
+        data_dir: PathBuf,
+        #[command(subcommand)]
+        command: VcCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum VcCommand {
+    /// Creates a virtual cluster; with -o, also writes a cluster-admin kubeconfig for it.
+    Create {
+        /// Name (a DNS-1123 label).
+        name: String,
+        /// Write a kubeconfig for the VC's first user (group system:masters) here.
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+    },
+    /// Lists virtual clusters.
+    List,
+    /// Deletes a virtual cluster and everything in it.
+    Delete {
+        /// Name.
+        name: String,
+    },
+    /// Issues a kubeconfig for a user of a virtual cluster.
+    Kubeconfig {
+        /// Name of the VC.
+        name: String,
+        /// User name.
+        #[arg(long)]
+        user: String,
+        /// Groups (repeat).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// Lifetime of the credential.
+        #[arg(long)]
+        expiration_seconds: Option<u64>,
+        /// Write it here (mode 0600) instead of printing it.
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -59,6 +112,20 @@ async fn main() -> std::process::ExitCode {
                 std::process::ExitCode::FAILURE
             }
         },
+        Command::Vc {
+            kubeconfig,
+            data_dir,
+            command,
+        } => {
+            let kubeconfig = kubeconfig.unwrap_or_else(|| data_dir.join("admin.kubeconfig"));
+            match vc(&kubeconfig, command).await {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("{e}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 
@@ -105,6 +172,68 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     });
     kplex_apiserver::server::serve(listener, boot.tls, ctx, wait_for_shutdown()).await;
     tracing::info!("stopped");
+    Ok(())
+}
+
+async fn vc(kubeconfig: &std::path::Path, command: VcCommand) -> Result<(), String> {
+    let client = kplex_apiserver::cli::AdminClient::from_kubeconfig(kubeconfig)?;
+    let write = |path: &std::path::Path, text: &str| {
+        kplex_certs::write_private(path, text.as_bytes()).map_err(|e| e.to_string())
+    };
+    match command {
+        VcCommand::Create { name, output } => {
+            let vc = client.create(&name).await?;
+            println!("virtualcluster.tenancy.kplex.dev/{name} created");
+            println!(
+                "endpoint: {}",
+                vc["status"]["endpoint"].as_str().unwrap_or("")
+            );
+            if let Some(path) = output {
+                let config = client
+                    .kubeconfig(
+                        &name,
+                        &format!("{name}-admin"),
+                        &["system:masters".to_owned()],
+                        None,
+                    )
+                    .await?;
+                write(&path, &config)?;
+                println!("kubeconfig written to {}", path.display());
+            }
+        }
+        VcCommand::List => {
+            let vcs = client.list().await?;
+            println!("{:<24} {:<8} {:<50} CREATED", "NAME", "PHASE", "ENDPOINT");
+            for vc in vcs {
+                println!(
+                    "{:<24} {:<8} {:<50} {}",
+                    vc["metadata"]["name"].as_str().unwrap_or(""),
+                    vc["status"]["phase"].as_str().unwrap_or(""),
+                    vc["status"]["endpoint"].as_str().unwrap_or(""),
+                    vc["metadata"]["creationTimestamp"].as_str().unwrap_or(""),
+                );
+            }
+        }
+        VcCommand::Delete { name } => {
+            client.delete(&name).await?;
+            println!("virtualcluster.tenancy.kplex.dev/{name} deleted");
+        }
+        VcCommand::Kubeconfig {
+            name,
+            user,
+            groups,
+            expiration_seconds,
+            output,
+        } => {
+            let config = client
+                .kubeconfig(&name, &user, &groups, expiration_seconds)
+                .await?;
+            match output {
+                Some(path) => write(&path, &config)?,
+                None => print!("{config}"),
+            }
+        }
+    }
     Ok(())
 }
 
