@@ -27,6 +27,8 @@ const BOOKMARK_INTERVAL: Duration = Duration::from_secs(10);
 /// What a watch request asked for.
 #[derive(Debug, Clone, Copy)]
 struct WatchFlags<'a> {
+    /// Events as one-row Tables (`Accept: …;as=Table`).
+    table: bool,
     /// Where to start (`None`/`0`: current state first).
     resource_version: Option<&'a str>,
     /// `timeoutSeconds`.
@@ -367,6 +369,7 @@ async fn resource(
                     .and_then(|s| s.parse().ok())
                     .map(Duration::from_secs);
                 let flags = WatchFlags {
+                    table: req.wants_table(),
                     resource_version: q("resourceVersion"),
                     timeout,
                     bookmarks: matches!(q("allowWatchBookmarks"), Some("true" | "1")),
@@ -562,10 +565,21 @@ async fn watch(
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     let (kind, api_version) = (info.kind.to_owned(), info.api_version());
+    // kubectl's default output asks for Tables, also when watching: each
+    // event then carries a one-row Table.
+    let table_info = flags.table.then(|| info.clone());
+    let render = move |object: Value| match &table_info {
+        Some(info) => table(info, &[object]),
+        None => object,
+    };
     let deadline = tokio::time::Instant::now() + flags.timeout.unwrap_or(MAX_WATCH).min(MAX_WATCH);
     tokio::spawn(async move {
         for object in &initial {
-            if tx.send(watch_line("ADDED", object)).await.is_err() {
+            if tx
+                .send(watch_line("ADDED", &render(object.clone())))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -598,7 +612,7 @@ async fn watch(
             };
             let line = match next {
                 Some(Ok(WatchEvent::Change(event))) => match to_watch_event(&event, &opts) {
-                    Some(line) => line,
+                    Some((kind, object)) => watch_line(kind, &render(object)),
                     None => continue,
                 },
                 Some(Ok(WatchEvent::Progress(revision))) => {
@@ -638,7 +652,7 @@ async fn watch(
 
 /// The event as a client sees it, or `None` if the selectors exclude it.
 /// An object that stops matching is reported as DELETED.
-fn to_watch_event(event: &Event, opts: &ListOptions) -> Option<Bytes> {
+fn to_watch_event(event: &Event, opts: &ListOptions) -> Option<(&'static str, Value)> {
     let matches =
         |o: &Value| opts.labels.matches(&o["metadata"]["labels"]) && opts.fields.matches(o);
     match event {
@@ -647,9 +661,9 @@ fn to_watch_event(event: &Event, opts: &ListOptions) -> Option<Bytes> {
             let before = prev.as_ref().and_then(|p| decode_watched(p).ok());
             let was = before.as_ref().is_some_and(matches);
             match (was, matches(&object)) {
-                (_, true) if before.is_none() || !was => Some(watch_line("ADDED", &object)),
-                (true, true) => Some(watch_line("MODIFIED", &object)),
-                (true, false) => Some(watch_line("DELETED", &object)),
+                (_, true) if before.is_none() || !was => Some(("ADDED", object)),
+                (true, true) => Some(("MODIFIED", object)),
+                (true, false) => Some(("DELETED", object)),
                 _ => None,
             }
         }
@@ -659,7 +673,7 @@ fn to_watch_event(event: &Event, opts: &ListOptions) -> Option<Bytes> {
                 return None;
             }
             object["metadata"]["resourceVersion"] = json!(revision.to_string());
-            Some(watch_line("DELETED", &object))
+            Some(("DELETED", object))
         }
     }
 }
