@@ -132,6 +132,11 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let started = std::time::Instant::now();
+    let vc = req
+        .uri()
+        .path()
+        .strip_prefix("/clusters/")
+        .map(|rest| rest.split('/').next().unwrap_or("").to_owned());
     let (verb, resource) = crate::metrics::classify(
         req.method(),
         req.uri().path(),
@@ -142,11 +147,17 @@ where
         Err(e) => e.into_response(),
     };
     // A watch is counted when its stream starts, not when it ends.
-    ctx.metrics.observe_request(
-        &verb,
-        &resource,
-        response.status().as_u16(),
-        started.elapsed(),
+    let code = response.status().as_u16();
+    ctx.metrics
+        .observe_request(&verb, &resource, code, started.elapsed());
+    tracing::debug!(
+        vc = vc.as_deref().unwrap_or(""),
+        user = caller.map_or("", |c| c.user.as_str()),
+        %verb,
+        %resource,
+        code,
+        micros = started.elapsed().as_micros() as u64,
+        "request"
     );
     response
 }
