@@ -433,12 +433,7 @@ impl GenericStore {
             ));
         }
         let key = self.key(info, ns, name)?;
-        let current = self
-            .store
-            .get(&key)
-            .await
-            .map_err(from_store)?
-            .ok_or_else(|| Self::not_found(info, name))?;
+        let current = self.current(info, &key, name).await?;
         let expected = match object["metadata"]["resourceVersion"].as_str() {
             Some(rv) => Revision::new(
                 rv.parse()
@@ -468,12 +463,7 @@ impl GenericStore {
         validate_name(info, name).map_err(|_| Self::not_found(info, name))?;
         let key = self.key(info, ns, name)?;
         for _ in 0..8 {
-            let current = self
-                .store
-                .get(&key)
-                .await
-                .map_err(from_store)?
-                .ok_or_else(|| Self::not_found(info, name))?;
+            let current = self.current(info, &key, name).await?;
             let old = object_of(&current)?;
             let mut patched = crate::patch::apply(&old, kind, body)?;
             check_type(info, &mut patched)?;
@@ -586,12 +576,7 @@ impl GenericStore {
     ) -> Result<Value, ApiError> {
         validate_name(info, name).map_err(|_| Self::not_found(info, name))?;
         let key = self.key(info, ns, name)?;
-        let current = self
-            .store
-            .get(&key)
-            .await
-            .map_err(from_store)?
-            .ok_or_else(|| Self::not_found(info, name))?;
+        let current = self.current(info, &key, name).await?;
         let object = object_of(&current)?;
         if dry_run || object["metadata"]["deletionTimestamp"].is_string() {
             return Ok(object);
@@ -721,6 +706,20 @@ impl GenericStore {
             Ok(_) | Err(StoreError::NotFound { .. } | StoreError::Conflict { .. }) => Ok(()),
             Err(e) => Err(from_store(e)),
         }
+    }
+
+    /// The stored object at `key`, or 404 naming it.
+    async fn current(
+        &self,
+        info: &ResourceInfo,
+        key: &Key,
+        name: &str,
+    ) -> Result<kplex_storage::KeyValue, ApiError> {
+        self.store
+            .get(key)
+            .await
+            .map_err(from_store)?
+            .ok_or_else(|| Self::not_found(info, name))
     }
 
     /// The prefix a watch of `info` in `ns` covers.

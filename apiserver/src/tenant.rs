@@ -521,8 +521,18 @@ async fn watch(
     flags: WatchFlags<'_>,
 ) -> Result<Response<Body>, ApiError> {
     let mut initial = Vec::new();
-    let from = match flags.resource_version {
-        _ if flags.initial_events => {
+    let start = match flags.resource_version {
+        Some(rv) if !flags.initial_events && !matches!(rv, "" | "0") => {
+            Some(Revision::new(rv.parse().map_err(|_| {
+                ApiError::bad_request(format!("invalid resourceVersion {rv:?}"))
+            })?))
+        }
+        _ => None,
+    };
+    let from = match start {
+        Some(revision) => revision,
+        // No start, or watch-list: the current objects first.
+        None => {
             let page = store
                 .list(
                     info,
@@ -537,25 +547,6 @@ async fn watch(
             initial = page.items;
             page.revision
         }
-        None | Some("") | Some("0") => {
-            let page = store
-                .list(
-                    info,
-                    ns,
-                    &ListOptions {
-                        labels: opts.labels.clone(),
-                        fields: opts.fields.clone(),
-                        ..Default::default()
-                    },
-                )
-                .await?;
-            initial = page.items;
-            page.revision
-        }
-        Some(rv) => Revision::new(
-            rv.parse()
-                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?,
-        ),
     };
     let prefix = store.watch_prefix(info, ns)?;
     let mut events = match store.store().watch(&prefix, from).await {

@@ -150,25 +150,23 @@ impl EtcdStore {
         Ok(store)
     }
 
-    /// Runs one request within `request_timeout`. A request that could not
-    /// even connect was never sent, so it is safe to try again — the
-    /// balanced channel may pick a live endpoint next time.
+    /// Runs one request within `request_timeout`, retrying as [`retry_unsent`] says.
     async fn call<T, Fut>(&self, request: impl Fn() -> Fut) -> StoreResult<T>
     where
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
         let timeout = self.options.request_timeout;
         let deadline = Instant::now() + timeout;
-        let mut attempts_left = 2 * self.options.endpoints.len();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match bounded(left, request()).await {
-                Err(StoreError::Unavailable(m)) if attempts_left > 0 && never_sent(&m) => {
-                    attempts_left -= 1;
-                }
-                Err(StoreError::Timeout(_)) => return Err(StoreError::Timeout(timeout)),
-                other => return other,
-            }
+        let result = retry_unsent(&self.options, deadline, || {
+            bounded(
+                deadline.saturating_duration_since(Instant::now()),
+                request(),
+            )
+        })
+        .await;
+        match result {
+            Err(StoreError::Timeout(_)) => Err(StoreError::Timeout(timeout)),
+            other => other,
         }
     }
 
@@ -254,6 +252,36 @@ fn map_error(e: etcd_client::Error, timeout: Duration) -> StoreError {
         E::IoError(io) => StoreError::Unavailable(io.to_string()),
         E::WatchError(w) => StoreError::Unavailable(w),
         other => StoreError::Internal(other.to_string()),
+    }
+}
+
+/// Pause between tries of a request that never reached etcd.
+const RETRY_PAUSE: Duration = Duration::from_millis(20);
+
+/// Runs `attempt` until it succeeds, fails in a way other than "could not
+/// connect", or `deadline` passes. A request that could not even connect was
+/// never sent, so trying again is safe; with several endpoints the balanced
+/// channel may pick a live one next time. With one endpoint there is nothing
+/// else to try, so the first failure stands.
+async fn retry_unsent<T, Fut>(
+    options: &EtcdOptions,
+    deadline: Instant,
+    attempt: impl Fn() -> Fut,
+) -> StoreResult<T>
+where
+    Fut: Future<Output = StoreResult<T>>,
+{
+    loop {
+        match attempt().await {
+            Err(StoreError::Unavailable(m))
+                if options.endpoints.len() > 1
+                    && never_sent(&m)
+                    && Instant::now() + RETRY_PAUSE < deadline =>
+            {
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+            other => return other,
+        }
     }
 }
 
@@ -504,15 +532,11 @@ impl Store for EtcdStore {
         if after > current {
             return Err(StoreError::FutureRevision { requested: after });
         }
-        let mut attempts_left = 2 * self.options.endpoints.len();
-        let stream = loop {
-            match open_watch(&self.watch, &self.options, prefix, after).await {
-                Err(StoreError::Unavailable(m)) if attempts_left > 0 && never_sent(&m) => {
-                    attempts_left -= 1;
-                }
-                other => break other?,
-            }
-        };
+        let deadline = Instant::now() + self.options.request_timeout;
+        let stream = retry_unsent(&self.options, deadline, || {
+            open_watch(&self.watch, &self.options, prefix, after)
+        })
+        .await?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let task = EtcdWatch {
             client: self.watch.clone(),
