@@ -113,8 +113,9 @@ fn service_ports(o: &Value) -> Value {
     )
 }
 
-fn external_ip(o: &Value) -> Value {
-    let from_lb = o["status"]["loadBalancer"]["ingress"]
+/// The addresses a load balancer reports in `status.loadBalancer.ingress`.
+fn lb_addresses(o: &Value) -> Vec<String> {
+    o["status"]["loadBalancer"]["ingress"]
         .as_array()
         .into_iter()
         .flatten()
@@ -123,7 +124,12 @@ fn external_ip(o: &Value) -> Value {
                 .as_str()
                 .or(i["hostname"].as_str())
                 .map(str::to_owned)
-        });
+        })
+        .collect()
+}
+
+fn external_ip(o: &Value) -> Value {
+    let from_lb = lb_addresses(o).into_iter();
     let explicit = o["spec"]["externalIPs"]
         .as_array()
         .into_iter()
@@ -336,20 +342,7 @@ pub fn columns(info: &ResourceInfo) -> Vec<Column> {
                     hosts.join(",")
                 })
             }),
-            col("Address", 0, |o| {
-                let ips: Vec<String> = o["status"]["loadBalancer"]["ingress"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|i| {
-                        i["ip"]
-                            .as_str()
-                            .or(i["hostname"].as_str())
-                            .map(str::to_owned)
-                    })
-                    .collect();
-                json!(ips.join(","))
-            }),
+            col("Address", 0, |o| json!(lb_addresses(o).join(","))),
             col("Ports", 0, |o| {
                 json!(
                     if o["spec"]["tls"].as_array().is_some_and(|t| !t.is_empty()) {

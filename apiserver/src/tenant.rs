@@ -309,16 +309,20 @@ async fn resource(
             return scale(store, &t, name, req, write).await;
         }
     }
+    let labels = || LabelSelector::parse(q("labelSelector").unwrap_or(""));
+    let fields = || {
+        FieldSelector::parse(
+            q("fieldSelector").unwrap_or(""),
+            t.info.kind,
+            crate::selectors::extra_field_labels(t.info.group, t.info.plural),
+        )
+    };
     match (&req.method, t.name) {
         (&Method::DELETE, None) => {
             // deletecollection: every object the selectors match.
             let opts = ListOptions {
-                labels: LabelSelector::parse(q("labelSelector").unwrap_or(""))?,
-                fields: FieldSelector::parse(
-                    q("fieldSelector").unwrap_or(""),
-                    t.info.kind,
-                    crate::selectors::extra_field_labels(t.info.group, t.info.plural),
-                )?,
+                labels: labels()?,
+                fields: fields()?,
                 ..Default::default()
             };
             let page = store.list(t.info, t.namespace, &opts).await?;
@@ -342,12 +346,8 @@ async fn resource(
         }
         (&Method::GET, None) => {
             let opts = ListOptions {
-                labels: LabelSelector::parse(q("labelSelector").unwrap_or(""))?,
-                fields: FieldSelector::parse(
-                    q("fieldSelector").unwrap_or(""),
-                    t.info.kind,
-                    crate::selectors::extra_field_labels(t.info.group, t.info.plural),
-                )?,
+                labels: labels()?,
+                fields: fields()?,
                 limit: match q("limit") {
                     None | Some("") => 0,
                     Some(l) => l
