@@ -73,14 +73,17 @@ pub async fn serve(
             });
             let builder = auto::Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            match watcher.watch(conn.into_owned()).await {
+                Ok(()) => tracing::debug!(%peer, "connection closed"),
+                Err(e) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
             }
         });
     }
     drop(listener);
     tracing::info!("draining open connections");
-    let _ = ctx.stopping.send(true);
+    // send_replace: the value must change even when no watch is open yet,
+    // or a watch that starts during the drain would never see it.
+    ctx.stopping.send_replace(true);
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
         .await
         .is_err()

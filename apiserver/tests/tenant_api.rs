@@ -421,16 +421,23 @@ fn kubectl_get_watch_sees_a_change_made_by_another_client() {
         kc,
         &["create", "-f", &write(&s.path, "b.yaml", &cm("before"))],
     );
-    let listed = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("kubectl -w listed nothing");
-    // kubectl's default output: a table, as against a real cluster.
-    let header: Vec<&str> = listed.split_whitespace().collect();
-    assert_eq!(header, ["NAME", "DATA", "AGE"]);
-    let listed = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("kubectl -w listed nothing");
-    assert!(listed.starts_with("before "), "{listed}");
+    // kubectl's default output is a table, as against a real cluster: a
+    // header, then a row per object.
+    let mut seen = Vec::new();
+    while !seen
+        .last()
+        .is_some_and(|l: &String| l.starts_with("before "))
+    {
+        seen.push(
+            rx.recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("kubectl -w printed only {seen:?}")),
+        );
+    }
+    assert!(
+        seen.iter()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["NAME", "DATA", "AGE"]),
+        "no table header in {seen:?}"
+    );
     ok(
         kc,
         &["create", "-f", &write(&s.path, "w.yaml", &cm("watched"))],

@@ -28,7 +28,10 @@ impl Kplex {
         let mut child = Command::new(env!("CARGO_BIN_EXE_kplex"))
             .args(["serve", "--port", &port.to_string(), "--data-dir"])
             .arg(data_dir)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("KPLEX_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -39,6 +42,8 @@ impl Kplex {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
+                // Shown with the test's output when it fails.
+                eprintln!("kplex: {line}");
                 if line.contains("kplex serving") {
                     let _ = tx.send(line);
                 }
