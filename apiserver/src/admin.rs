@@ -55,7 +55,7 @@ pub async fn handle(ctx: &Context, req: Request) -> Result<Response, ApiError> {
                     "singularName": "virtualcluster",
                     "namespaced": false,
                     "kind": KIND,
-                    "verbs": ["create", "delete", "get", "list"],
+                    "verbs": ["create", "delete", "get", "list", "watch"],
                     "shortNames": ["vc"],
                 },
                 {
@@ -111,7 +111,7 @@ async fn virtualclusters(
                 .ok_or_else(|| ApiError::not_found_object(KIND, GROUP, name))?;
             let object = present(ctx, &vc, true).await?;
             Ok(if req.wants_table() {
-                ok(table(ctx, &[vc], &req))
+                ok(table(&[object]))
             } else {
                 ok(object)
             })
@@ -186,9 +186,20 @@ async fn create(ctx: &Context, req: Request) -> Result<Response, ApiError> {
 }
 
 async fn list(ctx: &Context, req: &Request) -> Result<Response, ApiError> {
+    if req
+        .query_pairs()
+        .iter()
+        .any(|(k, v)| k == "watch" && (v == "1" || v == "true"))
+    {
+        return watch(ctx, req).await;
+    }
     let (vcs, revision) = ctx.registry.list().await?;
     if req.wants_table() {
-        return Ok(ok(table(ctx, &vcs, req)));
+        let objects: Vec<Value> = vcs
+            .iter()
+            .map(|vc| with_status(&ctx.url, vc.object.clone()))
+            .collect();
+        return Ok(ok(table(&objects)));
     }
     let mut items = Vec::with_capacity(vcs.len());
     for vc in &vcs {
@@ -203,39 +214,45 @@ async fn list(ctx: &Context, req: &Request) -> Result<Response, ApiError> {
 }
 
 /// The VC as served: the record plus its status.
+/// The VC as served: the record plus its status.
 async fn present(ctx: &Context, vc: &VirtualCluster, count: bool) -> Result<Value, ApiError> {
-    let mut object = vc.object.clone();
-    object["status"] = json!({
-        "phase": "Ready",
-        "endpoint": ctx.vc_url(vc.name()),
-        "creationTime": vc.object["metadata"]["creationTimestamp"],
-    });
+    let mut object = with_status(&ctx.url, vc.object.clone());
     if count {
         object["status"]["objectCount"] = json!(ctx.registry.object_count(vc).await?);
     }
     Ok(object)
 }
 
-fn table(ctx: &Context, vcs: &[VirtualCluster], req: &Request) -> Value {
-    let rows: Vec<Value> = vcs
+/// A VC record with the status every VC has while it exists.
+fn with_status(url: &str, mut object: Value) -> Value {
+    let name = object["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    object["status"] = json!({
+        "phase": "Ready",
+        "endpoint": format!("{url}/clusters/{name}"),
+        "creationTime": object["metadata"]["creationTimestamp"],
+    });
+    object
+}
+
+/// VCs as a Table: NAME PHASE ENDPOINT AGE.
+fn table(objects: &[Value]) -> Value {
+    let rows: Vec<Value> = objects
         .iter()
-        .map(|vc| {
-            let created = vc.object["metadata"]["creationTimestamp"]
-                .as_str()
-                .unwrap_or("");
-            let mut metadata = vc.object["metadata"].clone();
-            metadata["creationTimestamp"] = json!(created);
+        .map(|o| {
+            let created = o["metadata"]["creationTimestamp"].as_str().unwrap_or("");
             json!({
-                "cells": [vc.name(), "Ready", ctx.vc_url(vc.name()), age(created)],
+                "cells": [o["metadata"]["name"], o["status"]["phase"], o["status"]["endpoint"], age(created)],
                 "object": {
                     "kind": "PartialObjectMetadata",
                     "apiVersion": "meta.k8s.io/v1",
-                    "metadata": metadata,
+                    "metadata": o["metadata"],
                 },
             })
         })
         .collect();
-    let _ = req;
     json!({
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",
@@ -248,6 +265,67 @@ fn table(ctx: &Context, vcs: &[VirtualCluster], req: &Request) -> Value {
         ],
         "rows": rows,
     })
+}
+
+/// `GET virtualclusters?watch=1`: the VCs (unless a resourceVersion is
+/// given), then their creations and deletions.
+async fn watch(ctx: &Context, req: &Request) -> Result<Response, ApiError> {
+    let query = req.query_pairs();
+    let q = |k: &str| {
+        query
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
+    let (initial, from) =
+        match q("resourceVersion").filter(|v| !v.is_empty() && *v != "0") {
+            Some(rv) => (
+                Vec::new(),
+                kplex_storage::Revision::new(rv.parse().map_err(|_| {
+                    ApiError::bad_request(format!("invalid resourceVersion {rv:?}"))
+                })?),
+            ),
+            None => {
+                let (vcs, revision) = ctx.registry.list().await?;
+                let objects = vcs
+                    .into_iter()
+                    .map(|vc| with_status(&ctx.url, vc.object))
+                    .collect();
+                (objects, kplex_storage::Revision::new(revision))
+            }
+        };
+    let events = ctx.registry.watch(from).await?;
+    let url = ctx.url.clone();
+    let as_table = req.wants_table();
+    Ok(crate::watchstream::respond(
+        crate::watchstream::EventStream {
+            initial,
+            from,
+            events,
+            convert: move |event: &kplex_storage::Event| {
+                let (kind, kv, revision) = match event {
+                    kplex_storage::Event::Put { kv, prev } => (
+                        if prev.is_some() { "MODIFIED" } else { "ADDED" },
+                        kv,
+                        kv.mod_revision,
+                    ),
+                    kplex_storage::Event::Delete { prev, revision } => ("DELETED", prev, *revision),
+                };
+                let mut object: Value = serde_json::from_slice(&kv.value).ok()?;
+                object["metadata"]["resourceVersion"] = json!(revision.to_string());
+                Some((kind, with_status(&url, object)))
+            },
+            render: move |object: Value| if as_table { table(&[object]) } else { object },
+            kind: KIND.to_owned(),
+            api_version: format!("{GROUP}/{VERSION}"),
+            bookmarks: false,
+            initial_events: false,
+            timeout: q("timeoutSeconds")
+                .and_then(|s| s.parse().ok())
+                .map(Duration::from_secs),
+            stopping: ctx.stopping.subscribe(),
+        },
+    ))
 }
 
 /// Ages as kubectl shows them: `45s`, `12m`, `5h`, `3d`.

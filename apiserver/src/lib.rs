@@ -18,3 +18,4 @@ pub mod status;
 pub mod storage_config;
 pub mod tenant;
 pub mod virtualclusters;
+pub mod watchstream;

@@ -1,17 +1,12 @@
 //! The Kubernetes API of one VC: discovery, and every catalogued resource
 //! through the generic store.
 
-use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::Frame;
 use hyper::{Method, Response, StatusCode};
-use kplex_storage::{Event, Revision, WatchEvent};
+use kplex_storage::{Event, Revision};
 use serde_json::{json, Value};
-use tokio_stream::wrappers::ReceiverStream;
 
 use crate::catalog::{Catalog, ResourceInfo, VERBS};
 use crate::generic::{
@@ -20,9 +15,6 @@ use crate::generic::{
 use crate::handler::Request;
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::status::{bytes_response, from_store, json_response, ApiError, Body};
-
-/// Least time between two bookmarks on one watch.
-const BOOKMARK_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What a watch request asked for.
 #[derive(Debug, Clone, Copy)]
@@ -38,18 +30,6 @@ struct WatchFlags<'a> {
     /// `sendInitialEvents=true` (watch-list): current state, then a bookmark.
     initial_events: bool,
 }
-
-/// A BOOKMARK object: only the kind and the revision.
-fn bookmark(kind: &str, api_version: &str, revision: Revision, initial_end: bool) -> Value {
-    let mut metadata = json!({"resourceVersion": revision.to_string()});
-    if initial_end {
-        metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
-    }
-    json!({"kind": kind, "apiVersion": api_version, "metadata": metadata})
-}
-
-/// Longest watch when the client sets no `timeoutSeconds` (kube picks 30–60 min).
-const MAX_WATCH: Duration = Duration::from_secs(1800);
 
 /// Serves `path` (below `/clusters/<vc>`) for this VC.
 pub async fn handle(
@@ -504,12 +484,6 @@ fn table(info: &ResourceInfo, items: &[Value]) -> Value {
     json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {}, "columnDefinitions": columns, "rows": rows})
 }
 
-fn watch_line(kind: &str, object: &Value) -> Bytes {
-    let mut line = json!({"type": kind, "object": object}).to_string();
-    line.push('\n');
-    Bytes::from(line)
-}
-
 /// A watch: newline-delimited JSON events, flushed per event. Without a
 /// `resourceVersion` (or `0`) the current objects come first as ADDED.
 async fn watch(
@@ -517,7 +491,7 @@ async fn watch(
     info: &ResourceInfo,
     ns: Namespace<'_>,
     opts: ListOptions,
-    mut stopping: tokio::sync::watch::Receiver<bool>,
+    stopping: tokio::sync::watch::Receiver<bool>,
     flags: WatchFlags<'_>,
 ) -> Result<Response<Body>, ApiError> {
     let mut initial = Vec::new();
@@ -549,96 +523,32 @@ async fn watch(
         }
     };
     let prefix = store.watch_prefix(info, ns)?;
-    let mut events = match store.store().watch(&prefix, from).await {
+    let events = match store.store().watch(&prefix, from).await {
         Ok(w) => Some(w),
         Err(kplex_storage::StoreError::Compacted { .. }) => None,
         Err(e) => return Err(from_store(e)),
     };
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
-    let (kind, api_version) = (info.kind.to_owned(), info.api_version());
     // kubectl's default output asks for Tables, also when watching: each
     // event then carries a one-row Table.
     let table_info = flags.table.then(|| info.clone());
-    let render = move |object: Value| match &table_info {
-        Some(info) => table(info, &[object]),
-        None => object,
-    };
-    let deadline = tokio::time::Instant::now() + flags.timeout.unwrap_or(MAX_WATCH).min(MAX_WATCH);
-    tokio::spawn(async move {
-        for object in &initial {
-            if tx
-                .send(watch_line("ADDED", &render(object.clone())))
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-        // Watch-list: a bookmark marks the end of the initial state.
-        if flags.initial_events
-            && tx
-                .send(watch_line(
-                    "BOOKMARK",
-                    &bookmark(&kind, &api_version, from, true),
-                ))
-                .await
-                .is_err()
-        {
-            return;
-        }
-        let mut last_bookmark = tokio::time::Instant::now();
-        let Some(events) = events.as_mut() else {
-            let gone = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                "message": "too old resource version", "reason": "Expired", "code": 410});
-            let _ = tx.send(watch_line("ERROR", &gone)).await;
-            return;
-        };
-        loop {
-            let next = tokio::select! {
-                _ = tx.closed() => return,
-                // Server shutdown: end the stream so the connection can drain.
-                _ = stopping.wait_for(|stop| *stop) => return,
-                _ = tokio::time::sleep_until(deadline) => return,
-                next = events.next() => next,
-            };
-            let line = match next {
-                Some(Ok(WatchEvent::Change(event))) => match to_watch_event(&event, &opts) {
-                    Some((kind, object)) => watch_line(kind, &render(object)),
-                    None => continue,
-                },
-                Some(Ok(WatchEvent::Progress(revision))) => {
-                    // Bookmarks tell the client how far it is, without
-                    // flooding it: at most one per interval.
-                    if !flags.bookmarks || last_bookmark.elapsed() < BOOKMARK_INTERVAL {
-                        continue;
-                    }
-                    last_bookmark = tokio::time::Instant::now();
-                    watch_line("BOOKMARK", &bookmark(&kind, &api_version, revision, false))
-                }
-                Some(Err(kplex_storage::StoreError::Compacted { .. })) => {
-                    let gone = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                        "message": "too old resource version", "reason": "Expired", "code": 410});
-                    watch_line("ERROR", &gone)
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "watch ended by storage");
-                    return;
-                }
-                None => return,
-            };
-            if tx.send(line).await.is_err() {
-                return;
-            }
-        }
-    });
-    let body =
-        StreamBody::new(ReceiverStream::new(rx).map(|b| Ok::<_, Infallible>(Frame::data(b))));
-    let mut response = Response::new(BodyExt::boxed(body));
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    Ok(response)
+    Ok(crate::watchstream::respond(
+        crate::watchstream::EventStream {
+            initial,
+            from,
+            events,
+            convert: move |event: &Event| to_watch_event(event, &opts),
+            render: move |object: Value| match &table_info {
+                Some(info) => table(info, &[object]),
+                None => object,
+            },
+            kind: info.kind.to_owned(),
+            api_version: info.api_version(),
+            bookmarks: flags.bookmarks,
+            initial_events: flags.initial_events,
+            timeout: flags.timeout,
+            stopping,
+        },
+    ))
 }
 
 /// The event as a client sees it, or `None` if the selectors exclude it.

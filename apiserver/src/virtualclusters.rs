@@ -138,6 +138,18 @@ impl Registry {
         Ok((vcs, range.revision.get()))
     }
 
+    /// Changes to VC records after `after`; `None` if that is compacted.
+    pub async fn watch(
+        &self,
+        after: kplex_storage::Revision,
+    ) -> Result<Option<kplex_storage::WatchStream>, ApiError> {
+        match self.store.watch(&Self::prefix()?, after).await {
+            Ok(w) => Ok(Some(w)),
+            Err(StoreError::Compacted { .. }) => Ok(None),
+            Err(e) => Err(store_error(e)),
+        }
+    }
+
     /// How many VCs exist.
     pub async fn count(&self) -> Result<u64, ApiError> {
         self.store

@@ -197,3 +197,55 @@ fn malformed_and_oversized_requests_get_a_status_and_change_nothing() {
     );
     assert_eq!(stdout(&list).trim(), "", "nothing was stored");
 }
+
+#[test]
+fn kubectl_get_vc_watch_sees_vcs_come_and_go() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let kplex = Kplex::start(&dir.path().join("data"));
+    create_vc(&kplex, dir.path(), "first");
+    let bin = std::env::var("KPLEX_KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    let mut watcher = std::process::Command::new(bin)
+        .args([
+            "--kubeconfig",
+            kplex.kubeconfig().to_str().unwrap(),
+            "get",
+            "vc",
+            "-w",
+            "--output-watch-events",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = watcher.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let wait_for = |prefix: &str| loop {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("kubectl get vc -w never printed {prefix:?}"));
+        if line
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ")
+            == prefix
+        {
+            return line;
+        }
+    };
+    // Listed first, then watched: a VC made by another client, then its deletion.
+    wait_for("ADDED first");
+    create_vc(&kplex, dir.path(), "second");
+    let added = wait_for("ADDED second");
+    assert!(added.contains("/clusters/second"), "{added}");
+    assert!(admin(&kplex, &["delete", "vc", "second"]).status.success());
+    wait_for("DELETED second");
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+}

@@ -1,0 +1,140 @@
+//! Streaming a watch to a client: newline-delimited JSON events, flushed one
+//! by one, ending when the client goes, the server shuts down, or the
+//! timeout passes. Shared by the VCs' resources and the admin API.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper::Response;
+use kplex_storage::{Event, Revision, StoreError, WatchEvent, WatchStream};
+use serde_json::{json, Value};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::status::Body;
+
+/// Least time between two bookmarks on one watch.
+const BOOKMARK_INTERVAL: Duration = Duration::from_secs(10);
+/// Longest watch when the client sets no `timeoutSeconds` (kube picks 30–60 min).
+const MAX_WATCH: Duration = Duration::from_secs(1800);
+
+/// Everything one watch response needs.
+pub struct EventStream<C, R> {
+    /// Objects sent first as ADDED (current state), possibly none.
+    pub initial: Vec<Value>,
+    /// The revision `initial` is consistent at, or the client's start.
+    pub from: Revision,
+    /// Changes after `from`; `None` if `from` was compacted (410).
+    pub events: Option<WatchStream>,
+    /// A storage event as the client sees it (type and object), or `None`.
+    pub convert: C,
+    /// The object as sent (itself, or a one-row Table).
+    pub render: R,
+    /// Kind and apiVersion for BOOKMARK objects.
+    pub kind: String,
+    /// See `kind`.
+    pub api_version: String,
+    /// `allowWatchBookmarks=true`.
+    pub bookmarks: bool,
+    /// `sendInitialEvents=true`: a bookmark marks the end of `initial`.
+    pub initial_events: bool,
+    /// `timeoutSeconds`.
+    pub timeout: Option<Duration>,
+    /// Turns `true` when the server shuts down.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+fn line(kind: &str, object: &Value) -> Bytes {
+    let mut line = json!({"type": kind, "object": object}).to_string();
+    line.push('\n');
+    Bytes::from(line)
+}
+
+fn bookmark(kind: &str, api_version: &str, revision: Revision, initial_end: bool) -> Value {
+    let mut metadata = json!({"resourceVersion": revision.to_string()});
+    if initial_end {
+        metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+    }
+    json!({"kind": kind, "apiVersion": api_version, "metadata": metadata})
+}
+
+fn expired() -> Bytes {
+    let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "too old resource version", "reason": "Expired", "code": 410});
+    line("ERROR", &status)
+}
+
+/// Starts the stream; the response body carries it.
+pub fn respond<C, R>(mut s: EventStream<C, R>) -> Response<Body>
+where
+    C: Fn(&Event) -> Option<(&'static str, Value)> + Send + 'static,
+    R: Fn(Value) -> Value + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let deadline = tokio::time::Instant::now() + s.timeout.unwrap_or(MAX_WATCH).min(MAX_WATCH);
+    tokio::spawn(async move {
+        for object in std::mem::take(&mut s.initial) {
+            if tx.send(line("ADDED", &(s.render)(object))).await.is_err() {
+                return;
+            }
+        }
+        if s.initial_events {
+            let mark = bookmark(&s.kind, &s.api_version, s.from, true);
+            if tx.send(line("BOOKMARK", &mark)).await.is_err() {
+                return;
+            }
+        }
+        let Some(mut events) = s.events.take() else {
+            let _ = tx.send(expired()).await;
+            return;
+        };
+        let mut last_bookmark = tokio::time::Instant::now();
+        loop {
+            let next = tokio::select! {
+                _ = tx.closed() => return,
+                // Server shutdown: end the stream so the connection can drain.
+                _ = s.stopping.wait_for(|stop| *stop) => return,
+                _ = tokio::time::sleep_until(deadline) => return,
+                next = events.next() => next,
+            };
+            let out = match next {
+                Some(Ok(WatchEvent::Change(event))) => match (s.convert)(&event) {
+                    Some((kind, object)) => line(kind, &(s.render)(object)),
+                    None => continue,
+                },
+                Some(Ok(WatchEvent::Progress(revision))) => {
+                    // Bookmarks tell the client how far it is, without
+                    // flooding it: at most one per interval.
+                    if !s.bookmarks || last_bookmark.elapsed() < BOOKMARK_INTERVAL {
+                        continue;
+                    }
+                    last_bookmark = tokio::time::Instant::now();
+                    line(
+                        "BOOKMARK",
+                        &bookmark(&s.kind, &s.api_version, revision, false),
+                    )
+                }
+                Some(Err(StoreError::Compacted { .. })) => expired(),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "watch ended by storage");
+                    return;
+                }
+                None => return,
+            };
+            if tx.send(out).await.is_err() {
+                return;
+            }
+        }
+    });
+    let body =
+        StreamBody::new(ReceiverStream::new(rx).map(|b| Ok::<_, Infallible>(Frame::data(b))));
+    let mut response = Response::new(BodyExt::boxed(body));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
