@@ -166,23 +166,28 @@ impl Registry {
             .map_err(store_error)
     }
 
-    /// Deletes the VC: first its whole key range (so no object outlives it),
-    /// then its record. Returns the record as it was.
+    /// Deletes the VC: its record, then its whole key range. Returns the
+    /// record as it was.
     pub async fn delete(&self, name: &str) -> Result<VirtualCluster, ApiError> {
         let key = Self::key(name)?;
         let Some(kv) = self.store.get(&key).await.map_err(store_error)? else {
             return Err(ApiError::not_found_object(KIND, GROUP, name));
         };
         let vc = decode(&kv)?;
+        // The record goes first: from then on no request can be authorized
+        // for this VC, so nothing new lands in the range deleted next.
+        match self.store.delete(&key, kv.mod_revision).await {
+            Ok(_) => {}
+            Err(StoreError::NotFound { .. }) => {
+                return Err(ApiError::not_found_object(KIND, GROUP, name))
+            }
+            Err(e) => return Err(store_error(e)),
+        }
         self.store
             .delete_range(vc.keyspace()?.prefix())
             .await
             .map_err(store_error)?;
-        match self.store.delete(&key, kv.mod_revision).await {
-            Ok(_) => Ok(vc),
-            Err(StoreError::NotFound { .. }) => Err(ApiError::not_found_object(KIND, GROUP, name)),
-            Err(e) => Err(store_error(e)),
-        }
+        Ok(vc)
     }
 }
 
