@@ -270,30 +270,19 @@ fn table(objects: &[Value]) -> Value {
 /// `GET virtualclusters?watch=1`: the VCs (unless a resourceVersion is
 /// given), then their creations and deletions.
 async fn watch(ctx: &Context, req: &Request) -> Result<Response, ApiError> {
-    let query = req.query_pairs();
-    let q = |k: &str| {
-        query
-            .iter()
-            .find(|(key, _)| key == k)
-            .map(|(_, v)| v.as_str())
+    let params = req.params();
+    let q = |k: &str| params.get(k);
+    let (initial, from) = match q("resourceVersion").filter(|v| !v.is_empty() && *v != "0") {
+        Some(rv) => (Vec::new(), crate::handler::parse_resource_version(rv)?),
+        None => {
+            let (vcs, revision) = ctx.registry.list().await?;
+            let objects = vcs
+                .into_iter()
+                .map(|vc| with_status(&ctx.url, vc.object))
+                .collect();
+            (objects, kplex_storage::Revision::new(revision))
+        }
     };
-    let (initial, from) =
-        match q("resourceVersion").filter(|v| !v.is_empty() && *v != "0") {
-            Some(rv) => (
-                Vec::new(),
-                kplex_storage::Revision::new(rv.parse().map_err(|_| {
-                    ApiError::bad_request(format!("invalid resourceVersion {rv:?}"))
-                })?),
-            ),
-            None => {
-                let (vcs, revision) = ctx.registry.list().await?;
-                let objects = vcs
-                    .into_iter()
-                    .map(|vc| with_status(&ctx.url, vc.object))
-                    .collect();
-                (objects, kplex_storage::Revision::new(revision))
-            }
-        };
     let events = ctx.registry.watch(from).await?;
     let url = ctx.url.clone();
     let as_table = req.wants_table();

@@ -68,6 +68,11 @@ impl Request {
             .collect()
     }
 
+    /// The query parameters, for lookups by name.
+    pub fn params(&self) -> Params {
+        Params(self.query_pairs())
+    }
+
     /// Whether the client asked for a `meta.k8s.io` Table.
     pub fn wants_table(&self) -> bool {
         self.headers
@@ -113,6 +118,27 @@ impl Request {
         }
         Ok(value)
     }
+}
+
+/// Decoded query parameters.
+pub struct Params(Vec<(String, String)>);
+
+impl Params {
+    /// The first value of `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parses a `resourceVersion` (400 if it is not one of ours).
+pub fn parse_resource_version(value: &str) -> Result<kplex_storage::Revision, ApiError> {
+    value
+        .parse()
+        .map(kplex_storage::Revision::new)
+        .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {value:?}")))
 }
 
 /// Paths anyone may read, as kube-apiserver lets anonymous callers read

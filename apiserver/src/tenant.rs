@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::{Method, Response, StatusCode};
-use kplex_storage::{Event, Revision};
+use kplex_storage::Event;
 use serde_json::{json, Value};
 
 use crate::catalog::{Catalog, ResourceInfo, VERBS};
@@ -253,13 +253,8 @@ async fn resource(
     stopping: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Response<Body>, ApiError> {
     let t = target(catalog, group, version, rest)?;
-    let query = req.query_pairs();
-    let q = |k: &str| {
-        query
-            .iter()
-            .find(|(key, _)| key == k)
-            .map(|(_, v)| v.as_str())
-    };
+    let params = req.params();
+    let q = |k: &str| params.get(k);
     let dry_run = match q("dryRun") {
         None | Some("") => false,
         Some("All") => true,
@@ -339,11 +334,7 @@ async fn resource(
                 not_older_than: None,
             };
             let rv = q("resourceVersion").filter(|v| !v.is_empty());
-            let parse_rv = |v: &str| {
-                v.parse::<u64>()
-                    .map(Revision::new)
-                    .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {v:?}")))
-            };
+            let parse_rv = crate::handler::parse_resource_version;
             if matches!(q("watch"), Some("1" | "true")) {
                 let timeout = q("timeoutSeconds")
                     .and_then(|s| s.parse().ok())
@@ -497,9 +488,7 @@ async fn watch(
     let mut initial = Vec::new();
     let start = match flags.resource_version {
         Some(rv) if !flags.initial_events && !matches!(rv, "" | "0") => {
-            Some(Revision::new(rv.parse().map_err(|_| {
-                ApiError::bad_request(format!("invalid resourceVersion {rv:?}"))
-            })?))
+            Some(crate::handler::parse_resource_version(rv)?)
         }
         _ => None,
     };
