@@ -4,7 +4,7 @@ mod support;
 
 use std::path::Path;
 
-use support::{admin, create_vc, kubectl, stderr, stdout, tenant_kubeconfig, Kplex};
+use support::{admin, create_vc, kubectl, stderr, stdout, tenant_kubeconfig, Kplex, KubectlStream};
 
 fn raw_get(kubeconfig: &Path, path: &str) -> std::process::Output {
     kubectl(&[
@@ -200,35 +200,20 @@ fn malformed_and_oversized_requests_get_a_status_and_change_nothing() {
 
 #[test]
 fn kubectl_get_vc_watch_sees_vcs_come_and_go() {
-    use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
     let kplex = Kplex::start(&dir.path().join("data"));
     create_vc(&kplex, dir.path(), "first");
-    let bin = std::env::var("KPLEX_KUBECTL").unwrap_or_else(|_| "kubectl".into());
-    let mut watcher = std::process::Command::new(bin)
-        .args([
-            "--kubeconfig",
-            kplex.kubeconfig().to_str().unwrap(),
-            "get",
-            "vc",
-            "-w",
-            "--output-watch-events",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let out = watcher.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let kc = kplex.kubeconfig();
+    let watcher = KubectlStream::spawn(&[
+        "--kubeconfig",
+        kc.to_str().unwrap(),
+        "get",
+        "vc",
+        "-w",
+        "--output-watch-events",
+    ]);
     let wait_for = |prefix: &str| loop {
-        let line = rx
-            .recv_timeout(std::time::Duration::from_secs(20))
-            .unwrap_or_else(|_| panic!("kubectl get vc -w never printed {prefix:?}"));
+        let line = watcher.next_line(prefix);
         if line
             .split_whitespace()
             .take(2)
@@ -246,6 +231,4 @@ fn kubectl_get_vc_watch_sees_vcs_come_and_go() {
     assert!(added.contains("/clusters/second"), "{added}");
     assert!(admin(&kplex, &["delete", "vc", "second"]).status.success());
     wait_for("DELETED second");
-    let _ = watcher.kill();
-    let _ = watcher.wait();
 }

@@ -2,12 +2,10 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{create_vc, kubectl, stderr, stdout, tenant_kubeconfig, Kplex};
+use support::{create_vc, kubectl, stderr, stdout, tenant_kubeconfig, Kplex, KubectlStream};
 
 fn k(kubeconfig: &Path, args: &[&str]) -> std::process::Output {
     let mut all = vec!["--kubeconfig", kubeconfig.to_str().unwrap()];
@@ -397,20 +395,7 @@ fn lists_paginate_and_forged_continue_tokens_are_refused() {
 fn kubectl_get_watch_sees_a_change_made_by_another_client() {
     let (s, configs) = setup(&["team-a"]);
     let kc = &configs[0];
-    let bin = std::env::var("KPLEX_KUBECTL").unwrap_or_else(|_| "kubectl".into());
-    let mut watcher = Command::new(bin)
-        .args(["--kubeconfig", kc.to_str().unwrap(), "get", "cm", "-w"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let out = watcher.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let watcher = KubectlStream::spawn(&["--kubeconfig", kc.to_str().unwrap(), "get", "cm", "-w"]);
     // Once kubectl prints the object that existed before, its list is done
     // and its watch starts from the list's resourceVersion: anything created
     // now can only reach it through the watch.
@@ -429,7 +414,9 @@ fn kubectl_get_watch_sees_a_change_made_by_another_client() {
         .is_some_and(|l: &String| l.starts_with("before "))
     {
         seen.push(
-            rx.recv_timeout(Duration::from_secs(20))
+            watcher
+                .lines
+                .recv_timeout(Duration::from_secs(20))
                 .unwrap_or_else(|_| panic!("kubectl -w printed only {seen:?}")),
         );
     }
@@ -442,13 +429,9 @@ fn kubectl_get_watch_sees_a_change_made_by_another_client() {
         kc,
         &["create", "-f", &write(&s.path, "w.yaml", &cm("watched"))],
     );
-    let line = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("kubectl -w saw nothing");
+    let line = watcher.next_line("the watched configmap");
     assert!(line.starts_with("watched "), "{line}");
     ok(kc, &["delete", "cm", "watched"]);
-    let _ = watcher.kill();
-    let _ = watcher.wait();
 }
 
 #[test]
@@ -816,24 +799,17 @@ fn sigterm_ends_open_watches_and_the_server_exits_cleanly() {
     let kplex = Kplex::start(&dir.path().join("data"));
     create_vc(&kplex, dir.path(), "team-a");
     let kc = tenant_kubeconfig(&kplex, dir.path(), "team-a", "alice");
-    let bin = std::env::var("KPLEX_KUBECTL").unwrap_or_else(|_| "kubectl".into());
-    let mut watcher = Command::new(bin)
-        .args([
-            "--kubeconfig",
-            kc.to_str().unwrap(),
-            "get",
-            "ns",
-            "-w",
-            "-o",
-            "name",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let watcher = KubectlStream::spawn(&[
+        "--kubeconfig",
+        kc.to_str().unwrap(),
+        "get",
+        "ns",
+        "-w",
+        "-o",
+        "name",
+    ]);
     // The list arrives first; then the watch is open.
-    let mut lines = BufReader::new(watcher.stdout.take().unwrap()).lines();
-    assert_eq!(lines.next().unwrap().unwrap(), "namespace/default");
+    assert_eq!(watcher.next_line("the namespace list"), "namespace/default");
     // The drain limit is 30 s; an open watch must not hold shutdown that long.
     let started = std::time::Instant::now();
     let status = kplex.terminate();
@@ -843,8 +819,6 @@ fn sigterm_ends_open_watches_and_the_server_exits_cleanly() {
         "shutdown took {:?}",
         started.elapsed()
     );
-    let _ = watcher.kill();
-    let _ = watcher.wait();
 }
 
 #[test]

@@ -151,3 +151,45 @@ pub fn tenant_kubeconfig(kplex: &Kplex, dir: &Path, vc: &str, user: &str) -> Pat
     std::fs::write(&path, response["kubeconfig"].as_str().unwrap()).unwrap();
     path
 }
+
+/// A long-running kubectl (`get -w`) whose stdout lines arrive on `lines`;
+/// killed when dropped.
+pub struct KubectlStream {
+    child: Child,
+    pub lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl KubectlStream {
+    pub fn spawn(args: &[&str]) -> KubectlStream {
+        let bin = std::env::var("KPLEX_KUBECTL").unwrap_or_else(|_| "kubectl".into());
+        let mut child = Command::new(&bin)
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {bin} ({e})"));
+        let (tx, lines) = std::sync::mpsc::channel();
+        let out = child.stdout.take().expect("piped stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        KubectlStream { child, lines }
+    }
+
+    /// The next line, or a panic naming what was awaited.
+    pub fn next_line(&self, what: &str) -> String {
+        self.lines
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("kubectl printed nothing while waiting for {what}"))
+    }
+}
+
+impl Drop for KubectlStream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
