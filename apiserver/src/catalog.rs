@@ -52,10 +52,26 @@ where
 {
     let mut unknown = Vec::new();
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let typed: T = serde_ignored::deserialize(&mut de, |path| unknown.push(path.to_string()))
+    let typed: T = serde_ignored::deserialize(&mut de, |path| unknown.push(field_path(&path)))
         .map_err(|e| e.to_string())?;
     let value = serde_json::to_value(&typed).map_err(|e| e.to_string())?;
     Ok((value, unknown))
+}
+
+/// A field's path as kube-apiserver prints it: `spec.rules[0].host`.
+fn field_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", field_path(parent)),
+        Path::Map { parent, key } => match field_path(parent) {
+            p if p.is_empty() => key.clone(),
+            p => format!("{p}.{key}"),
+        },
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => field_path(parent),
+    }
 }
 
 impl ResourceInfo {

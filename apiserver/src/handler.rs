@@ -97,15 +97,18 @@ impl Request {
             .to_owned()
     }
 
-    /// The body as a JSON object: 415 for other media types (clients such
-    /// as kubectl then retry with JSON), 400 if it is not a JSON object.
+    /// The body as a JSON object (protobuf bodies decoded to it): 415 for
+    /// other media types, 400 if it is not an object.
     pub fn json_body(&self) -> Result<serde_json::Value, ApiError> {
         let media = self.media_type();
+        if media == crate::protobuf::MEDIA_TYPE {
+            return crate::protobuf::decode(&self.body);
+        }
         if !matches!(media.as_str(), "application/json" | "" | "*/*") {
             return Err(ApiError {
                 code: StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 reason: "UnsupportedMediaType",
-                message: format!("the body of the request was in an unknown format - accepted media types include: application/json (got {media})"),
+                message: format!("the body of the request was in an unknown format - accepted media types include: application/json, application/vnd.kubernetes.protobuf (got {media})"),
             });
         }
         let value: serde_json::Value = serde_json::from_slice(&self.body).map_err(|e| {

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod patch;
 pub mod printers;
+pub mod protobuf;
 pub mod selectors;
 pub mod server;
 pub mod status;
