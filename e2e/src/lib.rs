@@ -1,2 +1,222 @@
-//! End-to-end tests that drive the real `kplex` binary with real clients.
-//! The first scenarios arrive with the API server issue.
+//! End-to-end tests drive the real `kplex` binary with real clients
+//! (kubectl, kube-rs). This library is their harness, shared with the
+//! apiserver's own binary tests: start kplex on a free port and wait for it,
+//! run kubectl, make VCs and their kubeconfigs through the admin API.
+//!
+//! The binary is `$KPLEX_BIN`, or the `kplex` that `cargo build` / the
+//! workspace test build puts beside the test executable's directory
+//! (`target/<profile>/kplex`: building the apiserver's tests builds it, so
+//! `hack/test` always has a fresh one).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `kplex` binary under test.
+pub fn kplex_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("KPLEX_BIN") {
+        return bin.into();
+    }
+    // target/<profile>/deps/<test> → target/<profile>/kplex
+    let exe = std::env::current_exe().expect("test executable path");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("kplex"))
+        .expect("test executable has a target directory");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it (cargo build --bin kplex) or set KPLEX_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// A running `kplex serve`, killed when dropped.
+pub struct Kplex {
+    child: Child,
+    pub data_dir: PathBuf,
+    pub port: u16,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Kplex {
+    /// Starts kplex and waits for its "serving" log line.
+    pub fn start(data_dir: &Path) -> Kplex {
+        let port = free_port();
+        let mut child = Command::new(kplex_bin())
+            .args(["serve", "--port", &port.to_string(), "--data-dir"])
+            .arg(data_dir)
+            .env(
+                "RUST_LOG",
+                std::env::var("KPLEX_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start kplex");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                // Shown with the test's output when it fails.
+                eprintln!("kplex: {line}");
+                if line.contains("kplex serving") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("kplex did not report serving");
+        assert!(
+            line.contains("admin.kubeconfig"),
+            "the log says where the kubeconfig is: {line}"
+        );
+        Kplex {
+            child,
+            data_dir: data_dir.to_owned(),
+            port,
+        }
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.data_dir.join("admin.kubeconfig")
+    }
+
+    pub fn server(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "kplex did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Kplex {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn kubectl(args: &[&str]) -> Output {
+    let bin = std::env::var("KPLEX_KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    Command::new(&bin)
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {bin} ({e}); hack/ensure-deps installs kubectl"))
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn admin(kplex: &Kplex, args: &[&str]) -> std::process::Output {
+    let kc = kplex.kubeconfig();
+    let mut all = vec!["--kubeconfig", kc.to_str().unwrap()];
+    all.extend_from_slice(args);
+    kubectl(&all)
+}
+
+pub fn create_vc(kplex: &Kplex, dir: &Path, name: &str) {
+    let file = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &file,
+        format!("apiVersion: tenancy.kplex.dev/v1alpha1\nkind: VirtualCluster\nmetadata:\n  name: {name}\n"),
+    )
+    .unwrap();
+    let o = admin(kplex, &["create", "-f", file.to_str().unwrap()]);
+    assert!(o.status.success(), "create {name}: {}", stderr(&o));
+}
+
+/// Issues a tenant kubeconfig through the admin API's kubeconfig subresource.
+pub fn tenant_kubeconfig(kplex: &Kplex, dir: &Path, vc: &str, user: &str) -> PathBuf {
+    let body = dir.join("kubeconfig-request.json");
+    std::fs::write(&body, format!(r#"{{"user":"{user}","groups":["dev"]}}"#)).unwrap();
+    let o = admin(
+        kplex,
+        &[
+            "create",
+            "--raw",
+            &format!("/apis/tenancy.kplex.dev/v1alpha1/virtualclusters/{vc}/kubeconfig"),
+            "-f",
+            body.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "kubeconfig for {vc}: {}", stderr(&o));
+    let response: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let path = dir.join(format!("{vc}-{user}.kubeconfig"));
+    std::fs::write(&path, response["kubeconfig"].as_str().unwrap()).unwrap();
+    path
+}
+
+/// A long-running kubectl (`get -w`) whose stdout lines arrive on `lines`;
+/// killed when dropped.
+pub struct KubectlStream {
+    child: Child,
+    pub lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl KubectlStream {
+    pub fn spawn(args: &[&str]) -> KubectlStream {
+        let bin = std::env::var("KPLEX_KUBECTL").unwrap_or_else(|_| "kubectl".into());
+        let mut child = Command::new(&bin)
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {bin} ({e})"));
+        let (tx, lines) = std::sync::mpsc::channel();
+        let out = child.stdout.take().expect("piped stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        KubectlStream { child, lines }
+    }
+
+    /// The next line, or a panic naming what was awaited.
+    pub fn next_line(&self, what: &str) -> String {
+        self.lines
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("kubectl printed nothing while waiting for {what}"))
+    }
+}
+
+impl Drop for KubectlStream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,11 +1,9 @@
 //! The Kubernetes API inside a VC, driven with the real kubectl.
 
-mod support;
-
 use std::path::Path;
 use std::time::Duration;
 
-use support::{create_vc, kubectl, stderr, stdout, tenant_kubeconfig, Kplex, KubectlStream};
+use kplex_e2e::{create_vc, kubectl, stderr, stdout, tenant_kubeconfig, Kplex, KubectlStream};
 
 fn k(kubeconfig: &Path, args: &[&str]) -> std::process::Output {
     let mut all = vec!["--kubeconfig", kubeconfig.to_str().unwrap()];
@@ -1034,4 +1032,168 @@ fn deletecollection_and_per_kind_field_selectors() {
     .unwrap();
     assert_eq!(deleted["items"].as_array().unwrap().len(), 2);
     assert_eq!(ok(kc, &["get", "cm", "-o", "name"]).trim(), "configmap/c");
+}
+
+/// kubectl's `create <kind>` generators and `run` send protobuf bodies: the
+/// objects they make read back as the same commands make them on a real
+/// cluster.
+#[test]
+fn kubectl_create_generators_and_run_make_the_objects_they_describe() {
+    let (_s, configs) = setup(&["team-a"]);
+    let kc = &configs[0];
+    let json = |args: &[&str]| -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        serde_json::from_str(&ok(kc, &all)).unwrap()
+    };
+    assert_eq!(
+        ok(kc, &["create", "namespace", "shop"]).trim(),
+        "namespace/shop created"
+    );
+    assert_eq!(
+        json(&["get", "namespace", "shop"])["status"]["phase"],
+        "Active"
+    );
+    let n = ["-n", "shop"];
+    let run = |args: &[&str]| ok(kc, &[&n[..], args].concat());
+    run(&[
+        "create",
+        "configmap",
+        "settings",
+        "--from-literal=mode=fast",
+    ]);
+    run(&[
+        "create",
+        "secret",
+        "generic",
+        "token",
+        "--from-literal=value=s3cr3t",
+    ]);
+    run(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=nginx:1.27",
+        "--replicas=0",
+        "--port=80",
+    ]);
+    run(&["create", "service", "clusterip", "web", "--tcp=80:8080"]);
+    run(&[
+        "create",
+        "job",
+        "once",
+        "--image=busybox",
+        "--",
+        "echo",
+        "hi",
+    ]);
+    run(&[
+        "create",
+        "cronjob",
+        "nightly",
+        "--image=busybox",
+        "--schedule=0 3 * * *",
+    ]);
+    run(&[
+        "create",
+        "ingress",
+        "web",
+        "--rule=shop.example/cart*=web:80",
+    ]);
+    run(&[
+        "create",
+        "poddisruptionbudget",
+        "web",
+        "--selector=app=web",
+        "--min-available=50%",
+    ]);
+    run(&["create", "quota", "small", "--hard=pods=4,cpu=1500m"]);
+    run(&["create", "serviceaccount", "robot"]);
+    run(&[
+        "run",
+        "debug",
+        "--image=busybox",
+        "--labels=tier=debug",
+        "--env=LEVEL=3",
+        "--",
+        "sleep",
+        "1",
+    ]);
+
+    let get = |args: &[&str]| json(&[&n[..], &["get"], args].concat());
+    assert_eq!(
+        get(&["cm", "settings"])["data"],
+        serde_json::json!({"mode": "fast"})
+    );
+    assert_eq!(get(&["secret", "token"])["data"]["value"], "czNjcjN0");
+    let deploy = get(&["deploy", "web"]);
+    assert_eq!(deploy["spec"]["replicas"], 0, "an explicit zero is kept");
+    let container = &deploy["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "nginx:1.27");
+    assert_eq!(
+        container["ports"],
+        serde_json::json!([{"containerPort": 80}])
+    );
+    assert!(
+        container.get("terminationMessagePath").is_none() && container.get("stdin").is_none(),
+        "Go's zero values are not stored as values: {container}"
+    );
+    assert!(deploy["metadata"]["creationTimestamp"].as_str().is_some());
+    let service = get(&["svc", "web"]);
+    assert_eq!(service["spec"]["ports"][0]["port"], 80);
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], 8080);
+    assert_eq!(
+        get(&["job", "once"])["spec"]["template"]["spec"]["containers"][0]["command"],
+        serde_json::json!(["echo", "hi"])
+    );
+    assert_eq!(
+        get(&["cronjob", "nightly"])["spec"]["schedule"],
+        "0 3 * * *"
+    );
+    let rule = &get(&["ingress", "web"])["spec"]["rules"][0];
+    assert_eq!(rule["host"], "shop.example");
+    assert_eq!(rule["http"]["paths"][0]["path"], "/cart");
+    assert_eq!(rule["http"]["paths"][0]["pathType"], "Prefix");
+    assert_eq!(
+        rule["http"]["paths"][0]["backend"]["service"]["port"]["number"],
+        80
+    );
+    assert_eq!(get(&["pdb", "web"])["spec"]["minAvailable"], "50%");
+    assert_eq!(
+        get(&["quota", "small"])["spec"]["hard"],
+        serde_json::json!({"cpu": "1500m", "pods": "4"})
+    );
+    assert!(get(&["sa", "robot"])["metadata"]["uid"].as_str().is_some());
+    let pod = get(&["pod", "debug"]);
+    assert_eq!(pod["metadata"]["labels"]["tier"], "debug");
+    assert_eq!(
+        pod["spec"]["containers"][0]["env"],
+        serde_json::json!([{"name": "LEVEL", "value": "3"}])
+    );
+    assert_eq!(
+        pod["spec"]["containers"][0]["args"],
+        serde_json::json!(["sleep", "1"])
+    );
+
+    // kubectl patch --type=strategic merges the container list by name.
+    run(&[
+        "patch",
+        "deploy",
+        "web",
+        "--type=strategic",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"nginx","image":"nginx:1.28"}]}}}}"#,
+    ]);
+    let containers = &get(&["deploy", "web"])["spec"]["template"]["spec"]["containers"];
+    assert_eq!(containers.as_array().unwrap().len(), 1, "{containers}");
+    assert_eq!(containers[0]["image"], "nginx:1.28");
+    assert_eq!(containers[0]["ports"][0]["containerPort"], 80);
+
+    // A generator's object is validated like any other.
+    let o = k(
+        kc,
+        &["create", "configmap", "Bad_Name", "--from-literal=a=b"],
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("is invalid"), "{}", stderr(&o));
 }

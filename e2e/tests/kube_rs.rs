@@ -1,14 +1,12 @@
 //! A kube-rs client against a VC: list, watch, create, patch.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
+use kplex_e2e::{create_vc, tenant_kubeconfig, Kplex};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
-use support::{create_vc, tenant_kubeconfig, Kplex};
 
 fn configmap(name: &str, value: &str) -> ConfigMap {
     ConfigMap {
