@@ -285,7 +285,20 @@ fn kubectl_manages_objects_inside_a_virtual_cluster() {
     fails_with(kc, &["-n", "demo", "get", "cm", "db"], "NotFound");
     ok(kc, &["delete", "namespace", "demo"]);
     assert_eq!(ok(kc, &["get", "cm,deploy", "-A", "-o", "name"]).trim(), "");
-    let resources = ok(kc, &["api-resources", "-o", "name"]);
+    // Aggregated discovery: a fresh cache fills from /api and /apis alone.
+    let cache = s.path.join("discovery-cache");
+    let cache_flag = format!("--cache-dir={}", cache.display());
+    let o = k(kc, &["api-resources", "-o", "name", "-v=6", &cache_flag]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let log = stderr(&o);
+    let fetched: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("verb=\"GET\""))
+        .filter_map(|l| l.split("url=\"").nth(1)?.split('?').next())
+        .filter_map(|url| url.split("/clusters/team-a").nth(1))
+        .collect();
+    assert_eq!(fetched, ["/api", "/apis"], "{log}");
+    let resources = stdout(&o);
     for r in [
         "configmaps",
         "deployments.apps",
