@@ -747,7 +747,7 @@ pub fn decode_watched(kv: &kplex_storage::KeyValue) -> Result<Value, ApiError> {
 pub enum FieldValidation {
     /// Drop them silently.
     Ignore,
-    /// Drop them (kube-apiserver's default also warns).
+    /// Drop them, with a `Warning` header for each (kube-apiserver's default).
     #[default]
     Warn,
     /// Refuse the request (kubectl's default).
@@ -770,7 +770,8 @@ impl FieldValidation {
 
 /// Decodes the object into its k8s-openapi type and back, as kube-apiserver
 /// decodes into its Go type: a malformed object is a 400; unknown fields are
-/// a 400 under `Strict` and dropped otherwise.
+/// a 400 under `Strict`, dropped with a warning under `Warn`, dropped under
+/// `Ignore`.
 pub fn validate(
     info: &ResourceInfo,
     object: &mut Value,
@@ -784,15 +785,17 @@ pub fn validate(
             version = info.version
         ))
     })?;
-    if mode == FieldValidation::Strict && !unknown.is_empty() {
-        let fields: Vec<String> = unknown
-            .iter()
-            .map(|f| format!("unknown field \"{f}\""))
-            .collect();
-        return Err(ApiError::bad_request(format!(
-            "strict decoding error: {}",
-            fields.join(", ")
-        )));
+    let fields = unknown.iter().map(|f| format!("unknown field \"{f}\""));
+    match mode {
+        FieldValidation::Strict if !unknown.is_empty() => {
+            let fields: Vec<String> = fields.collect();
+            return Err(ApiError::bad_request(format!(
+                "strict decoding error: {}",
+                fields.join(", ")
+            )));
+        }
+        FieldValidation::Warn => fields.for_each(crate::warnings::add),
+        _ => {}
     }
     *object = decoded;
     Ok(())

@@ -171,10 +171,13 @@ where
         req.uri().path(),
         req.uri().query().unwrap_or(""),
     );
-    let response = match route(ctx, caller, req).await {
-        Ok(response) => response,
-        Err(e) => e.into_response(),
-    };
+    let response = crate::warnings::collect(async {
+        match route(ctx, caller, req).await {
+            Ok(response) => response,
+            Err(e) => e.into_response(),
+        }
+    })
+    .await;
     // A watch is counted when its stream starts, not when it ends.
     let code = response.status().as_u16();
     ctx.metrics

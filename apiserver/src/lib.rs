@@ -19,4 +19,5 @@ pub mod status;
 pub mod storage_config;
 pub mod tenant;
 pub mod virtualclusters;
+pub mod warnings;
 pub mod watchstream;

@@ -25,12 +25,48 @@ pub fn kplex_bin() -> PathBuf {
         .and_then(Path::parent)
         .map(|dir| dir.join("kplex"))
         .expect("test executable has a target directory");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it (cargo build --bin kplex) or set KPLEX_BIN",
-        bin.display()
-    );
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} is missing: build it (cargo build --bin kplex) or set KPLEX_BIN",
+                bin.display()
+            )
+        });
+    // `cargo test -p kplex-e2e` alone does not rebuild the binary: refuse to
+    // test an old one.
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for krate in ["apiserver", "storage", "certs", "api"] {
+        let root = workspace.join(krate);
+        let newer = [root.join("Cargo.toml"), root.join("build.rs")]
+            .into_iter()
+            .find(|file| modified(file).is_some_and(|m| m > built))
+            .or_else(|| newer_than(&root.join("src"), built));
+        if let Some(newer) = newer {
+            panic!(
+                "{} is older than {}: rebuild it (cargo build --bin kplex; hack/test does)",
+                bin.display(),
+                newer.display()
+            );
+        }
+    }
     bin
+}
+
+fn modified(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// A file under `dir` modified after `time`.
+fn newer_than(dir: &Path, time: std::time::SystemTime) -> Option<PathBuf> {
+    std::fs::read_dir(dir).ok()?.flatten().find_map(|entry| {
+        let path = entry.path();
+        if path.is_dir() {
+            newer_than(&path, time)
+        } else {
+            modified(&path).filter(|m| *m > time).map(|_| path)
+        }
+    })
 }
 
 /// A running `kplex serve`, killed when dropped.

@@ -236,6 +236,19 @@ fn kubectl_manages_objects_inside_a_virtual_cluster() {
     fails_with(kc, &["create", "-f", &unknown], "unknown field \"bogus\"");
     ok(kc, &["create", "--validate=false", "-f", &unknown]);
     assert!(!ok(kc, &["-n", "demo", "get", "cm", "u", "-o", "json"]).contains("bogus"));
+    // --validate=warn: dropped, and kubectl prints the server's warning.
+    let warned = write(
+        &s.path,
+        "warned.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: w, namespace: demo}\nbogus: 1\n",
+    );
+    let o = k(kc, &["create", "--validate=warn", "-f", &warned]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("Warning: unknown field \"bogus\""),
+        "{}",
+        stderr(&o)
+    );
     let malformed = write(&s.path, "malformed.yaml", "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: m, namespace: demo}\nspec: {replicas: three}\n");
     fails_with(
         kc,
