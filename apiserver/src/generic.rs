@@ -16,6 +16,7 @@ use serde_json::{json, Map, Value};
 use crate::catalog::{Catalog, ResourceInfo};
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::status::{from_store, ApiError};
+use crate::watchcache::WatchCache;
 
 /// The namespaces every new VC has.
 pub const DEFAULT_NAMESPACES: &[&str] =
@@ -48,6 +49,8 @@ pub struct ListOptions {
     pub exact_revision: Option<Revision>,
     /// `resourceVersion=N` (not `0`): the list must be at least this new.
     pub not_older_than: Option<Revision>,
+    /// `resourceVersion=0`: any revision will do (served from the watch cache).
+    pub any_revision: bool,
 }
 
 /// One page of a list.
@@ -62,7 +65,7 @@ pub struct ListPage {
 
 /// The objects of one VC.
 pub struct GenericStore {
-    store: Arc<dyn Store>,
+    store: Arc<WatchCache>,
     keyspace: TenantKeyspace,
     catalog: Arc<Catalog>,
 }
@@ -124,7 +127,7 @@ fn encode(object: &Value) -> Bytes {
 impl GenericStore {
     /// The store of the VC with this keyspace.
     pub fn new(
-        store: Arc<dyn Store>,
+        store: Arc<WatchCache>,
         keyspace: TenantKeyspace,
         catalog: Arc<Catalog>,
     ) -> GenericStore {
@@ -199,6 +202,10 @@ impl GenericStore {
             let (rev, key) = self.decode_continue(info, token)?;
             after = Some(key);
             revision = Some(rev);
+        } else if revision.is_none() && (opts.any_revision || opts.not_older_than.is_some()) {
+            if let Some((kvs, revision)) = self.store.list(&prefix, opts.not_older_than).await {
+                return self.page_from_cache(kvs, revision, opts);
+            }
         }
         let mut items = Vec::new();
         loop {
@@ -722,6 +729,36 @@ impl GenericStore {
             .ok_or_else(|| Self::not_found(info, name))
     }
 
+    /// One page of a list served by the watch cache; later pages (if
+    /// `limit` cuts it) continue from storage at the same revision.
+    fn page_from_cache(
+        &self,
+        kvs: Vec<kplex_storage::KeyValue>,
+        revision: Revision,
+        opts: &ListOptions,
+    ) -> Result<ListPage, ApiError> {
+        let mut items = Vec::new();
+        let mut continue_token = None;
+        let total = kvs.len();
+        for (i, kv) in kvs.iter().enumerate() {
+            let object = object_of(kv)?;
+            if opts.labels.matches(&object["metadata"]["labels"]) && opts.fields.matches(&object) {
+                items.push(object);
+            }
+            if opts.limit != 0 && items.len() >= opts.limit {
+                if i + 1 < total {
+                    continue_token = Some(self.encode_continue(revision, &kv.key));
+                }
+                break;
+            }
+        }
+        Ok(ListPage {
+            items,
+            revision,
+            continue_token,
+        })
+    }
+
     /// The prefix a watch of `info` in `ns` covers.
     pub fn watch_prefix(
         &self,
@@ -731,8 +768,8 @@ impl GenericStore {
         self.prefix(info, ns)
     }
 
-    /// The backend.
-    pub fn store(&self) -> &Arc<dyn Store> {
+    /// The backend (through the watch cache).
+    pub fn store(&self) -> &Arc<WatchCache> {
         &self.store
     }
 }

@@ -23,8 +23,8 @@ pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
 /// What every handler can reach.
 pub struct Context {
-    /// The storage backend.
-    pub store: Arc<dyn Store>,
+    /// The storage backend, behind the watch cache.
+    pub store: Arc<crate::watchcache::WatchCache>,
     /// The virtual clusters.
     pub registry: Registry,
     /// The CA, for issuing tenant credentials.
@@ -247,7 +247,7 @@ where
         return Ok(crate::status::bytes_response(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            Bytes::from(ctx.metrics.render(vcs)),
+            Bytes::from(ctx.metrics.render(vcs) + &ctx.store.stats().prometheus()),
         ));
     }
     crate::admin::handle(ctx, request).await

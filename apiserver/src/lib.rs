@@ -20,4 +20,5 @@ pub mod storage_config;
 pub mod tenant;
 pub mod virtualclusters;
 pub mod warnings;
+pub mod watchcache;
 pub mod watchstream;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::{Method, Response, StatusCode};
-use kplex_storage::Event;
+use kplex_storage::{Event, Store};
 use serde_json::{json, Value};
 
 use crate::catalog::{Catalog, ResourceInfo, VERBS};
@@ -463,6 +463,7 @@ async fn resource(
                 continue_token: q("continue").filter(|c| !c.is_empty()).map(str::to_owned),
                 exact_revision: None,
                 not_older_than: None,
+                any_revision: false,
             };
             let rv = q("resourceVersion").filter(|v| !v.is_empty());
             let parse_rv = crate::handler::parse_resource_version;
@@ -490,7 +491,8 @@ async fn resource(
                 (Some("NotOlderThan") | None, Some(v)) if v != "0" => {
                     opts.not_older_than = Some(parse_rv(v)?)
                 }
-                (Some("NotOlderThan") | None, _) => {}
+                (Some("NotOlderThan") | None, Some(_)) => opts.any_revision = true,
+                (Some("NotOlderThan") | None, None) => {}
                 (Some(other), _) => {
                     return Err(ApiError::bad_request(format!(
                         "unsupported resourceVersionMatch {other:?}"
@@ -634,6 +636,8 @@ async fn watch(
                     &ListOptions {
                         labels: opts.labels.clone(),
                         fields: opts.fields.clone(),
+                        // `resourceVersion=0`: the current state from the cache.
+                        any_revision: flags.resource_version == Some("0"),
                         ..Default::default()
                     },
                 )

@@ -97,6 +97,43 @@ async fn kube_rs_lists_watches_creates_and_patches_in_a_vc() {
         .await
         .unwrap();
     assert_eq!(selected.items.len(), 1);
+    // Lists at "any" and "not older than" revisions (informers' first
+    // list) are served by the watch cache, and as current as asked.
+    let patched_rv = labelled.metadata.resource_version.clone().unwrap();
+    let not_older = cms
+        .list(
+            &ListParams::default()
+                .at(&patched_rv)
+                .matching(kube::api::VersionMatch::NotOlderThan),
+        )
+        .await
+        .unwrap();
+    let names: Vec<_> = not_older
+        .items
+        .iter()
+        .map(|cm| cm.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(names, ["one", "two"]);
+    assert_eq!(
+        not_older.items[0].metadata.labels.as_ref().unwrap()["team"],
+        "a"
+    );
+    let paged = cms
+        .list(
+            &ListParams::default()
+                .at(&patched_rv)
+                .matching(kube::api::VersionMatch::NotOlderThan)
+                .limit(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(paged.items.len(), 1);
+    let token = paged.metadata.continue_.clone().expect("a continue token");
+    let rest = cms
+        .list(&ListParams::default().limit(1).continue_token(&token))
+        .await
+        .unwrap();
+    assert_eq!(rest.items[0].metadata.name.as_deref(), Some("two"));
 
     // Errors arrive as Kubernetes Status values kube-rs understands.
     match cms.get("missing").await {

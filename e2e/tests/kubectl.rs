@@ -1223,3 +1223,77 @@ fn kubectl_create_generators_and_run_make_the_objects_they_describe() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("is invalid"), "{}", stderr(&o));
 }
+
+/// The value of a gauge on the admin `/metrics` page.
+fn gauge(kplex: &Kplex, name: &str) -> u64 {
+    let o = kplex_e2e::admin(kplex, &["get", "--raw", "/metrics"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+        .parse()
+        .unwrap()
+}
+
+/// Polls the admin `/metrics` until `name` reads `want` (bounded).
+fn wait_for_gauge(kplex: &Kplex, name: &str, want: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let value = gauge(kplex, name);
+        if value == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} stayed {value}, want {want}"
+        );
+    }
+}
+
+#[test]
+fn watches_share_one_feed_and_idle_vcs_hold_none() {
+    let (s, configs) = setup(&["team-a", "team-b", "idle-1", "idle-2"]);
+    let (a, b) = (&configs[0], &configs[1]);
+    assert_eq!(gauge(&s.kplex, "kplex_watch_cache_live"), 1);
+    assert_eq!(
+        gauge(&s.kplex, "kplex_watch_cache_watchers"),
+        0,
+        "idle VCs hold no watch"
+    );
+    let watch = |kc: &std::path::Path| {
+        KubectlStream::spawn(&["--kubeconfig", kc.to_str().unwrap(), "get", "cm", "-w"])
+    };
+    let (wa, wb) = (watch(a), watch(b));
+    wait_for_gauge(&s.kplex, "kplex_watch_cache_watchers", 2);
+    // The same namespace/name in both VCs, B's first: A's watch must see
+    // only its own (one data key), B's only B's (two).
+    let cm = |data: &str| {
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: same, namespace: default}}\ndata: {{{data}}}\n")
+    };
+    ok(
+        b,
+        &[
+            "create",
+            "-f",
+            &write(&s.path, "b.yaml", &cm("x: '1', y: '2'")),
+        ],
+    );
+    ok(
+        a,
+        &["create", "-f", &write(&s.path, "a.yaml", &cm("x: '1'"))],
+    );
+    for (watcher, data) in [(&wa, "1"), (&wb, "2")] {
+        let line = loop {
+            let line = watcher.next_line("the configmap");
+            if !line.starts_with("NAME") {
+                break line;
+            }
+        };
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(&cells[..2], ["same", data], "{line}");
+    }
+    drop(wa);
+    drop(wb);
+    wait_for_gauge(&s.kplex, "kplex_watch_cache_watchers", 0);
+}

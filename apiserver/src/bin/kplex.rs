@@ -161,6 +161,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let store: Arc<dyn kplex_storage::Store> = Arc::new(
         kplex_apiserver::metrics::MeteredStore::new(store, metrics.clone()),
     );
+    let store = kplex_apiserver::watchcache::WatchCache::start(store).await;
     let ctx = Arc::new(Context {
         metrics,
         registry: kplex_apiserver::virtualclusters::Registry::new(store.clone()),
