@@ -30,7 +30,7 @@ pub struct ResourceInfo {
     /// Decodes an object into its k8s-openapi type and encodes it again, as
     /// kube-apiserver does with its Go types: the object without the fields
     /// the type does not know, and those fields' paths.
-    pub decode: fn(&[u8]) -> Decoded,
+    pub decode: fn(&serde_json::Value) -> Decoded,
     /// Adds the kind's OpenAPI schema (and those it refers to) to the
     /// generator; returns the schema's name.
     pub schema: fn(&mut schemars::SchemaGenerator) -> String,
@@ -45,14 +45,13 @@ fn schema_of<T: schemars::JsonSchema>(generator: &mut schemars::SchemaGenerator)
 /// paths; or the type error.
 pub type Decoded = Result<(serde_json::Value, Vec<String>), String>;
 
-/// Round-trips `bytes` through `T`, collecting the fields `T` ignores.
-fn decode_as<T>(bytes: &[u8]) -> Decoded
+/// Round-trips `object` through `T`, collecting the fields `T` ignores.
+fn decode_as<T>(object: &serde_json::Value) -> Decoded
 where
     T: serde::de::DeserializeOwned + serde::Serialize,
 {
     let mut unknown = Vec::new();
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let typed: T = serde_ignored::deserialize(&mut de, |path| unknown.push(field_path(&path)))
+    let typed: T = serde_ignored::deserialize(object, |path| unknown.push(field_path(&path)))
         .map_err(|e| e.to_string())?;
     let value = serde_json::to_value(&typed).map_err(|e| e.to_string())?;
     Ok((value, unknown))

@@ -40,50 +40,75 @@ fn decode(text: &str, key: &str) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("{key}: {e}"))
 }
 
+/// Where a kplex-written kubeconfig points and the TLS client it carries.
+pub struct KubeconfigTarget {
+    /// Server host.
+    pub host: String,
+    /// Server port.
+    pub port: u16,
+    /// The server URL's path (`/clusters/<vc>` for a tenant, else empty).
+    pub base_path: String,
+    /// The CA to trust and the client certificate to present.
+    pub tls: Arc<rustls::ClientConfig>,
+}
+
+/// Reads a kubeconfig written by kplex (one cluster, one user, single-line
+/// values).
+pub fn parse_kubeconfig(text: &str) -> Result<KubeconfigTarget, String> {
+    let server = field(text, "server")?;
+    let rest = server
+        .strip_prefix("https://")
+        .ok_or_else(|| format!("server {server} is not https"))?;
+    let (authority, base_path) = match rest.split_once('/') {
+        Some((authority, path)) => (authority, format!("/{path}")),
+        None => (rest, String::new()),
+    };
+    let (host, port) = authority
+        .rsplit_once(':')
+        .and_then(|(h, p)| {
+            p.parse()
+                .ok()
+                .map(|p| (h.trim_matches(['[', ']']).to_owned(), p))
+        })
+        .ok_or_else(|| format!("server {server} has no port"))?;
+    let ca = decode(text, "certificate-authority-data")?;
+    let cert = decode(text, "client-certificate-data")?;
+    let key = decode(text, "client-key-data")?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&ca) {
+        roots
+            .add(c.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let chain = CertificateDer::pem_slice_iter(&cert)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    let key = PrivateKeyDer::from_pem_slice(&key).map_err(|e| e.to_string())?;
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .map_err(|e| e.to_string())?;
+    Ok(KubeconfigTarget {
+        host,
+        port,
+        base_path,
+        tls: Arc::new(tls),
+    })
+}
+
 impl AdminClient {
     /// Reads a kubeconfig written by kplex (`<data-dir>/admin.kubeconfig`).
     pub fn from_kubeconfig(path: &Path) -> Result<AdminClient, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let server = field(&text, "server")?;
-        let authority = server
-            .strip_prefix("https://")
-            .ok_or_else(|| format!("server {server} is not https"))?
-            .split('/')
-            .next()
-            .unwrap_or("");
-        let (host, port) = authority
-            .rsplit_once(':')
-            .and_then(|(h, p)| {
-                p.parse()
-                    .ok()
-                    .map(|p| (h.trim_matches(['[', ']']).to_owned(), p))
-            })
-            .ok_or_else(|| format!("server {server} has no port"))?;
-        let ca = decode(&text, "certificate-authority-data")?;
-        let cert = decode(&text, "client-certificate-data")?;
-        let key = decode(&text, "client-key-data")?;
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(&ca) {
-            roots
-                .add(c.map_err(|e| e.to_string())?)
-                .map_err(|e| e.to_string())?;
-        }
-        let chain = CertificateDer::pem_slice_iter(&cert)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?;
-        let key = PrivateKeyDer::from_pem_slice(&key).map_err(|e| e.to_string())?;
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| e.to_string())?;
+        let target = parse_kubeconfig(&text)?;
         Ok(AdminClient {
-            host,
-            port,
-            tls: Arc::new(tls),
+            host: target.host,
+            port: target.port,
+            tls: target.tls,
         })
     }
 

@@ -306,17 +306,31 @@ impl GenericStore {
     }
 
     async fn require_namespace(&self, ns: &str) -> Result<(), ApiError> {
-        let info = self.namespaces();
-        match self.get(info, None, ns).await {
-            Ok(object) if object["status"]["phase"] == "Terminating" => {
-                Err(ApiError::forbidden(format!(
-                    "unable to create new content in namespace {ns} because it is being terminated"
-                )))
-            }
-            Ok(_) => Ok(()),
-            Err(e) if e.code == hyper::StatusCode::NOT_FOUND => Err(Self::not_found(info, ns)),
-            Err(e) => Err(e),
+        /// The one field read (every create checks it: no full parse).
+        #[derive(serde::Deserialize)]
+        struct Namespace {
+            #[serde(default)]
+            status: NamespaceStatus,
         }
+        #[derive(serde::Deserialize, Default)]
+        struct NamespaceStatus {
+            phase: Option<String>,
+        }
+        let info = self.namespaces();
+        let kv = self
+            .store
+            .get(&self.key(info, None, ns)?)
+            .await
+            .map_err(from_store)?
+            .ok_or_else(|| Self::not_found(info, ns))?;
+        let namespace: Namespace = serde_json::from_slice(&kv.value)
+            .map_err(|e| ApiError::internal(format!("corrupt namespace {ns}: {e}")))?;
+        if namespace.status.phase.as_deref() == Some("Terminating") {
+            return Err(ApiError::forbidden(format!(
+                "unable to create new content in namespace {ns} because it is being terminated"
+            )));
+        }
+        Ok(())
     }
 
     /// Creates an object from a client's body.
@@ -814,8 +828,7 @@ pub fn validate(
     object: &mut Value,
     mode: FieldValidation,
 ) -> Result<(), ApiError> {
-    let bytes = serde_json::to_vec(object).map_err(|e| ApiError::internal(e.to_string()))?;
-    let (decoded, unknown) = (info.decode)(&bytes).map_err(|e| {
+    let (decoded, unknown) = (info.decode)(object).map_err(|e| {
         ApiError::bad_request(format!(
             "{kind} in version \"{version}\" cannot be handled as a {kind}: {e}",
             kind = info.kind,

@@ -2,10 +2,16 @@
 //! `/kplex/system/virtualclusters/<name>`, each with the UID that names the
 //! VC's keyspace. Deleting a VC removes its whole key range, then its record.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use kplex_storage::{KeyPrefix, RangeRequest, Store, StoreError, SystemKeyspace, TenantKeyspace};
+use futures::StreamExt;
+use kplex_storage::{
+    Event, KeyPrefix, RangeRequest, Revision, Store, StoreError, SystemKeyspace, TenantKeyspace,
+    WatchEvent,
+};
 use serde_json::{json, Value};
 
 use crate::status::ApiError;
@@ -22,7 +28,20 @@ const RECORDS: &str = "virtualclusters";
 #[derive(Clone)]
 pub struct Registry {
     store: Arc<dyn Store>,
+    /// Every record in memory, when a task keeps it (see [`Registry::indexed`]).
+    index: Option<Arc<Index>>,
 }
+
+/// Every VC record by name, kept current by one task watching the records;
+/// `None` while it (re)loads, when lookups go to storage.
+struct Index {
+    records: std::sync::RwLock<Option<HashMap<String, Arc<VirtualCluster>>>>,
+    /// The revision the records are current at.
+    applied: tokio::sync::watch::Sender<Revision>,
+}
+
+/// Longest a write through the registry waits for its index to show it.
+const INDEX_WAIT: Duration = Duration::from_secs(5);
 
 /// A VC as stored: the object the admin API serves, plus its revision.
 #[derive(Debug, Clone)]
@@ -73,7 +92,40 @@ pub fn validate_name(name: &str) -> Result<(), ApiError> {
 impl Registry {
     /// A registry on `store`.
     pub fn new(store: Arc<dyn Store>) -> Registry {
-        Registry { store }
+        Registry { store, index: None }
+    }
+
+    /// A registry that keeps every record in memory (a few hundred bytes
+    /// per VC), so authorizing a request reads no storage. One task keeps
+    /// it: a list, then a watch from the list's revision (through the watch
+    /// cache), again after any failure. Creates and deletes through this
+    /// registry return once the index shows them, so a deleted VC's
+    /// credentials stop working here when the delete returns.
+    pub async fn indexed(store: Arc<dyn Store>) -> Registry {
+        let index = Arc::new(Index {
+            records: std::sync::RwLock::new(None),
+            applied: tokio::sync::watch::channel(Revision::new(0)).0,
+        });
+        let registry = Registry {
+            store,
+            index: Some(index.clone()),
+        };
+        let mut loaded = index.applied.subscribe();
+        tokio::spawn(maintain(registry.store.clone(), Arc::downgrade(&index)));
+        // Serve from storage until the first load; wait for it briefly.
+        let _ = tokio::time::timeout(INDEX_WAIT, loaded.changed()).await;
+        registry
+    }
+
+    /// Waits (bounded) until the index has applied `revision`.
+    async fn indexed_at(&self, revision: Revision) {
+        if let Some(index) = &self.index {
+            let mut applied = index.applied.subscribe();
+            let wait = applied.wait_for(|r| *r >= revision);
+            if tokio::time::timeout(INDEX_WAIT, wait).await.is_err() {
+                tracing::warn!(%revision, "VC index is behind storage");
+            }
+        }
     }
 
     fn key(name: &str) -> Result<kplex_storage::Key, ApiError> {
@@ -105,7 +157,10 @@ impl Registry {
         });
         let bytes = Bytes::from(object.to_string());
         match self.store.create(&Self::key(name)?, bytes).await {
-            Ok(kv) => Ok(with_revision(object, kv.mod_revision)),
+            Ok(kv) => {
+                self.indexed_at(kv.mod_revision).await;
+                Ok(with_revision(object, kv.mod_revision))
+            }
             Err(StoreError::AlreadyExists { .. }) => Err(ApiError::already_exists(
                 &format!("{RECORDS}.{GROUP}"),
                 name,
@@ -115,16 +170,21 @@ impl Registry {
     }
 
     /// The VC named `name`.
-    pub async fn get(&self, name: &str) -> Result<Option<VirtualCluster>, ApiError> {
+    pub async fn get(&self, name: &str) -> Result<Option<Arc<VirtualCluster>>, ApiError> {
         if validate_name(name).is_err() {
             return Ok(None);
+        }
+        if let Some(index) = &self.index {
+            if let Some(records) = &*index.records.read().expect("VC index lock") {
+                return Ok(records.get(name).cloned());
+            }
         }
         let kv = self
             .store
             .get(&Self::key(name)?)
             .await
             .map_err(store_error)?;
-        kv.map(|kv| decode(&kv)).transpose()
+        Ok(kv.map(|kv| decode(&kv)).transpose()?.map(Arc::new))
     }
 
     /// Every VC, in name order, with the revision of the read.
@@ -177,7 +237,7 @@ impl Registry {
         // The record goes first: from then on no request can be authorized
         // for this VC, so nothing new lands in the range deleted next.
         match self.store.delete(&key, kv.mod_revision).await {
-            Ok(_) => {}
+            Ok(deleted) => self.indexed_at(deleted.revision).await,
             Err(StoreError::NotFound { .. }) => {
                 return Err(ApiError::not_found_object(KIND, GROUP, name))
             }
@@ -188,6 +248,86 @@ impl Registry {
             .await
             .map_err(store_error)?;
         Ok(vc)
+    }
+}
+
+/// Keeps `index` current until the registry is dropped.
+async fn maintain(store: Arc<dyn Store>, index: std::sync::Weak<Index>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let Some(current) = index.upgrade() else {
+            return;
+        };
+        let loaded = async {
+            let range = store
+                .range(RangeRequest::prefix(Registry::prefix()?))
+                .await
+                .map_err(store_error)?;
+            let mut records = HashMap::new();
+            for kv in &range.kvs {
+                let vc = decode(kv)?;
+                records.insert(vc.name().to_owned(), Arc::new(vc));
+            }
+            let events = store
+                .watch(&Registry::prefix()?, range.revision)
+                .await
+                .map_err(store_error)?;
+            Ok::<_, ApiError>((records, range.revision, events))
+        }
+        .await;
+        let mut events = match loaded {
+            Ok((records, revision, events)) => {
+                *current.records.write().expect("VC index lock") = Some(records);
+                current.applied.send_replace(revision);
+                backoff = Duration::from_millis(100);
+                events
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.message, "cannot load the VC index; retrying");
+                drop(current);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        drop(current);
+        while let Some(next) = events.next().await {
+            let Some(current) = index.upgrade() else {
+                return;
+            };
+            let revision = match next {
+                Ok(WatchEvent::Change(event)) => {
+                    let mut records = current.records.write().expect("VC index lock");
+                    let Some(records) = records.as_mut() else {
+                        break;
+                    };
+                    match &event {
+                        Event::Put { kv, .. } => match decode(kv) {
+                            Ok(vc) => {
+                                records.insert(vc.name().to_owned(), Arc::new(vc));
+                            }
+                            Err(e) => tracing::warn!(error = %e.message, "unreadable VC record"),
+                        },
+                        Event::Delete { prev, .. } => {
+                            if let Some(name) = prev.key.as_str().rsplit('/').next() {
+                                records.remove(name);
+                            }
+                        }
+                    }
+                    event.revision()
+                }
+                Ok(WatchEvent::Progress(revision)) => revision,
+                Err(e) => {
+                    tracing::warn!(error = %e, "VC index watch ended; reloading");
+                    break;
+                }
+            };
+            current.applied.send_replace(revision);
+        }
+        // Until reloaded, lookups read storage.
+        if let Some(current) = index.upgrade() {
+            *current.records.write().expect("VC index lock") = None;
+        }
     }
 }
 

@@ -1256,16 +1256,22 @@ fn watches_share_one_feed_and_idle_vcs_hold_none() {
     let (s, configs) = setup(&["team-a", "team-b", "idle-1", "idle-2"]);
     let (a, b) = (&configs[0], &configs[1]);
     assert_eq!(gauge(&s.kplex, "kplex_watch_cache_live"), 1);
+    // The one process-wide watch is the VC registry's index; VCs add none.
+    let base = gauge(&s.kplex, "kplex_watch_cache_watchers");
+    assert_eq!(base, 1, "only the VC index watches");
+    for vc in ["idle-3", "idle-4", "idle-5"] {
+        create_vc(&s.kplex, &s.path, vc);
+    }
     assert_eq!(
         gauge(&s.kplex, "kplex_watch_cache_watchers"),
-        0,
+        base,
         "idle VCs hold no watch"
     );
     let watch = |kc: &std::path::Path| {
         KubectlStream::spawn(&["--kubeconfig", kc.to_str().unwrap(), "get", "cm", "-w"])
     };
     let (wa, wb) = (watch(a), watch(b));
-    wait_for_gauge(&s.kplex, "kplex_watch_cache_watchers", 2);
+    wait_for_gauge(&s.kplex, "kplex_watch_cache_watchers", base + 2);
     // The same namespace/name in both VCs, B's first: A's watch must see
     // only its own (one data key), B's only B's (two).
     let cm = |data: &str| {
@@ -1295,5 +1301,5 @@ fn watches_share_one_feed_and_idle_vcs_hold_none() {
     }
     drop(wa);
     drop(wb);
-    wait_for_gauge(&s.kplex, "kplex_watch_cache_watchers", 0);
+    wait_for_gauge(&s.kplex, "kplex_watch_cache_watchers", base);
 }

@@ -10,10 +10,11 @@
 
 #[path = "../tests/support/etcd.rs"]
 mod etcd;
+mod support;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -21,91 +22,12 @@ use kplex_storage::{
     EmbeddedOptions, EmbeddedStore, Key, RangeRequest, Revision, Store, TenantKeyspace, WatchEvent,
 };
 use redb::{ReadableDatabase, TableDefinition};
+use support::{header, row, run, scale, Stats};
 
 /// A watch that delivers nothing for this long has failed.
 const STALL: Duration = Duration::from_secs(30);
 const VALUE: &[u8] = &[b'x'; 512];
 const RAW_TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("raw");
-
-struct Stats {
-    ops: usize,
-    elapsed: Duration,
-    latencies: Vec<Duration>,
-}
-
-impl Stats {
-    fn throughput(&self) -> f64 {
-        self.ops as f64 / self.elapsed.as_secs_f64()
-    }
-    fn percentile(&self, p: f64) -> Duration {
-        if self.latencies.is_empty() {
-            return Duration::ZERO;
-        }
-        let mut l = self.latencies.clone();
-        l.sort();
-        l[((l.len() as f64 * p) as usize).min(l.len() - 1)]
-    }
-}
-
-/// Runs `total` operations spread over `clients` concurrent tasks.
-async fn run<F, Fut>(clients: usize, total: usize, op: F) -> Stats
-where
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send,
-{
-    let op = Arc::new(op);
-    let per_client = total / clients;
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..clients {
-        let op = op.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(per_client);
-            for i in 0..per_client {
-                let t = Instant::now();
-                op(c * per_client + i).await;
-                lat.push(t.elapsed());
-            }
-            lat
-        }));
-    }
-    let mut latencies = Vec::new();
-    for t in tasks {
-        latencies.extend(t.await.unwrap());
-    }
-    Stats {
-        ops: per_client * clients,
-        elapsed: start.elapsed(),
-        latencies,
-    }
-}
-
-fn scale(n: usize) -> usize {
-    let s: f64 = std::env::var("KPLEX_BENCH_SCALE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1.0);
-    ((n as f64 * s) as usize).max(64)
-}
-
-fn row(op: &str, clients: usize, ours: &Stats, base: &Stats) {
-    println!(
-        "| {op} | {clients} | {:.0}/s | {:.2} ms | {:.2} ms | {:.0}/s | {:.2} ms | {:.2} ms | **{:.2}** |",
-        ours.throughput(),
-        ours.percentile(0.5).as_secs_f64() * 1e3,
-        ours.percentile(0.99).as_secs_f64() * 1e3,
-        base.throughput(),
-        base.percentile(0.5).as_secs_f64() * 1e3,
-        base.percentile(0.99).as_secs_f64() * 1e3,
-        ours.throughput() / base.throughput(),
-    );
-}
-
-fn header(title: &str, base: &str) {
-    println!("\n### {title}\n");
-    println!("| op | clients | kplex ops/s | p50 | p99 | {base} ops/s | p50 | p99 | ratio |");
-    println!("|---|---|---|---|---|---|---|---|---|");
-}
 
 fn key(ks: &TenantKeyspace, name: &str) -> Key {
     ks.object_key("", "configmaps", Some("bench"), name)

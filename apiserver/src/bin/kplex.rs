@@ -9,6 +9,11 @@ use kplex_apiserver::handler::Context;
 use kplex_apiserver::storage_config::StorageArgs;
 use tokio::signal::unix::{signal, SignalKind};
 
+/// mimalloc: the request path allocates many small, short-lived buffers
+/// (JSON values, headers), where it beats glibc's allocator under threads.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "kplex",
@@ -164,7 +169,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let store = kplex_apiserver::watchcache::WatchCache::start(store).await;
     let ctx = Arc::new(Context {
         metrics,
-        registry: kplex_apiserver::virtualclusters::Registry::new(store.clone()),
+        registry: kplex_apiserver::virtualclusters::Registry::indexed(store.clone()).await,
         store,
         authority: Arc::new(boot.authority),
         url,

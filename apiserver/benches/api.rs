@@ -1,0 +1,660 @@
+//! API server benchmark: the real `kplex serve` (release build, embedded
+//! storage) over HTTPS with client certificates, each operation beside a
+//! baseline measured in the same run:
+//!
+//! - GET of a configmap across 1,000 VCs vs a bare hyper+rustls server (same
+//!   TLS setup, client certificates verified) answering the same bytes: the
+//!   HTTP stack's own limit;
+//! - CREATE vs the raw embedded store's create at the same concurrency;
+//! - LIST (a namespace of 20 configmaps) vs the raw store's range of it;
+//! - WATCH: 10,000 open watches (10 per VC), event delivery latency from the
+//!   write being sent to each watcher reading the event, vs 10,000 raw
+//!   storage watches on the same writes;
+//! - resident memory per idle VC (RSS growth of the kplex process creating
+//!   10,000 VCs through the admin API, divided) and the VC creation rate.
+//!
+//! Client and server share the machine's cores, for kplex and baselines alike.
+//! Run: `hack/bench-api`. `KPLEX_BENCH_SCALE` scales the operation counts
+//! (not the VC or watch counts).
+
+#[path = "../../storage/benches/support/mod.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http2::SendRequest;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use kplex_apiserver::cli::{parse_kubeconfig, KubeconfigTarget};
+use kplex_storage::{
+    EmbeddedOptions, EmbeddedStore, Key, RangeRequest, Revision, Store, TenantKeyspace, WatchEvent,
+};
+use rustls::pki_types::ServerName;
+use serde_json::{json, Value};
+use support::{header, row, run, scale, Stats};
+
+/// The same allocator as the `kplex` binary, so the bare baseline server and
+/// the client are not handicapped by a slower one.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// VCs the request benchmarks spread over.
+const VCS: usize = 1000;
+/// VCs created for the memory measurement.
+const IDLE_VCS: usize = 10_000;
+/// Watches per VC in the watch benchmark.
+const WATCHES_PER_VC: usize = 10;
+/// Configmaps created per VC (what LIST reads).
+const OBJECTS_PER_VC: usize = 20;
+const CLIENTS: usize = 64;
+
+type Sender = SendRequest<Full<Bytes>>;
+
+struct Server {
+    child: Child,
+    pid: u32,
+    data_dir: std::path::PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_kplex(dir: &Path) -> Server {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let data_dir = dir.join("kplex-data");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kplex"))
+        .args(["serve", "--port", &port.to_string(), "--data-dir"])
+        .arg(&data_dir)
+        .env("RUST_LOG", "kplex=info,warn")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start kplex");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("kplex serving") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("kplex did not start");
+    Server {
+        pid: child.id(),
+        child,
+        data_dir,
+    }
+}
+
+/// Resident memory of a process, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
+/// One HTTP/2 connection with the target's credentials.
+async fn connect(target: &KubeconfigTarget, port: u16) -> Sender {
+    let mut tls = (*target.tls).clone();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect((target.host.as_str(), port))
+        .await
+        .unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let name = ServerName::try_from(target.host.clone()).unwrap();
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+async fn call(
+    sender: &Sender,
+    method: Method,
+    path: &str,
+    body: Option<Bytes>,
+) -> (StatusCode, Bytes) {
+    let response = send(sender, method, path, body).await;
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, bytes)
+}
+
+async fn send(
+    sender: &Sender,
+    method: Method,
+    path: &str,
+    body: Option<Bytes>,
+) -> Response<hyper::body::Incoming> {
+    let request = Request::builder()
+        .method(method)
+        .uri(format!("https://127.0.0.1{path}"))
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .header(hyper::header::ACCEPT, "application/json")
+        .body(Full::new(body.unwrap_or_default()))
+        .unwrap();
+    sender.clone().send_request(request).await.unwrap()
+}
+
+fn configmap(name: &str) -> Bytes {
+    Bytes::from(
+        json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": "default", "labels": {"app": "bench"}},
+            "data": {"payload": "x".repeat(400)},
+        })
+        .to_string(),
+    )
+}
+
+fn vc_name(i: usize) -> String {
+    format!("vc-{i:05}")
+}
+
+/// A bare hyper+rustls server with kplex's TLS setup (same CA, client
+/// certificates verified) answering every request with `body`.
+fn bare_server(tls: Arc<rustls::ServerConfig>, body: Bytes) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let _ = tcp.set_nodelay(true);
+                let acceptor = acceptor.clone();
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(move |_req| {
+                        let body = body.clone();
+                        async move {
+                            let mut response = Response::new(Full::new(body));
+                            response.headers_mut().insert(
+                                hyper::header::CONTENT_TYPE,
+                                hyper::header::HeaderValue::from_static("application/json"),
+                            );
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+    });
+    port
+}
+
+fn memory_row(label: &str, value: String, target: &str) {
+    println!("| {label} | {value} | {target} |");
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_kplex(dir.path());
+    let admin_text = std::fs::read_to_string(server.data_dir.join("admin.kubeconfig")).unwrap();
+    let admin = parse_kubeconfig(&admin_text).unwrap();
+    let admin_conn = connect(&admin, admin.port).await;
+    let vcs_path = "/apis/tenancy.kplex.dev/v1alpha1/virtualclusters";
+
+    // --- Memory per idle VC and creation rate ---------------------------
+    eprintln!("bench: memory");
+    let create_vc = {
+        let admin_conn = admin_conn.clone();
+        move |name: String| {
+            let admin_conn = admin_conn.clone();
+            async move {
+                let body = json!({"apiVersion": "tenancy.kplex.dev/v1alpha1",
+                    "kind": "VirtualCluster", "metadata": {"name": name}});
+                let (status, bytes) = call(
+                    &admin_conn,
+                    Method::POST,
+                    vcs_path,
+                    Some(Bytes::from(body.to_string())),
+                )
+                .await;
+                assert_eq!(status, StatusCode::CREATED, "{:?}", bytes);
+            }
+        }
+    };
+    // Warm the allocator and the caches with a few VCs first.
+    for i in 0..100 {
+        create_vc(format!("warm-{i}")).await;
+    }
+    let rss_before = rss(server.pid);
+    let create = create_vc.clone();
+    let creation = run(32, IDLE_VCS, move |i| create(vc_name(i))).await;
+    let rss_after = rss(server.pid);
+    let per_vc = (rss_after.saturating_sub(rss_before)) as f64 / IDLE_VCS as f64;
+
+    // --- Tenant connections -------------------------------------------------
+    eprintln!("bench: connections");
+    let mut targets = Vec::with_capacity(VCS);
+    for i in 0..VCS {
+        let body = json!({"user": "bench", "groups": ["system:masters"]});
+        let (status, bytes) = call(
+            &admin_conn,
+            Method::POST,
+            &format!("{vcs_path}/{}/kubeconfig", vc_name(i)),
+            Some(Bytes::from(body.to_string())),
+        )
+        .await;
+        assert!(status.is_success(), "{bytes:?}");
+        let response: Value = serde_json::from_slice(&bytes).unwrap();
+        targets.push(parse_kubeconfig(response["kubeconfig"].as_str().unwrap()).unwrap());
+    }
+    let mut tenants = Vec::with_capacity(VCS);
+    for t in &targets {
+        tenants.push((connect(t, t.port).await, t.base_path.clone()));
+    }
+    let tenants = Arc::new(tenants);
+
+    // Baseline store, in this process.
+    let raw_dir = dir.path().join("raw");
+    let raw: Arc<dyn Store> = Arc::new(
+        EmbeddedStore::open(&raw_dir, EmbeddedOptions::default())
+            .await
+            .unwrap(),
+    );
+    let keyspaces: Arc<Vec<TenantKeyspace>> = Arc::new(
+        (0..VCS)
+            .map(|i| TenantKeyspace::for_vc(&vc_name(i)).unwrap())
+            .collect(),
+    );
+    let raw_key = |ks: &TenantKeyspace, name: &str| -> Key {
+        ks.object_key("", "configmaps", Some("default"), name)
+            .unwrap()
+    };
+
+    // --- CREATE -------------------------------------------------------------
+    eprintln!("bench: create");
+    let creates = VCS * OBJECTS_PER_VC;
+    let t = tenants.clone();
+    let kplex_create = run(CLIENTS, creates, move |i| {
+        let t = t.clone();
+        async move {
+            let (conn, base) = &t[i % VCS];
+            let name = format!("cm-{}", i / VCS);
+            let (status, bytes) = call(
+                conn,
+                Method::POST,
+                &format!("{base}/api/v1/namespaces/default/configmaps"),
+                Some(configmap(&name)),
+            )
+            .await;
+            assert_eq!(status, StatusCode::CREATED, "{bytes:?}");
+        }
+    })
+    .await;
+    let (r, k) = (raw.clone(), keyspaces.clone());
+    let raw_create = run(CLIENTS, creates, move |i| {
+        let (r, k) = (r.clone(), k.clone());
+        async move {
+            let name = format!("cm-{}", i / VCS);
+            r.create(&raw_key(&k[i % VCS], &name), configmap(&name))
+                .await
+                .unwrap();
+        }
+    })
+    .await;
+
+    // --- GET ------------------------------------------------------------------
+    eprintln!("bench: get");
+    let gets = scale(40_000);
+    let (_, sample) = call(
+        &tenants[0].0,
+        Method::GET,
+        &format!("{}/api/v1/namespaces/default/configmaps/cm-0", tenants[0].1),
+        None,
+    )
+    .await;
+    let get_op = |conns: Arc<Vec<(Sender, String)>>| {
+        move |i: usize| {
+            let conns = conns.clone();
+            async move {
+                let (conn, base) = &conns[i % VCS];
+                let name = format!("cm-{}", (i / VCS) % OBJECTS_PER_VC);
+                let (status, _) = call(
+                    conn,
+                    Method::GET,
+                    &format!("{base}/api/v1/namespaces/default/configmaps/{name}"),
+                    None,
+                )
+                .await;
+                assert_eq!(status, StatusCode::OK);
+            }
+        }
+    };
+    let kplex_get = run(CLIENTS, gets, get_op(tenants.clone())).await;
+    // The bare server gets kplex's CA, so the same client certificates are
+    // verified the same way, and a serving certificate of its own.
+    let bare_pki = dir.path().join("bare/pki");
+    std::fs::create_dir_all(&bare_pki).unwrap();
+    for file in ["ca.crt", "ca.key"] {
+        std::fs::copy(server.data_dir.join("pki").join(file), bare_pki.join(file)).unwrap();
+    }
+    let boot = kplex_apiserver::bootstrap::prepare(
+        &dir.path().join("bare"),
+        &["127.0.0.1".to_owned()],
+        "https://127.0.0.1",
+    )
+    .unwrap();
+    let bare_port = bare_server(boot.tls, sample);
+    let mut bare = Vec::with_capacity(VCS);
+    for t in &targets {
+        bare.push((connect(t, bare_port).await, t.base_path.clone()));
+    }
+    let bare_get = run(CLIENTS, gets, get_op(Arc::new(bare))).await;
+
+    // --- LIST -----------------------------------------------------------------
+    eprintln!("bench: list");
+    let lists = scale(10_000);
+    let t = tenants.clone();
+    let kplex_list = run(CLIENTS, lists, move |i| {
+        let t = t.clone();
+        async move {
+            let (conn, base) = &t[i % VCS];
+            let (status, bytes) = call(
+                conn,
+                Method::GET,
+                &format!("{base}/api/v1/namespaces/default/configmaps"),
+                None,
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK);
+            debug_assert!(bytes.len() > OBJECTS_PER_VC * 400);
+        }
+    })
+    .await;
+    let (r, k) = (raw.clone(), keyspaces.clone());
+    let raw_list = run(CLIENTS, lists, move |i| {
+        let (r, k) = (r.clone(), k.clone());
+        async move {
+            let page = r
+                .range(RangeRequest::prefix(
+                    k[i % VCS]
+                        .namespace_prefix("", "configmaps", "default")
+                        .unwrap(),
+                ))
+                .await
+                .unwrap();
+            assert_eq!(page.kvs.len(), OBJECTS_PER_VC);
+        }
+    })
+    .await;
+
+    // --- WATCH ----------------------------------------------------------------
+    eprintln!("bench: watch");
+    let writes = VCS;
+    let (kplex_watch, kplex_opened) = watch_kplex(&tenants, writes).await;
+    let raw_watch = watch_raw(&raw, &keyspaces, writes).await;
+
+    println!("\n## API server vs baselines (embedded storage, HTTPS, HTTP/2, {VCS} VCs)");
+    header("Requests", "baseline");
+    row(
+        "GET configmap (baseline: bare hyper+rustls, same bytes)",
+        CLIENTS,
+        &kplex_get,
+        &bare_get,
+    );
+    row(
+        "CREATE configmap (baseline: raw embedded store create)",
+        CLIENTS,
+        &kplex_create,
+        &raw_create,
+    );
+    row(
+        &format!("LIST {OBJECTS_PER_VC} configmaps (baseline: raw store range)"),
+        CLIENTS,
+        &kplex_list,
+        &raw_list,
+    );
+    row(
+        &format!(
+            "WATCH delivery, {kplex_opened} watches, {writes} writes (events/s; baseline: raw store watches)"
+        ),
+        8,
+        &kplex_watch,
+        &raw_watch,
+    );
+    println!("\n### Virtual clusters\n");
+    println!("| measure | value | target |");
+    println!("|---|---|---|");
+    memory_row(
+        &format!("RSS growth per idle VC ({IDLE_VCS} VCs created through the admin API)"),
+        format!(
+            "{:.1} KiB ({:.1} MiB → {:.1} MiB)",
+            per_vc / 1024.0,
+            rss_before as f64 / 1048576.0,
+            rss_after as f64 / 1048576.0
+        ),
+        "< 16 KiB",
+    );
+    memory_row(
+        "VC creation rate (32 concurrent admin requests)",
+        format!(
+            "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms)",
+            creation.throughput(),
+            creation.percentile(0.5).as_secs_f64() * 1e3,
+            creation.percentile(0.99).as_secs_f64() * 1e3
+        ),
+        "≥ 500/s",
+    );
+    drop(server);
+}
+
+/// When each write was sent, by object name.
+type Sent = Arc<Mutex<HashMap<String, Instant>>>;
+
+/// Writes `writes` configmaps (one per VC, 8 writers) through `create`,
+/// recording when each was sent.
+async fn write_all<F, Fut>(writes: usize, sent: Sent, create: F) -> Duration
+where
+    F: Fn(usize, String) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let started = Instant::now();
+    let stats = run(8, writes, move |i| {
+        let name = format!("w-{i}");
+        sent.lock().unwrap().insert(name.clone(), Instant::now());
+        create(i, name)
+    })
+    .await;
+    drop(stats);
+    started.elapsed()
+}
+
+/// Collects delivery latencies until `expected` events arrived (or a minute).
+async fn deliveries(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<(String, Instant)>,
+    sent: Sent,
+    expected: usize,
+    started: Instant,
+) -> Stats {
+    let mut latencies = Vec::with_capacity(expected);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while latencies.len() < expected {
+        let Ok(Some((name, at))) = tokio::time::timeout_at(deadline, rx.recv()).await else {
+            eprintln!("only {} of {expected} deliveries arrived", latencies.len());
+            break;
+        };
+        if let Some(sent) = sent.lock().unwrap().get(&name) {
+            latencies.push(at.saturating_duration_since(*sent));
+        }
+    }
+    Stats {
+        ops: latencies.len(),
+        elapsed: started.elapsed(),
+        latencies,
+    }
+}
+
+/// 10 HTTP watches per VC, then one write per VC through the API.
+async fn watch_kplex(tenants: &Arc<Vec<(Sender, String)>>, writes: usize) -> (Stats, usize) {
+    // Start every watch at the current revision (no initial events).
+    let (_, bytes) = call(
+        &tenants[0].0,
+        Method::GET,
+        &format!(
+            "{}/api/v1/namespaces/default/configmaps?limit=1",
+            tenants[0].1
+        ),
+        None,
+    )
+    .await;
+    let list: Value = serde_json::from_slice(&bytes).unwrap();
+    let rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut opened = 0;
+    for (conn, base) in tenants.iter() {
+        for _ in 0..WATCHES_PER_VC {
+            let response = send(
+                conn,
+                Method::GET,
+                &format!(
+                    "{base}/api/v1/namespaces/default/configmaps?watch=1&resourceVersion={rv}"
+                ),
+                None,
+            )
+            .await;
+            assert_eq!(response.status(), StatusCode::OK);
+            opened += 1;
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut body = response.into_body();
+                let mut buffer = Vec::new();
+                while let Some(Ok(frame)) = body.frame().await {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    let at = Instant::now();
+                    buffer.extend_from_slice(&data);
+                    while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = buffer.drain(..=end).collect();
+                        let event: Value = serde_json::from_slice(&line).unwrap();
+                        if let Some(name) = event["object"]["metadata"]["name"].as_str() {
+                            let _ = tx.send((name.to_owned(), at));
+                        }
+                    }
+                }
+            });
+        }
+    }
+    drop(tx);
+    let sent: Sent = Default::default();
+    let started = Instant::now();
+    let t = tenants.clone();
+    let collector = tokio::spawn(deliveries(
+        rx,
+        sent.clone(),
+        writes * WATCHES_PER_VC,
+        started,
+    ));
+    write_all(writes, sent, move |i, name| {
+        let t = t.clone();
+        async move {
+            let (conn, base) = &t[i % VCS];
+            let (status, _) = call(
+                conn,
+                Method::POST,
+                &format!("{base}/api/v1/namespaces/default/configmaps"),
+                Some(configmap(&name)),
+            )
+            .await;
+            assert_eq!(status, StatusCode::CREATED);
+        }
+    })
+    .await;
+    (collector.await.unwrap(), opened)
+}
+
+/// 10 storage watches per VC prefix, then one raw write per VC.
+async fn watch_raw(
+    raw: &Arc<dyn Store>,
+    keyspaces: &Arc<Vec<TenantKeyspace>>,
+    writes: usize,
+) -> Stats {
+    let from: Revision = raw.current_revision().await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    for ks in keyspaces.iter() {
+        for _ in 0..WATCHES_PER_VC {
+            let prefix = ks.namespace_prefix("", "configmaps", "default").unwrap();
+            let mut events = raw.watch(&prefix, from).await.unwrap();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while let Some(Ok(event)) = events.next().await {
+                    if let WatchEvent::Change(event) = event {
+                        let at = Instant::now();
+                        let name = event.key().as_str().rsplit('/').next().unwrap().to_owned();
+                        let _ = tx.send((name, at));
+                    }
+                }
+            });
+        }
+    }
+    drop(tx);
+    let sent: Sent = Default::default();
+    let started = Instant::now();
+    let collector = tokio::spawn(deliveries(
+        rx,
+        sent.clone(),
+        writes * WATCHES_PER_VC,
+        started,
+    ));
+    let (r, k) = (raw.clone(), keyspaces.clone());
+    write_all(writes, sent, move |i, name| {
+        let (r, k) = (r.clone(), k.clone());
+        async move {
+            let key = k[i % VCS]
+                .object_key("", "configmaps", Some("default"), &name)
+                .unwrap();
+            r.create(&key, configmap(&name)).await.unwrap();
+        }
+    })
+    .await;
+    collector.await.unwrap()
+}

@@ -1,0 +1,90 @@
+//! Measuring helpers shared by the benchmarks (storage here; the API server's
+//! bench includes this file too): run N operations over C clients, keep each
+//! latency, print Markdown rows with the ratio to a baseline.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What one side of a comparison measured.
+pub struct Stats {
+    pub ops: usize,
+    pub elapsed: Duration,
+    pub latencies: Vec<Duration>,
+}
+
+impl Stats {
+    pub fn throughput(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+    pub fn percentile(&self, p: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let mut l = self.latencies.clone();
+        l.sort();
+        l[((l.len() as f64 * p) as usize).min(l.len() - 1)]
+    }
+}
+
+/// Runs operations `0..total`, spread over `clients` concurrent tasks
+/// (task `c` runs `c, c + clients, …`).
+pub async fn run<F, Fut>(clients: usize, total: usize, op: F) -> Stats
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let op = Arc::new(op);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let op = op.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(total / clients + 1);
+            for i in (c..total).step_by(clients) {
+                let t = Instant::now();
+                op(i).await;
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await.unwrap());
+    }
+    Stats {
+        ops: total,
+        elapsed: start.elapsed(),
+        latencies,
+    }
+}
+
+pub fn scale(n: usize) -> usize {
+    let s: f64 = std::env::var("KPLEX_BENCH_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1.0);
+    ((n as f64 * s) as usize).max(64)
+}
+
+pub fn row(op: &str, clients: usize, ours: &Stats, base: &Stats) {
+    println!(
+        "| {op} | {clients} | {:.0}/s | {:.2} ms | {:.2} ms | {:.0}/s | {:.2} ms | {:.2} ms | **{:.2}** |",
+        ours.throughput(),
+        ours.percentile(0.5).as_secs_f64() * 1e3,
+        ours.percentile(0.99).as_secs_f64() * 1e3,
+        base.throughput(),
+        base.percentile(0.5).as_secs_f64() * 1e3,
+        base.percentile(0.99).as_secs_f64() * 1e3,
+        ours.throughput() / base.throughput(),
+    );
+}
+
+pub fn header(title: &str, base: &str) {
+    println!("\n### {title}\n");
+    println!("| op | clients | kplex ops/s | p50 | p99 | {base} ops/s | p50 | p99 | ratio |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+}
