@@ -35,7 +35,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use kplex_apiserver::cli::{parse_kubeconfig, KubeconfigTarget};
 use kplex_storage::{
-    EmbeddedOptions, EmbeddedStore, Key, RangeRequest, Revision, Store, TenantKeyspace, WatchEvent,
+    EmbeddedOptions, EmbeddedStore, RangeRequest, Revision, Store, TenantKeyspace, WatchEvent,
 };
 use rustls::pki_types::ServerName;
 use serde_json::{json, Value};
@@ -164,12 +164,12 @@ async fn send(
     sender.clone().send_request(request).await.unwrap()
 }
 
-fn configmap(name: &str) -> Bytes {
+fn configmap(name: &str, namespace: &str) -> Bytes {
     Bytes::from(
         json!({
             "apiVersion": "v1",
             "kind": "ConfigMap",
-            "metadata": {"name": name, "namespace": "default", "labels": {"app": "bench"}},
+            "metadata": {"name": name, "namespace": namespace, "labels": {"app": "bench"}},
             "data": {"payload": "x".repeat(400)},
         })
         .to_string(),
@@ -302,42 +302,57 @@ async fn main() {
             .map(|i| TenantKeyspace::for_vc(&vc_name(i)).unwrap())
             .collect(),
     );
-    let raw_key = |ks: &TenantKeyspace, name: &str| -> Key {
-        ks.object_key("", "configmaps", Some("default"), name)
-            .unwrap()
-    };
 
     // --- CREATE -------------------------------------------------------------
     eprintln!("bench: create");
     let creates = VCS * OBJECTS_PER_VC;
-    let t = tenants.clone();
-    let kplex_create = run(CLIENTS, creates, move |i| {
-        let t = t.clone();
-        async move {
-            let (conn, base) = &t[i % VCS];
-            let name = format!("cm-{}", i / VCS);
-            let (status, bytes) = call(
-                conn,
-                Method::POST,
-                &format!("{base}/api/v1/namespaces/default/configmaps"),
-                Some(configmap(&name)),
-            )
-            .await;
-            assert_eq!(status, StatusCode::CREATED, "{bytes:?}");
+    // The one-client creates go to another namespace, so LIST reads the
+    // same 20 objects per VC on both sides.
+    let namespace = |prefix: &str| {
+        if prefix == "cm" {
+            "default"
+        } else {
+            "kube-public"
         }
-    })
-    .await;
-    let (r, k) = (raw.clone(), keyspaces.clone());
-    let raw_create = run(CLIENTS, creates, move |i| {
-        let (r, k) = (r.clone(), k.clone());
-        async move {
-            let name = format!("cm-{}", i / VCS);
-            r.create(&raw_key(&k[i % VCS], &name), configmap(&name))
-                .await
-                .unwrap();
+    };
+    let kplex_create_op = |prefix: &'static str| {
+        let t = tenants.clone();
+        move |i: usize| {
+            let t = t.clone();
+            async move {
+                let (conn, base) = &t[i % VCS];
+                let name = format!("{prefix}-{}", i / VCS);
+                let (status, bytes) = call(
+                    conn,
+                    Method::POST,
+                    &format!("{base}/api/v1/namespaces/{}/configmaps", namespace(prefix)),
+                    Some(configmap(&name, namespace(prefix))),
+                )
+                .await;
+                assert_eq!(status, StatusCode::CREATED, "{bytes:?}");
+            }
         }
-    })
-    .await;
+    };
+    let raw_create_op = |prefix: &'static str| {
+        let (r, k) = (raw.clone(), keyspaces.clone());
+        move |i: usize| {
+            let (r, k) = (r.clone(), k.clone());
+            async move {
+                let name = format!("{prefix}-{}", i / VCS);
+                let key = k[i % VCS]
+                    .object_key("", "configmaps", Some(namespace(prefix)), &name)
+                    .unwrap();
+                r.create(&key, configmap(&name, namespace(prefix)))
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    let kplex_create = run(CLIENTS, creates, kplex_create_op("cm")).await;
+    let raw_create = run(CLIENTS, creates, raw_create_op("cm")).await;
+    let solo = scale(3_000);
+    let kplex_create1 = run(1, solo, kplex_create_op("solo")).await;
+    let raw_create1 = run(1, solo, raw_create_op("solo")).await;
 
     // --- GET ------------------------------------------------------------------
     eprintln!("bench: get");
@@ -367,6 +382,7 @@ async fn main() {
         }
     };
     let kplex_get = run(CLIENTS, gets, get_op(tenants.clone())).await;
+    let kplex_get1 = run(1, solo, get_op(tenants.clone())).await;
     // The bare server gets kplex's CA, so the same client certificates are
     // verified the same way, and a serving certificate of its own.
     let bare_pki = dir.path().join("bare/pki");
@@ -385,7 +401,9 @@ async fn main() {
     for t in &targets {
         bare.push((connect(t, bare_port).await, t.base_path.clone()));
     }
-    let bare_get = run(CLIENTS, gets, get_op(Arc::new(bare))).await;
+    let bare = Arc::new(bare);
+    let bare_get = run(CLIENTS, gets, get_op(bare.clone())).await;
+    let bare_get1 = run(1, solo, get_op(bare)).await;
 
     // --- LIST -----------------------------------------------------------------
     eprintln!("bench: list");
@@ -432,18 +450,12 @@ async fn main() {
 
     println!("\n## API server vs baselines (embedded storage, HTTPS, HTTP/2, {VCS} VCs)");
     header("Requests", "baseline");
-    row(
-        "GET configmap (baseline: bare hyper+rustls, same bytes)",
-        CLIENTS,
-        &kplex_get,
-        &bare_get,
-    );
-    row(
-        "CREATE configmap (baseline: raw embedded store create)",
-        CLIENTS,
-        &kplex_create,
-        &raw_create,
-    );
+    let get = "GET configmap (baseline: bare hyper+rustls, same bytes)";
+    row(get, 1, &kplex_get1, &bare_get1);
+    row(get, CLIENTS, &kplex_get, &bare_get);
+    let create = "CREATE configmap (baseline: raw embedded store create)";
+    row(create, 1, &kplex_create1, &raw_create1);
+    row(create, CLIENTS, &kplex_create, &raw_create);
     row(
         &format!("LIST {OBJECTS_PER_VC} configmaps (baseline: raw store range)"),
         CLIENTS,
@@ -602,7 +614,7 @@ async fn watch_kplex(tenants: &Arc<Vec<(Sender, String)>>, writes: usize) -> (St
                 conn,
                 Method::POST,
                 &format!("{base}/api/v1/namespaces/default/configmaps"),
-                Some(configmap(&name)),
+                Some(configmap(&name, "default")),
             )
             .await;
             assert_eq!(status, StatusCode::CREATED);
@@ -652,7 +664,7 @@ async fn watch_raw(
             let key = k[i % VCS]
                 .object_key("", "configmaps", Some("default"), &name)
                 .unwrap();
-            r.create(&key, configmap(&name)).await.unwrap();
+            r.create(&key, configmap(&name, "default")).await.unwrap();
         }
     })
     .await;
