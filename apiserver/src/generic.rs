@@ -116,6 +116,10 @@ fn object_of(kv: &kplex_storage::KeyValue) -> Result<Value, ApiError> {
     Ok(object)
 }
 
+fn is_service(info: &ResourceInfo) -> bool {
+    info.group.is_empty() && info.plural == "services"
+}
+
 fn encode(object: &Value) -> Bytes {
     let mut stored = object.clone();
     if let Some(meta) = stored.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -394,6 +398,10 @@ impl GenericStore {
         if let Some(ns) = ns {
             self.require_namespace(ns).await?;
         }
+        if is_service(info) {
+            object["metadata"]["name"] = json!(explicit.clone().unwrap_or_default());
+            crate::services::on_create(&mut object, &self.services_taken(info, None).await?)?;
+        }
         // generateName: five random characters, retried on collision.
         let attempts = if explicit.is_some() { 1 } else { 8 };
         for _ in 0..attempts {
@@ -546,6 +554,11 @@ impl GenericStore {
                 None => meta.remove(field),
             };
         }
+        if is_service(info) && !write.status {
+            let ns = old["metadata"]["namespace"].as_str();
+            let taken = self.services_taken(info, ns.zip(Some(name))).await?;
+            crate::services::on_update(&mut object, &old, &taken)?;
+        }
         if info.tracks_generation() {
             let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
             let spec_changed = object.get("spec") != old.get("spec");
@@ -687,6 +700,31 @@ impl GenericStore {
         }
         self.finalize_namespace(name).await?;
         Ok(object)
+    }
+
+    /// The cluster IPs and node ports the VC's services hold, but for the
+    /// service `except` (namespace, name) being updated.
+    async fn services_taken(
+        &self,
+        info: &ResourceInfo,
+        except: Option<(&str, &str)>,
+    ) -> Result<crate::services::Taken, ApiError> {
+        let range = self
+            .store
+            .range(RangeRequest::prefix(self.prefix(info, None)?))
+            .await
+            .map_err(from_store)?;
+        let mut taken = crate::services::Taken::default();
+        for kv in &range.kvs {
+            let service = object_of(kv)?;
+            let meta = &service["metadata"];
+            let this = (meta["namespace"].as_str(), meta["name"].as_str());
+            if except.is_some_and(|(ns, name)| this == (Some(ns), Some(name))) {
+                continue;
+            }
+            taken.add(&service);
+        }
+        Ok(taken)
     }
 
     fn namespaces(&self) -> &ResourceInfo {

@@ -15,6 +15,7 @@ pub mod printers;
 pub mod protobuf;
 pub mod selectors;
 pub mod server;
+pub mod services;
 pub mod status;
 pub mod storage_config;
 pub mod tenant;

@@ -1065,7 +1065,7 @@ fn deletecollection_and_per_kind_field_selectors() {
 /// cluster.
 #[test]
 fn kubectl_create_generators_and_run_make_the_objects_they_describe() {
-    let (_s, configs) = setup(&["team-a"]);
+    let (s, configs) = setup(&["team-a"]);
     let kc = &configs[0];
     let json = |args: &[&str]| -> serde_json::Value {
         let mut all = args.to_vec();
@@ -1168,6 +1168,37 @@ fn kubectl_create_generators_and_run_make_the_objects_they_describe() {
     let service = get(&["svc", "web"]);
     assert_eq!(service["spec"]["ports"][0]["port"], 80);
     assert_eq!(service["spec"]["ports"][0]["targetPort"], 8080);
+    // A cluster IP from the VC's service network, as kubectl shows it.
+    let ip = service["spec"]["clusterIP"].as_str().unwrap().to_owned();
+    assert!(ip.starts_with("10."), "{ip}");
+    assert_eq!(service["spec"]["clusterIPs"], serde_json::json!([ip]));
+    let row = run(&["get", "svc", "web", "--no-headers"]);
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        &cells[..5],
+        ["web", "ClusterIP", &ip, "<none>", "80/TCP"],
+        "{row}"
+    );
+    // kubectl replace without the allocated address keeps it; changing it is refused.
+    let mut edited = service.clone();
+    edited["spec"].as_object_mut().unwrap().remove("clusterIP");
+    edited["spec"].as_object_mut().unwrap().remove("clusterIPs");
+    edited["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("resourceVersion");
+    let file = write(&s.path, "svc.json", &edited.to_string());
+    run(&["replace", "-f", &file]);
+    assert_eq!(get(&["svc", "web"])["spec"]["clusterIP"], ip.as_str());
+    edited["spec"]["clusterIP"] = "10.96.7.7".into();
+    let file = write(&s.path, "svc-moved.json", &edited.to_string());
+    let o = k(kc, &["-n", "shop", "replace", "-f", &file]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("may not change once set"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(
         get(&["job", "once"])["spec"]["template"]["spec"]["containers"][0]["command"],
         serde_json::json!(["echo", "hi"])

@@ -1,0 +1,319 @@
+//! The Service strategy: what kube-apiserver's service registry does beyond
+//! storing the object — defaults, ClusterIP and NodePort allocation, and the
+//! allocated values kept across updates (clients need not echo them back)
+//! and immutable once set.
+//!
+//! Each VC has its own service network, `10.96.0.0/12` (kube's default;
+//! `10.96.0.1` is left for the `kubernetes` service), and its own NodePort
+//! range, 30000–32767. A free value is picked at random and checked against
+//! the VC's services; two creates racing for the same random value out of a
+//! million addresses is left to chance (kube-apiserver serializes through an
+//! allocation bitmap; kplex keeps no per-VC allocator state).
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+
+use rand::Rng;
+use serde_json::{json, Value};
+
+use crate::status::ApiError;
+
+const NETWORK: u32 = u32::from_be_bytes([10, 96, 0, 0]);
+const NETWORK_SIZE: u32 = 1 << 20;
+/// The address of the `kubernetes` service, never handed out.
+const KUBERNETES: u32 = NETWORK + 1;
+const NODE_PORTS: std::ops::RangeInclusive<i64> = 30000..=32767;
+
+/// Values the VC's other services hold (the one being written excluded).
+#[derive(Debug, Default)]
+pub struct Taken {
+    pub cluster_ips: HashSet<String>,
+    pub node_ports: HashSet<i64>,
+}
+
+impl Taken {
+    /// Adds what `service` holds.
+    pub fn add(&mut self, service: &Value) {
+        let spec = &service["spec"];
+        if let Some(ip) = spec["clusterIP"].as_str().filter(|ip| !ip.is_empty()) {
+            self.cluster_ips.insert(ip.to_owned());
+        }
+        for port in spec["ports"].as_array().into_iter().flatten() {
+            if let Some(n) = port["nodePort"].as_i64().filter(|n| *n != 0) {
+                self.node_ports.insert(n);
+            }
+        }
+    }
+}
+
+fn invalid(name: &str, field: &str, detail: &str) -> ApiError {
+    ApiError::invalid("Service", name, field, detail)
+}
+
+/// Defaults and allocations of a new Service.
+pub fn on_create(service: &mut Value, taken: &Taken) -> Result<(), ApiError> {
+    let name = service["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    defaults(service);
+    allocate(service, &name, taken)
+}
+
+/// An update: values allocated before are kept when the client left them
+/// out; a set ClusterIP may not change.
+pub fn on_update(service: &mut Value, old: &Value, taken: &Taken) -> Result<(), ApiError> {
+    let name = service["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    defaults(service);
+    let headless_or_external =
+        |s: &Value| s["spec"]["type"] == "ExternalName" || s["spec"]["clusterIP"] == "None";
+    let old_ip = old["spec"]["clusterIP"].as_str().unwrap_or_default();
+    let new_ip = service["spec"]["clusterIP"].as_str().unwrap_or_default();
+    if service["spec"]["type"] != "ExternalName" && new_ip.is_empty() && !old_ip.is_empty() {
+        service["spec"]["clusterIP"] = json!(old_ip);
+        service["spec"]["clusterIPs"] = old["spec"]["clusterIPs"].clone();
+    } else if !old_ip.is_empty()
+        && !new_ip.is_empty()
+        && new_ip != old_ip
+        && !headless_or_external(old)
+        && !headless_or_external(service)
+    {
+        return Err(invalid(
+            &name,
+            "spec.clusterIPs[0]",
+            &format!("Invalid value: {new_ip:?}: may not change once set"),
+        ));
+    }
+    // Node ports the client left out keep the port's old one.
+    let old_ports = old["spec"]["ports"].as_array().cloned().unwrap_or_default();
+    if let Some(ports) = service["spec"]["ports"].as_array_mut() {
+        for port in ports {
+            if port["nodePort"].as_i64().unwrap_or(0) != 0 {
+                continue;
+            }
+            let same = old_ports
+                .iter()
+                .find(|p| p["port"] == port["port"] && p["protocol"] == port["protocol"]);
+            if let Some(n) = same.and_then(|p| p["nodePort"].as_i64()) {
+                port["nodePort"] = json!(n);
+            }
+        }
+    }
+    allocate(service, &name, taken)
+}
+
+/// kube's defaults for the fields `kubectl get svc` shows.
+fn defaults(service: &mut Value) {
+    let spec = &mut service["spec"];
+    if !spec.is_object() {
+        *spec = json!({});
+    }
+    if spec["type"].as_str().is_none_or(str::is_empty) {
+        spec["type"] = json!("ClusterIP");
+    }
+    let external_name = spec["type"] == "ExternalName";
+    if spec["sessionAffinity"].as_str().is_none_or(str::is_empty) {
+        spec["sessionAffinity"] = json!("None");
+    }
+    if !external_name && spec["internalTrafficPolicy"].is_null() {
+        spec["internalTrafficPolicy"] = json!("Cluster");
+    }
+    if matches!(spec["type"].as_str(), Some("NodePort" | "LoadBalancer"))
+        && spec["externalTrafficPolicy"].is_null()
+    {
+        spec["externalTrafficPolicy"] = json!("Cluster");
+    }
+    for port in spec["ports"].as_array_mut().into_iter().flatten() {
+        if port["protocol"].as_str().is_none_or(str::is_empty) {
+            port["protocol"] = json!("TCP");
+        }
+        if port["targetPort"].is_null() || port["targetPort"] == 0 || port["targetPort"] == "" {
+            port["targetPort"] = port["port"].clone();
+        }
+    }
+}
+
+fn allocate(service: &mut Value, name: &str, taken: &Taken) -> Result<(), ApiError> {
+    let spec = &mut service["spec"];
+    if spec["type"] == "ExternalName" {
+        return Ok(());
+    }
+    let requested = spec["clusterIP"].as_str().unwrap_or_default().to_owned();
+    let ip = if requested == "None" {
+        requested
+    } else if requested.is_empty() {
+        free_ip(taken)
+            .ok_or_else(|| ApiError::internal("the virtual cluster's service network is full"))?
+    } else {
+        let parsed: Ipv4Addr = requested.parse().map_err(|_| {
+            invalid(
+                name,
+                "spec.clusterIPs[0]",
+                &format!("Invalid value: {requested:?}: must be a valid IP"),
+            )
+        })?;
+        let n = u32::from(parsed);
+        if !(NETWORK..NETWORK + NETWORK_SIZE).contains(&n) {
+            return Err(invalid(
+                name,
+                "spec.clusterIPs",
+                &format!(
+                    "Invalid value: {requested:?}: failed to allocate IP {requested}: the provided IP ({requested}) is not in the valid range. The range of valid IPs is 10.96.0.0/12"
+                ),
+            ));
+        }
+        requested
+    };
+    if ip != "None" && taken.cluster_ips.contains(&ip) {
+        return Err(invalid(
+            name,
+            "spec.clusterIPs",
+            &format!("Invalid value: {ip:?}: failed to allocate IP {ip}: provided IP is already allocated"),
+        ));
+    }
+    spec["clusterIP"] = json!(ip);
+    spec["clusterIPs"] = json!([ip]);
+    if spec["ipFamilies"].is_null() && ip != "None" {
+        spec["ipFamilies"] = json!(["IPv4"]);
+    }
+    if spec["ipFamilyPolicy"].is_null() {
+        spec["ipFamilyPolicy"] = json!("SingleStack");
+    }
+    if !matches!(spec["type"].as_str(), Some("NodePort" | "LoadBalancer")) {
+        return Ok(());
+    }
+    let mut used: HashSet<i64> = HashSet::new();
+    for (i, port) in spec["ports"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let requested = port["nodePort"].as_i64().unwrap_or(0);
+        let n = if requested == 0 {
+            free_node_port(taken, &used).ok_or_else(|| {
+                ApiError::internal("the virtual cluster's node port range is full")
+            })?
+        } else if !NODE_PORTS.contains(&requested) {
+            return Err(invalid(
+                name,
+                &format!("spec.ports[{i}].nodePort"),
+                &format!("Invalid value: {requested}: provided port is not in the valid range. The range of valid ports is 30000-32767"),
+            ));
+        } else {
+            requested
+        };
+        used.insert(n);
+        port["nodePort"] = json!(n);
+    }
+    Ok(())
+}
+
+fn free_ip(taken: &Taken) -> Option<String> {
+    let mut rng = rand::rng();
+    for _ in 0..64 {
+        let n = NETWORK + rng.random_range(2..NETWORK_SIZE - 1);
+        let ip = Ipv4Addr::from(n).to_string();
+        if n != KUBERNETES && !taken.cluster_ips.contains(&ip) {
+            return Some(ip);
+        }
+    }
+    None
+}
+
+fn free_node_port(taken: &Taken, used: &HashSet<i64>) -> Option<i64> {
+    let mut rng = rand::rng();
+    for _ in 0..256 {
+        let n = rng.random_range(NODE_PORTS);
+        if !taken.node_ports.contains(&n) && !used.contains(&n) {
+            return Some(n);
+        }
+    }
+    NODE_PORTS
+        .clone()
+        .find(|n| !taken.node_ports.contains(n) && !used.contains(n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(spec: Value) -> Value {
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"}, "spec": spec})
+    }
+
+    #[test]
+    fn a_new_service_gets_defaults_and_a_free_cluster_ip() {
+        let mut taken = Taken::default();
+        let mut s = service(json!({"ports": [{"port": 80}]}));
+        on_create(&mut s, &taken).unwrap();
+        let ip: Ipv4Addr = s["spec"]["clusterIP"].as_str().unwrap().parse().unwrap();
+        assert!((NETWORK + 2..NETWORK + NETWORK_SIZE).contains(&u32::from(ip)));
+        assert_eq!(s["spec"]["clusterIPs"], json!([ip.to_string()]));
+        assert_eq!(s["spec"]["type"], "ClusterIP");
+        assert_eq!(s["spec"]["ports"][0]["protocol"], "TCP");
+        assert_eq!(s["spec"]["ports"][0]["targetPort"], 80);
+        assert!(s["spec"]["ports"][0].get("nodePort").is_none());
+
+        // The same address, asked for by another service: refused.
+        taken.add(&s);
+        let mut other = service(json!({"clusterIP": ip.to_string(), "ports": [{"port": 81}]}));
+        let err = on_create(&mut other, &taken).unwrap_err();
+        assert_eq!(err.code, hyper::StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(err.message.contains("already allocated"), "{}", err.message);
+        // Out of range, or not an address.
+        for bad in ["192.168.0.1", "banana"] {
+            let mut s = service(json!({"clusterIP": bad, "ports": [{"port": 80}]}));
+            assert_eq!(
+                on_create(&mut s, &taken).unwrap_err().code,
+                hyper::StatusCode::UNPROCESSABLE_ENTITY
+            );
+        }
+    }
+
+    #[test]
+    fn headless_external_and_node_port_services() {
+        let taken = Taken::default();
+        let mut headless = service(json!({"clusterIP": "None", "ports": [{"port": 80}]}));
+        on_create(&mut headless, &taken).unwrap();
+        assert_eq!(headless["spec"]["clusterIPs"], json!(["None"]));
+        let mut external = service(json!({"type": "ExternalName", "externalName": "example.com"}));
+        on_create(&mut external, &taken).unwrap();
+        assert!(external["spec"].get("clusterIP").is_none());
+        let mut node = service(
+            json!({"type": "NodePort", "ports": [{"port": 80}, {"port": 443, "nodePort": 30443}]}),
+        );
+        on_create(&mut node, &taken).unwrap();
+        let first = node["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
+        assert!(NODE_PORTS.contains(&first));
+        assert_eq!(node["spec"]["ports"][1]["nodePort"], 30443);
+        let mut bad = service(json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 80}]}));
+        assert!(on_create(&mut bad, &taken).is_err());
+    }
+
+    #[test]
+    fn updates_keep_allocated_values_and_refuse_a_new_cluster_ip() {
+        let mut old = service(json!({"type": "NodePort", "ports": [{"port": 80}]}));
+        on_create(&mut old, &Taken::default()).unwrap();
+        // What the VC's other services hold: not this one's own values.
+        let taken = Taken::default();
+        // kubectl replace without the allocated values: they are kept.
+        let mut new = service(json!({"type": "NodePort", "ports": [{"port": 80}]}));
+        on_update(&mut new, &old, &taken).unwrap();
+        assert_eq!(new["spec"]["clusterIP"], old["spec"]["clusterIP"]);
+        assert_eq!(
+            new["spec"]["ports"][0]["nodePort"],
+            old["spec"]["ports"][0]["nodePort"]
+        );
+        let mut moved = service(json!({"clusterIP": "10.96.9.9", "ports": [{"port": 80}]}));
+        let err = on_update(&mut moved, &old, &taken).unwrap_err();
+        assert!(
+            err.message.contains("may not change once set"),
+            "{}",
+            err.message
+        );
+    }
+}
