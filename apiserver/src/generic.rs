@@ -860,7 +860,8 @@ impl FieldValidation {
 /// Decodes the object into its k8s-openapi type and back, as kube-apiserver
 /// decodes into its Go type: a malformed object is a 400; unknown fields are
 /// a 400 under `Strict`, dropped with a warning under `Warn`, dropped under
-/// `Ignore`.
+/// `Ignore`. Then the kind's defaults are filled in, as kube-apiserver does
+/// on decode.
 pub fn validate(
     info: &ResourceInfo,
     object: &mut Value,
@@ -886,6 +887,7 @@ pub fn validate(
         _ => {}
     }
     *object = decoded;
+    crate::defaults::apply(info, object);
     Ok(())
 }
 

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod bootstrap;
 pub mod catalog;
 pub mod cli;
+pub mod defaults;
 pub mod generic;
 pub mod handler;
 pub mod metrics;

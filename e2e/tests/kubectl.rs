@@ -1158,11 +1158,19 @@ fn kubectl_create_generators_and_run_make_the_objects_they_describe() {
     assert_eq!(container["image"], "nginx:1.27");
     assert_eq!(
         container["ports"],
-        serde_json::json!([{"containerPort": 80}])
+        serde_json::json!([{"containerPort": 80, "protocol": "TCP"}])
     );
     assert!(
-        container.get("terminationMessagePath").is_none() && container.get("stdin").is_none(),
+        container.get("stdin").is_none() && container.get("workingDir").is_none(),
         "Go's zero values are not stored as values: {container}"
+    );
+    // Defaults, as a real cluster fills them in.
+    assert_eq!(container["imagePullPolicy"], "IfNotPresent");
+    assert_eq!(container["terminationMessagePath"], "/dev/termination-log");
+    assert_eq!(deploy["spec"]["strategy"]["type"], "RollingUpdate");
+    assert_eq!(
+        deploy["spec"]["template"]["spec"]["restartPolicy"], "Always",
+        "{deploy}"
     );
     assert!(deploy["metadata"]["creationTimestamp"].as_str().is_some());
     let service = get(&["svc", "web"]);
