@@ -5,7 +5,8 @@
 //! not fall back to JSON on 415. Decoding them needs each message's field
 //! numbers and types, which the wire format does not carry. The k8s-pb crate
 //! is prost's rendering of Kubernetes' `.proto` files; this script reads its
-//! source (a build dependency, so cargo has fetched it) with `syn` and writes
+//! source (a build dependency, so cargo has fetched and built it) with `syn`
+//! and writes
 //! the table `src/protobuf.rs` decodes with: per message its fields (number,
 //! name, type), and which message each `apiVersion`/`kind` is. No k8s-pb code
 //! is compiled into kplex.
@@ -36,37 +37,76 @@ fn main() {
     std::fs::write(&out, table.render()).expect("write the protobuf table");
 }
 
-/// The `src` directory of the k8s-pb package cargo resolved for this build.
+/// The `src` directory of the k8s-pb package cargo built for this build
+/// script: its dep-info file (`<target>/<profile>/deps/k8s_pb-*.d`, beside
+/// this script's `build/<pkg>/out`) lists its source files. Wherever cargo
+/// put the source — registry, vendor directory, git checkout — that is
+/// where it compiled it from. (`cargo metadata` would need every platform's
+/// packages downloaded, which a build does not do.)
 fn k8s_pb_source() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let manifest =
-        Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("manifest dir")).join("Cargo.toml");
-    let output = std::process::Command::new(cargo)
-        .args([
-            "metadata",
-            "--format-version",
-            "1",
-            "--offline",
-            "--manifest-path",
-        ])
-        .arg(&manifest)
-        .output()
-        .expect("run cargo metadata");
-    assert!(
-        output.status.success(),
-        "cargo metadata failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let metadata: serde_json::Value =
-        serde_json::from_slice(&output.stdout).expect("cargo metadata output");
-    let package = metadata["packages"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|p| p["name"] == "k8s-pb")
-        .expect("k8s-pb is a build dependency");
-    let manifest_path = PathBuf::from(package["manifest_path"].as_str().expect("manifest_path"));
-    manifest_path.parent().expect("package dir").join("src")
+    let version = locked_version("k8s-pb");
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
+    let profile = out
+        .ancestors()
+        .nth(3)
+        .expect("OUT_DIR is <target>/[<triple>/]<profile>/build/<pkg>/out");
+    // With `--target`, build dependencies are the host's: <target>/<profile>.
+    let mut dirs = vec![profile.join("deps")];
+    if let (Some(name), Some(target)) = (profile.file_name(), profile.ancestors().nth(2)) {
+        dirs.push(target.join(name).join("deps"));
+    }
+    let deps = dirs
+        .iter()
+        .find(|d| d.is_dir())
+        .expect("a deps directory")
+        .clone();
+    let entries = dirs
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flatten();
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("k8s_pb-") && name.ends_with(".d")) {
+            continue;
+        }
+        let info = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let lib = info
+            .split_whitespace()
+            .find(|f| f.ends_with("/src/lib.rs") && f.contains("k8s-pb"))
+            .map(|f| PathBuf::from(f.trim_end_matches(':')));
+        if let Some(lib) = lib {
+            let modified = entry.metadata().and_then(|m| m.modified()).ok();
+            found.push((lib, modified));
+        }
+    }
+    // The locked version if several were built, else the newest.
+    found.sort_by_key(|(_, modified)| *modified);
+    let pick = found
+        .iter()
+        .rev()
+        .find(|(lib, _)| {
+            version
+                .as_deref()
+                .is_some_and(|v| lib.to_string_lossy().contains(&format!("k8s-pb-{v}")))
+        })
+        .or(found.last())
+        .unwrap_or_else(|| panic!("no k8s-pb dep-info in {}", deps.display()));
+    pick.0.parent().expect("src directory").to_owned()
+}
+
+/// The version of `package` in the workspace's Cargo.lock.
+fn locked_version(package: &str) -> Option<String> {
+    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").ok()?);
+    let lock = std::fs::read_to_string(manifest_dir.parent()?.join("Cargo.lock")).ok()?;
+    let mut lines = lock.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() == format!("name = \"{package}\"") {
+            let version = lines.next()?.trim().strip_prefix("version = ")?;
+            return Some(version.trim_matches('"').to_owned());
+        }
+    }
+    None
 }
 
 #[derive(Default)]
