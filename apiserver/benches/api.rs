@@ -350,6 +350,9 @@ async fn main() {
     };
     let kplex_create = run(CLIENTS, creates, kplex_create_op("cm")).await;
     let raw_create = run(CLIENTS, creates, raw_create_op("cm")).await;
+    // Four times the clients: how far group commit carries each side.
+    let kplex_create_wide = run(4 * CLIENTS, creates, kplex_create_op("wide")).await;
+    let raw_create_wide = run(4 * CLIENTS, creates, raw_create_op("wide")).await;
     let solo = scale(3_000);
     let kplex_create1 = run(1, solo, kplex_create_op("solo")).await;
     let raw_create1 = run(1, solo, raw_create_op("solo")).await;
@@ -456,6 +459,7 @@ async fn main() {
     let create = "CREATE configmap (baseline: raw embedded store create)";
     row(create, 1, &kplex_create1, &raw_create1);
     row(create, CLIENTS, &kplex_create, &raw_create);
+    row(create, 4 * CLIENTS, &kplex_create_wide, &raw_create_wide);
     row(
         &format!("LIST {OBJECTS_PER_VC} configmaps (baseline: raw store range)"),
         CLIENTS,
