@@ -429,6 +429,9 @@ impl GenericStore {
             match self.store.create(&key, encode(&object)).await {
                 Ok(kv) => {
                     object["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
+                    if is_namespace(info) {
+                        self.create_default_service_account(&name).await?;
+                    }
                     return Ok(object);
                 }
                 Err(StoreError::AlreadyExists { .. }) if explicit.is_none() => continue,
@@ -700,6 +703,34 @@ impl GenericStore {
         }
         self.finalize_namespace(name).await?;
         Ok(object)
+    }
+
+    /// Every namespace has a `default` ServiceAccount (kube's service
+    /// account controller makes it within moments; kplex with the
+    /// namespace).
+    async fn create_default_service_account(&self, ns: &str) -> Result<(), ApiError> {
+        let info = self
+            .catalog
+            .find("", "v1", "serviceaccounts")
+            .expect("serviceaccounts are catalogued");
+        let account = json!({
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {
+                "name": "default",
+                "namespace": ns,
+                "uid": uuid::Uuid::new_v4().to_string(),
+                "creationTimestamp": now_rfc3339(),
+            },
+        });
+        match self
+            .store
+            .create(&self.key(info, Some(ns), "default")?, encode(&account))
+            .await
+        {
+            Ok(_) | Err(StoreError::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(from_store(e)),
+        }
     }
 
     /// The cluster IPs and node ports the VC's services hold, but for the

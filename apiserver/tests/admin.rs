@@ -39,8 +39,8 @@ fn admins_create_list_get_and_delete_virtualclusters_with_kubectl() {
     let vc: serde_json::Value = serde_json::from_slice(&one.stdout).unwrap();
     assert_eq!(vc["kind"], "VirtualCluster");
     assert_eq!(vc["status"]["phase"], "Ready");
-    // The four default namespaces.
-    assert_eq!(vc["status"]["objectCount"], 4);
+    // The four default namespaces and their default ServiceAccounts.
+    assert_eq!(vc["status"]["objectCount"], 8);
     assert_eq!(vc["metadata"]["uid"].as_str().unwrap().len(), 36);
     assert!(vc["metadata"]["creationTimestamp"]
         .as_str()

@@ -1080,6 +1080,11 @@ fn kubectl_create_generators_and_run_make_the_objects_they_describe() {
         json(&["get", "namespace", "shop"])["status"]["phase"],
         "Active"
     );
+    // Every namespace has its default ServiceAccount, as on a real cluster.
+    assert_eq!(
+        json(&["-n", "shop", "get", "serviceaccount", "default"])["metadata"]["name"],
+        "default"
+    );
     let n = ["-n", "shop"];
     let run = |args: &[&str]| ok(kc, &[&n[..], args].concat());
     run(&[
