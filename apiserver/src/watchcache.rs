@@ -48,6 +48,9 @@ pub struct Limits {
     pub subscriber_buffer: usize,
     /// Objects kept for `resourceVersion=0` lists, over all prefixes.
     pub list_budget: usize,
+    /// While events flow, every watch hears the cache's revision at least
+    /// this often, so a quiet watch's bookmarks keep up with a busy store.
+    pub progress_every: Duration,
 }
 
 impl Default for Limits {
@@ -56,6 +59,7 @@ impl Default for Limits {
             ring: 8192,
             subscriber_buffer: 1024,
             list_budget: 100_000,
+            progress_every: Duration::from_secs(1),
         }
     }
 }
@@ -88,6 +92,8 @@ struct State {
     clock: u64,
     /// Tells waiters the revision applied.
     applied: Applied,
+    /// When progress was last sent to every watch.
+    progress_sent: Option<std::time::Instant>,
 }
 
 /// The applied revision, for [`WatchCache::caught_up`].
@@ -388,6 +394,7 @@ impl State {
         self.floor = revision;
         self.ring.clear();
         self.applied.0.send_replace(revision);
+        self.progress_sent = Some(std::time::Instant::now());
     }
 
     /// The feed broke: every watch ends (clients re-watch), and the cache
@@ -440,6 +447,12 @@ impl State {
             }
         }
         self.applied.0.send_replace(revision);
+        if self
+            .progress_sent
+            .is_none_or(|sent| sent.elapsed() >= self.limits.progress_every)
+        {
+            self.progress(revision);
+        }
     }
 
     /// Storage says everything up to `revision` has been seen: so do the
@@ -450,6 +463,7 @@ impl State {
         }
         self.revision = revision;
         self.applied.0.send_replace(revision);
+        self.progress_sent = Some(std::time::Instant::now());
         for subscribers in self.subscribers.values_mut() {
             subscribers.retain(|s| {
                 if revision < s.after {
@@ -693,10 +707,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_quiet_watch_hears_the_revision_of_other_traffic() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            progress_every: Duration::ZERO,
+            ..Limits::default()
+        };
+        let cache = WatchCache::start_with(embedded(dir.path()).await, limits).await;
+        let start = cache.current_revision().await.unwrap();
+        let mut quiet = cache.watch(&configmaps("a"), start).await.unwrap();
+        let other = cache
+            .create(&key("b", "default", "x"), Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        let next = tokio::time::timeout(Duration::from_secs(10), quiet.next())
+            .await
+            .expect("progress within 10 s")
+            .unwrap()
+            .unwrap();
+        // Only the revision: nothing of VC b's object.
+        assert_eq!(next, WatchEvent::Progress(other.mod_revision));
+    }
+
+    #[tokio::test]
     async fn a_watcher_that_stops_reading_is_dropped_not_waited_for() {
         let dir = tempfile::tempdir().unwrap();
         let limits = Limits {
             subscriber_buffer: 2,
+            // Only changes in the buffer, for the count below.
+            progress_every: Duration::from_secs(3600),
             ..Limits::default()
         };
         let cache = WatchCache::start_with(embedded(dir.path()).await, limits).await;
