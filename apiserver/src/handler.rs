@@ -270,6 +270,8 @@ async fn tenant(
     let Scope::VirtualCluster { uid } = &caller.scope else {
         return Err(refused());
     };
+    // Before the lookup, so the VC's deletion waits for this write.
+    let _write = (req.method != Method::GET).then(|| ctx.registry.begin_write(uid));
     let vc = ctx.registry.get(name).await?.ok_or_else(refused)?;
     if vc.uid() != uid {
         return Err(refused());

@@ -28,6 +28,8 @@ const RECORDS: &str = "virtualclusters";
 #[derive(Clone)]
 pub struct Registry {
     store: Arc<dyn Store>,
+    /// Writes in flight per VC UID, so a delete can wait them out.
+    writes: Arc<Writes>,
     /// Every record in memory, when a task keeps it (see [`Registry::indexed`]).
     index: Option<Arc<Index>>,
 }
@@ -39,6 +41,35 @@ struct Index {
     /// The revision the records are current at.
     applied: tokio::sync::watch::Sender<Revision>,
 }
+
+/// Writes in flight per VC UID (an entry only while there are some).
+#[derive(Default)]
+struct Writes {
+    counts: std::sync::Mutex<HashMap<String, usize>>,
+    idle: tokio::sync::Notify,
+}
+
+/// A write to a VC in flight; the VC's deletion waits for it to drop.
+pub struct WriteGuard {
+    writes: Arc<Writes>,
+    uid: String,
+}
+
+impl Drop for WriteGuard {
+    fn drop(&mut self) {
+        let mut counts = self.writes.counts.lock().expect("writes lock");
+        if let Some(n) = counts.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.uid);
+                self.writes.idle.notify_waiters();
+            }
+        }
+    }
+}
+
+/// Longest a VC deletion waits for the VC's writes in flight.
+const DRAIN_WAIT: Duration = Duration::from_secs(30);
 
 /// Longest a write through the registry waits for its index to show it.
 const INDEX_WAIT: Duration = Duration::from_secs(5);
@@ -92,7 +123,11 @@ pub fn validate_name(name: &str) -> Result<(), ApiError> {
 impl Registry {
     /// A registry on `store`.
     pub fn new(store: Arc<dyn Store>) -> Registry {
-        Registry { store, index: None }
+        Registry {
+            store,
+            writes: Default::default(),
+            index: None,
+        }
     }
 
     /// A registry that keeps every record in memory (a few hundred bytes
@@ -108,6 +143,7 @@ impl Registry {
         });
         let registry = Registry {
             store,
+            writes: Default::default(),
             index: Some(index.clone()),
         };
         let mut loaded = index.applied.subscribe();
@@ -115,6 +151,51 @@ impl Registry {
         // Serve from storage until the first load; wait for it briefly.
         let _ = tokio::time::timeout(INDEX_WAIT, loaded.changed()).await;
         registry
+    }
+
+    /// Marks a write to the VC with `uid` in flight. Taken before the VC is
+    /// looked up: a VC's deletion removes the record, then waits for the
+    /// writes already past the lookup before it deletes the key range, so
+    /// none lands after it.
+    pub fn begin_write(&self, uid: &str) -> WriteGuard {
+        *self
+            .writes
+            .counts
+            .lock()
+            .expect("writes lock")
+            .entry(uid.to_owned())
+            .or_default() += 1;
+        WriteGuard {
+            writes: self.writes.clone(),
+            uid: uid.to_owned(),
+        }
+    }
+
+    /// Returns once no write to `uid` is in flight (bounded).
+    async fn writes_drained(&self, uid: &str) {
+        let drained = async {
+            loop {
+                let idle = self.writes.idle.notified();
+                tokio::pin!(idle);
+                idle.as_mut().enable();
+                if !self
+                    .writes
+                    .counts
+                    .lock()
+                    .expect("writes lock")
+                    .contains_key(uid)
+                {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        if tokio::time::timeout(DRAIN_WAIT, drained).await.is_err() {
+            tracing::warn!(
+                uid,
+                "writes to a deleted VC still in flight; deleting its keys anyway"
+            );
+        }
     }
 
     /// Waits (bounded) until the index has applied `revision`.
@@ -243,6 +324,9 @@ impl Registry {
             }
             Err(e) => return Err(store_error(e)),
         }
+        // A write authorized just before the record went may still be on
+        // its way to storage: let it land, then delete it with the rest.
+        self.writes_drained(vc.uid()).await;
         self.store
             .delete_range(vc.keyspace()?.prefix())
             .await
@@ -345,4 +429,52 @@ fn decode(kv: &kplex_storage::KeyValue) -> Result<VirtualCluster, ApiError> {
 /// Maps a storage failure to the Status the caller sees.
 pub fn store_error(e: StoreError) -> ApiError {
     crate::status::from_store(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kplex_storage::{EmbeddedOptions, EmbeddedStore};
+
+    #[tokio::test]
+    async fn a_write_authorized_before_deletion_is_deleted_with_the_vc() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            EmbeddedStore::open(dir.path(), EmbeddedOptions::default())
+                .await
+                .unwrap(),
+        );
+        let registry = Registry::indexed(store.clone()).await;
+        let vc = registry.create("team-a", json!({})).await.unwrap();
+        let uid = vc.uid().to_owned();
+        // A write passed the lookup and is on its way to storage.
+        let write = registry.begin_write(&uid);
+        assert!(registry.get("team-a").await.unwrap().is_some());
+        let deleting = tokio::spawn({
+            let registry = registry.clone();
+            async move { registry.delete("team-a").await }
+        });
+        // The record goes at once: no new request is authorized.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while registry.get("team-a").await.unwrap().is_some() {
+            assert!(tokio::time::Instant::now() < deadline);
+            tokio::task::yield_now().await;
+        }
+        // The in-flight write lands now, after the record is gone...
+        let key = vc
+            .keyspace()
+            .unwrap()
+            .object_key("", "configmaps", Some("default"), "late")
+            .unwrap();
+        store.create(&key, Bytes::from_static(b"{}")).await.unwrap();
+        assert!(!deleting.is_finished(), "the delete waits for the write");
+        drop(write);
+        deleting.await.unwrap().unwrap();
+        // ...and went with the rest of the VC's keys.
+        assert!(store.get(&key).await.unwrap().is_none());
+        assert_eq!(
+            store.count(vc.keyspace().unwrap().prefix()).await.unwrap(),
+            0
+        );
+    }
 }
