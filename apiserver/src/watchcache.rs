@@ -263,7 +263,7 @@ impl WatchCache {
             .into_iter()
             .map(|kv| (kv.key.as_str().to_owned(), kv))
             .collect();
-        for event in state.ring.iter().filter(|e| e.revision() > base) {
+        for event in state.events_after(base) {
             if prefix.contains(event.key()) {
                 apply_to(&mut objects, event);
             }
@@ -299,9 +299,8 @@ impl WatchCache {
             return None;
         }
         let replay: Vec<Event> = state
-            .ring
-            .iter()
-            .filter(|e| e.revision() > after && prefix.contains(e.key()))
+            .events_after(after)
+            .filter(|e| prefix.contains(e.key()))
             .cloned()
             .collect();
         let (tx, rx) = mpsc::channel(state.limits.subscriber_buffer + replay.len());
@@ -477,6 +476,14 @@ impl State {
             });
         }
         self.subscribers.retain(|_, s| !s.is_empty());
+    }
+
+    /// The ring's events after `revision`: the ring is in revision order,
+    /// so a binary search finds the first (a watch from a recent revision
+    /// looks at no others).
+    fn events_after(&self, revision: Revision) -> impl Iterator<Item = &Event> {
+        let first = self.ring.partition_point(|e| e.revision() <= revision);
+        self.ring.range(first..)
     }
 
     fn evict_one(&mut self) {
