@@ -199,7 +199,9 @@ async fn list(ctx: &Context, req: &Request) -> Result<Response, ApiError> {
             .iter()
             .map(|vc| with_status(&ctx.url, vc.object.clone()))
             .collect();
-        return Ok(ok(table(&objects)));
+        let mut table = table(&objects);
+        table["metadata"] = json!({"resourceVersion": revision.to_string()});
+        return Ok(ok(table));
     }
     let mut items = Vec::with_capacity(vcs.len());
     for vc in &vcs {

@@ -500,12 +500,16 @@ async fn resource(
                 }
             }
             let page = store.list(t.info, t.namespace, &opts).await?;
-            if req.wants_table() {
-                return Ok(ok(table(t.info, &page.items)));
-            }
+            // A Table carries the list's metadata too: kubectl watches from
+            // its resourceVersion (`get -w`) and pages by its continue token.
             let mut metadata = json!({"resourceVersion": page.revision.to_string()});
             if let Some(c) = page.continue_token {
                 metadata["continue"] = json!(c);
+            }
+            if req.wants_table() {
+                let mut table = table(t.info, &page.items);
+                table["metadata"] = metadata;
+                return Ok(ok(table));
             }
             Ok(ok(json!({
                 "kind": format!("{}List", t.info.kind),

@@ -397,6 +397,9 @@ fn lists_paginate_and_forged_continue_tokens_are_refused() {
     // kubectl fetches in pages of two and stitches them together.
     let names = ok(kc, &["get", "cm", "--chunk-size=2", "-o", "name"]);
     assert_eq!(names.lines().count(), 7, "{names}");
+    // The same in kubectl's default output, which pages through Tables.
+    let rows = ok(kc, &["get", "cm", "--chunk-size=2", "--no-headers"]);
+    assert_eq!(rows.lines().count(), 7, "{rows}");
     let page: serde_json::Value = serde_json::from_str(&ok(
         kc,
         &[
@@ -419,17 +422,17 @@ fn lists_paginate_and_forged_continue_tokens_are_refused() {
 fn kubectl_get_watch_sees_a_change_made_by_another_client() {
     let (s, configs) = setup(&["team-a"]);
     let kc = &configs[0];
-    let watcher = KubectlStream::spawn(&["--kubeconfig", kc.to_str().unwrap(), "get", "cm", "-w"]);
-    // Once kubectl prints the object that existed before, its list is done
-    // and its watch starts from the list's resourceVersion: anything created
-    // now can only reach it through the watch.
     let cm = |name: &str| {
         format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: default}}\n")
     };
+    // An object that exists before kubectl starts: its list prints it, and
+    // its watch starts from the list's resourceVersion, so the object is
+    // not printed again — the next row is the next change.
     ok(
         kc,
         &["create", "-f", &write(&s.path, "b.yaml", &cm("before"))],
     );
+    let watcher = KubectlStream::spawn(&["--kubeconfig", kc.to_str().unwrap(), "get", "cm", "-w"]);
     // kubectl's default output is a table, as against a real cluster: a
     // header, then a row per object.
     let mut seen = Vec::new();
