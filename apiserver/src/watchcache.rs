@@ -48,6 +48,9 @@ pub struct Limits {
     pub subscriber_buffer: usize,
     /// Objects kept for `resourceVersion=0` lists, over all prefixes.
     pub list_budget: usize,
+    /// Prefixes with a kept list (empty lists cost no objects, but a map
+    /// entry each).
+    pub list_prefixes: usize,
     /// While events flow, every watch hears the cache's revision at least
     /// this often, so a quiet watch's bookmarks keep up with a busy store.
     pub progress_every: Duration,
@@ -59,6 +62,7 @@ impl Default for Limits {
             ring: 8192,
             subscriber_buffer: 1024,
             list_budget: 100_000,
+            list_prefixes: 10_000,
             progress_every: Duration::from_secs(1),
         }
     }
@@ -272,7 +276,9 @@ impl WatchCache {
         let out: Vec<KeyValue> = objects.values().cloned().collect();
         let budget = state.limits.list_budget;
         if !state.lists.contains_key(prefix.as_str()) && objects.len() <= budget {
-            while state.listed_objects + objects.len() > budget {
+            while state.listed_objects + objects.len() > budget
+                || state.lists.len() >= state.limits.list_prefixes.max(1)
+            {
                 state.evict_one();
             }
             state.listed_objects += objects.len();
@@ -711,6 +717,45 @@ mod tests {
         let mut old = cache.watch(&configmaps("a"), revisions[0]).await.unwrap();
         assert_eq!(cache.stats().subscribers, 1);
         assert_eq!(next_change(&mut old).await.revision(), revisions[1]);
+    }
+
+    #[tokio::test]
+    async fn cached_lists_are_evicted_least_recently_listed_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            list_budget: 3,
+            list_prefixes: 2,
+            ..Limits::default()
+        };
+        let cache = WatchCache::start_with(embedded(dir.path()).await, limits).await;
+        for (vc, n) in [("a", 2), ("b", 1), ("c", 2)] {
+            for i in 0..n {
+                cache
+                    .create(
+                        &key(vc, "default", &format!("cm{i}")),
+                        Bytes::from_static(b"{}"),
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+        let written = cache.current_revision().await.unwrap();
+        caught_up(&cache, written).await;
+        let count = |vc: &'static str| {
+            let cache = &cache;
+            async move { cache.list(&configmaps(vc), None).await.unwrap().0.len() }
+        };
+        assert_eq!((count("a").await, count("b").await), (2, 1));
+        assert_eq!(cache.stats().lists, 2);
+        // c's two objects do not fit beside a's two: a (least recent) goes.
+        assert_eq!(count("c").await, 2);
+        assert_eq!(cache.stats().lists, 2);
+        // Evicted or not, every answer is whole.
+        assert_eq!(
+            (count("a").await, count("b").await, count("c").await),
+            (2, 1, 2)
+        );
+        assert!(cache.stats().lists <= 2);
     }
 
     #[tokio::test]

@@ -118,7 +118,12 @@ impl Side for RawRedb {
         let k = format!("{}raw-{name}", self.prefix);
         let txn = self.db.begin_read().unwrap();
         let t = txn.open_table(RAW_TABLE).unwrap();
-        let value = t.get(k.as_str()).unwrap().expect("written").value().to_vec();
+        let value = t
+            .get(k.as_str())
+            .unwrap()
+            .expect("written")
+            .value()
+            .to_vec();
         assert_eq!(value.len(), VALUE.len());
     }
     async fn range100(&self) {
