@@ -21,9 +21,7 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -57,52 +55,6 @@ const OBJECTS_PER_VC: usize = 20;
 const CLIENTS: usize = 64;
 
 type Sender = SendRequest<Full<Bytes>>;
-
-struct Server {
-    child: Child,
-    pid: u32,
-    data_dir: std::path::PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_kplex(dir: &Path) -> Server {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let data_dir = dir.join("kplex-data");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kplex"))
-        .args(["serve", "--port", &port.to_string(), "--data-dir"])
-        .arg(&data_dir)
-        .env("RUST_LOG", "kplex=info,warn")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start kplex");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains("kplex serving") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(60))
-        .expect("kplex did not start");
-    Server {
-        pid: child.id(),
-        child,
-        data_dir,
-    }
-}
 
 /// Resident memory of a process, in bytes.
 fn rss(pid: u32) -> u64 {
@@ -232,7 +184,11 @@ fn memory_row(label: &str, value: String, target: &str) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start_kplex(dir.path());
+    let server = kplex_e2e::Kplex::start_with(
+        Path::new(env!("CARGO_BIN_EXE_kplex")),
+        &dir.path().join("kplex-data"),
+        "kplex=info,warn",
+    );
     let admin_text = std::fs::read_to_string(server.data_dir.join("admin.kubeconfig")).unwrap();
     let admin = parse_kubeconfig(&admin_text).unwrap();
     let admin_conn = connect(&admin, admin.port).await;
@@ -262,10 +218,10 @@ async fn main() {
     for i in 0..100 {
         create_vc(format!("warm-{i}")).await;
     }
-    let rss_before = rss(server.pid);
+    let rss_before = rss(server.pid());
     let create = create_vc.clone();
     let creation = run(32, IDLE_VCS, move |i| create(vc_name(i))).await;
-    let rss_after = rss(server.pid);
+    let rss_after = rss(server.pid());
     let per_vc = (rss_after.saturating_sub(rss_before)) as f64 / IDLE_VCS as f64;
 
     // --- Tenant connections -------------------------------------------------

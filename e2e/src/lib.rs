@@ -87,14 +87,18 @@ pub fn free_port() -> u16 {
 impl Kplex {
     /// Starts kplex and waits for its "serving" log line.
     pub fn start(data_dir: &Path) -> Kplex {
+        let log = std::env::var("KPLEX_TEST_LOG").unwrap_or_else(|_| "info".into());
+        Kplex::start_with(&kplex_bin(), data_dir, &log)
+    }
+
+    /// Starts the binary `bin` (a benchmark's release build, say) with the
+    /// log filter `log`, and waits for its "serving" log line.
+    pub fn start_with(bin: &Path, data_dir: &Path, log: &str) -> Kplex {
         let port = free_port();
-        let mut child = Command::new(kplex_bin())
+        let mut child = Command::new(bin)
             .args(["serve", "--port", &port.to_string(), "--data-dir"])
             .arg(data_dir)
-            .env(
-                "RUST_LOG",
-                std::env::var("KPLEX_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            .env("RUST_LOG", log)
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -124,6 +128,11 @@ impl Kplex {
             data_dir: data_dir.to_owned(),
             port,
         }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn kubeconfig(&self) -> PathBuf {
