@@ -21,7 +21,10 @@
 mod support;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -65,6 +68,74 @@ fn rss(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS");
     kb * 1024
+}
+
+/// CPU time (user + system) of a process, or of those of its threads whose
+/// name starts with `thread`, in seconds.
+fn cpu_seconds(pid: u32, thread: Option<&str>) -> f64 {
+    fn of(stat: &str) -> f64 {
+        // Fields after the parenthesised name: utime and stime are 12th and 13th.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+        ticks / 100.0 // USER_HZ
+    }
+    let Some(thread) = thread else {
+        return of(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap());
+    };
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("stat")).ok())
+        .filter(|stat| stat.contains(&format!("({thread}")))
+        .map(|stat| of(&stat))
+        .sum()
+}
+
+/// CPU used so far by the kplex process, its store's writer thread, this
+/// (client) process and this process's raw store writer.
+#[derive(Clone, Copy)]
+struct Cpu {
+    kplex: f64,
+    kplex_writer: f64,
+    bench: f64,
+    bench_writer: f64,
+}
+
+/// The store writer thread's name as the kernel keeps it (15 characters).
+const WRITER_THREAD: &str = "kplex-store-wri";
+
+impl Cpu {
+    fn now(kplex: u32) -> Cpu {
+        let me = std::process::id();
+        Cpu {
+            kplex: cpu_seconds(kplex, None),
+            kplex_writer: cpu_seconds(kplex, Some(WRITER_THREAD)),
+            bench: cpu_seconds(me, None),
+            bench_writer: cpu_seconds(me, Some(WRITER_THREAD)),
+        }
+    }
+
+    /// Microseconds per operation of each counter since `before`.
+    fn per_op(self, before: Cpu, ops: usize) -> Cpu {
+        let us = |a: f64, b: f64| (a - b) * 1e6 / ops as f64;
+        Cpu {
+            kplex: us(self.kplex, before.kplex),
+            kplex_writer: us(self.kplex_writer, before.kplex_writer),
+            bench: us(self.bench, before.bench),
+            bench_writer: us(self.bench_writer, before.bench_writer),
+        }
+    }
+}
+
+/// Runs `f` and returns its result with the CPU it cost per operation.
+async fn with_cpu<T>(kplex: u32, ops: usize, f: impl Future<Output = T>) -> (T, Cpu) {
+    let before = Cpu::now(kplex);
+    let out = f.await;
+    (out, Cpu::now(kplex).per_op(before, ops))
 }
 
 /// One HTTP/2 connection with the target's credentials.
@@ -132,9 +203,17 @@ fn vc_name(i: usize) -> String {
     format!("vc-{i:05}")
 }
 
+/// What a bare server answers a request with.
+type Respond = Arc<
+    dyn Fn(Request<hyper::body::Incoming>) -> Pin<Box<dyn Future<Output = Bytes> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// A bare hyper+rustls server with kplex's TLS setup (same CA, client
-/// certificates verified) answering every request with `body`.
-fn bare_server(tls: Arc<rustls::ServerConfig>, body: Bytes) -> u16 {
+/// certificates verified) answering every request with what `respond` gives,
+/// on a runtime of its own (two workers, as kplex has).
+fn bare_server(tls: Arc<rustls::ServerConfig>, respond: Respond) -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     listener.set_nonblocking(true).unwrap();
@@ -151,15 +230,15 @@ fn bare_server(tls: Arc<rustls::ServerConfig>, body: Bytes) -> u16 {
                 let (tcp, _) = listener.accept().await.unwrap();
                 let _ = tcp.set_nodelay(true);
                 let acceptor = acceptor.clone();
-                let body = body.clone();
+                let respond = respond.clone();
                 tokio::spawn(async move {
                     let Ok(stream) = acceptor.accept(tcp).await else {
                         return;
                     };
-                    let service = hyper::service::service_fn(move |_req| {
-                        let body = body.clone();
+                    let service = hyper::service::service_fn(move |req| {
+                        let respond = respond.clone();
                         async move {
-                            let mut response = Response::new(Full::new(body));
+                            let mut response = Response::new(Full::new(respond(req).await));
                             response.headers_mut().insert(
                                 hyper::header::CONTENT_TYPE,
                                 hyper::header::HeaderValue::from_static("application/json"),
@@ -259,6 +338,32 @@ async fn main() {
             .collect(),
     );
 
+    // The bare servers get kplex's CA, so the same client certificates are
+    // verified the same way, and a serving certificate of their own.
+    let bare_pki = dir.path().join("bare/pki");
+    std::fs::create_dir_all(&bare_pki).unwrap();
+    for file in ["ca.crt", "ca.key"] {
+        std::fs::copy(server.data_dir.join("pki").join(file), bare_pki.join(file)).unwrap();
+    }
+    let bare_tls = kplex_apiserver::bootstrap::prepare(
+        &dir.path().join("bare"),
+        &["127.0.0.1".to_owned()],
+        "https://127.0.0.1",
+    )
+    .unwrap()
+    .tls;
+    let connect_all = |port: u16| {
+        let targets = &targets;
+        async move {
+            let mut conns = Vec::with_capacity(VCS);
+            for t in targets {
+                conns.push((connect(t, port).await, t.base_path.clone()));
+            }
+            Arc::new(conns)
+        }
+    };
+    let pid = server.pid();
+
     // --- CREATE -------------------------------------------------------------
     eprintln!("bench: create");
     let creates = VCS * OBJECTS_PER_VC;
@@ -271,8 +376,8 @@ async fn main() {
             "kube-public"
         }
     };
-    let kplex_create_op = |prefix: &'static str| {
-        let t = tenants.clone();
+    let create_op = |conns: &Arc<Vec<(Sender, String)>>, prefix: &'static str, expect| {
+        let t = conns.clone();
         move |i: usize| {
             let t = t.clone();
             async move {
@@ -285,10 +390,11 @@ async fn main() {
                     Some(configmap(&name, namespace(prefix))),
                 )
                 .await;
-                assert_eq!(status, StatusCode::CREATED, "{bytes:?}");
+                assert_eq!(status, expect, "{bytes:?}");
             }
         }
     };
+    let kplex_create_op = |prefix| create_op(&tenants, prefix, StatusCode::CREATED);
     let raw_create_op = |prefix: &'static str| {
         let (r, k) = (raw.clone(), keyspaces.clone());
         move |i: usize| {
@@ -304,14 +410,60 @@ async fn main() {
             }
         }
     };
-    let kplex_create = run(CLIENTS, creates, kplex_create_op("cm")).await;
-    let raw_create = run(CLIENTS, creates, raw_create_op("cm")).await;
+    let (kplex_create, kplex_create_cpu) =
+        with_cpu(pid, creates, run(CLIENTS, creates, kplex_create_op("cm"))).await;
+    let (raw_create, raw_create_cpu) =
+        with_cpu(pid, creates, run(CLIENTS, creates, raw_create_op("cm"))).await;
+    // The ceiling for any HTTPS API over this store on this machine: a bare
+    // server that stores each request's body in a raw store of its own
+    // (same key spread) and answers with it: no parsing, no checks.
+    let floor_store: Arc<dyn Store> = Arc::new(
+        EmbeddedStore::open(&dir.path().join("floor"), EmbeddedOptions::default())
+            .await
+            .unwrap(),
+    );
+    let by_vc: Arc<HashMap<String, TenantKeyspace>> = Arc::new(
+        (0..VCS)
+            .map(|i| (vc_name(i), TenantKeyspace::for_vc(&vc_name(i)).unwrap()))
+            .collect(),
+    );
+    let stored = Arc::new(AtomicUsize::new(0));
+    let floor_port = bare_server(
+        bare_tls.clone(),
+        Arc::new(move |req| {
+            let (store, by_vc, stored) = (floor_store.clone(), by_vc.clone(), stored.clone());
+            Box::pin(async move {
+                let vc = req.uri().path()["/clusters/".len()..]
+                    .split('/')
+                    .next()
+                    .unwrap()
+                    .to_owned();
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                let name = format!("floor-{}", stored.fetch_add(1, Ordering::Relaxed));
+                let key = by_vc[&vc]
+                    .object_key("", "configmaps", Some("default"), &name)
+                    .unwrap();
+                store.create(&key, body.clone()).await.unwrap();
+                body
+            })
+        }),
+    );
+    let floor = connect_all(floor_port).await;
+    let (floor_create, floor_create_cpu) = with_cpu(
+        pid,
+        creates,
+        run(CLIENTS, creates, create_op(&floor, "cm", StatusCode::OK)),
+    )
+    .await;
+    drop(floor);
     // Four times the clients: how far group commit carries each side.
     let kplex_create_wide = run(4 * CLIENTS, creates, kplex_create_op("wide")).await;
     let raw_create_wide = run(4 * CLIENTS, creates, raw_create_op("wide")).await;
     let solo = scale(3_000);
-    let kplex_create1 = run(1, solo, kplex_create_op("solo")).await;
-    let raw_create1 = run(1, solo, raw_create_op("solo")).await;
+    let (kplex_create1, kplex_create1_cpu) =
+        with_cpu(pid, solo, run(1, solo, kplex_create_op("solo"))).await;
+    let (raw_create1, raw_create1_cpu) =
+        with_cpu(pid, solo, run(1, solo, raw_create_op("solo"))).await;
 
     // --- GET ------------------------------------------------------------------
     eprintln!("bench: get");
@@ -340,28 +492,19 @@ async fn main() {
             }
         }
     };
-    let kplex_get = run(CLIENTS, gets, get_op(tenants.clone())).await;
+    let (kplex_get, kplex_get_cpu) =
+        with_cpu(pid, gets, run(CLIENTS, gets, get_op(tenants.clone()))).await;
     let kplex_get1 = run(1, solo, get_op(tenants.clone())).await;
-    // The bare server gets kplex's CA, so the same client certificates are
-    // verified the same way, and a serving certificate of its own.
-    let bare_pki = dir.path().join("bare/pki");
-    std::fs::create_dir_all(&bare_pki).unwrap();
-    for file in ["ca.crt", "ca.key"] {
-        std::fs::copy(server.data_dir.join("pki").join(file), bare_pki.join(file)).unwrap();
-    }
-    let boot = kplex_apiserver::bootstrap::prepare(
-        &dir.path().join("bare"),
-        &["127.0.0.1".to_owned()],
-        "https://127.0.0.1",
-    )
-    .unwrap();
-    let bare_port = bare_server(boot.tls, sample);
-    let mut bare = Vec::with_capacity(VCS);
-    for t in &targets {
-        bare.push((connect(t, bare_port).await, t.base_path.clone()));
-    }
-    let bare = Arc::new(bare);
-    let bare_get = run(CLIENTS, gets, get_op(bare.clone())).await;
+    let bare_port = bare_server(
+        bare_tls,
+        Arc::new(move |_| {
+            let sample = sample.clone();
+            Box::pin(async move { sample })
+        }),
+    );
+    let bare = connect_all(bare_port).await;
+    let (bare_get, bare_get_cpu) =
+        with_cpu(pid, gets, run(CLIENTS, gets, get_op(bare.clone()))).await;
     let bare_get1 = run(1, solo, get_op(bare)).await;
 
     // --- LIST -----------------------------------------------------------------
@@ -417,6 +560,12 @@ async fn main() {
     row(create, CLIENTS, &kplex_create, &raw_create);
     row(create, 4 * CLIENTS, &kplex_create_wide, &raw_create_wide);
     row(
+        "CREATE through a bare hyper+rustls server storing the body, no API work (baseline: raw embedded store create)",
+        CLIENTS,
+        &floor_create,
+        &raw_create,
+    );
+    row(
         &format!("LIST {OBJECTS_PER_VC} configmaps (baseline: raw store range)"),
         CLIENTS,
         &kplex_list,
@@ -430,6 +579,43 @@ async fn main() {
         &kplex_watch,
         &raw_watch,
     );
+    println!("\n### CPU per operation\n");
+    println!(
+        "User + system CPU of each process (from `/proc`) divided by the operations: \
+         what each request costs the two shared cores. \"store writer\" is the \
+         embedded store's writer thread (its commits, fsync included), part of \
+         the process before it."
+    );
+    println!();
+    println!("| op | clients | server process | of it: store writer | client process | total |");
+    println!("|---|---|---|---|---|---|");
+    let us = |v: f64| format!("{v:.1} µs");
+    let split = |label: &str, clients: usize, c: Cpu| {
+        println!(
+            "| {label} | {clients} | {} | {} | {} | {} |",
+            us(c.kplex),
+            us(c.kplex_writer),
+            us(c.bench),
+            us(c.kplex + c.bench)
+        );
+    };
+    // Baselines run inside the bench process: one figure covers both sides.
+    let joint = |label: &str, clients: usize, c: Cpu| {
+        println!(
+            "| {label} | {clients} | (in the client process) | {} | {} | {} |",
+            us(c.bench_writer),
+            us(c.bench),
+            us(c.bench)
+        );
+    };
+    split("CREATE, kplex", 1, kplex_create1_cpu);
+    joint("CREATE, raw store", 1, raw_create1_cpu);
+    split("CREATE, kplex", CLIENTS, kplex_create_cpu);
+    joint("CREATE, raw store", CLIENTS, raw_create_cpu);
+    joint("CREATE, bare server + raw store", CLIENTS, floor_create_cpu);
+    split("GET, kplex", CLIENTS, kplex_get_cpu);
+    joint("GET, bare server", CLIENTS, bare_get_cpu);
+
     println!("\n### Virtual clusters\n");
     println!("| measure | value | target |");
     println!("|---|---|---|");

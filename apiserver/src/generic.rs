@@ -120,12 +120,18 @@ fn is_service(info: &ResourceInfo) -> bool {
     info.group.is_empty() && info.plural == "services"
 }
 
+/// The bytes stored for an object: everything but `resourceVersion`, which
+/// the store's revision supplies on every read.
 fn encode(object: &Value) -> Bytes {
+    if object["metadata"].get("resourceVersion").is_none() {
+        // Creates: nothing to strip, no copy.
+        return Bytes::from(crate::status::to_json(object));
+    }
     let mut stored = object.clone();
     if let Some(meta) = stored.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.remove("resourceVersion");
     }
-    Bytes::from(stored.to_string())
+    Bytes::from(crate::status::to_json(&stored))
 }
 
 impl GenericStore {

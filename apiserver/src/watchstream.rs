@@ -47,10 +47,16 @@ pub struct EventStream<C, R> {
     pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
+/// One watch event line, `{"type":…,"object":…}`, written straight from the
+/// object (no copy of it into a wrapper value).
 fn line(kind: &str, object: &Value) -> Bytes {
-    let mut line = json!({"type": kind, "object": object}).to_string();
-    line.push('\n');
-    Bytes::from(line)
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"{\"type\":");
+    serde_json::to_writer(&mut out, kind).expect("a str always serializes");
+    out.extend_from_slice(b",\"object\":");
+    serde_json::to_writer(&mut out, object).expect("a Value always serializes");
+    out.extend_from_slice(b"}\n");
+    Bytes::from(out)
 }
 
 fn bookmark(kind: &str, api_version: &str, revision: Revision, initial_end: bool) -> Value {
@@ -137,4 +143,20 @@ where
         hyper::header::HeaderValue::from_static("application/json"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_line_is_one_json_object_ended_by_a_newline() {
+        let object = json!({"kind": "ConfigMap", "metadata": {"name": "a \"quoted\"\nname"}});
+        let bytes = line("MODIFIED", &object);
+        let text = std::str::from_utf8(&bytes).unwrap();
+        assert!(text.ends_with('\n'));
+        assert_eq!(text.matches('\n').count(), 1, "{text}");
+        let parsed: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(parsed, json!({"type": "MODIFIED", "object": object}));
+    }
 }
