@@ -14,6 +14,8 @@
 //!   10,000 VCs through the admin API, divided) and the VC creation rate.
 //!
 //! Client and server share the machine's cores, for kplex and baselines alike.
+//! `KPLEX_BENCH_PERF=<file>` records a `perf` profile of kplex during the
+//! 64-client CREATE run.
 //! Run: `hack/bench-api`. `KPLEX_BENCH_SCALE` scales the operation counts
 //! (not the VC or watch counts).
 
@@ -136,6 +138,45 @@ async fn with_cpu<T>(kplex: u32, ops: usize, f: impl Future<Output = T>) -> (T, 
     let before = Cpu::now(kplex);
     let out = f.await;
     (out, Cpu::now(kplex).per_op(before, ops))
+}
+
+/// `perf record` of the kplex process while it lives, when
+/// `KPLEX_BENCH_PERF=<output file>` is set (to see where a create's CPU goes).
+struct Profile(Option<std::process::Child>);
+
+impl Profile {
+    fn start(pid: u32) -> Profile {
+        let Ok(out) = std::env::var("KPLEX_BENCH_PERF") else {
+            return Profile(None);
+        };
+        let child = std::process::Command::new("perf")
+            .args([
+                "record",
+                "-e",
+                "cpu-clock",
+                "-F",
+                "2000",
+                "-g",
+                "--call-graph",
+            ])
+            .args(["dwarf,16384", "-o", &out, "-p", &pid.to_string()])
+            .spawn()
+            .expect("perf");
+        // perf needs a moment to attach; only then does the measured run start.
+        std::thread::sleep(Duration::from_millis(500));
+        Profile(Some(child))
+    }
+}
+
+impl Drop for Profile {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = std::process::Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// One HTTP/2 connection with the target's credentials.
@@ -410,8 +451,10 @@ async fn main() {
             }
         }
     };
+    let profile = Profile::start(pid);
     let (kplex_create, kplex_create_cpu) =
         with_cpu(pid, creates, run(CLIENTS, creates, kplex_create_op("cm"))).await;
+    drop(profile);
     let (raw_create, raw_create_cpu) =
         with_cpu(pid, creates, run(CLIENTS, creates, raw_create_op("cm"))).await;
     // The ceiling for any HTTPS API over this store on this machine: a bare
