@@ -2,13 +2,18 @@
 //! types (group, version, kind, plural, scope) plus what the type does not
 //! say (short names, categories). A new built-in kind is one row.
 
-use k8s_openapi::api::{apps, batch, coordination, core, events, networking, policy};
+use k8s_openapi::api::{
+    apps, authentication, authorization, batch, coordination, core, events, networking, policy,
+};
 use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope, Resource};
 
-/// Verbs every catalogued resource serves.
+/// Verbs every stored resource serves.
 pub const VERBS: &[&str] = &[
     "create", "delete", "get", "list", "patch", "update", "watch",
 ];
+
+/// The one verb of a review resource.
+pub const REVIEW_VERBS: &[&str] = &["create"];
 
 /// One resource kind as the API serves it.
 #[derive(Debug, Clone)]
@@ -27,6 +32,9 @@ pub struct ResourceInfo {
     pub short_names: &'static [&'static str],
     /// Categories (`all`).
     pub categories: &'static [&'static str],
+    /// Whether objects are stored; a review (`SelfSubjectAccessReview`…) is
+    /// only created and answered (see `reviews`).
+    pub stored: bool,
     /// Decodes an object into its k8s-openapi type and encodes it again, as
     /// kube-apiserver does with its Go types: the object without the fields
     /// the type does not know, and those fields' paths.
@@ -74,6 +82,15 @@ fn field_path(path: &serde_ignored::Path<'_>) -> String {
 }
 
 impl ResourceInfo {
+    /// The verbs served.
+    pub fn verbs(&self) -> &'static [&'static str] {
+        if self.stored {
+            VERBS
+        } else {
+            REVIEW_VERBS
+        }
+    }
+
     /// `group/version`, or `version` for core.
     pub fn api_version(&self) -> String {
         if self.group.is_empty() {
@@ -161,8 +178,21 @@ where
         namespaced: <T::Scope as ScopeFlag>::NAMESPACED,
         short_names,
         categories,
+        stored: true,
         decode: decode_as::<T>,
         schema: schema_of::<T>,
+    }
+}
+
+/// A review kind: created, answered, never stored.
+fn review<T>() -> ResourceInfo
+where
+    T: Resource + serde::de::DeserializeOwned + serde::Serialize + schemars::JsonSchema,
+    T::Scope: ScopeFlag,
+{
+    ResourceInfo {
+        stored: false,
+        ..row::<T>(&[], &[])
     }
 }
 
@@ -193,6 +223,9 @@ pub fn builtin() -> Vec<ResourceInfo> {
         row::<events::v1::Event>(&["ev"], &[]),
         row::<coordination::v1::Lease>(&[], &[]),
         row::<policy::v1::PodDisruptionBudget>(&["pdb"], &[]),
+        review::<authentication::v1::SelfSubjectReview>(),
+        review::<authorization::v1::SelfSubjectAccessReview>(),
+        review::<authorization::v1::SelfSubjectRulesReview>(),
     ]
 }
 
@@ -252,6 +285,8 @@ mod tests {
         assert_eq!(deploy.qualified(), "deployments.apps");
         assert!(c.find("apps", "v1", "pods").is_none());
         assert_eq!(c.group_versions()[0], ("", "v1"));
-        assert_eq!(c.all().len(), 22);
+        assert_eq!(c.all().iter().filter(|r| r.stored).count(), 22);
+        let reviews = c.find("authorization.k8s.io", "v1", "selfsubjectaccessreviews");
+        assert_eq!(reviews.unwrap().verbs(), ["create"]);
     }
 }

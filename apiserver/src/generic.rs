@@ -930,7 +930,7 @@ pub fn validate(
 
 /// Checks `apiVersion`/`kind` (filling them in when absent) and that
 /// `metadata` is an object.
-fn check_type(info: &ResourceInfo, object: &mut Value) -> Result<(), ApiError> {
+pub fn check_type(info: &ResourceInfo, object: &mut Value) -> Result<(), ApiError> {
     let Some(map) = object.as_object_mut() else {
         return Err(ApiError::bad_request(
             "the request body must be a JSON object",

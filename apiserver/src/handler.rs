@@ -282,9 +282,16 @@ async fn tenant(
     let store =
         crate::generic::GenericStore::new(ctx.store.clone(), vc.keyspace()?, ctx.catalog.clone());
     let span = tracing::debug_span!("tenant", vc = name, method = %req.method, path);
-    crate::tenant::handle(&ctx.catalog, &store, path, req, ctx.stopping.subscribe())
-        .instrument(span)
-        .await
+    crate::tenant::handle(
+        &ctx.catalog,
+        &store,
+        caller,
+        path,
+        req,
+        ctx.stopping.subscribe(),
+    )
+    .instrument(span)
+    .await
 }
 
 async fn public(ctx: &Context, method: &Method, path: &str) -> Result<Response<Body>, ApiError> {

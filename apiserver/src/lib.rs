@@ -14,6 +14,7 @@ pub mod openapi;
 pub mod patch;
 pub mod printers;
 pub mod protobuf;
+pub mod reviews;
 pub mod selectors;
 pub mod server;
 pub mod services;

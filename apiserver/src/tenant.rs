@@ -8,13 +8,14 @@ use hyper::{Method, Response, StatusCode};
 use kplex_storage::{Event, Store};
 use serde_json::{json, Value};
 
-use crate::catalog::{Catalog, ResourceInfo, VERBS};
+use crate::catalog::{Catalog, ResourceInfo};
 use crate::generic::{
     decode_watched, FieldValidation, GenericStore, ListOptions, Namespace, WriteOptions,
 };
 use crate::handler::Request;
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::status::{bytes_response, from_store, json_response, ApiError, Body};
+use kplex_certs::Identity;
 
 /// What a watch request asked for.
 #[derive(Debug, Clone, Copy)]
@@ -35,6 +36,7 @@ struct WatchFlags<'a> {
 pub async fn handle(
     catalog: &Catalog,
     store: &GenericStore,
+    caller: &Identity,
     path: &str,
     req: &Request,
     stopping: tokio::sync::watch::Receiver<bool>,
@@ -93,9 +95,11 @@ pub async fn handle(
             }
             Ok(ok(resource_list(catalog, group, version)))
         }
-        ["api", "v1", rest @ ..] => resource(catalog, store, "", "v1", rest, req, stopping).await,
+        ["api", "v1", rest @ ..] => {
+            resource(catalog, store, caller, "", "v1", rest, req, stopping).await
+        }
         ["apis", group, version, rest @ ..] => {
-            resource(catalog, store, group, version, rest, req, stopping).await
+            resource(catalog, store, caller, group, version, rest, req, stopping).await
         }
         _ => Err(not_found()),
     }
@@ -163,7 +167,7 @@ fn resource_list(catalog: &Catalog, group: &str, version: &str) -> Value {
             "singularName": r.singular(),
             "namespaced": r.namespaced,
             "kind": r.kind,
-            "verbs": VERBS,
+            "verbs": r.verbs(),
             "shortNames": r.short_names,
             "categories": r.categories,
         }));
@@ -256,7 +260,7 @@ fn group_document(catalog: &Catalog, core: bool) -> Value {
                     "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
                     "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
                     "singularResource": r.singular(),
-                    "verbs": VERBS,
+                    "verbs": r.verbs(),
                     "shortNames": r.short_names,
                     "categories": r.categories,
                     "subresources": subresources,
@@ -374,9 +378,21 @@ fn target<'a>(
     Ok(t)
 }
 
+fn method_not_allowed(method: &Method) -> ApiError {
+    ApiError {
+        code: StatusCode::METHOD_NOT_ALLOWED,
+        reason: "MethodNotAllowed",
+        message: format!(
+            "the server does not allow this method on the requested resource ({method})"
+        ),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn resource(
     catalog: &Catalog,
     store: &GenericStore,
+    caller: &Identity,
     group: &str,
     version: &str,
     rest: &[&str],
@@ -386,6 +402,21 @@ async fn resource(
     let t = target(catalog, group, version, rest)?;
     let params = req.params();
     let q = |k: &str| params.get(k);
+    if !t.info.stored {
+        // A review: created on the collection, answered, not stored.
+        if req.method != Method::POST || t.name.is_some() {
+            return Err(method_not_allowed(&req.method));
+        }
+        let mut object = req.json_body()?;
+        crate::generic::check_type(t.info, &mut object)?;
+        crate::generic::validate(
+            t.info,
+            &mut object,
+            FieldValidation::parse(q("fieldValidation"))?,
+        )?;
+        let answer = crate::reviews::answer(t.info, caller, object)?;
+        return Ok(json_response(StatusCode::CREATED, &answer));
+    }
     let dry_run = match q("dryRun") {
         None | Some("") => false,
         Some("All") => true,
@@ -401,14 +432,7 @@ async fn resource(
         status: t.sub == Some("status"),
     };
     if t.sub.is_some() && !matches!(req.method, Method::GET | Method::PUT | Method::PATCH) {
-        return Err(ApiError {
-            code: StatusCode::METHOD_NOT_ALLOWED,
-            reason: "MethodNotAllowed",
-            message: format!(
-                "the server does not allow this method on the requested resource ({})",
-                req.method
-            ),
-        });
+        return Err(method_not_allowed(&req.method));
     }
     if t.sub == Some("scale") {
         if let Some(name) = t.name {

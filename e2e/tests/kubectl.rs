@@ -1016,6 +1016,60 @@ fn kubectl_explain_reads_the_vcs_openapi() {
 }
 
 #[test]
+fn auth_whoami_and_can_i_answer_for_the_callers_own_credential() {
+    let (s, configs) = setup(&["team-a"]);
+    let alice = &configs[0];
+    let bob = tenant_kubeconfig(&s.kplex, &s.path, "team-a", "bob");
+    let whoami: serde_json::Value =
+        serde_json::from_str(&ok(alice, &["auth", "whoami", "-o", "json"])).unwrap();
+    assert_eq!(whoami["status"]["userInfo"]["username"], "alice");
+    assert_eq!(
+        whoami["status"]["userInfo"]["groups"],
+        serde_json::json!(["dev", "system:authenticated"])
+    );
+    assert!(ok(&bob, &["auth", "whoami"]).contains("bob"));
+
+    // No authorization layer inside a VC yet: every resource verb is allowed.
+    assert_eq!(
+        ok(alice, &["auth", "can-i", "delete", "deployments"]).trim(),
+        "yes"
+    );
+    assert_eq!(
+        ok(alice, &["auth", "can-i", "get", "/version"]).trim(),
+        "yes"
+    );
+    // Paths the VC does not serve are answered no (exit 1), with the reason.
+    let metrics = k(alice, &["auth", "can-i", "get", "/metrics"]);
+    assert_eq!(metrics.status.code(), Some(1));
+    assert!(stdout(&metrics).starts_with("no"), "{}", stdout(&metrics));
+    let list = ok(alice, &["auth", "can-i", "--list"]);
+    assert!(list.contains("*.*") && list.contains("[/apis/*]"), "{list}");
+
+    // Reviews are answered, not stored: there is nothing to get.
+    fails_with(
+        alice,
+        &["get", "selfsubjectaccessreviews"],
+        "does not allow this method",
+    );
+    // A review that asks nothing is invalid.
+    let empty = write(
+        &s.path,
+        "empty-review.json",
+        r#"{"apiVersion":"authorization.k8s.io/v1","kind":"SelfSubjectAccessReview","spec":{}}"#,
+    );
+    fails_with(
+        alice,
+        &["create", "-f", &empty],
+        "exactly one of nonResourceAttributes or resourceAttributes",
+    );
+    let resources = ok(alice, &["api-resources", "--verbs=create", "-o", "name"]);
+    assert!(
+        resources.contains("selfsubjectaccessreviews.authorization.k8s.io"),
+        "{resources}"
+    );
+}
+
+#[test]
 fn deletecollection_and_per_kind_field_selectors() {
     let (s, configs) = setup(&["team-a"]);
     let kc = &configs[0];
