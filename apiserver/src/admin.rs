@@ -162,8 +162,12 @@ async fn create(ctx: &Context, req: Request) -> Result<Response, ApiError> {
     }
     let vc = ctx.registry.create(&name, spec).await?;
     // Every new VC has the four namespaces a cluster starts with.
-    let objects =
-        crate::generic::GenericStore::new(ctx.store.clone(), vc.keyspace()?, ctx.catalog.clone());
+    let objects = crate::generic::GenericStore::new(
+        ctx.store.clone(),
+        vc.keyspace()?,
+        ctx.catalog.clone(),
+        ctx.allocations.clone(),
+    );
     let namespaces = ctx
         .catalog
         .find("", "v1", "namespaces")

@@ -68,6 +68,7 @@ pub struct GenericStore {
     store: Arc<WatchCache>,
     keyspace: TenantKeyspace,
     catalog: Arc<Catalog>,
+    allocations: Arc<crate::services::AllocationLocks>,
 }
 
 /// The namespace a request addresses, if the resource is namespaced.
@@ -140,12 +141,20 @@ impl GenericStore {
         store: Arc<WatchCache>,
         keyspace: TenantKeyspace,
         catalog: Arc<Catalog>,
+        allocations: Arc<crate::services::AllocationLocks>,
     ) -> GenericStore {
         GenericStore {
             store,
             keyspace,
             catalog,
+            allocations,
         }
+    }
+
+    /// This VC's turn to allocate service values (held until the write is
+    /// stored, so what is taken cannot change in between).
+    async fn allocation_turn(&self) -> crate::services::AllocationTurn {
+        self.allocations.turn(self.keyspace.prefix().as_str()).await
     }
 
     fn key(&self, info: &ResourceInfo, ns: Namespace<'_>, name: &str) -> Result<Key, ApiError> {
@@ -404,10 +413,14 @@ impl GenericStore {
         if let Some(ns) = ns {
             self.require_namespace(ns).await?;
         }
-        if is_service(info) {
+        let _turn = if is_service(info) {
+            let turn = self.allocation_turn().await;
             object["metadata"]["name"] = json!(explicit.clone().unwrap_or_default());
             crate::services::on_create(&mut object, &self.services_taken(info, None).await?)?;
-        }
+            Some(turn)
+        } else {
+            None
+        };
         // generateName: five random characters, retried on collision.
         let attempts = if explicit.is_some() { 1 } else { 8 };
         for _ in 0..attempts {
@@ -563,11 +576,15 @@ impl GenericStore {
                 None => meta.remove(field),
             };
         }
-        if is_service(info) && !write.status {
+        let _turn = if is_service(info) && !write.status {
+            let turn = self.allocation_turn().await;
             let ns = old["metadata"]["namespace"].as_str();
             let taken = self.services_taken(info, ns.zip(Some(name))).await?;
             crate::services::on_update(&mut object, &old, &taken)?;
-        }
+            Some(turn)
+        } else {
+            None
+        };
         if info.tracks_generation() {
             let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
             let spec_changed = object.get("spec") != old.get("spec");

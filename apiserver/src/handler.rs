@@ -37,6 +37,8 @@ pub struct Context {
     pub stopping: tokio::sync::watch::Sender<bool>,
     /// Request and storage metrics.
     pub metrics: crate::metrics::Metrics,
+    /// Per-VC turns for service writes that allocate.
+    pub allocations: Arc<crate::services::AllocationLocks>,
 }
 
 impl Context {
@@ -279,8 +281,12 @@ async fn tenant(
     if is_public(path) {
         return public(ctx, &req.method, path).await;
     }
-    let store =
-        crate::generic::GenericStore::new(ctx.store.clone(), vc.keyspace()?, ctx.catalog.clone());
+    let store = crate::generic::GenericStore::new(
+        ctx.store.clone(),
+        vc.keyspace()?,
+        ctx.catalog.clone(),
+        ctx.allocations.clone(),
+    );
     let span = tracing::debug_span!("tenant", vc = name, method = %req.method, path);
     crate::tenant::handle(
         &ctx.catalog,

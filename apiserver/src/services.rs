@@ -5,13 +5,16 @@
 //!
 //! Each VC has its own service network, `10.96.0.0/12` (kube's default;
 //! `10.96.0.1` is left for the `kubernetes` service), and its own NodePort
-//! range, 30000–32767. A free value is picked at random and checked against
-//! the VC's services; two creates racing for the same random value out of a
-//! million addresses is left to chance (kube-apiserver serializes through an
-//! allocation bitmap; kplex keeps no per-VC allocator state).
+//! range, 30000–32767. A free value is picked at random (or the client's
+//! choice taken) and checked against the VC's services. Service writes of
+//! one VC that allocate take turns ([`AllocationLocks`]), from reading what
+//! is taken until their write is stored, so two services never get the same
+//! ClusterIP or NodePort. kplex keeps no allocator state per VC: the lock
+//! exists only while a service write holds or awaits it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
 
 use rand::Rng;
 use serde_json::{json, Value};
@@ -23,6 +26,63 @@ const NETWORK_SIZE: u32 = 1 << 20;
 /// The address of the `kubernetes` service, never handed out.
 const KUBERNETES: u32 = NETWORK + 1;
 const NODE_PORTS: std::ops::RangeInclusive<i64> = 30000..=32767;
+
+/// Per-VC turns for service writes, within this process. An entry exists
+/// only while a write holds or awaits it: idle VCs cost nothing.
+#[derive(Debug, Default)]
+pub struct AllocationLocks {
+    held: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A VC's turn; the next waiting write goes when it is dropped.
+#[must_use]
+pub struct AllocationTurn {
+    locks: Arc<AllocationLocks>,
+    vc: String,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl AllocationLocks {
+    /// Waits for `vc`'s turn.
+    pub async fn turn(self: &Arc<Self>, vc: &str) -> AllocationTurn {
+        let lock = self
+            .held
+            .lock()
+            .expect("allocation locks")
+            .entry(vc.to_owned())
+            .or_default()
+            .clone();
+        let turn = lock.clone().lock_owned().await;
+        AllocationTurn {
+            locks: self.clone(),
+            vc: vc.to_owned(),
+            lock,
+            turn: Some(turn),
+        }
+    }
+
+    /// VCs with a write holding or awaiting its turn.
+    pub fn len(&self) -> usize {
+        self.held.lock().expect("allocation locks").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Drop for AllocationTurn {
+    fn drop(&mut self) {
+        drop(self.turn.take());
+        let mut held = self.locks.held.lock().expect("allocation locks");
+        // The map's reference and ours: nobody else holds or awaits it.
+        // (Others clone it only under `held`, which we hold.)
+        if Arc::strong_count(&self.lock) == 2 {
+            held.remove(&self.vc);
+        }
+    }
+}
 
 /// Values the VC's other services hold (the one being written excluded).
 #[derive(Debug, Default)]
@@ -203,6 +263,12 @@ fn allocate(service: &mut Value, name: &str, taken: &Taken) -> Result<(), ApiErr
                 &format!("spec.ports[{i}].nodePort"),
                 &format!("Invalid value: {requested}: provided port is not in the valid range. The range of valid ports is 30000-32767"),
             ));
+        } else if taken.node_ports.contains(&requested) || used.contains(&requested) {
+            return Err(invalid(
+                name,
+                &format!("spec.ports[{i}].nodePort"),
+                &format!("Invalid value: {requested}: provided port is already allocated"),
+            ));
         } else {
             requested
         };
@@ -243,6 +309,51 @@ mod tests {
 
     fn service(spec: Value) -> Value {
         json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"}, "spec": spec})
+    }
+
+    #[test]
+    fn a_node_port_another_service_holds_is_refused() {
+        let mut taken = Taken::default();
+        let mut first =
+            service(json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]}));
+        on_create(&mut first, &taken).unwrap();
+        taken.add(&first);
+        let mut second =
+            service(json!({"type": "NodePort", "ports": [{"port": 81, "nodePort": 30080}]}));
+        let err = on_create(&mut second, &taken).unwrap_err();
+        assert_eq!(err.code, hyper::StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(
+            err.message.contains("spec.ports[0].nodePort")
+                && err.message.contains("already allocated"),
+            "{}",
+            err.message
+        );
+        // Nor twice within one service.
+        let mut twice = service(json!({"type": "NodePort", "ports": [
+            {"name": "a", "port": 82, "nodePort": 30090}, {"name": "b", "port": 83, "nodePort": 30090}]}));
+        assert!(on_create(&mut twice, &Taken::default()).is_err());
+    }
+
+    #[tokio::test]
+    async fn allocation_turns_are_taken_one_at_a_time_per_vc_and_leave_nothing_behind() {
+        use std::future::Future;
+        use std::task::{Context, Poll};
+        let locks = Arc::new(AllocationLocks::default());
+        let first = locks.turn("vc-a").await;
+        // Another VC is not held up.
+        let other = locks.turn("vc-b").await;
+        let mut second = Box::pin(locks.turn("vc-a"));
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(second.as_mut().poll(&mut cx).is_pending(), "vc-a is taken");
+        drop(first);
+        let Poll::Ready(second) = second.as_mut().poll(&mut cx) else {
+            panic!("vc-a's turn must pass on when the first is dropped");
+        };
+        assert_eq!(locks.len(), 2);
+        drop(second);
+        drop(other);
+        assert!(locks.is_empty(), "idle VCs keep no lock");
     }
 
     #[test]

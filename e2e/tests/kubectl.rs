@@ -1269,6 +1269,35 @@ fn kubectl_create_generators_and_run_make_the_objects_they_describe() {
         "{}",
         stderr(&o)
     );
+    // A node port is one service's: asking for a held one is refused.
+    run(&[
+        "create",
+        "service",
+        "nodeport",
+        "edge",
+        "--tcp=80",
+        "--node-port=30080",
+    ]);
+    assert_eq!(get(&["svc", "edge"])["spec"]["ports"][0]["nodePort"], 30080);
+    let o = k(
+        kc,
+        &[
+            "-n",
+            "shop",
+            "create",
+            "service",
+            "nodeport",
+            "edge2",
+            "--tcp=81",
+            "--node-port=30080",
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("provided port is already allocated"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(
         get(&["job", "once"])["spec"]["template"]["spec"]["containers"][0]["command"],
         serde_json::json!(["echo", "hi"])

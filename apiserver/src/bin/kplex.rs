@@ -175,6 +175,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         url,
         catalog: Default::default(),
         stopping: tokio::sync::watch::channel(false).0,
+        allocations: Default::default(),
     });
     kplex_apiserver::server::serve(listener, boot.tls, ctx, wait_for_shutdown()).await;
     tracing::info!("stopped");
