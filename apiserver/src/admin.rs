@@ -211,15 +211,15 @@ async fn list(ctx: &Context, req: &Request) -> Result<Response, ApiError> {
     for vc in &vcs {
         items.push(present(ctx, vc, false).await?);
     }
-    Ok(ok(json!({
+    let mut list = json!({
         "kind": "VirtualClusterList",
         "apiVersion": format!("{GROUP}/{VERSION}"),
         "metadata": {"resourceVersion": revision.to_string()},
-        "items": items,
-    })))
+    });
+    list["items"] = Value::Array(items);
+    Ok(ok(list))
 }
 
-/// The VC as served: the record plus its status.
 /// The VC as served: the record plus its status.
 async fn present(ctx: &Context, vc: &VirtualCluster, count: bool) -> Result<Value, ApiError> {
     let mut object = with_status(&ctx.url, vc.object.clone());

@@ -378,6 +378,16 @@ fn target<'a>(
     Ok(t)
 }
 
+/// A `<Kind>List`. (The items are moved in: `json!` would copy each one.)
+fn list_of(info: &ResourceInfo, metadata: Value, items: Vec<Value>) -> Value {
+    let mut list = serde_json::Map::new();
+    list.insert("kind".into(), json!(format!("{}List", info.kind)));
+    list.insert("apiVersion".into(), json!(info.api_version()));
+    list.insert("metadata".into(), metadata);
+    list.insert("items".into(), Value::Array(items));
+    Value::Object(list)
+}
+
 fn method_not_allowed(method: &Method) -> ApiError {
     ApiError {
         code: StatusCode::METHOD_NOT_ALLOWED,
@@ -467,12 +477,7 @@ async fn resource(
                     Err(e) => return Err(e),
                 }
             }
-            Ok(ok(json!({
-                "kind": format!("{}List", t.info.kind),
-                "apiVersion": t.info.api_version(),
-                "metadata": {},
-                "items": deleted,
-            })))
+            Ok(ok(list_of(t.info, json!({}), deleted)))
         }
         (&Method::GET, None) => {
             let opts = ListOptions {
@@ -535,12 +540,7 @@ async fn resource(
                 table["metadata"] = metadata;
                 return Ok(ok(table));
             }
-            Ok(ok(json!({
-                "kind": format!("{}List", t.info.kind),
-                "apiVersion": t.info.api_version(),
-                "metadata": metadata,
-                "items": page.items,
-            })))
+            Ok(ok(list_of(t.info, metadata, page.items)))
         }
         (&Method::GET, Some(name)) => {
             let object = store.get(t.info, t.namespace, name).await?;
