@@ -34,6 +34,75 @@ pub struct WriteOptions {
     pub status: bool,
 }
 
+/// Options of a delete (query parameters and the `DeleteOptions` body).
+#[derive(Debug, Clone, Default)]
+pub struct DeleteOptions {
+    /// `dryRun=All`: check, delete nothing.
+    pub dry_run: bool,
+    /// `preconditions.uid`: delete only the object with this UID.
+    pub uid: Option<String>,
+    /// `preconditions.resourceVersion`: delete only this version.
+    pub resource_version: Option<String>,
+}
+
+impl DeleteOptions {
+    /// Reads a `DeleteOptions` body (if any) on top of the query's `dryRun`.
+    pub fn from_body(body: Option<&Value>, dry_run: bool) -> Result<DeleteOptions, ApiError> {
+        let mut opts = DeleteOptions {
+            dry_run,
+            ..Default::default()
+        };
+        let Some(body) = body else {
+            return Ok(opts);
+        };
+        let bad =
+            |field: &str| ApiError::bad_request(format!("DeleteOptions: {field} is malformed"));
+        match &body["dryRun"] {
+            Value::Null => {}
+            Value::Array(modes) if modes.iter().all(|m| m == "All") => {
+                opts.dry_run |= !modes.is_empty()
+            }
+            _ => return Err(bad("dryRun")),
+        }
+        let preconditions = &body["preconditions"];
+        let text = |field: &str| match &preconditions[field] {
+            Value::Null => Ok(None),
+            Value::String(s) => Ok(Some(s.clone())),
+            _ => Err(bad(&format!("preconditions.{field}"))),
+        };
+        opts.uid = text("uid")?;
+        opts.resource_version = text("resourceVersion")?;
+        Ok(opts)
+    }
+
+    /// Refuses (409) when the stored object is not the one the preconditions name.
+    fn check(
+        &self,
+        resource: &str,
+        name: &str,
+        current: &kplex_storage::KeyValue,
+        object: &Value,
+    ) -> Result<(), ApiError> {
+        let failed = |what: &str, wanted: &str, actual: &str| ApiError {
+            code: hyper::StatusCode::CONFLICT,
+            reason: "Conflict",
+            message: format!(
+                "Operation cannot be fulfilled on {resource} \"{name}\": Precondition failed: \
+                 {what} in precondition: {wanted}, {what} in object meta: {actual}"
+            ),
+        };
+        let uid = object["metadata"]["uid"].as_str().unwrap_or_default();
+        if let Some(wanted) = self.uid.as_deref().filter(|w| *w != uid) {
+            return Err(failed("UID", wanted, uid));
+        }
+        let version = current.mod_revision.to_string();
+        if let Some(wanted) = self.resource_version.as_deref().filter(|w| *w != version) {
+            return Err(failed("ResourceVersion", wanted, &version));
+        }
+        Ok(())
+    }
+}
+
 /// Options of a list (and of a watch's initial state).
 #[derive(Debug, Default)]
 pub struct ListOptions {
@@ -632,13 +701,16 @@ impl GenericStore {
         info: &ResourceInfo,
         ns: Namespace<'_>,
         name: &str,
-        dry_run: bool,
+        opts: &DeleteOptions,
     ) -> Result<Value, ApiError> {
         validate_name(info, name).map_err(|_| Self::not_found(info, name))?;
         let key = self.key(info, ns, name)?;
         let current = self.current(info, &key, name).await?;
         let object = object_of(&current)?;
-        if dry_run || object["metadata"]["deletionTimestamp"].is_string() {
+        // What follows writes at `current`'s revision: a precondition
+        // checked here holds for the write, or the write is a 409.
+        opts.check(&info.qualified(), name, &current, &object)?;
+        if opts.dry_run || object["metadata"]["deletionTimestamp"].is_string() {
             return Ok(object);
         }
         if is_namespace(info) {
@@ -1013,4 +1085,29 @@ fn random_suffix() -> String {
     (0..5)
         .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delete_options_come_from_the_query_and_the_body() {
+        let none = DeleteOptions::from_body(None, true).unwrap();
+        assert!(none.dry_run && none.uid.is_none() && none.resource_version.is_none());
+        let body = json!({"kind": "DeleteOptions", "dryRun": ["All"],
+            "preconditions": {"uid": "u-1", "resourceVersion": "7"}});
+        let opts = DeleteOptions::from_body(Some(&body), false).unwrap();
+        assert!(opts.dry_run);
+        assert_eq!(opts.uid.as_deref(), Some("u-1"));
+        assert_eq!(opts.resource_version.as_deref(), Some("7"));
+        for bad in [
+            json!({"dryRun": "All"}),
+            json!({"dryRun": ["Everything"]}),
+            json!({"preconditions": {"uid": 7}}),
+        ] {
+            let err = DeleteOptions::from_body(Some(&bad), false).unwrap_err();
+            assert_eq!(err.code, hyper::StatusCode::BAD_REQUEST, "{bad}");
+        }
+    }
 }

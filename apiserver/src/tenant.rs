@@ -10,7 +10,8 @@ use serde_json::{json, Value};
 
 use crate::catalog::{Catalog, ResourceInfo};
 use crate::generic::{
-    decode_watched, FieldValidation, GenericStore, ListOptions, Namespace, WriteOptions,
+    decode_watched, DeleteOptions, FieldValidation, GenericStore, ListOptions, Namespace,
+    WriteOptions,
 };
 use crate::handler::Request;
 use crate::selectors::{FieldSelector, LabelSelector};
@@ -457,9 +458,19 @@ async fn resource(
             crate::selectors::extra_field_labels(t.info.group, t.info.plural),
         )
     };
+    // A DELETE may carry `DeleteOptions` (dryRun, preconditions).
+    let delete_options = || {
+        let body = if req.body.is_empty() {
+            None
+        } else {
+            Some(req.json_body()?)
+        };
+        DeleteOptions::from_body(body.as_ref(), dry_run)
+    };
     match (&req.method, t.name) {
         (&Method::DELETE, None) => {
             // deletecollection: every object the selectors match.
+            let delete = delete_options()?;
             let opts = ListOptions {
                 labels: labels()?,
                 fields: fields()?,
@@ -470,7 +481,7 @@ async fn resource(
             for item in &page.items {
                 let name = item["metadata"]["name"].as_str().unwrap_or_default();
                 let ns = item["metadata"]["namespace"].as_str();
-                match store.delete(t.info, ns, name, dry_run).await {
+                match store.delete(t.info, ns, name, &delete).await {
                     Ok(object) => deleted.push(object),
                     // Gone meanwhile: nothing left to delete.
                     Err(e) if e.code == StatusCode::NOT_FOUND => {}
@@ -576,7 +587,9 @@ async fn resource(
             Ok(ok(object))
         }
         (&Method::DELETE, Some(name)) => {
-            let object = store.delete(t.info, t.namespace, name, dry_run).await?;
+            let object = store
+                .delete(t.info, t.namespace, name, &delete_options()?)
+                .await?;
             Ok(ok(json!({
                 "kind": "Status",
                 "apiVersion": "v1",

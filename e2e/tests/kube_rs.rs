@@ -1,4 +1,4 @@
-//! A kube-rs client against a VC: list, watch, create, patch.
+//! A kube-rs client against a VC: list, watch, create, patch, delete.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -6,7 +6,9 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kplex_e2e::{create_vc, tenant_kubeconfig, Kplex};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
 
 fn configmap(name: &str, value: &str) -> ConfigMap {
     ConfigMap {
@@ -140,6 +142,58 @@ async fn kube_rs_lists_watches_creates_and_patches_in_a_vc() {
         Err(kube::Error::Api(status)) => assert_eq!(status.code, 404),
         other => panic!("expected a 404 Status, got {other:?}"),
     }
+    // Deletes honour DeleteOptions: preconditions that name another UID
+    // or version are a 409 and delete nothing; dryRun deletes nothing.
+    let two = cms.get("two").await.unwrap();
+    let (uid, version) = (
+        two.metadata.uid.unwrap(),
+        two.metadata.resource_version.unwrap(),
+    );
+    for preconditions in [
+        kube::api::Preconditions {
+            uid: Some("not-its-uid".into()),
+            resource_version: None,
+        },
+        kube::api::Preconditions {
+            uid: None,
+            resource_version: Some("1".into()),
+        },
+    ] {
+        let params = DeleteParams {
+            preconditions: Some(preconditions),
+            ..Default::default()
+        };
+        match cms.delete("two", &params).await {
+            Err(kube::Error::Api(status)) => {
+                assert_eq!(status.code, 409);
+                assert!(
+                    status.message.contains("Precondition failed"),
+                    "{}",
+                    status.message
+                );
+            }
+            other => panic!("expected 409, got {other:?}"),
+        }
+    }
+    cms.delete("two", &DeleteParams::default().dry_run())
+        .await
+        .unwrap();
+    assert!(cms.get_opt("two").await.unwrap().is_some());
+    let exact = kube::api::Preconditions {
+        uid: Some(uid),
+        resource_version: Some(version),
+    };
+    cms.delete(
+        "two",
+        &DeleteParams {
+            preconditions: Some(exact),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(cms.get_opt("two").await.unwrap().is_none());
+
     // The same client cannot reach VC team-b.
     let mut elsewhere = kube::Config::from_custom_kubeconfig(
         kube::config::Kubeconfig::read_from(&path).unwrap(),
