@@ -173,6 +173,10 @@ where
         req.uri().path(),
         req.uri().query().unwrap_or(""),
     );
+    let resource = crate::metrics::bounded_resource(resource, |plural| {
+        plural == crate::virtualclusters::PLURAL
+            || ctx.catalog.all().iter().any(|r| r.plural == plural)
+    });
     let response = crate::warnings::collect(async {
         match route(ctx, caller, req).await {
             Ok(response) => response,

@@ -98,6 +98,7 @@ impl Metrics {
         out.push_str("# HELP kplex_apiserver_requests_total Requests served, by verb, resource and HTTP code.\n");
         out.push_str("# TYPE kplex_apiserver_requests_total counter\n");
         for ((verb, resource, code), n) in &inner.requests {
+            let (verb, resource) = (escape(verb), escape(resource));
             let _ = writeln!(
                 out,
                 "kplex_apiserver_requests_total{{verb=\"{verb}\",resource=\"{resource}\",code=\"{code}\"}} {n}"
@@ -106,6 +107,7 @@ impl Metrics {
         out.push_str("# HELP kplex_apiserver_request_duration_seconds Request latency, by verb and resource.\n");
         out.push_str("# TYPE kplex_apiserver_request_duration_seconds histogram\n");
         for ((verb, resource), h) in &inner.latency {
+            let (verb, resource) = (escape(verb), escape(resource));
             h.render(
                 &mut out,
                 "kplex_apiserver_request_duration_seconds",
@@ -126,6 +128,34 @@ impl Metrics {
         let _ = writeln!(out, "kplex_virtual_clusters {virtual_clusters}");
         out
     }
+}
+
+/// The label for a verb or resource outside the known set: request paths
+/// and methods are the caller's, and must neither multiply series nor reach
+/// the exposition as text.
+pub const OTHER: &str = "other";
+
+/// `resource` as a label: a known resource (optionally with a known
+/// subresource) keeps its name, anything else is [`OTHER`].
+pub fn bounded_resource(resource: String, known: impl Fn(&str) -> bool) -> String {
+    let (plural, sub) = match resource.split_once('/') {
+        Some((plural, sub)) => (plural, Some(sub)),
+        None => (resource.as_str(), None),
+    };
+    let sub_ok = sub.is_none_or(|s| matches!(s, "status" | "scale" | "kubeconfig"));
+    if resource.is_empty() || (known(plural) && sub_ok) {
+        resource
+    } else {
+        OTHER.to_owned()
+    }
+}
+
+/// A label value as the exposition format needs it.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// The verb and resource of a request, as the Kubernetes audit and metrics
@@ -150,7 +180,10 @@ pub fn classify(method: &hyper::Method, path: &str, query: &str) -> (String, Str
         .split('&')
         .any(|kv| kv == "watch=1" || kv == "watch=true");
     let verb = match (method.as_str(), named, resource.is_empty()) {
-        (_, _, true) => method.as_str().to_lowercase(),
+        (m @ ("GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS"), _, true) => {
+            m.to_lowercase()
+        }
+        (_, _, true) => OTHER.into(),
         ("GET", false, _) if watch => "watch".into(),
         ("GET", false, _) => "list".into(),
         ("GET", true, _) => "get".into(),
@@ -159,7 +192,7 @@ pub fn classify(method: &hyper::Method, path: &str, query: &str) -> (String, Str
         ("PATCH", _, _) => "patch".into(),
         ("DELETE", false, _) => "deletecollection".into(),
         ("DELETE", true, _) => "delete".into(),
-        (other, _, _) => other.to_lowercase(),
+        _ => OTHER.into(),
     };
     let resource = match rest.get(2) {
         Some(sub) if named => format!("{resource}/{sub}"),
@@ -284,6 +317,31 @@ mod tests {
                 "{path}"
             );
         }
+    }
+
+    #[test]
+    fn callers_cannot_add_series_or_text_to_the_exposition() {
+        let known = |r: &str| r == "pods";
+        let label = |path: &str| bounded_resource(classify(&Method::GET, path, "").1, known);
+        assert_eq!(label("/clusters/a/api/v1/namespaces/n/pods"), "pods");
+        assert_eq!(
+            label("/clusters/a/api/v1/namespaces/n/pods/p/status"),
+            "pods/status"
+        );
+        assert_eq!(label("/clusters/a/api/v1/namespaces/n/pods/p/exec"), OTHER);
+        assert_eq!(label("/clusters/a/api/v1/card12345"), OTHER);
+        assert_eq!(label("/clusters/a/api/v1/inj\"},x{y=\"a"), OTHER);
+        let odd = Method::from_bytes(b"FOO").unwrap();
+        assert_eq!(classify(&odd, "/clusters/a/api/v1/pods", "").0, OTHER);
+        assert_eq!(classify(&odd, "/readyz", "").0, OTHER);
+        // Whatever reaches a label is escaped.
+        let m = Metrics::default();
+        m.observe_request("get", "a\"b", 200, Duration::from_millis(1));
+        assert!(
+            m.render(0).contains("resource=\"a\\\"b\""),
+            "{}",
+            m.render(0)
+        );
     }
 
     #[test]

@@ -18,6 +18,8 @@ use crate::status::ApiError;
 
 /// The admin API group and version.
 pub const GROUP: &str = "tenancy.kplex.dev";
+/// The admin API's resource.
+pub const PLURAL: &str = "virtualclusters";
 /// The served version.
 pub const VERSION: &str = "v1alpha1";
 /// The kind.
