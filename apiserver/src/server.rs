@@ -2,11 +2,12 @@
 //! graceful shutdown (in-flight requests finish; new connections stop).
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use kplex_certs::Identity;
@@ -18,6 +19,15 @@ use crate::handler::{handle, Context};
 
 /// A TLS handshake that takes longer than this is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection that has sent no request this long after its handshake is
+/// closed (an HTTP/2 client that never sends its preface, a slow header).
+const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest an HTTP/1.1 request's headers may take to arrive (as
+/// kube-apiserver's 32 s read-header timeout).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause after a failed accept (out of file descriptors, say): retrying at
+/// once would spin and flood the log.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// How long shutdown waits for in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -31,13 +41,20 @@ pub async fn serve(
     let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
+    let mut last_accept_warning: Option<Instant> = None;
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    continue;
+                    if last_accept_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        tracing::warn!(error = %e, "accept failed (reported at most once a second)");
+                        last_accept_warning = Some(Instant::now());
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                        _ = &mut shutdown => break,
+                    }
                 }
             },
             _ = &mut shutdown => break,
@@ -64,16 +81,37 @@ pub async fn serve(
                 .and_then(|certs| certs.first())
                 .and_then(|leaf| kplex_certs::identity_from_der(leaf).ok())
                 .map(Arc::new);
+            let served = Arc::new(AtomicBool::new(false));
+            let first = served.clone();
             let service = service_fn(move |req| {
+                first.store(true, Ordering::Relaxed);
                 let ctx = ctx.clone();
                 let caller = caller.clone();
                 async move {
                     Ok::<_, std::convert::Infallible>(handle(&ctx, caller.as_deref(), req).await)
                 }
             });
-            let builder = auto::Builder::new(TokioExecutor::new());
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-            match watcher.watch(conn.into_owned()).await {
+            let conn = watcher.watch(conn.into_owned());
+            tokio::pin!(conn);
+            let ended = tokio::select! {
+                ended = &mut conn => Some(ended),
+                _ = tokio::time::sleep(FIRST_REQUEST_TIMEOUT) => None,
+            };
+            let ended = match ended {
+                Some(ended) => ended,
+                None if !served.load(Ordering::Relaxed) => {
+                    tracing::debug!(%peer, "no request in {FIRST_REQUEST_TIMEOUT:?}; closing");
+                    return;
+                }
+                None => conn.await,
+            };
+            match ended {
                 Ok(()) => tracing::debug!(%peer, "connection closed"),
                 Err(e) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
             }

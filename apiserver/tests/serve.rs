@@ -137,3 +137,50 @@ fn a_certificate_from_another_ca_is_refused() {
     ]);
     assert!(ok.status.success(), "{}", stderr(&ok));
 }
+
+/// A TLS connection to kplex with the admin credential.
+async fn tls_connection(kplex: &Kplex) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let text = std::fs::read_to_string(kplex.kubeconfig()).unwrap();
+    let target = kplex_apiserver::cli::parse_kubeconfig(&text).unwrap();
+    let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from(target.host.clone()).unwrap();
+    tokio_rustls::TlsConnector::from(target.tls.clone())
+        .connect(name, tcp)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn connections_that_send_no_whole_request_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let kplex = Kplex::start(&dir.path().join("data"));
+    // One connection says nothing after its handshake (an HTTP/2 client
+    // that never sends its preface); one sends half a request line.
+    let mut silent = tls_connection(&kplex).await;
+    let mut slow = tls_connection(&kplex).await;
+    slow.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    for conn in [&mut silent, &mut slow] {
+        let mut buf = [0u8; 64];
+        // The server's limit is 10 s; a connection still open at 30 s is a bug.
+        let read = tokio::time::timeout(Duration::from_secs(30), conn.read(&mut buf)).await;
+        match read {
+            Ok(Ok(0)) | Ok(Err(_)) => {}
+            Ok(Ok(n)) => panic!("expected the connection closed, got {n} bytes"),
+            Err(_) => panic!("the connection is still open after 30 s"),
+        }
+    }
+    // A connection that does send its request is served.
+    let mut prompt = tls_connection(&kplex).await;
+    prompt
+        .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    prompt.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+}

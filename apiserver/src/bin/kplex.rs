@@ -134,7 +134,34 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+/// Raises the soft open-file limit to the hard one (as Go's runtime does for
+/// kube-apiserver): every client connection and watch holds a descriptor.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the one struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            let wanted = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
+                tracing::debug!(
+                    from = limit.rlim_cur,
+                    to = limit.rlim_max,
+                    "raised the open-file limit"
+                );
+            }
+        }
+    }
+}
+
 async fn serve(args: ServeArgs) -> Result<(), String> {
+    raise_open_file_limit();
     let store = args
         .storage
         .open()
