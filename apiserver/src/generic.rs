@@ -710,6 +710,11 @@ impl GenericStore {
         // What follows writes at `current`'s revision: a precondition
         // checked here holds for the write, or the write is a 409.
         opts.check(&info.qualified(), name, &current, &object)?;
+        if is_namespace(info) && IMMORTAL_NAMESPACES.contains(&name) {
+            return Err(ApiError::forbidden(format!(
+                "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
+            )));
+        }
         if opts.dry_run || object["metadata"]["deletionTimestamp"].is_string() {
             return Ok(object);
         }
@@ -1058,6 +1063,9 @@ pub fn check_type(info: &ResourceInfo, object: &mut Value) -> Result<(), ApiErro
     }
     Ok(())
 }
+
+/// Namespaces kube-apiserver refuses to delete (NamespaceLifecycle).
+const IMMORTAL_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"];
 
 fn is_namespace(info: &ResourceInfo) -> bool {
     info.group.is_empty() && info.plural == "namespaces"

@@ -296,7 +296,23 @@ fn kubectl_manages_objects_inside_a_virtual_cluster() {
     // Delete, and a namespace takes its contents with it.
     ok(kc, &["-n", "demo", "delete", "cm", "db"]);
     fails_with(kc, &["-n", "demo", "get", "cm", "db"], "NotFound");
+    // A server-side dry run (DeleteOptions in the body) deletes nothing.
+    ok(kc, &["-n", "demo", "delete", "configmap", "web", "--dry-run=server"]);
+    ok(kc, &["-n", "demo", "get", "configmap", "web"]);
     ok(kc, &["delete", "namespace", "demo"]);
+    // The namespaces every cluster has may not be deleted, not even in a dry run.
+    for ns in ["default", "kube-system", "kube-public"] {
+        fails_with(
+            kc,
+            &["delete", "namespace", ns],
+            "this namespace may not be deleted",
+        );
+    }
+    fails_with(
+        kc,
+        &["delete", "namespace", "default", "--dry-run=server"],
+        "this namespace may not be deleted",
+    );
     assert_eq!(ok(kc, &["get", "cm,deploy", "-A", "-o", "name"]).trim(), "");
     // Aggregated discovery: a fresh cache fills from /api and /apis alone.
     let cache = s.path.join("discovery-cache");
