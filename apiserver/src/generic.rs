@@ -665,6 +665,11 @@ impl GenericStore {
         } else if let Some(meta) = object["metadata"].as_object_mut() {
             meta.remove("generation");
         }
+        if same_object(&object, &old) {
+            // Nothing changed: no write, no new revision, no MODIFIED event
+            // (controllers that write back what they read must not loop).
+            return Ok(old);
+        }
         if dry_run {
             return Ok(object);
         }
@@ -1064,6 +1069,30 @@ pub fn check_type(info: &ResourceInfo, object: &mut Value) -> Result<(), ApiErro
     Ok(())
 }
 
+/// Whether two versions of an object are the same but for `resourceVersion`.
+fn same_object(a: &Value, b: &Value) -> bool {
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+        return a == b;
+    };
+    let meta = |m: &Map<String, Value>| {
+        m.get("metadata")
+            .and_then(Value::as_object)
+            .map(|meta| meta.iter().filter(|(k, _)| *k != "resourceVersion").count())
+    };
+    a.len() == b.len()
+        && meta(a) == meta(b)
+        && a.iter().all(|(k, v)| match (k.as_str(), b.get(k)) {
+            ("metadata", Some(other)) => v
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(f, _)| *f != "resourceVersion")
+                .all(|(f, x)| other.get(f) == Some(x)),
+            (_, Some(other)) => v == other,
+            (_, None) => false,
+        })
+}
+
 /// Namespaces kube-apiserver refuses to delete (NamespaceLifecycle).
 const IMMORTAL_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"];
 
@@ -1098,6 +1127,23 @@ fn random_suffix() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn objects_differing_only_in_resource_version_are_the_same() {
+        let a = json!({"kind": "ConfigMap", "metadata": {"name": "x", "resourceVersion": "5"}, "data": {"k": "v"}});
+        let b = json!({"data": {"k": "v"}, "metadata": {"resourceVersion": "9", "name": "x"}, "kind": "ConfigMap"});
+        let no_rv = json!({"kind": "ConfigMap", "metadata": {"name": "x"}, "data": {"k": "v"}});
+        assert!(same_object(&a, &b) && same_object(&a, &no_rv) && same_object(&no_rv, &a));
+        let changed = json!({"kind": "ConfigMap", "metadata": {"name": "x"}, "data": {"k": "w"}});
+        let labelled = json!({"kind": "ConfigMap", "metadata": {"name": "x", "labels": {}}, "data": {"k": "v"}});
+        let extra = json!({"kind": "ConfigMap", "metadata": {"name": "x"}, "data": {"k": "v"}, "immutable": true});
+        for other in [changed, labelled, extra] {
+            assert!(
+                !same_object(&a, &other) && !same_object(&other, &a),
+                "{other}"
+            );
+        }
+    }
 
     #[test]
     fn delete_options_come_from_the_query_and_the_body() {

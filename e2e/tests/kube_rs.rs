@@ -94,6 +94,19 @@ async fn kube_rs_lists_watches_creates_and_patches_in_a_vc() {
             .map(String::as_str),
         Some("a")
     );
+    // A patch that changes nothing writes nothing: same resourceVersion.
+    let unchanged = cms
+        .patch(
+            "one",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        unchanged.metadata.resource_version,
+        labelled.metadata.resource_version
+    );
     let selected = cms
         .list(&ListParams::default().labels("team=a"))
         .await

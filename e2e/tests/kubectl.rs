@@ -297,7 +297,17 @@ fn kubectl_manages_objects_inside_a_virtual_cluster() {
     ok(kc, &["-n", "demo", "delete", "cm", "db"]);
     fails_with(kc, &["-n", "demo", "get", "cm", "db"], "NotFound");
     // A server-side dry run (DeleteOptions in the body) deletes nothing.
-    ok(kc, &["-n", "demo", "delete", "configmap", "web", "--dry-run=server"]);
+    ok(
+        kc,
+        &[
+            "-n",
+            "demo",
+            "delete",
+            "configmap",
+            "web",
+            "--dry-run=server",
+        ],
+    );
     ok(kc, &["-n", "demo", "get", "configmap", "web"]);
     ok(kc, &["delete", "namespace", "demo"]);
     // The namespaces every cluster has may not be deleted, not even in a dry run.
