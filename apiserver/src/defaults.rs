@@ -10,10 +10,32 @@ use serde_json::{json, Value};
 
 use crate::catalog::ResourceInfo;
 
+/// A Secret's `stringData` is write-only: its entries go into `data`
+/// (base64, replacing entries of the same key) and it is never stored.
+fn merge_string_data(secret: &mut Value) {
+    use base64::Engine;
+    let Some(map) = secret.as_object_mut() else {
+        return;
+    };
+    let Some(Value::Object(plain)) = map.remove("stringData") else {
+        return;
+    };
+    let data = map.entry("data").or_insert_with(|| json!({}));
+    if !data.is_object() {
+        *data = json!({});
+    }
+    for (key, value) in plain {
+        if let Some(text) = value.as_str() {
+            data[key] = json!(base64::engine::general_purpose::STANDARD.encode(text));
+        }
+    }
+}
+
 /// Fills in the kind's defaults.
 pub fn apply(info: &ResourceInfo, object: &mut Value) {
     if (info.group, info.kind) == ("", "Secret") {
         set(object, "type", json!("Opaque"));
+        merge_string_data(object);
         return;
     }
     let Some(spec) = object.get_mut("spec").filter(|s| s.is_object()) else {

@@ -665,6 +665,9 @@ impl GenericStore {
         } else if let Some(meta) = object["metadata"].as_object_mut() {
             meta.remove("generation");
         }
+        if matches!((info.group, info.kind), ("", "ConfigMap" | "Secret")) {
+            immutable_contents(info, name, &old, &object)?;
+        }
         if same_object(&object, &old) {
             // Nothing changed: no write, no new revision, no MODIFIED event
             // (controllers that write back what they read must not loop).
@@ -1065,6 +1068,42 @@ pub fn check_type(info: &ResourceInfo, object: &mut Value) -> Result<(), ApiErro
         }
         Some(Value::Object(_)) => {}
         Some(_) => return Err(ApiError::bad_request("metadata must be an object")),
+    }
+    Ok(())
+}
+
+/// A ConfigMap or Secret marked `immutable: true` keeps its data, and stays
+/// immutable (it can still be relabelled, or deleted); a Secret keeps its type.
+fn immutable_contents(
+    info: &ResourceInfo,
+    name: &str,
+    old: &Value,
+    new: &Value,
+) -> Result<(), ApiError> {
+    if info.kind == "Secret" && old.get("type") != new.get("type") {
+        return Err(ApiError {
+            code: hyper::StatusCode::UNPROCESSABLE_ENTITY,
+            reason: "Invalid",
+            message: format!(
+                "Secret \"{name}\" is invalid: type: Invalid value: {}: field is immutable",
+                new["type"]
+            ),
+        });
+    }
+    if old["immutable"] != true {
+        return Ok(());
+    }
+    for field in ["immutable", "data", "binaryData"] {
+        if old.get(field) != new.get(field) {
+            return Err(ApiError {
+                code: hyper::StatusCode::UNPROCESSABLE_ENTITY,
+                reason: "Invalid",
+                message: format!(
+                    "{} \"{name}\" is invalid: {field}: Forbidden: field is immutable when `immutable` is set",
+                    info.kind
+                ),
+            });
+        }
     }
     Ok(())
 }

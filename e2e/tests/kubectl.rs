@@ -1096,6 +1096,63 @@ fn auth_whoami_and_can_i_answer_for_the_callers_own_credential() {
 }
 
 #[test]
+fn secret_string_data_and_immutable_configmaps_behave_like_a_real_cluster() {
+    let (s, configs) = setup(&["team-a"]);
+    let kc = &configs[0];
+    let manifest = write(
+        &s.path,
+        "secret.yaml",
+        "apiVersion: v1
+kind: Secret
+metadata: {name: creds}
+stringData: {password: s3cret}
+data: {user: YWxpY2U=}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: frozen}
+immutable: true
+data: {k: v}
+",
+    );
+    ok(kc, &["apply", "-f", &manifest]);
+    // stringData is write-only: merged into data as base64, never stored.
+    let secret: serde_json::Value =
+        serde_json::from_str(&ok(kc, &["get", "secret", "creds", "-o", "json"])).unwrap();
+    assert_eq!(secret["data"]["password"], "czNjcmV0");
+    assert_eq!(secret["data"]["user"], "YWxpY2U=");
+    assert!(secret.get("stringData").is_none(), "{secret}");
+    fails_with(
+        kc,
+        &[
+            "patch",
+            "secret",
+            "creds",
+            "--type=merge",
+            "-p",
+            r#"{"type":"kubernetes.io/tls"}"#,
+        ],
+        "field is immutable",
+    );
+    // An immutable ConfigMap keeps its data; its labels may change.
+    for patch in [r#"{"data":{"k":"changed"}}"#, r#"{"immutable":false}"#] {
+        fails_with(
+            kc,
+            &["patch", "configmap", "frozen", "--type=merge", "-p", patch],
+            "field is immutable when `immutable` is set",
+        );
+    }
+    ok(kc, &["label", "configmap", "frozen", "tier=gold"]);
+    assert_eq!(
+        ok(
+            kc,
+            &["get", "configmap", "frozen", "-o", "jsonpath={.data.k}"]
+        ),
+        "v"
+    );
+}
+
+#[test]
 fn deletecollection_and_per_kind_field_selectors() {
     let (s, configs) = setup(&["team-a"]);
     let kc = &configs[0];
