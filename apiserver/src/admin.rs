@@ -279,7 +279,11 @@ async fn watch(ctx: &Context, req: &Request) -> Result<Response, ApiError> {
     let params = req.params();
     let q = |k: &str| params.get(k);
     let (initial, from) = match q("resourceVersion").filter(|v| !v.is_empty() && *v != "0") {
-        Some(rv) => (Vec::new(), crate::handler::parse_resource_version(rv)?),
+        Some(rv) => {
+            let from = crate::handler::parse_resource_version(rv)?;
+            crate::tenant::wait_for_revision(&ctx.store, from).await?;
+            (Vec::new(), from)
+        }
         None => {
             let (vcs, revision) = ctx.registry.list().await?;
             let objects = vcs

@@ -687,6 +687,9 @@ async fn watch(
             page.revision
         }
     };
+    if start.is_some() {
+        wait_for_revision(store.store(), from).await?;
+    }
     let prefix = store.watch_prefix(info, ns)?;
     let events = match store.store().watch(&prefix, from).await {
         Ok(w) => Some(w),
@@ -714,6 +717,31 @@ async fn watch(
             stopping,
         },
     ))
+}
+
+/// How long a watch from a revision the server has not reached yet waits
+/// for it (kube-apiserver's watch cache waits 3 s, then answers 504).
+const FUTURE_REVISION_WAIT: Duration = Duration::from_secs(3);
+
+/// Returns once the watch cache has reached `revision`, or 504 if it does not
+/// within [`FUTURE_REVISION_WAIT`].
+pub async fn wait_for_revision(
+    cache: &crate::watchcache::WatchCache,
+    revision: kplex_storage::Revision,
+) -> Result<(), ApiError> {
+    let current = cache.current_revision().await.map_err(from_store)?;
+    if revision <= current
+        || tokio::time::timeout(FUTURE_REVISION_WAIT, cache.caught_up(revision))
+            .await
+            .is_ok()
+    {
+        return Ok(());
+    }
+    Err(ApiError {
+        code: StatusCode::GATEWAY_TIMEOUT,
+        reason: "Timeout",
+        message: format!("Too large resource version: {revision}, current: {current}"),
+    })
 }
 
 /// The event as a client sees it, or `None` if the selectors exclude it.

@@ -18,6 +18,9 @@ use crate::status::Body;
 
 /// Least time between two bookmarks on one watch.
 const BOOKMARK_INTERVAL: Duration = Duration::from_secs(10);
+/// Serialized events buffered per watch ahead of the client.
+const LINES_IN_FLIGHT: usize = 8;
+
 /// Longest watch when the client sets no `timeoutSeconds` (kube picks 30–60 min).
 const MAX_WATCH: Duration = Duration::from_secs(1800);
 
@@ -79,7 +82,11 @@ where
     C: Fn(&Event) -> Option<(&'static str, Value)> + Send + 'static,
     R: Fn(Value) -> Value + Send + 'static,
 {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    // Serialized lines waiting for the client: few, since each is a copy
+    // of an object for this watcher alone (a client that stops reading
+    // holds at most these; the watch cache drops it once its own queue of
+    // shared events fills).
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(LINES_IN_FLIGHT);
     let deadline = tokio::time::Instant::now() + s.timeout.unwrap_or(MAX_WATCH).min(MAX_WATCH);
     tokio::spawn(async move {
         for object in std::mem::take(&mut s.initial) {

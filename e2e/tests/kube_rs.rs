@@ -207,6 +207,30 @@ async fn kube_rs_lists_watches_creates_and_patches_in_a_vc() {
     .unwrap();
     assert!(cms.get_opt("two").await.unwrap().is_none());
 
+    // A watch from a revision the server has not reached is refused after a
+    // short wait (504, as kube-apiserver's watch cache), not left hanging.
+    // (kube-rs retries 504s by default: ask once.)
+    let mut once = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&path).unwrap(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    once.default_retry = false;
+    let once: Api<ConfigMap> = Api::namespaced(kube::Client::try_from(once).unwrap(), "default");
+    match once.watch(&WatchParams::default(), "99999999").await {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 504);
+            assert!(
+                status.message.contains("Too large resource version"),
+                "{}",
+                status.message
+            );
+        }
+        Err(other) => panic!("expected a 504 Status, got {other:?}"),
+        Ok(_) => panic!("expected a 504 Status, got a watch"),
+    }
+
     // The same client cannot reach VC team-b.
     let mut elsewhere = kube::Config::from_custom_kubeconfig(
         kube::config::Kubeconfig::read_from(&path).unwrap(),
