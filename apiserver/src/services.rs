@@ -106,8 +106,14 @@ impl Taken {
     }
 }
 
+/// 422 naming the field and what is wrong with it (`detail` carries the
+/// value, as kube-apiserver's field errors do).
 fn invalid(name: &str, field: &str, detail: &str) -> ApiError {
-    ApiError::invalid("Service", name, field, detail)
+    ApiError {
+        code: hyper::StatusCode::UNPROCESSABLE_ENTITY,
+        reason: "Invalid",
+        message: format!("Service \"{name}\" is invalid: {field}: {detail}"),
+    }
 }
 
 /// Defaults and allocations of a new Service.
@@ -146,6 +152,25 @@ pub fn on_update(service: &mut Value, old: &Value, taken: &Taken) -> Result<(), 
             "spec.clusterIPs[0]",
             &format!("Invalid value: {new_ip:?}: may not change once set"),
         ));
+    }
+    let with_node_ports = |s: &Value| {
+        matches!(
+            s["spec"]["type"].as_str(),
+            Some("NodePort" | "LoadBalancer")
+        )
+    };
+    if with_node_ports(old) && !with_node_ports(service) {
+        // A service that stops being a NodePort gives its ports back.
+        for port in service["spec"]["ports"]
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+        {
+            if let Some(port) = port.as_object_mut() {
+                port.remove("nodePort");
+            }
+        }
+        return allocate(service, &name, taken);
     }
     // Node ports the client left out keep the port's old one.
     let old_ports = old["spec"]["ports"].as_array().cloned().unwrap_or_default();
@@ -216,7 +241,8 @@ fn allocate(service: &mut Value, name: &str, taken: &Taken) -> Result<(), ApiErr
             )
         })?;
         let n = u32::from(parsed);
-        if !(NETWORK..NETWORK + NETWORK_SIZE).contains(&n) {
+        // The network and broadcast addresses are not the range's to give.
+        if !(NETWORK + 1..NETWORK + NETWORK_SIZE - 1).contains(&n) {
             return Err(invalid(
                 name,
                 "spec.clusterIPs",
@@ -242,8 +268,28 @@ fn allocate(service: &mut Value, name: &str, taken: &Taken) -> Result<(), ApiErr
     if spec["ipFamilyPolicy"].is_null() {
         spec["ipFamilyPolicy"] = json!("SingleStack");
     }
-    if !matches!(spec["type"].as_str(), Some("NodePort" | "LoadBalancer")) {
+    let service_type = spec["type"].as_str().unwrap_or_default().to_owned();
+    if !matches!(service_type.as_str(), "NodePort" | "LoadBalancer") {
+        let ports = spec["ports"].as_array().into_iter().flatten();
+        for (i, port) in ports.enumerate() {
+            if port["nodePort"].as_i64().unwrap_or(0) != 0 {
+                return Err(invalid(
+                    name,
+                    &format!("spec.ports[{i}].nodePort"),
+                    &format!("Forbidden: may not be used when `type` is '{service_type}'"),
+                ));
+            }
+        }
         return Ok(());
+    }
+    if spec["clusterIP"] == "None" {
+        return Err(invalid(
+            name,
+            "spec.clusterIPs[0]",
+            &format!(
+                "Invalid value: \"None\": may not be set to 'None' for {service_type} services"
+            ),
+        ));
     }
     let mut used: HashSet<i64> = HashSet::new();
     for (i, port) in spec["ports"]
@@ -309,6 +355,41 @@ mod tests {
 
     fn service(spec: Value) -> Value {
         json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"}, "spec": spec})
+    }
+
+    #[test]
+    fn node_ports_belong_to_node_port_services_only() {
+        let taken = Taken::default();
+        let mut cluster_ip = service(json!({"ports": [{"port": 80, "nodePort": 30001}]}));
+        let err = on_create(&mut cluster_ip, &taken).unwrap_err();
+        assert_eq!(
+            err.message,
+            "Service \"web\" is invalid: spec.ports[0].nodePort: Forbidden: may not be used when `type` is 'ClusterIP'"
+        );
+        let mut headless =
+            service(json!({"type": "NodePort", "clusterIP": "None", "ports": [{"port": 80}]}));
+        assert!(on_create(&mut headless, &taken)
+            .unwrap_err()
+            .message
+            .contains("may not be set to 'None'"));
+        for edge in ["10.96.0.0", "10.111.255.255"] {
+            let mut s = service(json!({"clusterIP": edge, "ports": [{"port": 80}]}));
+            assert!(on_create(&mut s, &taken)
+                .unwrap_err()
+                .message
+                .contains("not in the valid range"));
+        }
+        // NodePort → ClusterIP: the node ports go.
+        let mut node_port = service(json!({"type": "NodePort", "ports": [{"port": 80}]}));
+        on_create(&mut node_port, &taken).unwrap();
+        let mut patched = node_port.clone();
+        patched["spec"]["type"] = json!("ClusterIP");
+        on_update(&mut patched, &node_port, &taken).unwrap();
+        assert!(
+            patched["spec"]["ports"][0].get("nodePort").is_none(),
+            "{patched}"
+        );
+        assert_eq!(patched["spec"]["clusterIP"], node_port["spec"]["clusterIP"]);
     }
 
     #[test]
