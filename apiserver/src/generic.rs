@@ -1027,6 +1027,9 @@ pub fn validate(
     }
     *object = decoded;
     validate_metadata(info, object)?;
+    if info.group == "apps" {
+        validate_workload(info, object)?;
+    }
     crate::defaults::apply(info, object);
     Ok(())
 }
@@ -1076,6 +1079,80 @@ fn qualified_name_error(key: &str) -> Option<String> {
         ),
         _ => None,
     }
+}
+
+/// Whether a `LabelSelector` object selects these labels.
+fn selector_matches(selector: &Value, labels: &Value) -> bool {
+    let label = |k: &str| labels.get(k).and_then(Value::as_str);
+    let by_labels = selector["matchLabels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .all(|(k, v)| label(k) == v.as_str());
+    let by_expressions = selector["matchExpressions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .all(|e| {
+            let key = e["key"].as_str().unwrap_or_default();
+            let values: Vec<&str> = e["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            match e["operator"].as_str() {
+                Some("In") => label(key).is_some_and(|v| values.contains(&v)),
+                Some("NotIn") => label(key).is_none_or(|v| !values.contains(&v)),
+                Some("Exists") => label(key).is_some(),
+                Some("DoesNotExist") => label(key).is_none(),
+                _ => false,
+            }
+        });
+    by_labels && by_expressions
+}
+
+/// What kube-apiserver checks of every apps/v1 workload: a replica count
+/// that is not negative, and a non-empty selector its pod template matches.
+fn validate_workload(info: &ResourceInfo, object: &Value) -> Result<(), ApiError> {
+    let spec = &object["spec"];
+    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+    let invalid = |field: &str, value: String, why: &str| ApiError {
+        code: hyper::StatusCode::UNPROCESSABLE_ENTITY,
+        reason: "Invalid",
+        message: format!(
+            "{}.{} {name:?} is invalid: {field}: Invalid value: {value}: {why}",
+            info.kind, info.group
+        ),
+    };
+    if let Some(replicas) = spec["replicas"].as_i64().filter(|r| *r < 0) {
+        return Err(invalid(
+            "spec.replicas",
+            replicas.to_string(),
+            "must be greater than or equal to 0",
+        ));
+    }
+    let selector = &spec["selector"];
+    let empty = |f: &str| {
+        selector[f].as_object().is_none_or(|m| m.is_empty())
+            && selector[f].as_array().is_none_or(|a| a.is_empty())
+    };
+    if empty("matchLabels") && empty("matchExpressions") {
+        return Err(invalid(
+            "spec.selector",
+            selector.to_string(),
+            &format!("empty selector is invalid for {}", info.singular()),
+        ));
+    }
+    let labels = &spec["template"]["metadata"]["labels"];
+    if !selector_matches(selector, labels) {
+        return Err(invalid(
+            "spec.template.metadata.labels",
+            labels.to_string(),
+            "`selector` does not match template `labels`",
+        ));
+    }
+    Ok(())
 }
 
 /// Most bytes all of an object's annotations may take (kube's 256 KiB).
@@ -1273,6 +1350,49 @@ fn random_suffix() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn workloads_need_a_selector_their_template_matches() {
+        let catalog = crate::catalog::Catalog::default();
+        let deploy = catalog.find("apps", "v1", "deployments").unwrap();
+        let with = |spec: Value| {
+            validate_workload(deploy, &json!({"metadata": {"name": "web"}, "spec": spec}))
+        };
+        let template = json!({"metadata": {"labels": {"app": "web", "tier": "front"}}});
+        with(json!({"replicas": 2, "selector": {"matchLabels": {"app": "web"}}, "template": template})).unwrap();
+        with(json!({"selector": {"matchExpressions": [
+            {"key": "tier", "operator": "In", "values": ["front", "back"]},
+            {"key": "legacy", "operator": "DoesNotExist"}]}, "template": template}))
+        .unwrap();
+        for (spec, why) in [
+            (
+                json!({"replicas": -5, "selector": {"matchLabels": {"app": "web"}}, "template": template}),
+                "greater than or equal to 0",
+            ),
+            (
+                json!({"selector": {}, "template": template}),
+                "empty selector",
+            ),
+            (
+                json!({"selector": {"matchLabels": {"app": "db"}}, "template": template}),
+                "does not match template",
+            ),
+            (
+                json!({"selector": {"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["front"]}]}, "template": template}),
+                "does not match template",
+            ),
+        ] {
+            let err = with(spec.clone()).unwrap_err();
+            assert_eq!(err.code, hyper::StatusCode::UNPROCESSABLE_ENTITY);
+            assert!(err.message.contains(why), "{spec}: {}", err.message);
+            assert!(
+                err.message
+                    .starts_with("Deployment.apps \"web\" is invalid"),
+                "{}",
+                err.message
+            );
+        }
+    }
 
     #[test]
     fn labels_and_annotations_follow_kubes_syntax() {
