@@ -9,6 +9,18 @@ use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope, Resource};
 
 /// Verbs every stored resource serves.
 pub const VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
+
+/// Namespaces' verbs: no deletecollection (as kube-apiserver).
+pub const NAMESPACE_VERBS: &[&str] = &[
     "create", "delete", "get", "list", "patch", "update", "watch",
 ];
 
@@ -84,7 +96,9 @@ fn field_path(path: &serde_ignored::Path<'_>) -> String {
 impl ResourceInfo {
     /// The verbs served.
     pub fn verbs(&self) -> &'static [&'static str] {
-        if self.stored {
+        if (self.group, self.plural) == ("", "namespaces") {
+            NAMESPACE_VERBS
+        } else if self.stored {
             VERBS
         } else {
             REVIEW_VERBS
@@ -288,5 +302,7 @@ mod tests {
         assert_eq!(c.all().iter().filter(|r| r.stored).count(), 22);
         let reviews = c.find("authorization.k8s.io", "v1", "selfsubjectaccessreviews");
         assert_eq!(reviews.unwrap().verbs(), ["create"]);
+        assert!(pods.verbs().contains(&"deletecollection"));
+        assert!(!ns.verbs().contains(&"deletecollection"));
     }
 }

@@ -45,6 +45,32 @@ pub struct DeleteOptions {
     pub resource_version: Option<String>,
 }
 
+/// Checks a delete's `propagationPolicy` and `gracePeriodSeconds` (there is
+/// no garbage collector or graceful deletion yet: valid values are accepted
+/// and change nothing).
+pub fn check_delete_parameters(
+    propagation: Option<&str>,
+    grace_seconds: Option<&str>,
+) -> Result<(), ApiError> {
+    if let Some(p) = propagation.filter(|p| !p.is_empty()) {
+        if !matches!(p, "Orphan" | "Background" | "Foreground") {
+            return Err(ApiError {
+                code: hyper::StatusCode::UNPROCESSABLE_ENTITY,
+                reason: "Invalid",
+                message: format!(
+                    "DeleteOptions.meta.k8s.io \"\" is invalid: propagationPolicy: Unsupported value: {p:?}: supported values: \"Foreground\", \"Background\", \"Orphan\""
+                ),
+            });
+        }
+    }
+    if let Some(g) = grace_seconds.filter(|g| g.parse::<i64>().is_err()) {
+        return Err(ApiError::bad_request(format!(
+            "gracePeriodSeconds: invalid value {g:?}: must be an integer"
+        )));
+    }
+    Ok(())
+}
+
 impl DeleteOptions {
     /// Reads a `DeleteOptions` body (if any) on top of the query's `dryRun`.
     pub fn from_body(body: Option<&Value>, dry_run: bool) -> Result<DeleteOptions, ApiError> {
@@ -63,6 +89,15 @@ impl DeleteOptions {
                 opts.dry_run |= !modes.is_empty()
             }
             _ => return Err(bad("dryRun")),
+        }
+        let grace = match &body["gracePeriodSeconds"] {
+            Value::Null => None,
+            Value::Number(n) if n.is_i64() => None,
+            other => Some(other.to_string()),
+        };
+        check_delete_parameters(body["propagationPolicy"].as_str(), grace.as_deref())?;
+        if !body["propagationPolicy"].is_null() && !body["propagationPolicy"].is_string() {
+            return Err(bad("propagationPolicy"));
         }
         let preconditions = &body["preconditions"];
         let text = |field: &str| match &preconditions[field] {
@@ -1460,9 +1495,22 @@ mod tests {
             json!({"dryRun": "All"}),
             json!({"dryRun": ["Everything"]}),
             json!({"preconditions": {"uid": 7}}),
+            json!({"gracePeriodSeconds": "soon"}),
         ] {
             let err = DeleteOptions::from_body(Some(&bad), false).unwrap_err();
             assert_eq!(err.code, hyper::StatusCode::BAD_REQUEST, "{bad}");
         }
+        let sideways = json!({"propagationPolicy": "Sideways"});
+        let err = DeleteOptions::from_body(Some(&sideways), false).unwrap_err();
+        assert_eq!(err.code, hyper::StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(
+            err.message.contains("Unsupported value: \"Sideways\""),
+            "{}",
+            err.message
+        );
+        let kubectls = json!({"propagationPolicy": "Background", "gracePeriodSeconds": 0});
+        DeleteOptions::from_body(Some(&kubectls), false).unwrap();
+        check_delete_parameters(Some("Foreground"), Some("30")).unwrap();
+        assert!(check_delete_parameters(None, Some("abc")).is_err());
     }
 }

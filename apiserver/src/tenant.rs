@@ -458,8 +458,10 @@ async fn resource(
             crate::selectors::extra_field_labels(t.info.group, t.info.plural),
         )
     };
-    // A DELETE may carry `DeleteOptions` (dryRun, preconditions).
+    // A DELETE may carry `DeleteOptions` (dryRun, preconditions), some of
+    // them as query parameters.
     let delete_options = || {
+        crate::generic::check_delete_parameters(q("propagationPolicy"), q("gracePeriodSeconds"))?;
         let body = if req.body.is_empty() {
             None
         } else {
@@ -469,6 +471,9 @@ async fn resource(
     };
     match (&req.method, t.name) {
         (&Method::DELETE, None) => {
+            if !t.info.verbs().contains(&"deletecollection") {
+                return Err(method_not_allowed(&req.method));
+            }
             // deletecollection: every object the selectors match.
             let delete = delete_options()?;
             let opts = ListOptions {
