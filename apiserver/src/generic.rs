@@ -663,6 +663,31 @@ impl GenericStore {
     ) -> Result<Value, ApiError> {
         let dry_run = write.dry_run;
         let old = object_of(current)?;
+        // A body naming another object (its UID) or another namespace is
+        // refused, as kube-apiserver does, not silently overwritten.
+        let given = |field: &str| object["metadata"][field].as_str().filter(|v| !v.is_empty());
+        if let Some(uid) = given("uid") {
+            let stored = old["metadata"]["uid"].as_str().unwrap_or_default();
+            if uid != stored {
+                return Err(ApiError {
+                    code: hyper::StatusCode::CONFLICT,
+                    reason: "Conflict",
+                    message: format!(
+                        "Operation cannot be fulfilled on {} \"{name}\": Precondition failed: UID in precondition: {uid}, UID in object meta: {stored}",
+                        info.qualified()
+                    ),
+                });
+            }
+        }
+        if let (Some(ns), Some(stored)) =
+            (given("namespace"), old["metadata"]["namespace"].as_str())
+        {
+            if ns != stored {
+                return Err(ApiError::bad_request(format!(
+                    "the namespace of the object ({ns}) does not match the namespace on the request ({stored})"
+                )));
+            }
+        }
         if info.has_status() {
             if write.status {
                 let status = object.get("status").cloned();

@@ -94,6 +94,25 @@ async fn kube_rs_lists_watches_creates_and_patches_in_a_vc() {
             .map(String::as_str),
         Some("a")
     );
+    // A patch may not move an object to another UID or namespace.
+    for (patch, code) in [
+        (
+            serde_json::json!({"metadata": {"uid": "someone-else"}}),
+            409,
+        ),
+        (
+            serde_json::json!({"metadata": {"namespace": "kube-system"}}),
+            400,
+        ),
+    ] {
+        match cms
+            .patch("one", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Err(kube::Error::Api(status)) => assert_eq!(status.code, code, "{patch}"),
+            other => panic!("{patch}: expected {code}, got {other:?}"),
+        }
+    }
     // A patch that changes nothing writes nothing: same resourceVersion.
     let unchanged = cms
         .patch(
