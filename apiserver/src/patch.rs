@@ -112,6 +112,16 @@ fn strategic_merge_map(
     patch: &Map<String, Value>,
     field: &str,
 ) -> Result<(), ApiError> {
+    match patch.get("$patch") {
+        None => {}
+        Some(Value::String(d)) if matches!(d.as_str(), "replace" | "delete" | "merge") => {}
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "unknown patch type: {other} in map: {}",
+                Value::Object(patch.clone())
+            )))
+        }
+    }
     if patch.get("$patch").and_then(Value::as_str) == Some("replace") {
         let mut replacement = patch.clone();
         replacement.remove("$patch");
@@ -275,6 +285,25 @@ mod tests {
 
     fn smp(object: Value, patch: Value) -> Value {
         apply(&object, PatchType::Strategic, patch.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn an_unknown_patch_directive_is_a_bad_request() {
+        for directive in [json!("bogus"), json!(7)] {
+            let patch = json!({"metadata": {"$patch": directive}});
+            let err = apply(
+                &json!({"metadata": {}}),
+                PatchType::Strategic,
+                patch.to_string().as_bytes(),
+            )
+            .unwrap_err();
+            assert_eq!(err.code, hyper::StatusCode::BAD_REQUEST);
+            assert!(
+                err.message.contains("unknown patch type"),
+                "{}",
+                err.message
+            );
+        }
     }
 
     #[test]
