@@ -12,6 +12,10 @@ enum Op {
     NotIn(Vec<String>),
     Exists,
     DoesNotExist,
+    /// `key>N`: the label is an integer above N.
+    GreaterThan(i64),
+    /// `key<N`.
+    LessThan(i64),
 }
 
 /// A parsed label selector: every requirement must hold.
@@ -75,6 +79,10 @@ impl LabelSelector {
                 (k.trim(), Op::NotIn(set(part, rest)?))
             } else if let Some((k, rest)) = part.split_once(" in ") {
                 (k.trim(), Op::In(set(part, rest)?))
+            } else if let Some((k, n)) = part.split_once('>') {
+                (k.trim(), Op::GreaterThan(integer(part, n)?))
+            } else if let Some((k, n)) = part.split_once('<') {
+                (k.trim(), Op::LessThan(integer(part, n)?))
             } else {
                 (part, Op::Exists)
             };
@@ -105,6 +113,12 @@ impl LabelSelector {
                 Op::NotIn(vs) => !value.is_some_and(|x| vs.iter().any(|v| v == x)),
                 Op::Exists => value.is_some(),
                 Op::DoesNotExist => value.is_none(),
+                Op::GreaterThan(n) => value
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .is_some_and(|v| v > *n),
+                Op::LessThan(n) => value
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .is_some_and(|v| v < *n),
             }
         })
     }
@@ -116,11 +130,27 @@ fn set(part: &str, rest: &str) -> Result<Vec<String>, ApiError> {
         .strip_prefix('(')
         .and_then(|r| r.strip_suffix(')'))
         .ok_or_else(|| bad(part, "expected a parenthesised set"))?;
-    Ok(inner
+    let values: Vec<String> = inner
         .split(',')
         .map(|v| v.trim().to_owned())
         .filter(|v| !v.is_empty())
-        .collect())
+        .collect();
+    if values.is_empty() {
+        return Err(bad(
+            part,
+            "for 'in', 'notin' operators, values set can't be empty",
+        ));
+    }
+    Ok(values)
+}
+
+fn integer(part: &str, n: &str) -> Result<i64, ApiError> {
+    n.trim().parse().map_err(|_| {
+        bad(
+            part,
+            "for 'Gt', 'Lt' operators, the value must be an integer",
+        )
+    })
 }
 
 /// A parsed field selector over the fields every kind supports.
@@ -232,7 +262,7 @@ mod tests {
 
     #[test]
     fn label_selectors_match_as_kubernetes_does() {
-        let labels = json!({"app": "web", "tier": "front"});
+        let labels = json!({"app": "web", "tier": "front", "replicas": "3"});
         let cases = [
             ("", true),
             ("app=web", true),
@@ -247,12 +277,25 @@ mod tests {
             ("missing!=x", true),
             ("app=web,tier=back", false),
             ("app in (web),tier notin (back)", true),
+            ("replicas>2", true),
+            ("replicas<3", false),
+            ("app>1", false),
+            ("missing<9", false),
         ];
         for (selector, want) in cases {
             let parsed = LabelSelector::parse(selector).unwrap();
             assert_eq!(parsed.matches(&labels), want, "{selector}");
         }
-        for bad in ["app=we b", "a b c", "app in web", "=x", "app in (a b)"] {
+        for bad in [
+            "app=we b",
+            "a b c",
+            "app in web",
+            "=x",
+            "app in (a b)",
+            "app in ()",
+            "app notin ( )",
+            "replicas>x",
+        ] {
             assert!(LabelSelector::parse(bad).is_err(), "{bad} must be refused");
         }
     }
