@@ -1090,6 +1090,9 @@ pub fn validate(
     if info.group == "apps" {
         validate_workload(info, object)?;
     }
+    if let Some((path, spec)) = pod_spec_of(info, object) {
+        validate_pod_spec(info, object, &path, spec)?;
+    }
     crate::defaults::apply(info, object);
     Ok(())
 }
@@ -1139,6 +1142,107 @@ fn qualified_name_error(key: &str) -> Option<String> {
         ),
         _ => None,
     }
+}
+
+/// The pod spec a kind carries, and its path.
+fn pod_spec_of<'a>(info: &ResourceInfo, object: &'a Value) -> Option<(String, &'a Value)> {
+    let path = match (info.group, info.kind) {
+        ("", "Pod") => "spec",
+        ("apps", _) | ("batch", "Job") => "spec.template.spec",
+        ("batch", "CronJob") => "spec.jobTemplate.spec.template.spec",
+        _ => return None,
+    };
+    let spec = path.split('.').fold(object, |v, field| &v[field]);
+    spec.is_object().then(|| (path.to_owned(), spec))
+}
+
+/// What kube-apiserver checks of every pod spec that users get wrong most:
+/// containers present, named as DNS labels, uniquely, each with an image,
+/// and a restart policy the kind allows.
+fn validate_pod_spec(
+    info: &ResourceInfo,
+    object: &Value,
+    path: &str,
+    spec: &Value,
+) -> Result<(), ApiError> {
+    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+    let kind = if info.group.is_empty() {
+        info.kind.to_owned()
+    } else {
+        format!("{}.{}", info.kind, info.group)
+    };
+    let invalid = |field: String, detail: String| ApiError {
+        code: hyper::StatusCode::UNPROCESSABLE_ENTITY,
+        reason: "Invalid",
+        message: format!("{kind} {name:?} is invalid: {path}.{field}: {detail}"),
+    };
+    if spec["containers"].as_array().is_none_or(|c| c.is_empty()) {
+        return Err(invalid("containers".into(), "Required value".into()));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for list in ["initContainers", "containers"] {
+        for (i, c) in spec[list].as_array().into_iter().flatten().enumerate() {
+            let container = c["name"].as_str().unwrap_or_default();
+            let label = |s: &str| {
+                !s.is_empty()
+                    && s.len() <= 63
+                    && s.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !s.starts_with('-')
+                    && !s.ends_with('-')
+            };
+            if container.is_empty() {
+                return Err(invalid(
+                    format!("{list}[{i}].name"),
+                    "Required value".into(),
+                ));
+            }
+            if !label(container) {
+                return Err(invalid(
+                    format!("{list}[{i}].name"),
+                    format!("Invalid value: {container:?}: a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character"),
+                ));
+            }
+            if !seen.insert(container.to_owned()) {
+                return Err(invalid(
+                    format!("{list}[{i}].name"),
+                    format!("Duplicate value: {container:?}"),
+                ));
+            }
+            if c["image"].as_str().is_none_or(|i| i.trim().is_empty()) {
+                return Err(invalid(
+                    format!("{list}[{i}].image"),
+                    "Required value".into(),
+                ));
+            }
+        }
+    }
+    let allowed: &[&str] = if info.group == "batch" {
+        &["OnFailure", "Never"]
+    } else if info.group == "apps" {
+        &["Always"]
+    } else {
+        &["Always", "OnFailure", "Never"]
+    };
+    if info.group == "batch" && spec["restartPolicy"].as_str().is_none_or(str::is_empty) {
+        return Err(invalid(
+            "restartPolicy".into(),
+            "Required value: valid values: \"OnFailure\", \"Never\"".into(),
+        ));
+    }
+    if let Some(policy) = spec["restartPolicy"].as_str().filter(|p| !p.is_empty()) {
+        if !allowed.contains(&policy) {
+            let supported: Vec<String> = allowed.iter().map(|p| format!("{p:?}")).collect();
+            return Err(invalid(
+                "restartPolicy".into(),
+                format!(
+                    "Unsupported value: {policy:?}: supported values: {}",
+                    supported.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Whether a `LabelSelector` object selects these labels.
@@ -1410,6 +1514,56 @@ fn random_suffix() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pod_specs_need_named_containers_with_images_and_a_known_restart_policy() {
+        let catalog = crate::catalog::Catalog::default();
+        let pod = catalog.find("", "v1", "pods").unwrap();
+        let job = catalog.find("batch", "v1", "jobs").unwrap();
+        let check_pod = |spec: Value| {
+            let object = json!({"metadata": {"name": "p"}, "spec": spec});
+            let (path, spec) = pod_spec_of(pod, &object).unwrap();
+            validate_pod_spec(pod, &object, &path, spec)
+        };
+        check_pod(
+            json!({"containers": [{"name": "web", "image": "nginx"}], "restartPolicy": "Never"}),
+        )
+        .unwrap();
+        for (spec, message) in [
+            (json!({"containers": []}), "spec.containers: Required value"),
+            (
+                json!({"containers": [{"name": "web"}]}),
+                "spec.containers[0].image: Required value",
+            ),
+            (
+                json!({"containers": [{"name": "Web", "image": "x"}]}),
+                "spec.containers[0].name: Invalid value: \"Web\"",
+            ),
+            (
+                json!({"initContainers": [{"name": "a", "image": "x"}], "containers": [{"name": "a", "image": "x"}]}),
+                "spec.containers[0].name: Duplicate value: \"a\"",
+            ),
+            (
+                json!({"containers": [{"name": "a", "image": "x"}], "restartPolicy": "Sometimes"}),
+                "spec.restartPolicy: Unsupported value: \"Sometimes\"",
+            ),
+        ] {
+            let err = check_pod(spec.clone()).unwrap_err();
+            assert_eq!(err.code, hyper::StatusCode::UNPROCESSABLE_ENTITY);
+            assert!(err.message.contains(message), "{spec}: {}", err.message);
+        }
+        // A job's pods may not restart Always.
+        let object = json!({"metadata": {"name": "j"}, "spec": {"template": {"spec": {
+            "containers": [{"name": "a", "image": "x"}], "restartPolicy": "Always"}}}});
+        let (path, spec) = pod_spec_of(job, &object).unwrap();
+        let err = validate_pod_spec(job, &object, &path, spec).unwrap_err();
+        assert!(
+            err.message
+                .starts_with("Job.batch \"j\" is invalid: spec.template.spec.restartPolicy"),
+            "{}",
+            err.message
+        );
+    }
 
     #[test]
     fn workloads_need_a_selector_their_template_matches() {
