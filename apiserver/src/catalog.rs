@@ -114,6 +114,15 @@ impl ResourceInfo {
         }
     }
 
+    /// The kind as kube-apiserver's errors name it: `ConfigMap`, `Deployment.apps`.
+    pub fn qualified_kind(&self) -> String {
+        if self.group.is_empty() {
+            self.kind.to_owned()
+        } else {
+            format!("{}.{}", self.kind, self.group)
+        }
+    }
+
     /// The singular name (lowercased kind).
     pub fn singular(&self) -> String {
         self.kind.to_lowercase()

@@ -54,13 +54,9 @@ pub fn check_delete_parameters(
 ) -> Result<(), ApiError> {
     if let Some(p) = propagation.filter(|p| !p.is_empty()) {
         if !matches!(p, "Orphan" | "Background" | "Foreground") {
-            return Err(ApiError {
-                code: hyper::StatusCode::UNPROCESSABLE_ENTITY,
-                reason: "Invalid",
-                message: format!(
+            return Err(ApiError::unprocessable(format!(
                     "DeleteOptions.meta.k8s.io \"\" is invalid: propagationPolicy: Unsupported value: {p:?}: supported values: \"Foreground\", \"Background\", \"Orphan\""
-                ),
-            });
+                )));
         }
     }
     if let Some(g) = grace_seconds.filter(|g| g.parse::<i64>().is_err()) {
@@ -1166,15 +1162,11 @@ fn validate_pod_spec(
     spec: &Value,
 ) -> Result<(), ApiError> {
     let name = object["metadata"]["name"].as_str().unwrap_or_default();
-    let kind = if info.group.is_empty() {
-        info.kind.to_owned()
-    } else {
-        format!("{}.{}", info.kind, info.group)
-    };
-    let invalid = |field: String, detail: String| ApiError {
-        code: hyper::StatusCode::UNPROCESSABLE_ENTITY,
-        reason: "Invalid",
-        message: format!("{kind} {name:?} is invalid: {path}.{field}: {detail}"),
+    let kind = info.qualified_kind();
+    let invalid = |field: String, detail: String| {
+        ApiError::unprocessable(format!(
+            "{kind} {name:?} is invalid: {path}.{field}: {detail}"
+        ))
     };
     if spec["containers"].as_array().is_none_or(|c| c.is_empty()) {
         return Err(invalid("containers".into(), "Required value".into()));
@@ -1281,13 +1273,11 @@ fn selector_matches(selector: &Value, labels: &Value) -> bool {
 fn validate_workload(info: &ResourceInfo, object: &Value) -> Result<(), ApiError> {
     let spec = &object["spec"];
     let name = object["metadata"]["name"].as_str().unwrap_or_default();
-    let invalid = |field: &str, value: String, why: &str| ApiError {
-        code: hyper::StatusCode::UNPROCESSABLE_ENTITY,
-        reason: "Invalid",
-        message: format!(
-            "{}.{} {name:?} is invalid: {field}: Invalid value: {value}: {why}",
-            info.kind, info.group
-        ),
+    let invalid = |field: &str, value: String, why: &str| {
+        ApiError::unprocessable(format!(
+            "{} {name:?} is invalid: {field}: Invalid value: {value}: {why}",
+            info.qualified_kind()
+        ))
     };
     if let Some(replicas) = spec["replicas"].as_i64().filter(|r| *r < 0) {
         return Err(invalid(
@@ -1330,13 +1320,11 @@ fn validate_metadata(info: &ResourceInfo, object: &Value) -> Result<(), ApiError
         .as_str()
         .or(meta["generateName"].as_str())
         .unwrap_or_default();
-    let invalid = |field: &str, value: &str, why: &str| ApiError {
-        code: hyper::StatusCode::UNPROCESSABLE_ENTITY,
-        reason: "Invalid",
-        message: format!(
+    let invalid = |field: &str, value: &str, why: &str| {
+        ApiError::unprocessable(format!(
             "{} {name:?} is invalid: {field}: Invalid value: {value:?}: {why}",
-            info.kind
-        ),
+            info.qualified_kind()
+        ))
     };
     for (key, value) in meta["labels"].as_object().into_iter().flatten() {
         if let Some(why) = qualified_name_error(key) {
@@ -1366,14 +1354,10 @@ fn validate_metadata(info: &ResourceInfo, object: &Value) -> Result<(), ApiError
         size += key.len() + value.as_str().map_or(0, str::len);
     }
     if size > ANNOTATIONS_MAX {
-        return Err(ApiError {
-            code: hyper::StatusCode::UNPROCESSABLE_ENTITY,
-            reason: "Invalid",
-            message: format!(
+        return Err(ApiError::unprocessable(format!(
                 "{} {name:?} is invalid: metadata.annotations: Too long: must have at most {ANNOTATIONS_MAX} bytes",
-                info.kind
-            ),
-        });
+                info.qualified_kind()
+            )));
     }
     Ok(())
 }
@@ -1429,28 +1413,20 @@ fn immutable_contents(
     new: &Value,
 ) -> Result<(), ApiError> {
     if info.kind == "Secret" && old.get("type") != new.get("type") {
-        return Err(ApiError {
-            code: hyper::StatusCode::UNPROCESSABLE_ENTITY,
-            reason: "Invalid",
-            message: format!(
-                "Secret \"{name}\" is invalid: type: Invalid value: {}: field is immutable",
-                new["type"]
-            ),
-        });
+        return Err(ApiError::unprocessable(format!(
+            "Secret \"{name}\" is invalid: type: Invalid value: {}: field is immutable",
+            new["type"]
+        )));
     }
     if old["immutable"] != true {
         return Ok(());
     }
     for field in ["immutable", "data", "binaryData"] {
         if old.get(field) != new.get(field) {
-            return Err(ApiError {
-                code: hyper::StatusCode::UNPROCESSABLE_ENTITY,
-                reason: "Invalid",
-                message: format!(
+            return Err(ApiError::unprocessable(format!(
                     "{} \"{name}\" is invalid: {field}: Forbidden: field is immutable when `immutable` is set",
                     info.kind
-                ),
-            });
+                )));
         }
     }
     Ok(())

@@ -82,14 +82,10 @@ fn access(info: &ResourceInfo, spec: &Value) -> Result<Value, ApiError> {
                 json!({"allowed": false, "reason": format!("a virtual cluster does not serve {verb} on {path}")})
             })
         }
-        _ => Err(ApiError {
-            code: hyper::StatusCode::UNPROCESSABLE_ENTITY,
-            reason: "Invalid",
-            message: format!(
+        _ => Err(ApiError::unprocessable(format!(
                 "{}.{} \"\" is invalid: spec.resourceAttributes: Invalid value: \"null\": exactly one of nonResourceAttributes or resourceAttributes must be specified",
                 info.kind, info.group
-            ),
-        }),
+            ))),
     }
 }
 

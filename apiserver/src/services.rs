@@ -109,11 +109,7 @@ impl Taken {
 /// 422 naming the field and what is wrong with it (`detail` carries the
 /// value, as kube-apiserver's field errors do).
 fn invalid(name: &str, field: &str, detail: &str) -> ApiError {
-    ApiError {
-        code: hyper::StatusCode::UNPROCESSABLE_ENTITY,
-        reason: "Invalid",
-        message: format!("Service \"{name}\" is invalid: {field}: {detail}"),
-    }
+    ApiError::unprocessable(format!("Service \"{name}\" is invalid: {field}: {detail}"))
 }
 
 /// Defaults and allocations of a new Service.

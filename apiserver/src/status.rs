@@ -106,6 +106,16 @@ impl ApiError {
         }
     }
 
+    /// 422 with kube-apiserver's whole message (`<Kind> "<name>" is
+    /// invalid: <field>: <detail>`), for checks that word it themselves.
+    pub fn unprocessable(message: impl Into<String>) -> ApiError {
+        ApiError {
+            code: StatusCode::UNPROCESSABLE_ENTITY,
+            reason: "Invalid",
+            message: message.into(),
+        }
+    }
+
     /// 422: the object is invalid.
     pub fn invalid(kind: &str, name: &str, field: &str, detail: &str) -> ApiError {
         ApiError {
