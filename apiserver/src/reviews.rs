@@ -52,7 +52,7 @@ pub fn answer(
             "nonResourceRules": [{"verbs": SERVED_PATH_VERBS, "nonResourceURLs": SERVED_PATHS}],
             "incomplete": false,
         }),
-        other => unreachable!("{other} is not a review kind"),
+        other => return Err(ApiError::internal(format!("{other} is not a review kind"))),
     };
     object["metadata"] = json!({"creationTimestamp": null});
     object["status"] = status;
@@ -83,9 +83,10 @@ fn access(info: &ResourceInfo, spec: &Value) -> Result<Value, ApiError> {
             })
         }
         _ => Err(ApiError::unprocessable(format!(
-                "{}.{} \"\" is invalid: spec.resourceAttributes: Invalid value: \"null\": exactly one of nonResourceAttributes or resourceAttributes must be specified",
-                info.kind, info.group
-            ))),
+            "{} \"\" is invalid: spec.resourceAttributes: Invalid value: \"null\": \
+             exactly one of nonResourceAttributes or resourceAttributes must be specified",
+            info.qualified_kind()
+        ))),
     }
 }
 
