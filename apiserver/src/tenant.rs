@@ -595,6 +595,11 @@ async fn resource(
             let object = store
                 .delete(t.info, t.namespace, name, &delete_options()?)
                 .await?;
+            if object["metadata"]["deletionTimestamp"].is_string() {
+                // Deferred (finalizers, a terminating namespace): 202 with
+                // the object as it now stands, as kube-apiserver answers.
+                return Ok(json_response(StatusCode::ACCEPTED, &object));
+            }
             Ok(ok(json!({
                 "kind": "Status",
                 "apiVersion": "v1",

@@ -226,6 +226,27 @@ async fn kube_rs_lists_watches_creates_and_patches_in_a_vc() {
     .unwrap();
     assert!(cms.get_opt("two").await.unwrap().is_none());
 
+    // A deletion a finalizer defers answers with the object (202), not a
+    // Status, so kube-rs reports it pending; it completes with the finalizer.
+    let mut held = configmap("held", "x");
+    held.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+    cms.create(&PostParams::default(), &held).await.unwrap();
+    let pending = cms.delete("held", &DeleteParams::default()).await.unwrap();
+    let pending = pending
+        .left()
+        .expect("a deferred delete returns the object");
+    assert!(pending.metadata.deletion_timestamp.is_some());
+    let done = cms.delete("one", &DeleteParams::default()).await.unwrap();
+    assert!(done.is_right(), "an immediate delete returns a Status");
+    cms.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    assert!(cms.get_opt("held").await.unwrap().is_none());
+
     // A watch from a revision the server has not reached is refused after a
     // short wait (504, as kube-apiserver's watch cache), not left hanging.
     // (kube-rs retries 504s by default: ask once.)
