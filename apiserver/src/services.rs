@@ -217,7 +217,66 @@ fn defaults(service: &mut Value) {
     }
 }
 
+/// The service's type and ports as kube-apiserver checks them: a known
+/// type; ports (but for ExternalName) numbered 1–65535 with a known
+/// protocol, named when there are several, names unique.
+fn validate_spec(spec: &Value, name: &str) -> Result<(), ApiError> {
+    let service_type = spec["type"].as_str().unwrap_or_default();
+    if !matches!(
+        service_type,
+        "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName"
+    ) {
+        return Err(invalid(
+            name,
+            "spec.type",
+            &format!("Unsupported value: {service_type:?}: supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\""),
+        ));
+    }
+    let ports = spec["ports"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if ports.is_empty() && service_type != "ExternalName" && spec["clusterIP"] != "None" {
+        return Err(invalid(name, "spec.ports", "Required value"));
+    }
+    let mut names = HashSet::new();
+    for (i, port) in ports.iter().enumerate() {
+        let field = |f: &str| format!("spec.ports[{i}].{f}");
+        let number = port["port"].as_i64().unwrap_or(0);
+        if !(1..=65535).contains(&number) {
+            return Err(invalid(
+                name,
+                &field("port"),
+                &format!("Invalid value: {number}: must be between 1 and 65535, inclusive"),
+            ));
+        }
+        let protocol = port["protocol"].as_str().unwrap_or("TCP");
+        if !matches!(protocol, "TCP" | "UDP" | "SCTP") {
+            return Err(invalid(
+                name,
+                &field("protocol"),
+                &format!(
+                    "Unsupported value: {protocol:?}: supported values: \"SCTP\", \"TCP\", \"UDP\""
+                ),
+            ));
+        }
+        let port_name = port["name"].as_str().unwrap_or_default();
+        if port_name.is_empty() && ports.len() > 1 {
+            return Err(invalid(name, &field("name"), "Required value"));
+        }
+        if !port_name.is_empty() && !names.insert(port_name) {
+            return Err(invalid(
+                name,
+                &field("name"),
+                &format!("Duplicate value: {port_name:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn allocate(service: &mut Value, name: &str, taken: &Taken) -> Result<(), ApiError> {
+    validate_spec(&service["spec"], name)?;
     let spec = &mut service["spec"];
     if spec["type"] == "ExternalName" {
         return Ok(());
@@ -354,6 +413,49 @@ mod tests {
     }
 
     #[test]
+    fn types_and_ports_are_checked() {
+        let taken = Taken::default();
+        for (spec, message) in [
+            (
+                json!({"type": "Bogus", "ports": [{"port": 80}]}),
+                "spec.type: Unsupported value: \"Bogus\"",
+            ),
+            (json!({"ports": []}), "spec.ports: Required value"),
+            (
+                json!({"ports": [{"port": 0}]}),
+                "spec.ports[0].port: Invalid value: 0",
+            ),
+            (
+                json!({"ports": [{"port": 70000}]}),
+                "spec.ports[0].port: Invalid value: 70000",
+            ),
+            (
+                json!({"ports": [{"port": 80, "protocol": "ICMP"}]}),
+                "spec.ports[0].protocol: Unsupported value: \"ICMP\"",
+            ),
+            (
+                json!({"ports": [{"port": 80}, {"port": 81}]}),
+                "spec.ports[0].name: Required value",
+            ),
+            (
+                json!({"ports": [{"name": "a", "port": 80}, {"name": "a", "port": 81}]}),
+                "spec.ports[1].name: Duplicate value: \"a\"",
+            ),
+        ] {
+            let err = on_create(&mut service(spec.clone()), &taken).unwrap_err();
+            assert_eq!(err.code, hyper::StatusCode::UNPROCESSABLE_ENTITY);
+            assert!(err.message.contains(message), "{spec}: {}", err.message);
+        }
+        // Headless services and ExternalNames need no ports.
+        on_create(&mut service(json!({"clusterIP": "None"})), &taken).unwrap();
+        on_create(
+            &mut service(json!({"type": "ExternalName", "externalName": "db.example.com"})),
+            &taken,
+        )
+        .unwrap();
+    }
+
+    #[test]
     fn node_ports_belong_to_node_port_services_only() {
         let taken = Taken::default();
         let mut cluster_ip = service(json!({"ports": [{"port": 80, "nodePort": 30001}]}));
@@ -472,7 +574,7 @@ mod tests {
         on_create(&mut external, &taken).unwrap();
         assert!(external["spec"].get("clusterIP").is_none());
         let mut node = service(
-            json!({"type": "NodePort", "ports": [{"port": 80}, {"port": 443, "nodePort": 30443}]}),
+            json!({"type": "NodePort", "ports": [{"name": "http", "port": 80}, {"name": "https", "port": 443, "nodePort": 30443}]}),
         );
         on_create(&mut node, &taken).unwrap();
         let first = node["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
