@@ -1082,6 +1082,14 @@ pub fn validate(
         _ => {}
     }
     *object = decoded;
+    if let Some(bad) = bad_quantity(info, object) {
+        return Err(ApiError::bad_request(format!(
+            "{kind} in version \"{version}\" cannot be handled as a {kind}: {bad:?}: \
+             quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'",
+            kind = info.kind,
+            version = info.version
+        )));
+    }
     validate_metadata(info, object)?;
     if info.group == "apps" {
         validate_workload(info, object)?;
@@ -1138,6 +1146,52 @@ fn qualified_name_error(key: &str) -> Option<String> {
         ),
         _ => None,
     }
+}
+
+/// Whether `s` is a Kubernetes quantity: a decimal number, then a binary
+/// (`Ki`…`Ei`) or decimal (`n u m k M G T P E`) suffix or an exponent.
+fn is_quantity(s: &str) -> bool {
+    let s = s.strip_prefix(['+', '-']).unwrap_or(s);
+    let number_end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(number_end);
+    let digits = number.bytes().filter(u8::is_ascii_digit).count();
+    let valid_number = digits > 0 && number.matches('.').count() <= 1;
+    let valid_suffix = match suffix {
+        "" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei" | "n" | "u" | "m" | "k" | "M" | "G" | "T"
+        | "P" | "E" => true,
+        exp => exp
+            .strip_prefix(['e', 'E'])
+            .map(|e| e.strip_prefix(['+', '-']).unwrap_or(e))
+            .is_some_and(|e| !e.is_empty() && e.bytes().all(|b| b.is_ascii_digit())),
+    };
+    valid_number && valid_suffix
+}
+
+/// The first malformed quantity among a kind's resource amounts (container
+/// requests and limits, claim requests, quota limits).
+fn bad_quantity(info: &ResourceInfo, object: &Value) -> Option<String> {
+    let mut maps: Vec<&Value> = Vec::new();
+    if let Some((_, spec)) = pod_spec_of(info, object) {
+        for list in ["initContainers", "containers"] {
+            for c in spec[list].as_array().into_iter().flatten() {
+                maps.push(&c["resources"]["requests"]);
+                maps.push(&c["resources"]["limits"]);
+            }
+        }
+    }
+    match (info.group, info.kind) {
+        ("", "PersistentVolumeClaim") => maps.push(&object["spec"]["resources"]["requests"]),
+        ("", "ResourceQuota") => maps.push(&object["spec"]["hard"]),
+        _ => {}
+    }
+    maps.into_iter()
+        .filter_map(Value::as_object)
+        .flat_map(|m| m.values())
+        .filter_map(Value::as_str)
+        .find(|q| !is_quantity(q))
+        .map(str::to_owned)
 }
 
 /// The pod spec a kind carries, and its path.
@@ -1539,6 +1593,28 @@ mod tests {
             "{}",
             err.message
         );
+    }
+
+    #[test]
+    fn quantities_are_numbers_with_a_known_suffix() {
+        for good in [
+            "1", "500m", "0.5", ".5", "1.5Gi", "128Mi", "2e3", "1E-2", "+1k", "100n",
+        ] {
+            assert!(is_quantity(good), "{good}");
+        }
+        for bad in [
+            "abc", "", "1.2.3", "500mi", "1Gb", "e3", "1e", "--1", "1 Gi",
+        ] {
+            assert!(!is_quantity(bad), "{bad}");
+        }
+        let catalog = crate::catalog::Catalog::default();
+        let pod = catalog.find("", "v1", "pods").unwrap();
+        let with = |cpu: &str| {
+            json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "x",
+                "resources": {"limits": {"cpu": cpu, "memory": "64Mi"}}}]}})
+        };
+        assert_eq!(bad_quantity(pod, &with("250m")), None);
+        assert_eq!(bad_quantity(pod, &with("abc")).as_deref(), Some("abc"));
     }
 
     #[test]
