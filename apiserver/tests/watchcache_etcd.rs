@@ -29,12 +29,15 @@ fn key(name: &str) -> Key {
         .unwrap()
 }
 
-/// The next change's key name, or `None` if the stream ended.
+/// The next change's key name, or `None` if the stream ended. Progress
+/// reports do not extend the 30 s allowed (a lost change must fail the test,
+/// not keep it waiting).
 async fn next_change(w: &mut WatchStream) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let next = tokio::time::timeout(Duration::from_secs(30), w.next())
+        let next = tokio::time::timeout_at(deadline, w.next())
             .await
-            .expect("the watch neither delivered nor ended within 30 s");
+            .expect("the watch neither delivered a change nor ended within 30 s");
         match next {
             Some(Ok(WatchEvent::Change(e))) => {
                 return Some(e.key().as_str().rsplit('/').next().unwrap().to_owned())

@@ -543,6 +543,7 @@ impl Store for EtcdStore {
             options: self.options.clone(),
             prefix: prefix.clone(),
             last: after,
+            synced_at: None,
             tx,
         };
         tokio::spawn(task.run(stream));
@@ -578,6 +579,12 @@ struct EtcdWatch {
     /// replaying history (etcd issue 15220), and trusting that would drop the
     /// rest of the replay.
     last: Revision,
+    /// etcd's revision when the current watch stream was created. Until the
+    /// changes delivered reach it, etcd may still be replaying history, and
+    /// a progress report (issue 15220 again) may name a revision whose
+    /// changes are still to come: such reports are passed on as `last`, not
+    /// as their own revision. `None` until the stream says it is created.
+    synced_at: Option<Revision>,
     tx: mpsc::Sender<StoreResult<WatchEvent>>,
 }
 
@@ -641,6 +648,7 @@ impl EtcdWatch {
             return Next::Reconnect;
         }
         if resp.created() {
+            self.synced_at = header_revision(resp.header()).ok();
             return Next::Continue;
         }
         if resp.events().is_empty() {
@@ -648,9 +656,13 @@ impl EtcdWatch {
                 Ok(r) => r,
                 Err(_) => return Next::Continue,
             };
-            return self
-                .send(Ok(WatchEvent::Progress(self.last.max(rev))))
-                .await;
+            let replaying = self.synced_at.is_none_or(|at| self.last < at);
+            let progress = if replaying {
+                self.last
+            } else {
+                self.last.max(rev)
+            };
+            return self.send(Ok(WatchEvent::Progress(progress))).await;
         }
         // One revision's events arrive in one response; skip only revisions
         // delivered before it (replays after a reconnect).
@@ -691,7 +703,11 @@ impl EtcdWatch {
                 return None;
             }
             match open_watch(&self.client, &self.options, &self.prefix, self.last).await {
-                Ok(stream) => return Some(stream),
+                Ok(stream) => {
+                    // A new stream replays from `last` until it is synced.
+                    self.synced_at = None;
+                    return Some(stream);
+                }
                 Err(e) if Instant::now() + delay > deadline => {
                     let _ = self
                         .tx
