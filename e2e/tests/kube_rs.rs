@@ -21,6 +21,14 @@ fn configmap(name: &str, value: &str) -> ConfigMap {
     }
 }
 
+/// The kube-rs client configuration of a kubeconfig file.
+async fn config_of(path: &std::path::Path) -> kube::Config {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path).unwrap();
+    kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_rs_lists_watches_creates_and_patches_in_a_vc() {
     let dir = tempfile::tempdir().unwrap();
@@ -28,11 +36,7 @@ async fn kube_rs_lists_watches_creates_and_patches_in_a_vc() {
     create_vc(&kplex, dir.path(), "team-a");
     create_vc(&kplex, dir.path(), "team-b");
     let path = tenant_kubeconfig(&kplex, dir.path(), "team-a", "alice");
-    let kubeconfig = kube::config::Kubeconfig::read_from(&path).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .unwrap();
-    let client = kube::Client::try_from(config).unwrap();
+    let client = kube::Client::try_from(config_of(&path).await).unwrap();
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
 
     let created = cms
@@ -250,12 +254,7 @@ async fn kube_rs_lists_watches_creates_and_patches_in_a_vc() {
     // A watch from a revision the server has not reached is refused after a
     // short wait (504, as kube-apiserver's watch cache), not left hanging.
     // (kube-rs retries 504s by default: ask once.)
-    let mut once = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(&path).unwrap(),
-        &Default::default(),
-    )
-    .await
-    .unwrap();
+    let mut once = config_of(&path).await;
     once.default_retry = false;
     let once: Api<ConfigMap> = Api::namespaced(kube::Client::try_from(once).unwrap(), "default");
     match once.watch(&WatchParams::default(), "99999999").await {
@@ -272,12 +271,7 @@ async fn kube_rs_lists_watches_creates_and_patches_in_a_vc() {
     }
 
     // The same client cannot reach VC team-b.
-    let mut elsewhere = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(&path).unwrap(),
-        &Default::default(),
-    )
-    .await
-    .unwrap();
+    let mut elsewhere = config_of(&path).await;
     elsewhere.cluster_url = format!("{}/clusters/team-b", kplex.server())
         .parse()
         .unwrap();
