@@ -134,6 +134,7 @@ async fn virtualclusters(
             message: format!(
                 "the server does not allow this method on the requested resource ({method})"
             ),
+            details: None,
         }),
     }
 }

@@ -54,9 +54,12 @@ pub fn check_delete_parameters(
 ) -> Result<(), ApiError> {
     if let Some(p) = propagation.filter(|p| !p.is_empty()) {
         if !matches!(p, "Orphan" | "Background" | "Foreground") {
-            return Err(ApiError::unprocessable(format!(
-                    "DeleteOptions.meta.k8s.io \"\" is invalid: propagationPolicy: Unsupported value: {p:?}: supported values: \"Foreground\", \"Background\", \"Orphan\""
-                )));
+            return Err(ApiError::field(
+                "DeleteOptions.meta.k8s.io",
+                "",
+                "propagationPolicy",
+                &format!("Unsupported value: {p:?}: supported values: \"Foreground\", \"Background\", \"Orphan\""),
+            ));
         }
     }
     if let Some(g) = grace_seconds.filter(|g| g.parse::<i64>().is_err()) {
@@ -121,6 +124,7 @@ impl DeleteOptions {
                 "Operation cannot be fulfilled on {resource} \"{name}\": Precondition failed: \
                  {what} in precondition: {wanted}, {what} in object meta: {actual}"
             ),
+            details: None,
         };
         let uid = object["metadata"]["uid"].as_str().unwrap_or_default();
         if let Some(wanted) = self.uid.as_deref().filter(|w| *w != uid) {
@@ -207,7 +211,12 @@ pub fn validate_name(info: &ResourceInfo, name: &str) -> Result<(), ApiError> {
     } else {
         "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
     };
-    Err(ApiError::invalid(info.kind, name, "metadata.name", rule))
+    Err(ApiError::invalid(
+        &info.qualified_kind(),
+        name,
+        "metadata.name",
+        rule,
+    ))
 }
 
 fn object_of(kv: &kplex_storage::KeyValue) -> Result<Value, ApiError> {
@@ -276,6 +285,7 @@ impl GenericStore {
             code: hyper::StatusCode::NOT_FOUND,
             reason: "NotFound",
             message: format!("{} \"{name}\" not found", info.qualified()),
+            details: None,
         }
     }
 
@@ -314,6 +324,7 @@ impl GenericStore {
                     code: hyper::StatusCode::GATEWAY_TIMEOUT,
                     reason: "Timeout",
                     message: format!("Too large resource version: {min}, current: {current}"),
+                    details: None,
                 });
             }
         }
@@ -349,16 +360,19 @@ impl GenericStore {
                         code: hyper::StatusCode::GONE,
                         reason: "Expired",
                         message: "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.".into(),
+                        details: None,
                     },
                     StoreError::Compacted { requested } => ApiError {
                         code: hyper::StatusCode::GONE,
                         reason: "Expired",
                         message: format!("too old resource version: {requested}"),
+                        details: None,
                     },
                     StoreError::FutureRevision { requested } => ApiError {
                         code: hyper::StatusCode::GATEWAY_TIMEOUT,
                         reason: "Timeout",
                         message: format!("Too large resource version: {requested}"),
+                        details: None,
                     },
                     e => from_store(e),
                 })?;
@@ -529,7 +543,7 @@ impl GenericStore {
                 (None, Some(prefix)) => format!("{prefix}{}", random_suffix()),
                 (None, None) => {
                     return Err(ApiError::invalid(
-                        info.kind,
+                        &info.qualified_kind(),
                         "",
                         "metadata.name",
                         "name or generateName is required",
@@ -621,7 +635,7 @@ impl GenericStore {
             validate(info, &mut patched, write.validation)?;
             if patched["metadata"]["name"].as_str() != Some(name) {
                 return Err(ApiError::invalid(
-                    info.kind,
+                    &info.qualified_kind(),
                     name,
                     "metadata.name",
                     "field is immutable",
@@ -672,6 +686,7 @@ impl GenericStore {
                         "Operation cannot be fulfilled on {} \"{name}\": Precondition failed: UID in precondition: {uid}, UID in object meta: {stored}",
                         info.qualified()
                     ),
+                    details: None,
                 });
             }
         }
@@ -721,9 +736,7 @@ impl GenericStore {
         } else if let Some(meta) = object["metadata"].as_object_mut() {
             meta.remove("generation");
         }
-        if matches!((info.group, info.kind), ("", "ConfigMap" | "Secret")) {
-            immutable_contents(info, name, &old, &object)?;
-        }
+        crate::immutable::check(info, name, &old, &object)?;
         if same_object(&object, &old) {
             // Nothing changed: no write, no new revision, no MODIFIED event
             // (controllers that write back what they read must not loop).
@@ -1218,9 +1231,7 @@ fn validate_pod_spec(
     let name = object["metadata"]["name"].as_str().unwrap_or_default();
     let kind = info.qualified_kind();
     let invalid = |field: String, detail: String| {
-        ApiError::unprocessable(format!(
-            "{kind} {name:?} is invalid: {path}.{field}: {detail}"
-        ))
+        ApiError::field(&kind, name, &format!("{path}.{field}"), &detail)
     };
     if spec["containers"].as_array().is_none_or(|c| c.is_empty()) {
         return Err(invalid("containers".into(), "Required value".into()));
@@ -1328,10 +1339,12 @@ fn validate_workload(info: &ResourceInfo, object: &Value) -> Result<(), ApiError
     let spec = &object["spec"];
     let name = object["metadata"]["name"].as_str().unwrap_or_default();
     let invalid = |field: &str, value: String, why: &str| {
-        ApiError::unprocessable(format!(
-            "{} {name:?} is invalid: {field}: Invalid value: {value}: {why}",
-            info.qualified_kind()
-        ))
+        ApiError::field(
+            &info.qualified_kind(),
+            name,
+            field,
+            &format!("Invalid value: {value}: {why}"),
+        )
     };
     if let Some(replicas) = spec["replicas"].as_i64().filter(|r| *r < 0) {
         return Err(invalid(
@@ -1375,10 +1388,12 @@ fn validate_metadata(info: &ResourceInfo, object: &Value) -> Result<(), ApiError
         .or(meta["generateName"].as_str())
         .unwrap_or_default();
     let invalid = |field: &str, value: &str, why: &str| {
-        ApiError::unprocessable(format!(
-            "{} {name:?} is invalid: {field}: Invalid value: {value:?}: {why}",
-            info.qualified_kind()
-        ))
+        ApiError::field(
+            &info.qualified_kind(),
+            name,
+            field,
+            &format!("Invalid value: {value:?}: {why}"),
+        )
     };
     for (key, value) in meta["labels"].as_object().into_iter().flatten() {
         if let Some(why) = qualified_name_error(key) {
@@ -1408,10 +1423,12 @@ fn validate_metadata(info: &ResourceInfo, object: &Value) -> Result<(), ApiError
         size += key.len() + value.as_str().map_or(0, str::len);
     }
     if size > ANNOTATIONS_MAX {
-        return Err(ApiError::unprocessable(format!(
-                "{} {name:?} is invalid: metadata.annotations: Too long: must have at most {ANNOTATIONS_MAX} bytes",
-                info.qualified_kind()
-            )));
+        return Err(ApiError::field(
+            &info.qualified_kind(),
+            name,
+            "metadata.annotations",
+            &format!("Too long: must have at most {ANNOTATIONS_MAX} bytes"),
+        ));
     }
     Ok(())
 }
@@ -1454,34 +1471,6 @@ pub fn check_type(info: &ResourceInfo, object: &mut Value) -> Result<(), ApiErro
         }
         Some(Value::Object(_)) => {}
         Some(_) => return Err(ApiError::bad_request("metadata must be an object")),
-    }
-    Ok(())
-}
-
-/// A ConfigMap or Secret marked `immutable: true` keeps its data, and stays
-/// immutable (it can still be relabelled, or deleted); a Secret keeps its type.
-fn immutable_contents(
-    info: &ResourceInfo,
-    name: &str,
-    old: &Value,
-    new: &Value,
-) -> Result<(), ApiError> {
-    if info.kind == "Secret" && old.get("type") != new.get("type") {
-        return Err(ApiError::unprocessable(format!(
-            "Secret \"{name}\" is invalid: type: Invalid value: {}: field is immutable",
-            new["type"]
-        )));
-    }
-    if old["immutable"] != true {
-        return Ok(());
-    }
-    for field in ["immutable", "data", "binaryData"] {
-        if old.get(field) != new.get(field) {
-            return Err(ApiError::unprocessable(format!(
-                    "{} \"{name}\" is invalid: {field}: Forbidden: field is immutable when `immutable` is set",
-                    info.kind
-                )));
-        }
     }
     Ok(())
 }

@@ -111,6 +111,7 @@ impl Request {
                 code: StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 reason: "UnsupportedMediaType",
                 message: format!("the body of the request was in an unknown format - accepted media types include: application/json, application/vnd.kubernetes.protobuf (got {media})"),
+                details: None,
             });
         }
         let value: serde_json::Value = serde_json::from_slice(&self.body).map_err(|e| {
@@ -225,6 +226,7 @@ where
                     code: StatusCode::PAYLOAD_TOO_LARGE,
                     reason: "RequestEntityTooLarge",
                     message: format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+                    details: None,
                 }
             } else {
                 ApiError::bad_request(format!("reading the request body: {e}"))
@@ -310,6 +312,7 @@ async fn public(ctx: &Context, method: &Method, path: &str) -> Result<Response<B
             code: StatusCode::METHOD_NOT_ALLOWED,
             reason: "MethodNotAllowed",
             message: format!("{method} is not supported on {path}"),
+            details: None,
         });
     }
     Ok(match path {

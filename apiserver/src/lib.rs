@@ -9,6 +9,7 @@ pub mod cli;
 pub mod defaults;
 pub mod generic;
 pub mod handler;
+pub mod immutable;
 pub mod metrics;
 pub mod openapi;
 pub mod patch;

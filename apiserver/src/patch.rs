@@ -33,6 +33,7 @@ impl PatchType {
                      application/json-patch+json, application/merge-patch+json, \
                      application/strategic-merge-patch+json (got {other})"
                 ),
+                details: None,
             }),
         }
     }
@@ -51,6 +52,7 @@ pub fn apply(object: &Value, kind: PatchType, patch: &[u8]) -> Result<Value, Api
                 code: hyper::StatusCode::UNPROCESSABLE_ENTITY,
                 reason: "Invalid",
                 message: format!("the JSON patch could not be applied: {e}"),
+                details: None,
             })?;
         }
         PatchType::Merge => {

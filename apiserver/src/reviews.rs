@@ -82,11 +82,12 @@ fn access(info: &ResourceInfo, spec: &Value) -> Result<Value, ApiError> {
                 json!({"allowed": false, "reason": format!("a virtual cluster does not serve {verb} on {path}")})
             })
         }
-        _ => Err(ApiError::unprocessable(format!(
-            "{} \"\" is invalid: spec.resourceAttributes: Invalid value: \"null\": \
-             exactly one of nonResourceAttributes or resourceAttributes must be specified",
-            info.qualified_kind()
-        ))),
+        _ => Err(ApiError::field(
+            &info.qualified_kind(),
+            "",
+            "spec.resourceAttributes",
+            "Invalid value: \"null\": exactly one of nonResourceAttributes or resourceAttributes must be specified",
+        )),
     }
 }
 

@@ -109,7 +109,7 @@ impl Taken {
 /// 422 naming the field and what is wrong with it (`detail` carries the
 /// value, as kube-apiserver's field errors do).
 fn invalid(name: &str, field: &str, detail: &str) -> ApiError {
-    ApiError::unprocessable(format!("Service \"{name}\" is invalid: {field}: {detail}"))
+    ApiError::field("Service", name, field, detail)
 }
 
 /// Defaults and allocations of a new Service.

@@ -31,6 +31,10 @@ pub struct ApiError {
     pub reason: &'static str,
     /// Human-readable message.
     pub message: String,
+    /// The `Status`'s `details`, where kube-apiserver sends them and clients
+    /// read them: a 422's object and causes (kubectl prints its
+    /// "The <Kind> \"<name>\" is invalid: <field>: …" from them).
+    pub details: Option<Box<serde_json::Value>>,
 }
 
 impl ApiError {
@@ -40,6 +44,7 @@ impl ApiError {
             code: StatusCode::UNAUTHORIZED,
             reason: "Unauthorized",
             message: "Unauthorized".into(),
+            details: None,
         }
     }
 
@@ -49,6 +54,7 @@ impl ApiError {
             code: StatusCode::FORBIDDEN,
             reason: "Forbidden",
             message: message.into(),
+            details: None,
         }
     }
 
@@ -58,6 +64,7 @@ impl ApiError {
             code: StatusCode::NOT_FOUND,
             reason: "NotFound",
             message: message.into(),
+            details: None,
         }
     }
 
@@ -67,6 +74,7 @@ impl ApiError {
             code: StatusCode::SERVICE_UNAVAILABLE,
             reason: "ServiceUnavailable",
             message: message.into(),
+            details: None,
         }
     }
 
@@ -82,6 +90,7 @@ impl ApiError {
             code: StatusCode::NOT_FOUND,
             reason: "NotFound",
             message: format!("{resource} \"{name}\" not found"),
+            details: None,
         }
     }
 
@@ -91,6 +100,7 @@ impl ApiError {
             code: StatusCode::CONFLICT,
             reason: "AlreadyExists",
             message: format!("{resource} \"{name}\" already exists"),
+            details: None,
         }
     }
 
@@ -103,27 +113,50 @@ impl ApiError {
                 "Operation cannot be fulfilled on {resource} \"{name}\": the object has been modified; \
                  please apply your changes to the latest version and try again"
             ),
+            details: None,
         }
     }
 
-    /// 422 with kube-apiserver's whole message (`<Kind> "<name>" is
-    /// invalid: <field>: <detail>`), for checks that word it themselves.
-    pub fn unprocessable(message: impl Into<String>) -> ApiError {
-        ApiError {
-            code: StatusCode::UNPROCESSABLE_ENTITY,
-            reason: "Invalid",
-            message: message.into(),
-        }
-    }
-
-    /// 422: the object is invalid.
+    /// 422: the object's name is invalid (`kind` as `Kind[.group]`).
     pub fn invalid(kind: &str, name: &str, field: &str, detail: &str) -> ApiError {
+        ApiError::field(
+            kind,
+            name,
+            field,
+            &format!("Invalid value: \"{name}\": {detail}"),
+        )
+    }
+
+    /// 422 for one field, as kube-apiserver words a field error: the message
+    /// `<Kind[.group]> "<name>" is invalid: <field>: <detail>`, where
+    /// `detail` starts with the error's type (`Invalid value: …`,
+    /// `Required value`, `Forbidden: …`), and `details` naming the object
+    /// and the field.
+    pub fn field(kind: &str, name: &str, field: &str, detail: &str) -> ApiError {
+        let (bare_kind, group) = kind.split_once('.').unwrap_or((kind, ""));
+        let cause_type = [
+            ("Invalid value", "FieldValueInvalid"),
+            ("Required value", "FieldValueRequired"),
+            ("Forbidden", "FieldValueForbidden"),
+            ("Unsupported value", "FieldValueNotSupported"),
+            ("Duplicate value", "FieldValueDuplicate"),
+            ("Too long", "FieldValueTooLong"),
+            ("Too many", "FieldValueTooMany"),
+            ("Not found", "FieldValueNotFound"),
+        ]
+        .iter()
+        .find(|(prefix, _)| detail.starts_with(prefix))
+        .map_or("FieldValueInvalid", |(_, t)| t);
         ApiError {
             code: StatusCode::UNPROCESSABLE_ENTITY,
             reason: "Invalid",
-            message: format!(
-                "{kind} \"{name}\" is invalid: {field}: Invalid value: \"{name}\": {detail}"
-            ),
+            message: format!("{kind} \"{name}\" is invalid: {field}: {detail}"),
+            details: Some(Box::new(json!({
+                "name": name,
+                "group": group,
+                "kind": bare_kind,
+                "causes": [{"reason": cause_type, "message": detail, "field": field}],
+            }))),
         }
     }
 
@@ -133,6 +166,7 @@ impl ApiError {
             code: StatusCode::BAD_REQUEST,
             reason: "BadRequest",
             message: message.into(),
+            details: None,
         }
     }
 
@@ -142,12 +176,13 @@ impl ApiError {
             code: StatusCode::INTERNAL_SERVER_ERROR,
             reason: "InternalError",
             message: message.into(),
+            details: None,
         }
     }
 
     /// The `Status` object as a response.
     pub fn into_response(self) -> Response<Body> {
-        let body = json!({
+        let mut body = json!({
             "kind": "Status",
             "apiVersion": "v1",
             "metadata": {},
@@ -156,6 +191,9 @@ impl ApiError {
             "reason": self.reason,
             "code": self.code.as_u16(),
         });
+        if let Some(details) = self.details {
+            body["details"] = *details;
+        }
         json_response(self.code, &body)
     }
 }
@@ -199,5 +237,46 @@ pub fn from_store(e: kplex_storage::StoreError) -> ApiError {
         code,
         reason,
         message: e.to_string(),
+        details: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_field_error_names_its_object_and_cause_as_kube_apiserver_does() {
+        let e = ApiError::field(
+            "Deployment.apps",
+            "web",
+            "spec.selector",
+            "Invalid value: {}: field is immutable",
+        );
+        assert_eq!(e.code, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(
+            e.message,
+            "Deployment.apps \"web\" is invalid: spec.selector: Invalid value: {}: field is immutable"
+        );
+        assert_eq!(
+            *e.details.unwrap(),
+            json!({
+                "name": "web",
+                "group": "apps",
+                "kind": "Deployment",
+                "causes": [{
+                    "reason": "FieldValueInvalid",
+                    "message": "Invalid value: {}: field is immutable",
+                    "field": "spec.selector",
+                }],
+            })
+        );
+        let core = ApiError::field("Pod", "p", "spec.containers", "Required value");
+        let details = core.details.unwrap();
+        assert_eq!(
+            (details["kind"].as_str(), details["group"].as_str()),
+            (Some("Pod"), Some(""))
+        );
+        assert_eq!(details["causes"][0]["reason"], "FieldValueRequired");
     }
 }

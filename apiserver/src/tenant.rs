@@ -396,6 +396,7 @@ fn method_not_allowed(method: &Method) -> ApiError {
         message: format!(
             "the server does not allow this method on the requested resource ({method})"
         ),
+        details: None,
     }
 }
 
@@ -619,6 +620,7 @@ async fn resource(
             message: format!(
                 "the server does not allow this method on the requested resource ({method})"
             ),
+            details: None,
         }),
     }
 }
@@ -751,6 +753,7 @@ pub async fn wait_for_revision(
         code: StatusCode::GATEWAY_TIMEOUT,
         reason: "Timeout",
         message: format!("Too large resource version: {revision}, current: {current}"),
+        details: None,
     })
 }
 
@@ -838,6 +841,7 @@ async fn scale(
                 message: format!(
                     "the server does not allow this method on the requested resource ({method})"
                 ),
+                details: None,
             })
         }
     };

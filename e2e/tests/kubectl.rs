@@ -1153,6 +1153,167 @@ data: {k: v}
 }
 
 #[test]
+fn updates_keep_what_a_real_cluster_keeps_immutable() {
+    let (s, configs) = setup(&["team-a"]);
+    let kc = &configs[0];
+    let manifest = |selector: &str, claim_size: &str| {
+        format!(
+            "apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web}}
+spec:
+  selector: {{matchLabels: {{app: {selector}}}}}
+  template:
+    metadata: {{labels: {{app: {selector}}}}}
+    spec: {{containers: [{{name: web, image: nginx}}]}}
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {{name: db}}
+spec:
+  serviceName: db
+  selector: {{matchLabels: {{app: db}}}}
+  template:
+    metadata: {{labels: {{app: db}}}}
+    spec: {{containers: [{{name: db, image: postgres}}]}}
+  volumeClaimTemplates:
+  - metadata: {{name: data}}
+    spec:
+      accessModes: [ReadWriteOnce]
+      resources: {{requests: {{storage: {claim_size}}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: tool}}
+spec:
+  containers: [{{name: tool, image: busybox}}]
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {{name: once}}
+spec:
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{{name: once, image: busybox}}]
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: scratch}}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {{requests: {{storage: 1Gi}}}}
+"
+        )
+    };
+    let first = write(&s.path, "first.yaml", &manifest("web", "1Gi"));
+    ok(kc, &["apply", "-f", &first]);
+
+    // A Deployment's selector is fixed (kubectl words the refusal from the
+    // Status's details, as against a real cluster).
+    let moved = write(&s.path, "moved.yaml", &manifest("web2", "1Gi"));
+    fails_with(
+        kc,
+        &["apply", "-f", &moved],
+        r#"The Deployment "web" is invalid: spec.selector: Invalid value: {"matchLabels":{"app":"web2"}}: field is immutable"#,
+    );
+    // A StatefulSet's claim templates are fixed; it still scales.
+    let grown = write(&s.path, "grown.yaml", &manifest("web", "5Gi"));
+    fails_with(
+        kc,
+        &["apply", "-f", &grown],
+        "spec: Forbidden: updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'revisionHistoryLimit', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden",
+    );
+    ok(kc, &["scale", "statefulset/db", "--replicas=3"]);
+    // (That apply rolled the Deployment back to its manifest; rolling it
+    // forward changes its template only.)
+    ok(kc, &["set", "image", "deployment/web", "web=nginx:1.27"]);
+    // A Pod changes its image and gains tolerations, nothing else.
+    ok(kc, &["set", "image", "pod/tool", "tool=busybox:1.36"]);
+    ok(
+        kc,
+        &[
+            "patch",
+            "pod",
+            "tool",
+            "--type=json",
+            "-p",
+            r#"[{"op":"add","path":"/spec/tolerations","value":[{"key":"gpu","operator":"Exists"}]}]"#,
+        ],
+    );
+    fails_with(
+        kc,
+        &[
+            "patch",
+            "pod",
+            "tool",
+            "-p",
+            r#"{"spec":{"nodeSelector":{"zone":"b"}}}"#,
+        ],
+        "spec: Forbidden: pod updates may not change fields other than",
+    );
+    // A Job's template is fixed once it may run.
+    fails_with(
+        kc,
+        &["set", "image", "job/once", "once=busybox:1.36"],
+        "spec.template: Invalid value",
+    );
+    // An unbound claim's spec is fixed (a storage class may be assigned once).
+    fails_with(
+        kc,
+        &[
+            "patch",
+            "pvc",
+            "scratch",
+            "-p",
+            r#"{"spec":{"resources":{"requests":{"storage":"2Gi"}}}}"#,
+        ],
+        "spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims",
+    );
+    ok(
+        kc,
+        &[
+            "patch",
+            "pvc",
+            "scratch",
+            "-p",
+            r#"{"spec":{"storageClassName":"fast"}}"#,
+        ],
+    );
+    // What was refused was not written.
+    let read = |what: &str, path: &str| ok(kc, &["get", what, "-o", &format!("jsonpath={path}")]);
+    assert_eq!(
+        read("deploy/web", "{.spec.selector.matchLabels.app}"),
+        "web"
+    );
+    assert_eq!(
+        read("deploy/web", "{.spec.template.spec.containers[0].image}"),
+        "nginx:1.27"
+    );
+    assert_eq!(
+        read(
+            "sts/db",
+            "{.spec.volumeClaimTemplates[0].spec.resources.requests.storage}"
+        ),
+        "1Gi"
+    );
+    assert_eq!(read("sts/db", "{.spec.replicas}"), "3");
+    assert_eq!(
+        read("pod/tool", "{.spec.containers[0].image}"),
+        "busybox:1.36"
+    );
+    assert_eq!(read("pod/tool", "{.spec.nodeSelector}"), "");
+    assert_eq!(
+        read("job/once", "{.spec.template.spec.containers[0].image}"),
+        "busybox"
+    );
+    assert_eq!(
+        read("pvc/scratch", "{.spec.resources.requests.storage}"),
+        "1Gi"
+    );
+}
+
+#[test]
 fn deletecollection_and_per_kind_field_selectors() {
     let (s, configs) = setup(&["team-a"]);
     let kc = &configs[0];
