@@ -320,12 +320,10 @@ impl GenericStore {
         if let Some(min) = opts.not_older_than {
             let current = self.store.current_revision().await.map_err(from_store)?;
             if current < min {
-                return Err(ApiError {
-                    code: hyper::StatusCode::GATEWAY_TIMEOUT,
-                    reason: "Timeout",
-                    message: format!("Too large resource version: {min}, current: {current}"),
-                    details: None,
-                });
+                return Err(ApiError::too_large_resource_version(
+                    min,
+                    Some(current.get()),
+                ));
             }
         }
         if let Some(token) = &opts.continue_token {
@@ -368,12 +366,9 @@ impl GenericStore {
                         message: format!("too old resource version: {requested}"),
                         details: None,
                     },
-                    StoreError::FutureRevision { requested } => ApiError {
-                        code: hyper::StatusCode::GATEWAY_TIMEOUT,
-                        reason: "Timeout",
-                        message: format!("Too large resource version: {requested}"),
-                        details: None,
-                    },
+                    StoreError::FutureRevision { requested } => {
+                        ApiError::too_large_resource_version(requested, None)
+                    }
                     e => from_store(e),
                 })?;
             revision = Some(page.revision);

@@ -160,6 +160,30 @@ impl ApiError {
         }
     }
 
+    /// 504 for a resourceVersion the server has not reached, as kube-apiserver
+    /// answers it: a Timeout whose cause `ResourceVersionTooLarge` tells
+    /// client-go's reflector to relist, and `Retry-After: 1`.
+    pub fn too_large_resource_version(
+        requested: impl std::fmt::Display,
+        current: Option<u64>,
+    ) -> ApiError {
+        let current = current
+            .map(|c| format!(", current: {c}"))
+            .unwrap_or_default();
+        ApiError {
+            code: StatusCode::GATEWAY_TIMEOUT,
+            reason: "Timeout",
+            message: format!("Timeout: Too large resource version: {requested}{current}"),
+            details: Some(Box::new(json!({
+                "causes": [{
+                    "reason": "ResourceVersionTooLarge",
+                    "message": "Too large resource version",
+                }],
+                "retryAfterSeconds": 1,
+            }))),
+        }
+    }
+
     /// 400: the request cannot be understood.
     pub fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError {
@@ -191,10 +215,20 @@ impl ApiError {
             "reason": self.reason,
             "code": self.code.as_u16(),
         });
+        let retry_after = self
+            .details
+            .as_ref()
+            .and_then(|d| d["retryAfterSeconds"].as_u64());
         if let Some(details) = self.details {
             body["details"] = *details;
         }
-        json_response(self.code, &body)
+        let mut response = json_response(self.code, &body);
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(hyper::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 
@@ -278,5 +312,19 @@ mod tests {
             (Some("Pod"), Some(""))
         );
         assert_eq!(details["causes"][0]["reason"], "FieldValueRequired");
+    }
+
+    #[test]
+    fn a_too_large_resource_version_says_when_to_retry() {
+        let e = ApiError::too_large_resource_version(9, Some(4));
+        assert_eq!(
+            e.message,
+            "Timeout: Too large resource version: 9, current: 4"
+        );
+        let response = e.into_response();
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(response.headers()[hyper::header::RETRY_AFTER], "1");
+        let other = ApiError::conflict("configmaps", "x").into_response();
+        assert!(other.headers().get(hyper::header::RETRY_AFTER).is_none());
     }
 }

@@ -749,12 +749,10 @@ pub async fn wait_for_revision(
     {
         return Ok(());
     }
-    Err(ApiError {
-        code: StatusCode::GATEWAY_TIMEOUT,
-        reason: "Timeout",
-        message: format!("Too large resource version: {revision}, current: {current}"),
-        details: None,
-    })
+    Err(ApiError::too_large_resource_version(
+        revision,
+        Some(current.get()),
+    ))
 }
 
 /// The event as a client sees it, or `None` if the selectors exclude it.

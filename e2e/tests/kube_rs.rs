@@ -265,6 +265,10 @@ async fn kube_rs_lists_watches_creates_and_patches_in_a_vc() {
                 "{}",
                 status.message
             );
+            // The cause client-go's reflector relists on, and when to retry.
+            let details = status.details.expect("details");
+            assert_eq!(details.causes[0].reason, "ResourceVersionTooLarge");
+            assert_eq!(details.retry_after_seconds, 1);
         }
         Err(other) => panic!("expected a 504 Status, got {other:?}"),
         Ok(_) => panic!("expected a 504 Status, got a watch"),
