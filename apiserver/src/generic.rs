@@ -23,7 +23,7 @@ pub const DEFAULT_NAMESPACES: &[&str] =
     &["default", "kube-system", "kube-public", "kube-node-lease"];
 
 /// Options of a write.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct WriteOptions {
     /// `dryRun=All`: validate, store nothing.
     pub dry_run: bool,
@@ -32,6 +32,8 @@ pub struct WriteOptions {
     /// A write to the `status` subresource: only `status` changes. (Writes
     /// to the main resource keep the stored `status`.)
     pub status: bool,
+    /// Who writes, for `managedFields`.
+    pub manager: crate::managed::Manager,
 }
 
 /// Options of a delete (query parameters and the `DeleteOptions` body).
@@ -505,8 +507,9 @@ impl GenericStore {
         ] {
             meta.remove(field);
         }
+        let now = now_rfc3339();
         meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
-        meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
+        meta.insert("creationTimestamp".into(), json!(now));
         if info.tracks_generation() {
             meta.insert("generation".into(), json!(1));
         } else {
@@ -519,6 +522,14 @@ impl GenericStore {
             // Status is the controllers' to write, through /status.
             set_or_remove(&mut object, "status", None);
         }
+        crate::managed::track(
+            None,
+            &mut object,
+            &write.manager,
+            &info.api_version(),
+            None,
+            &now,
+        );
         if let Some(ns) = ns {
             self.require_namespace(ns).await?;
         }
@@ -604,7 +615,7 @@ impl GenericStore {
         if expected != current.mod_revision {
             return Err(ApiError::conflict(&info.qualified(), name));
         }
-        self.write_update(info, name, &key, &current, object, write)
+        self.write_update(info, name, &key, &current, object, &write)
             .await
     }
 
@@ -645,11 +656,91 @@ impl GenericStore {
                 }
             }
             match self
-                .write_update(info, name, &key, &current, patched, write)
+                .write_update(info, name, &key, &current, patched, &write)
                 .await
             {
                 Err(e) if e.reason == "Conflict" && precondition.is_none() => continue,
                 other => return other,
+            }
+        }
+        Err(ApiError::conflict(&info.qualified(), name))
+    }
+
+    /// Server-side apply of `body` (the configuration, YAML or JSON) by
+    /// `manager`: creates the object if it is missing, else merges the
+    /// configuration under field ownership (see `managed`). Returns the
+    /// object and whether it was created.
+    pub async fn apply(
+        &self,
+        info: &ResourceInfo,
+        ns: Namespace<'_>,
+        name: &str,
+        body: &[u8],
+        force: bool,
+        write: WriteOptions,
+    ) -> Result<(Value, bool), ApiError> {
+        validate_name(info, name).map_err(|_| Self::not_found(info, name))?;
+        let crate::managed::Manager::Update(manager) = &write.manager else {
+            return Err(ApiError::internal("an apply needs its field manager"));
+        };
+        if manager.is_empty() {
+            return Err(ApiError::field(
+                "PatchOptions.meta.k8s.io",
+                "",
+                "fieldManager",
+                "Required value: is required for apply patch",
+            ));
+        }
+        let mut config = crate::handler::parse_object(body)?;
+        check_type(info, &mut config)?;
+        let meta = config["metadata"].as_object_mut().expect("checked");
+        match meta.get("name").and_then(Value::as_str) {
+            Some(given) if given != name => {
+                return Err(ApiError::bad_request(
+                    "the name of the object does not match the name on the URL",
+                ))
+            }
+            Some(_) => {}
+            None => {
+                meta.insert("name".into(), json!(name));
+            }
+        }
+        let key = self.key(info, ns, name)?;
+        for _ in 0..8 {
+            let current = match self.store.get(&key).await.map_err(from_store)? {
+                Some(current) => current,
+                None => {
+                    let fields = crate::managed::FieldSet::of(&config);
+                    let write = WriteOptions {
+                        manager: crate::managed::Manager::Apply {
+                            name: manager.clone(),
+                            fields,
+                        },
+                        ..write.clone()
+                    };
+                    match self.create(info, ns, config.clone(), write).await {
+                        Err(e) if e.reason == "AlreadyExists" => continue,
+                        other => return other.map(|o| (o, true)),
+                    }
+                }
+            };
+            let live = object_of(&current)?;
+            let (mut merged, fields) = crate::managed::apply(&live, &config, manager, force)?;
+            check_type(info, &mut merged)?;
+            validate(info, &mut merged, write.validation)?;
+            let write = WriteOptions {
+                manager: crate::managed::Manager::Apply {
+                    name: manager.clone(),
+                    fields,
+                },
+                ..write.clone()
+            };
+            match self
+                .write_update(info, name, &key, &current, merged, &write)
+                .await
+            {
+                Err(e) if e.reason == "Conflict" && e.details.is_none() => continue,
+                other => return other.map(|o| (o, false)),
             }
         }
         Err(ApiError::conflict(&info.qualified(), name))
@@ -664,7 +755,7 @@ impl GenericStore {
         key: &Key,
         current: &kplex_storage::KeyValue,
         mut object: Value,
-        write: WriteOptions,
+        write: &WriteOptions,
     ) -> Result<Value, ApiError> {
         let dry_run = write.dry_run;
         let old = object_of(current)?;
@@ -711,6 +802,14 @@ impl GenericStore {
                 None => meta.remove(field),
             };
         }
+        crate::managed::track(
+            Some(&old),
+            &mut object,
+            &write.manager,
+            &info.api_version(),
+            write.status.then_some("status"),
+            &now_rfc3339(),
+        );
         let _turn = if is_service(info) && !write.status {
             let turn = self.allocation_turn().await;
             let ns = old["metadata"]["namespace"].as_str();

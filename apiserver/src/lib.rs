@@ -10,6 +10,7 @@ pub mod defaults;
 pub mod generic;
 pub mod handler;
 pub mod immutable;
+pub mod managed;
 pub mod metrics;
 pub mod openapi;
 pub mod patch;

@@ -6,6 +6,9 @@ use serde_json::{Map, Value};
 
 use crate::status::ApiError;
 
+/// The media type of a server-side apply (see `managed`).
+pub const APPLY_MEDIA_TYPE: &str = "application/apply-patch+yaml";
+
 /// Which patch a request carries, from its Content-Type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PatchType {
@@ -18,8 +21,8 @@ pub enum PatchType {
 }
 
 impl PatchType {
-    /// The patch type of a media type; 415 for the rest (server-side apply
-    /// is not served yet).
+    /// The patch type of a media type; 415 for the rest. (A server-side
+    /// apply is routed before it gets here.)
     pub fn from_media_type(media: &str) -> Result<PatchType, ApiError> {
         match media {
             "application/json-patch+json" => Ok(PatchType::Json),
@@ -31,7 +34,7 @@ impl PatchType {
                 message: format!(
                     "the body of the request was in an unknown format - accepted media types include: \
                      application/json-patch+json, application/merge-patch+json, \
-                     application/strategic-merge-patch+json (got {other})"
+                     application/apply-patch+yaml, application/strategic-merge-patch+json (got {other})"
                 ),
                 details: None,
             }),
@@ -76,7 +79,7 @@ pub fn apply(object: &Value, kind: PatchType, patch: &[u8]) -> Result<Value, Api
 /// The patch merge key of a list field, as the built-in types declare it
 /// (`patchMergeKey` in their Go definitions). Lists not named here are
 /// replaced whole, as Kubernetes does for lists without a merge strategy.
-fn merge_key(field: &str, items: &[Value]) -> Option<&'static str> {
+pub(crate) fn merge_key(field: &str, items: &[Value]) -> Option<&'static str> {
     Some(match field {
         "containers"
         | "initContainers"
@@ -105,7 +108,7 @@ fn merge_key(field: &str, items: &[Value]) -> Option<&'static str> {
 }
 
 /// Primitive lists that merge as sets instead of being replaced.
-fn merges_as_set(field: &str) -> bool {
+pub(crate) fn merges_as_set(field: &str) -> bool {
     field == "finalizers"
 }
 

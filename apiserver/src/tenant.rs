@@ -438,10 +438,36 @@ async fn resource(
             )))
         }
     };
+    let apply = req.method == Method::PATCH && req.media_type() == crate::patch::APPLY_MEDIA_TYPE;
+    // An apply names its manager; other writes default to the client's
+    // User-Agent.
+    let user_agent = req
+        .headers
+        .get(hyper::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| !apply);
     let write = WriteOptions {
         dry_run,
         validation: FieldValidation::parse(q("fieldValidation"))?,
         status: t.sub == Some("status"),
+        manager: crate::managed::Manager::of_request(q("fieldManager"), user_agent)?,
+    };
+    let force = match q("force") {
+        None | Some("" | "false") => false,
+        Some("true") if apply => true,
+        Some("true") => {
+            return Err(ApiError::field(
+                "PatchOptions.meta.k8s.io",
+                "",
+                "force",
+                "Forbidden: may not be specified for non-apply patch",
+            ))
+        }
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "force must be true or false, not {other:?}"
+            )))
+        }
     };
     if t.sub.is_some() && !matches!(req.method, Method::GET | Method::PUT | Method::PATCH) {
         return Err(method_not_allowed(&req.method));
@@ -583,6 +609,17 @@ async fn resource(
                 .update(t.info, t.namespace, name, req.json_body()?, write)
                 .await?;
             Ok(ok(object))
+        }
+        (&Method::PATCH, Some(name)) if apply => {
+            let (object, created) = store
+                .apply(t.info, t.namespace, name, &req.body, force, write)
+                .await?;
+            let code = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok(json_response(code, &object))
         }
         (&Method::PATCH, Some(name)) => {
             let media = req.media_type();
@@ -819,7 +856,7 @@ async fn scale(
             let body = serde_json::to_vec(&patch).expect("JSON");
             let write = WriteOptions {
                 status: false,
-                ..write
+                ..write.clone()
             };
             store
                 .patch(

@@ -286,3 +286,147 @@ async fn kube_rs_lists_watches_creates_and_patches_in_a_vc() {
         other => panic!("expected 403 from another VC, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_rs_server_side_apply_and_yaml_bodies() {
+    let dir = tempfile::tempdir().unwrap();
+    let kplex = Kplex::start(&dir.path().join("data"));
+    create_vc(&kplex, dir.path(), "team-a");
+    let path = tenant_kubeconfig(&kplex, dir.path(), "team-a", "alice");
+    let client = kube::Client::try_from(config_of(&path).await).unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let config = |data: serde_json::Value| {
+        Patch::Apply(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "settings"},
+            "data": data,
+        }))
+    };
+
+    // Apply creates, then merges; a key the manager stops applying goes,
+    // a key another manager wrote stays.
+    let mine = PatchParams::apply("deployer");
+    cms.patch(
+        "settings",
+        &mine,
+        &config(serde_json::json!({"a": "1", "b": "2"})),
+    )
+    .await
+    .unwrap();
+    cms.patch(
+        "settings",
+        &PatchParams {
+            field_manager: Some("operator".into()),
+            ..Default::default()
+        },
+        &Patch::Merge(serde_json::json!({"data": {"c": "3"}})),
+    )
+    .await
+    .unwrap();
+    let applied = cms
+        .patch("settings", &mine, &config(serde_json::json!({"a": "1"})))
+        .await
+        .unwrap();
+    assert_eq!(
+        applied.data.unwrap(),
+        BTreeMap::from([("a".into(), "1".into()), ("c".into(), "3".into())])
+    );
+    let managers: Vec<(String, String)> = applied
+        .metadata
+        .managed_fields
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.manager.unwrap(), e.operation.unwrap()))
+        .collect();
+    assert_eq!(
+        managers,
+        [
+            ("deployer".to_owned(), "Apply".to_owned()),
+            ("operator".to_owned(), "Update".to_owned())
+        ]
+    );
+
+    // Changing a field another manager owns is a 409 with one cause per field.
+    match cms
+        .patch(
+            "settings",
+            &mine,
+            &config(serde_json::json!({"a": "1", "c": "9"})),
+        )
+        .await
+    {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 409);
+            assert_eq!(
+                status.message,
+                r#"Apply failed with 1 conflict: conflict with "operator" using v1: .data.c"#
+            );
+            let cause = &status.details.unwrap().causes[0];
+            assert_eq!(
+                (cause.reason.as_str(), cause.field.as_str()),
+                ("FieldManagerConflict", ".data.c")
+            );
+        }
+        other => panic!("expected a 409, got {other:?}"),
+    }
+    let forced = cms
+        .patch(
+            "settings",
+            &mine.clone().force(),
+            &config(serde_json::json!({"a": "1", "c": "9"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(forced.data.unwrap()["c"], "9");
+
+    // Raw requests: an apply without a field manager is refused, whatever
+    // its User-Agent (kube-rs and kubectl always send one), and a YAML body
+    // creates like JSON.
+    let base = "/api/v1/namespaces/default/configmaps";
+    let raw = |method: &str, uri: String, media: &str, body: &str| {
+        http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", media)
+            .header("user-agent", "curl/8.5.0")
+            .body(body.as_bytes().to_vec())
+            .unwrap()
+    };
+    let apply = raw(
+        "PATCH",
+        format!("{base}/settings"),
+        "application/apply-patch+yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {a: x}\n",
+    );
+    match client.request_text(apply).await {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 422);
+            assert!(
+                status.message.contains("fieldManager: Required value"),
+                "{}",
+                status.message
+            );
+        }
+        other => panic!("expected a 422, got {other:?}"),
+    }
+    assert_eq!(cms.get("settings").await.unwrap().data.unwrap()["a"], "1");
+    let yaml = raw(
+        "POST",
+        base.to_owned(),
+        "application/yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: from-yaml\ndata:\n  k: v\n",
+    );
+    client.request_text(yaml).await.unwrap();
+    assert_eq!(cms.get("from-yaml").await.unwrap().data.unwrap()["k"], "v");
+    let broken = raw(
+        "POST",
+        base.to_owned(),
+        "application/yaml",
+        "data: [unclosed\n",
+    );
+    match client.request_text(broken).await {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 400),
+        other => panic!("expected a 400, got {other:?}"),
+    }
+}

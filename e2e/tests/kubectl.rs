@@ -1314,6 +1314,100 @@ spec:
 }
 
 #[test]
+fn server_side_apply_tracks_field_owners_and_refuses_conflicts() {
+    let (s, configs) = setup(&["team-a"]);
+    let kc = &configs[0];
+    let deployment = |replicas: u32, labels: &str| {
+        format!(
+            "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels: {{{labels}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec: {{containers: [{{name: web, image: nginx}}]}}
+"
+        )
+    };
+    let json = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["get", "-o", "json", "--show-managed-fields"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&ok(kc, &all)).unwrap()
+    };
+    let first = write(&s.path, "v1.yaml", &deployment(1, "app: web, tier: front"));
+    // A missing object is created by the apply.
+    assert!(ok(kc, &["apply", "--server-side", "-f", &first]).contains("serverside-applied"));
+    let live = json(&["deployment", "web"]);
+    let managed = live["metadata"]["managedFields"].as_array().unwrap();
+    assert_eq!(managed.len(), 1, "{managed:?}");
+    assert_eq!(managed[0]["manager"], "kubectl");
+    assert_eq!(managed[0]["operation"], "Apply");
+    assert_eq!(managed[0]["fieldsType"], "FieldsV1");
+    let fields = &managed[0]["fieldsV1"];
+    assert!(fields["f:spec"]["f:replicas"].is_object(), "{fields}");
+    assert!(
+        fields["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"web\"}"]["f:image"]
+            .is_object(),
+        "{fields}"
+    );
+    // Applying the same configuration again changes nothing.
+    ok(kc, &["apply", "--server-side", "-f", &first]);
+    assert_eq!(
+        json(&["deployment", "web"])["metadata"]["resourceVersion"],
+        live["metadata"]["resourceVersion"]
+    );
+
+    // Another manager takes spec.replicas; applying a different value is a
+    // conflict naming it, and changes nothing.
+    ok(
+        kc,
+        &[
+            "patch",
+            "deployment",
+            "web",
+            "--field-manager=autoscaler",
+            "-p",
+            r#"{"spec":{"replicas":3}}"#,
+        ],
+    );
+    fails_with(
+        kc,
+        &["apply", "--server-side", "-f", &first],
+        r#"Apply failed with 1 conflict: conflict with "autoscaler" using apps/v1: .spec.replicas"#,
+    );
+    assert_eq!(json(&["deployment", "web"])["spec"]["replicas"], 3);
+    // The same value is shared ownership, not a conflict.
+    let three = write(&s.path, "v3.yaml", &deployment(3, "app: web, tier: front"));
+    ok(kc, &["apply", "--server-side", "-f", &three]);
+    // Forced, the apply takes the field over.
+    ok(
+        kc,
+        &["apply", "--server-side", "--force-conflicts", "-f", &first],
+    );
+    let live = json(&["deployment", "web"]);
+    assert_eq!(live["spec"]["replicas"], 1);
+    let managers: Vec<&str> = live["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["fieldsV1"]["f:spec"]["f:replicas"].is_object())
+        .map(|e| e["manager"].as_str().unwrap())
+        .collect();
+    assert_eq!(managers, ["kubectl"]);
+
+    // A label this manager stops applying goes; one another manager set stays.
+    ok(kc, &["label", "deployment", "web", "owner=ops"]);
+    let fewer = write(&s.path, "fewer.yaml", &deployment(1, "app: web"));
+    ok(kc, &["apply", "--server-side", "-f", &fewer]);
+    let labels = &json(&["deployment", "web"])["metadata"]["labels"];
+    assert_eq!(labels, &serde_json::json!({"app": "web", "owner": "ops"}));
+}
+
+#[test]
 fn deletecollection_and_per_kind_field_selectors() {
     let (s, configs) = setup(&["team-a"]);
     let kc = &configs[0];
