@@ -168,6 +168,7 @@ async fn create(ctx: &Context, req: Request) -> Result<Response, ApiError> {
         vc.keyspace()?,
         ctx.catalog.clone(),
         ctx.allocations.clone(),
+        ctx.watches.clone(),
     );
     let namespaces = ctx
         .catalog

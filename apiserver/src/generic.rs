@@ -175,6 +175,7 @@ pub struct GenericStore {
     keyspace: TenantKeyspace,
     catalog: Arc<Catalog>,
     allocations: Arc<crate::services::AllocationLocks>,
+    watches: Arc<crate::quota::WatchLimits>,
 }
 
 /// The namespace a request addresses, if the resource is namespaced.
@@ -253,13 +254,20 @@ impl GenericStore {
         keyspace: TenantKeyspace,
         catalog: Arc<Catalog>,
         allocations: Arc<crate::services::AllocationLocks>,
+        watches: Arc<crate::quota::WatchLimits>,
     ) -> GenericStore {
         GenericStore {
             store,
             keyspace,
             catalog,
             allocations,
+            watches,
         }
+    }
+
+    /// A slot for one more open watch of this VC (429 at its limit).
+    pub fn watch_permit(&self) -> Result<crate::quota::WatchPermit, ApiError> {
+        self.watches.acquire(self.keyspace.prefix().as_str())
     }
 
     /// This VC's turn to allocate service values (held until the write is

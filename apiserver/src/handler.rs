@@ -39,6 +39,8 @@ pub struct Context {
     pub metrics: crate::metrics::Metrics,
     /// Per-VC turns for service writes that allocate.
     pub allocations: Arc<crate::services::AllocationLocks>,
+    /// Per-VC limit on open watches.
+    pub watches: Arc<crate::quota::WatchLimits>,
 }
 
 impl Context {
@@ -301,6 +303,7 @@ async fn tenant(
         vc.keyspace()?,
         ctx.catalog.clone(),
         ctx.allocations.clone(),
+        ctx.watches.clone(),
     );
     let span = tracing::debug_span!("tenant", vc = name, method = %req.method, path);
     crate::tenant::handle(

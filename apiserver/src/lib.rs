@@ -16,6 +16,7 @@ pub mod openapi;
 pub mod patch;
 pub mod printers;
 pub mod protobuf;
+pub mod quota;
 pub mod reviews;
 pub mod selectors;
 pub mod server;

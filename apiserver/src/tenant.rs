@@ -708,6 +708,8 @@ async fn watch(
     stopping: tokio::sync::watch::Receiver<bool>,
     flags: WatchFlags<'_>,
 ) -> Result<Response<Body>, ApiError> {
+    // Held by the stream: the slot is free again when the watch ends.
+    let permit = store.watch_permit()?;
     let mut initial = Vec::new();
     let start = match flags.resource_version {
         Some(rv) if !flags.initial_events && !matches!(rv, "" | "0") => {
@@ -753,7 +755,10 @@ async fn watch(
             initial,
             from,
             events,
-            convert: move |event: &Event| to_watch_event(event, &opts),
+            convert: move |event: &Event| {
+                let _held = &permit;
+                to_watch_event(event, &opts)
+            },
             render: move |object: Value| match &table_info {
                 Some(info) => table(info, &[object]),
                 None => object,

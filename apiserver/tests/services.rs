@@ -27,6 +27,7 @@ async fn services_created_at_once_never_share_a_cluster_ip_or_node_port() {
         TenantKeyspace::for_vc("0b3c7c1e-race").unwrap(),
         catalog.clone(),
         locks.clone(),
+        Default::default(),
     ));
     let namespaces = catalog.find("", "v1", "namespaces").unwrap().clone();
     store

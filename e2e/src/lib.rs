@@ -94,10 +94,21 @@ impl Kplex {
     /// Starts the binary `bin` (a benchmark's release build, say) with the
     /// log filter `log`, and waits for its "serving" log line.
     pub fn start_with(bin: &Path, data_dir: &Path, log: &str) -> Kplex {
+        Kplex::spawn(bin, data_dir, log, &[])
+    }
+
+    /// Starts the test build with more `kplex serve` flags.
+    pub fn start_with_flags(data_dir: &Path, flags: &[&str]) -> Kplex {
+        let log = std::env::var("KPLEX_TEST_LOG").unwrap_or_else(|_| "info".into());
+        Kplex::spawn(&kplex_bin(), data_dir, &log, flags)
+    }
+
+    fn spawn(bin: &Path, data_dir: &Path, log: &str, flags: &[&str]) -> Kplex {
         let port = free_port();
         let mut child = Command::new(bin)
             .args(["serve", "--port", &port.to_string(), "--data-dir"])
             .arg(data_dir)
+            .args(flags)
             .env("RUST_LOG", log)
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())

@@ -430,3 +430,53 @@ async fn kube_rs_server_side_apply_and_yaml_bodies() {
         other => panic!("expected a 400, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vc_at_its_watch_limit_gets_429_and_other_vcs_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let kplex = Kplex::start_with_flags(&dir.path().join("data"), &["--max-watches-per-vc", "2"]);
+    create_vc(&kplex, dir.path(), "team-a");
+    create_vc(&kplex, dir.path(), "team-b");
+    // kube-rs retries 429s by default: ask once.
+    let api = |vc: &'static str| {
+        let path = tenant_kubeconfig(&kplex, dir.path(), vc, "alice");
+        async move {
+            let mut config = config_of(&path).await;
+            config.default_retry = false;
+            let client = kube::Client::try_from(config).unwrap();
+            Api::<ConfigMap>::namespaced(client, "default")
+        }
+    };
+    let (a, b) = (api("team-a").await, api("team-b").await);
+    let params = WatchParams::default().timeout(60);
+    let first = a.watch(&params, "0").await.unwrap().boxed();
+    let _second = a.watch(&params, "0").await.unwrap().boxed();
+    match a.watch(&params, "0").await {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 429);
+            assert_eq!(status.reason, "TooManyRequests");
+            assert_eq!(status.details.unwrap().retry_after_seconds, 1);
+        }
+        Err(other) => panic!("expected a 429 Status, got {other:?}"),
+        Ok(_) => panic!("a third watch was opened past the limit"),
+    }
+    // Another tenant is not affected.
+    let _elsewhere = b.watch(&params, "0").await.unwrap().boxed();
+    // A watch that ends frees its slot (the server learns of the closed
+    // stream asynchronously: retry until it has, for at most 10 s).
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match a.watch(&params, "0").await {
+            Ok(_) => break,
+            Err(kube::Error::Api(status)) if status.code == 429 => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the slot was never freed"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+}

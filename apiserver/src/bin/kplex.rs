@@ -100,6 +100,10 @@ struct ServeArgs {
     /// Extra names or IPs for the serving certificate.
     #[arg(long = "tls-san")]
     tls_sans: Vec<String>,
+    /// Most watches one virtual cluster may hold open; more are refused with
+    /// 429 until one ends.
+    #[arg(long, default_value_t = kplex_apiserver::quota::DEFAULT_MAX_WATCHES_PER_VC)]
+    max_watches_per_vc: usize,
 }
 
 #[tokio::main]
@@ -203,6 +207,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         catalog: Default::default(),
         stopping: tokio::sync::watch::channel(false).0,
         allocations: Default::default(),
+        watches: Arc::new(kplex_apiserver::quota::WatchLimits::new(
+            args.max_watches_per_vc,
+        )),
     });
     kplex_apiserver::server::serve(listener, boot.tls, ctx, wait_for_shutdown()).await;
     tracing::info!("stopped");

@@ -1,0 +1,112 @@
+//! Per-VC limits on what all tenants share, so one tenant cannot take it
+//! from the others. So far: open watches. Each watch holds a subscriber, a
+//! task and its buffers until it ends; without a cap one VC could open them
+//! until the process runs out of memory or file descriptors.
+//!
+//! A VC's count exists only while it has a watch open: idle VCs cost
+//! nothing here.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde_json::json;
+
+use crate::status::ApiError;
+
+/// Open watches per VC, and the most one VC may hold.
+pub struct WatchLimits {
+    max: usize,
+    open: Mutex<HashMap<String, usize>>,
+}
+
+/// One open watch of a VC; dropping it (the watch ended) frees the slot.
+#[must_use]
+pub struct WatchPermit {
+    limits: Arc<WatchLimits>,
+    vc: String,
+}
+
+/// Open watches a VC may hold unless `kplex serve` is told otherwise.
+pub const DEFAULT_MAX_WATCHES_PER_VC: usize = 1000;
+
+impl Default for WatchLimits {
+    fn default() -> WatchLimits {
+        WatchLimits::new(DEFAULT_MAX_WATCHES_PER_VC)
+    }
+}
+
+impl WatchLimits {
+    pub fn new(max: usize) -> WatchLimits {
+        WatchLimits {
+            max,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A slot for one more watch of `vc`, or a 429 (with `Retry-After`, as
+    /// kube-apiserver's priority and fairness answers) when it has `max`.
+    pub fn acquire(self: &Arc<Self>, vc: &str) -> Result<WatchPermit, ApiError> {
+        let mut open = self.open.lock().expect("watch limits");
+        let count = open.entry(vc.to_owned()).or_default();
+        if *count >= self.max {
+            return Err(ApiError {
+                code: hyper::StatusCode::TOO_MANY_REQUESTS,
+                reason: "TooManyRequests",
+                message: format!(
+                    "too many watches open in this virtual cluster (at most {}), please try again later",
+                    self.max
+                ),
+                details: Some(Box::new(json!({"retryAfterSeconds": 1}))),
+            });
+        }
+        *count += 1;
+        Ok(WatchPermit {
+            limits: self.clone(),
+            vc: vc.to_owned(),
+        })
+    }
+
+    /// VCs with a watch open.
+    pub fn vcs(&self) -> usize {
+        self.open.lock().expect("watch limits").len()
+    }
+}
+
+impl Drop for WatchPermit {
+    fn drop(&mut self) {
+        let mut open = self.limits.open.lock().expect("watch limits");
+        if let Some(count) = open.get_mut(&self.vc) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.vc);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vc_at_its_limit_is_refused_and_others_are_not() {
+        let limits = Arc::new(WatchLimits::new(2));
+        let a1 = limits.acquire("a").unwrap();
+        let _a2 = limits.acquire("a").unwrap();
+        let refused = limits.acquire("a").err().unwrap();
+        assert_eq!(refused.code, hyper::StatusCode::TOO_MANY_REQUESTS);
+        let response = refused.into_response();
+        assert_eq!(response.headers()[hyper::header::RETRY_AFTER], "1");
+        let _b = limits.acquire("b").unwrap();
+        drop(a1);
+        let _a3 = limits.acquire("a").unwrap();
+        assert_eq!(limits.vcs(), 2);
+    }
+
+    #[test]
+    fn an_idle_vc_holds_no_entry() {
+        let limits = Arc::new(WatchLimits::new(5));
+        drop(limits.acquire("a").unwrap());
+        assert_eq!(limits.vcs(), 0);
+    }
+}
