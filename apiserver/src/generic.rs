@@ -700,6 +700,7 @@ impl GenericStore {
             ));
         }
         let mut config = crate::handler::parse_object(body)?;
+        crate::duplicates::check(body, write.validation)?;
         check_type(info, &mut config)?;
         let meta = config["metadata"].as_object_mut().expect("checked");
         match meta.get("name").and_then(Value::as_str) {

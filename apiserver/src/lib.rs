@@ -7,6 +7,7 @@ pub mod bootstrap;
 pub mod catalog;
 pub mod cli;
 pub mod defaults;
+pub mod duplicates;
 pub mod generic;
 pub mod handler;
 pub mod immutable;

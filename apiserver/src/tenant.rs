@@ -600,13 +600,13 @@ async fn resource(
                 ));
             }
             let object = store
-                .create(t.info, t.namespace, req.json_body()?, write)
+                .create(t.info, t.namespace, object_body(req, &write)?, write)
                 .await?;
             Ok(json_response(StatusCode::CREATED, &object))
         }
         (&Method::PUT, Some(name)) => {
             let object = store
-                .update(t.info, t.namespace, name, req.json_body()?, write)
+                .update(t.info, t.namespace, name, object_body(req, &write)?, write)
                 .await?;
             Ok(ok(object))
         }
@@ -660,6 +660,16 @@ async fn resource(
             details: None,
         }),
     }
+}
+
+/// A create's or update's object, with its JSON checked for duplicate
+/// fields as `fieldValidation` asks.
+fn object_body(req: &Request, write: &WriteOptions) -> Result<Value, ApiError> {
+    let object = req.json_body()?;
+    if matches!(req.media_type().as_str(), "application/json" | "" | "*/*") {
+        crate::duplicates::check(&req.body, write.validation)?;
+    }
+    Ok(object)
 }
 
 /// A Table as kubectl prints it: NAME, the kind's columns, AGE, then the

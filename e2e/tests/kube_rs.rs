@@ -288,7 +288,7 @@ async fn kube_rs_lists_watches_creates_and_patches_in_a_vc() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kube_rs_server_side_apply_and_yaml_bodies() {
+async fn kube_rs_server_side_apply_yaml_bodies_and_duplicate_fields() {
     let dir = tempfile::tempdir().unwrap();
     let kplex = Kplex::start(&dir.path().join("data"));
     create_vc(&kplex, dir.path(), "team-a");
@@ -419,6 +419,31 @@ async fn kube_rs_server_side_apply_and_yaml_bodies() {
     );
     client.request_text(yaml).await.unwrap();
     assert_eq!(cms.get("from-yaml").await.unwrap().data.unwrap()["k"], "v");
+    // A JSON body naming a field twice: refused under Strict (nothing
+    // stored), accepted under the default Warn.
+    let twice = r#"{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "twice"}, "data": {"k": "1", "k": "2"}}"#;
+    let strict = raw(
+        "POST",
+        format!("{base}?fieldValidation=Strict"),
+        "application/json",
+        twice,
+    );
+    match client.request_text(strict).await {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 400);
+            assert_eq!(
+                status.message,
+                r#"strict decoding error: duplicate field "data.k""#
+            );
+        }
+        other => panic!("expected a 400, got {other:?}"),
+    }
+    assert!(cms.get_opt("twice").await.unwrap().is_none());
+    client
+        .request_text(raw("POST", base.to_owned(), "application/json", twice))
+        .await
+        .unwrap();
+    assert_eq!(cms.get("twice").await.unwrap().data.unwrap()["k"], "2");
     let broken = raw(
         "POST",
         base.to_owned(),
