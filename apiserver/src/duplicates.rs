@@ -11,18 +11,56 @@ use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use crate::generic::FieldValidation;
 use crate::status::ApiError;
 
-/// The paths of the fields `body` (JSON) holds more than once, in order.
+/// Most duplicates reported (a body could hold a great many).
+const MOST_REPORTED: usize = 100;
+
+/// Longest path reported (keys can be long).
+const LONGEST_PATH: usize = 256;
+
+/// The paths of the fields `body` (JSON) holds more than once, in order (at
+/// most [`MOST_REPORTED`]). A path is written out only for a duplicate.
 pub fn find(body: &[u8]) -> Vec<String> {
     let mut found = Vec::new();
+    let mut path = Vec::new();
     let mut de = serde_json::Deserializer::from_slice(body);
     // A body that does not parse is refused by the decoder with its own
     // error; this pass only looks for duplicates.
     let _ = Walk {
-        path: String::new(),
+        path: &mut path,
         found: &mut found,
     }
     .deserialize(&mut de);
     found
+}
+
+/// One step of the path to a value.
+enum Step {
+    Field(String),
+    Index(usize),
+}
+
+fn render(path: &[Step]) -> String {
+    let mut out = String::new();
+    for step in path {
+        match step {
+            Step::Field(f) if out.is_empty() => out.push_str(f),
+            Step::Field(f) => {
+                out.push('.');
+                out.push_str(f);
+            }
+            Step::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+        if out.len() > LONGEST_PATH {
+            let mut end = LONGEST_PATH;
+            while !out.is_char_boundary(end) {
+                end -= 1;
+            }
+            out.truncate(end);
+            out.push('…');
+            break;
+        }
+    }
+    out
 }
 
 /// Refuses (`Strict`) or warns about (`Warn`) a JSON body's duplicate fields.
@@ -50,7 +88,7 @@ pub fn check(body: &[u8], mode: FieldValidation) -> Result<(), ApiError> {
 
 /// Walks one JSON value at `path`, noting duplicate keys of its maps.
 struct Walk<'a> {
-    path: String,
+    path: &'a mut Vec<Step>,
     found: &'a mut Vec<String>,
 }
 
@@ -91,18 +129,17 @@ impl<'de> Visitor<'de> for Walk<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let mut seen = HashSet::new();
         while let Some(key) = map.next_key::<String>()? {
-            let path = if self.path.is_empty() {
-                key.clone()
-            } else {
-                format!("{}.{key}", self.path)
-            };
-            if !seen.insert(key) {
-                self.found.push(path.clone());
+            let duplicate = !seen.insert(key.clone());
+            self.path.push(Step::Field(key));
+            if duplicate && self.found.len() < MOST_REPORTED {
+                self.found.push(render(self.path));
             }
-            map.next_value_seed(Walk {
-                path,
+            let walked = map.next_value_seed(Walk {
+                path: &mut *self.path,
                 found: &mut *self.found,
-            })?;
+            });
+            self.path.pop();
+            walked?;
         }
         Ok(())
     }
@@ -110,11 +147,13 @@ impl<'de> Visitor<'de> for Walk<'_> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let mut i = 0;
         loop {
-            let seed = Walk {
-                path: format!("{}[{i}]", self.path),
+            self.path.push(Step::Index(i));
+            let walked = seq.next_element_seed(Walk {
+                path: &mut *self.path,
                 found: &mut *self.found,
-            };
-            if seq.next_element_seed(seed)?.is_none() {
+            });
+            self.path.pop();
+            if walked?.is_none() {
                 return Ok(());
             }
             i += 1;
@@ -136,6 +175,20 @@ mod tests {
             ["metadata.name", "spec.containers[0].image", "spec.paused"]
         );
         assert!(find(br#"{"a": {"b": 1}, "c": {"b": 2}, "d": [{"b": 1}, {"b": 2}]}"#).is_empty());
+    }
+
+    #[test]
+    fn many_or_long_duplicates_are_reported_within_bounds() {
+        let long = "k".repeat(100_000);
+        let mut body = format!("{{\"{long}\": {{");
+        for _ in 0..50_000 {
+            body.push_str("\"x\": 0, ");
+        }
+        body.push_str("\"x\": 0}}");
+        let found = find(body.as_bytes());
+        assert_eq!(found.len(), MOST_REPORTED);
+        assert!(found.iter().all(|p| p.chars().count() <= LONGEST_PATH + 1));
+        assert!(found[0].starts_with("kkk") && found[0].ends_with('…'));
     }
 
     #[test]

@@ -702,7 +702,36 @@ impl GenericStore {
         let mut config = crate::handler::parse_object(body)?;
         crate::duplicates::check(body, write.validation)?;
         check_type(info, &mut config)?;
+        if let Some(directive) = patch_directive(&config) {
+            return Err(ApiError::bad_request(format!(
+                "an apply configuration is not a patch: {directive:?} is not a field"
+            )));
+        }
+        let subresource = write.status.then_some("status");
+        if info.has_status() {
+            // An apply to /status declares status only; one to the object
+            // never status (kube-apiserver resets what each may not write).
+            match config.as_object_mut() {
+                Some(fields) if write.status => fields.retain(|k, _| {
+                    matches!(k.as_str(), "apiVersion" | "kind" | "metadata" | "status")
+                }),
+                Some(fields) => drop(fields.remove("status")),
+                None => {}
+            }
+        }
         let meta = config["metadata"].as_object_mut().expect("checked");
+        if meta.contains_key("managedFields") {
+            return Err(ApiError::bad_request(
+                "metadata.managedFields must be nil in an apply configuration",
+            ));
+        }
+        let precondition = |field: &str| {
+            meta.get(field)
+                .and_then(Value::as_str)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
+        let (want_rv, want_uid) = (precondition("resourceVersion"), precondition("uid"));
         match meta.get("name").and_then(Value::as_str) {
             Some(given) if given != name => {
                 return Err(ApiError::bad_request(
@@ -718,6 +747,9 @@ impl GenericStore {
         for _ in 0..8 {
             let current = match self.store.get(&key).await.map_err(from_store)? {
                 Some(current) => current,
+                None if write.status || want_rv.is_some() => {
+                    return Err(Self::not_found(info, name));
+                }
                 None => {
                     let fields = crate::managed::FieldSet::of(&config);
                     let write = WriteOptions {
@@ -734,7 +766,17 @@ impl GenericStore {
                 }
             };
             let live = object_of(&current)?;
-            let (mut merged, fields) = crate::managed::apply(&live, &config, manager, force)?;
+            if want_rv
+                .as_ref()
+                .is_some_and(|rv| *rv != current.mod_revision.to_string())
+                || want_uid
+                    .as_ref()
+                    .is_some_and(|uid| Some(uid.as_str()) != live["metadata"]["uid"].as_str())
+            {
+                return Err(ApiError::conflict(&info.qualified(), name));
+            }
+            let (mut merged, fields) =
+                crate::managed::apply(&live, &config, manager, force, subresource)?;
             check_type(info, &mut merged)?;
             validate(info, &mut merged, write.validation)?;
             let write = WriteOptions {
@@ -797,8 +839,15 @@ impl GenericStore {
         if info.has_status() {
             if write.status {
                 let status = object.get("status").cloned();
+                // An apply brings the ownership it prepared along.
+                let applied = matches!(write.manager, crate::managed::Manager::Apply { .. })
+                    .then(|| object["metadata"].get("managedFields").cloned())
+                    .flatten();
                 object = old.clone();
                 set_or_remove(&mut object, "status", status);
+                if let Some(managed) = applied {
+                    object["metadata"]["managedFields"] = managed;
+                }
             } else {
                 set_or_remove(&mut object, "status", old.get("status").cloned());
             }
@@ -1576,6 +1625,22 @@ pub fn check_type(info: &ResourceInfo, object: &mut Value) -> Result<(), ApiErro
         Some(_) => return Err(ApiError::bad_request("metadata must be an object")),
     }
     Ok(())
+}
+
+/// The first strategic-merge directive (`$patch`, `$retainKeys`, …) in an
+/// object, if any: an apply configuration is an object, not a patch.
+fn patch_directive(value: &Value) -> Option<String> {
+    match value {
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            if k.starts_with('$') {
+                Some(k.clone())
+            } else {
+                patch_directive(v)
+            }
+        }),
+        Value::Array(items) => items.iter().find_map(patch_directive),
+        _ => None,
+    }
 }
 
 /// Whether two versions of an object are the same but for `resourceVersion`.

@@ -120,7 +120,7 @@ impl Request {
             });
         }
         let value: serde_json::Value = if media == "application/yaml" {
-            serde_yaml_ng::from_slice(&self.body).map_err(|e| {
+            crate::yaml::to_json(&self.body).map_err(|e| {
                 ApiError::bad_request(format!("the request body is not valid YAML: {e}"))
             })?
         } else {
@@ -359,7 +359,7 @@ fn version() -> serde_json::Value {
 pub fn parse_object(body: &[u8]) -> Result<serde_json::Value, ApiError> {
     let value: serde_json::Value = match serde_json::from_slice(body) {
         Ok(value) => value,
-        Err(_) => serde_yaml_ng::from_slice(body).map_err(|e| {
+        Err(_) => crate::yaml::to_json(body).map_err(|e| {
             ApiError::bad_request(format!("the apply configuration is not valid YAML: {e}"))
         })?,
     };

@@ -29,3 +29,4 @@ pub mod virtualclusters;
 pub mod warnings;
 pub mod watchcache;
 pub mod watchstream;
+pub mod yaml;

@@ -22,7 +22,7 @@
 //! key are owned whole. Status belongs to the `status` subresource's
 //! entries. Names, UIDs and the other server-owned metadata are nobody's.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use serde_json::{json, Map, Value};
 
@@ -117,67 +117,7 @@ fn atomic_map(field: &str) -> bool {
 impl FieldSet {
     /// The fields `object` sets.
     pub fn of(object: &Value) -> FieldSet {
-        let mut set = FieldSet::default();
-        for (field, value) in object.as_object().into_iter().flatten() {
-            match field.as_str() {
-                "apiVersion" | "kind" => {}
-                "metadata" => {
-                    for (name, v) in value.as_object().into_iter().flatten() {
-                        if !UNMANAGED_METADATA.contains(&name.as_str()) {
-                            let path = vec![Seg::Field(field.clone()), Seg::Field(name.clone())];
-                            set.walk(path, name, v);
-                        }
-                    }
-                }
-                _ => set.walk(vec![Seg::Field(field.clone())], field, value),
-            }
-        }
-        set
-    }
-
-    fn walk(&mut self, path: Path, field: &str, value: &Value) {
-        match value {
-            Value::Object(map) if !map.is_empty() && !atomic_map(field) => {
-                self.walk_map(&path, map);
-            }
-            Value::Array(items) if !items.is_empty() => {
-                let key = crate::patch::merge_key(field, items)
-                    .filter(|k| items.iter().all(|i| i.get(k).is_some()));
-                if let Some(key) = key {
-                    for item in items {
-                        let mut id = Map::new();
-                        id.insert(key.to_owned(), item[key].clone());
-                        let mut at = path.clone();
-                        at.push(Seg::Key(Value::Object(id).to_string()));
-                        let mut itself = at.clone();
-                        itself.push(Seg::Item);
-                        self.0.insert(itself);
-                        if let Some(map) = item.as_object() {
-                            self.walk_map(&at, map);
-                        }
-                    }
-                } else if crate::patch::merges_as_set(field) {
-                    for item in items {
-                        let mut at = path.clone();
-                        at.push(Seg::Value(item.to_string()));
-                        self.0.insert(at);
-                    }
-                } else {
-                    self.0.insert(path);
-                }
-            }
-            _ => {
-                self.0.insert(path);
-            }
-        }
-    }
-
-    fn walk_map(&mut self, path: &Path, map: &Map<String, Value>) {
-        for (k, v) in map {
-            let mut at = path.clone();
-            at.push(Seg::Field(k.clone()));
-            self.walk(at, k, v);
-        }
+        diff(None, object).0
     }
 
     pub fn is_empty(&self) -> bool {
@@ -244,69 +184,206 @@ impl FieldSet {
     }
 }
 
-/// The value a path leads to in `object`.
-fn value_at<'a>(object: &'a Value, path: &[Seg]) -> Option<&'a Value> {
-    let mut v = object;
-    for seg in path {
-        v = step(v, seg)?;
-    }
-    Some(v)
-}
-
-fn step<'a>(v: &'a Value, seg: &Seg) -> Option<&'a Value> {
-    match seg {
-        Seg::Field(f) => v.get(f),
-        Seg::Key(k) => {
-            let id: Map<String, Value> = serde_json::from_str(k).ok()?;
-            v.as_array()?
-                .iter()
-                .find(|item| id.iter().all(|(f, want)| item.get(f) == Some(want)))
-        }
-        Seg::Value(x) => {
-            let x: Value = serde_json::from_str(x).ok()?;
-            v.as_array()?.iter().find(|item| **item == x)
-        }
-        Seg::Item => Some(v),
-    }
-}
-
-/// Removes what a path leads to: a field, a list item, a set member.
-fn remove_at(object: &mut Value, path: &[Seg]) {
-    let (target, parent) = match path {
-        [parent @ .., Seg::Key(_), Seg::Item] => (&path[parent.len()], parent),
-        [parent @ .., last] => (last, parent),
-        [] => return,
+/// The fields `new` sets, and those of them whose value `old` does not
+/// have (all of them without an `old`). One walk over both objects: lists
+/// are matched item by item through an index of the old list, never by
+/// searching it per item.
+fn diff(old: Option<&Value>, new: &Value) -> (FieldSet, FieldSet) {
+    let mut walk = Walk {
+        all: BTreeSet::new(),
+        changed: BTreeSet::new(),
     };
-    let mut v = &mut *object;
-    for seg in parent {
-        let Some(next) = step_mut(v, seg) else { return };
-        v = next;
+    let mut path = Vec::new();
+    for (field, value) in new.as_object().into_iter().flatten() {
+        let before = old.map(|o| o.get(field));
+        match field.as_str() {
+            "apiVersion" | "kind" => {}
+            "metadata" => {
+                path.push(Seg::Field(field.clone()));
+                for (name, v) in value.as_object().into_iter().flatten() {
+                    if !UNMANAGED_METADATA.contains(&name.as_str()) {
+                        path.push(Seg::Field(name.clone()));
+                        let was = before.map(|m| m.and_then(|m| m.get(name)));
+                        walk.value(&mut path, name, v, was);
+                        path.pop();
+                    }
+                }
+                path.pop();
+            }
+            _ => {
+                path.push(Seg::Field(field.clone()));
+                walk.value(&mut path, field, value, before);
+                path.pop();
+            }
+        }
     }
-    match target {
-        Seg::Field(f) => {
-            if let Some(map) = v.as_object_mut() {
-                map.remove(f);
-            }
+    (FieldSet(walk.all), FieldSet(walk.changed))
+}
+
+/// The state of one [`diff`].
+struct Walk {
+    all: BTreeSet<Path>,
+    changed: BTreeSet<Path>,
+}
+
+impl Walk {
+    /// Notes `path`; `was` is `None` without an old object to compare with,
+    /// `Some(None)` where the old object has nothing there.
+    fn leaf(&mut self, path: &Path, changed: bool) {
+        self.all.insert(path.clone());
+        if changed {
+            self.changed.insert(path.clone());
         }
-        Seg::Key(_) | Seg::Value(_) => {
-            let Some(found) = step(v, target).cloned() else {
-                return;
-            };
-            if let Some(items) = v.as_array_mut() {
-                items.retain(|item| *item != found);
+    }
+
+    fn value(&mut self, path: &mut Path, field: &str, value: &Value, was: Option<Option<&Value>>) {
+        match value {
+            Value::Object(map) if !map.is_empty() && !atomic_map(field) => {
+                self.map(path, map, was);
             }
+            Value::Array(items) if !items.is_empty() => {
+                let old_items = was.map(|w| w.and_then(Value::as_array));
+                if let Some(key) = list_key(field, items) {
+                    let index: HashMap<String, &Value> = old_items
+                        .flatten()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|i| Some((item_id(key, i)?, i)))
+                        .collect();
+                    for item in items {
+                        let id = item_id(key, item).expect("every item has the key");
+                        let before = old_items.map(|_| index.get(&id).copied());
+                        path.push(Seg::Key(id));
+                        path.push(Seg::Item);
+                        self.leaf(path, before.is_none_or(|b| b.is_none()));
+                        path.pop();
+                        if let Some(map) = item.as_object() {
+                            self.map(path, map, before);
+                        }
+                        path.pop();
+                    }
+                } else if crate::patch::merges_as_set(field) {
+                    let before: Option<HashSet<String>> =
+                        old_items.map(|o| o.into_iter().flatten().map(Value::to_string).collect());
+                    for item in items {
+                        let member = item.to_string();
+                        let changed = before.as_ref().is_none_or(|b| !b.contains(&member));
+                        path.push(Seg::Value(member));
+                        self.leaf(path, changed);
+                        path.pop();
+                    }
+                } else {
+                    self.leaf(path, was.is_none_or(|w| w != Some(value)));
+                }
+            }
+            _ => self.leaf(path, was.is_none_or(|w| w != Some(value))),
         }
-        Seg::Item => {}
+    }
+
+    fn map(&mut self, path: &mut Path, map: &Map<String, Value>, was: Option<Option<&Value>>) {
+        for (k, v) in map {
+            path.push(Seg::Field(k.clone()));
+            let before = was.map(|w| w.and_then(|w| w.get(k)));
+            self.value(path, k, v, before);
+            path.pop();
+        }
     }
 }
 
-fn step_mut<'a>(v: &'a mut Value, seg: &Seg) -> Option<&'a mut Value> {
-    let found = step(v, seg)?.clone();
-    match seg {
-        Seg::Field(f) => v.get_mut(f),
-        Seg::Item => Some(v),
-        Seg::Key(_) | Seg::Value(_) => v.as_array_mut()?.iter_mut().find(|i| **i == found),
+/// The merge key of a list whose items all carry it.
+fn list_key(field: &str, items: &[Value]) -> Option<&'static str> {
+    crate::patch::merge_key(field, items).filter(|k| items.iter().all(|i| i.get(k).is_some()))
+}
+
+/// A list item's identity: its merge key and value, as JSON object text.
+fn item_id(key: &str, item: &Value) -> Option<String> {
+    let mut id = Map::new();
+    id.insert(key.to_owned(), item.get(key)?.clone());
+    Some(Value::Object(id).to_string())
+}
+
+/// Whether a path under `prefix` (or `prefix` itself) is in `set`.
+fn holds_under(set: &BTreeSet<Path>, prefix: &[Seg]) -> bool {
+    set.range(prefix.to_vec()..)
+        .next()
+        .is_some_and(|p| p.starts_with(prefix))
+}
+
+/// Removes the paths in `gone` from `object` in one walk. A list item's
+/// merge key goes only with the item; a map or list the removal empties
+/// goes too, unless something in `held` is at it.
+fn prune(object: &mut Value, gone: &BTreeSet<Path>, held: &BTreeSet<Path>) {
+    if let Some(map) = object.as_object_mut() {
+        prune_map(map, &mut Vec::new(), gone, held, None);
     }
+}
+
+fn prune_map(
+    map: &mut Map<String, Value>,
+    path: &mut Path,
+    gone: &BTreeSet<Path>,
+    held: &BTreeSet<Path>,
+    key: Option<&str>,
+) {
+    let fields: Vec<String> = map.keys().cloned().collect();
+    for field in fields {
+        if Some(field.as_str()) == key {
+            continue;
+        }
+        path.push(Seg::Field(field.clone()));
+        if gone.contains(path) {
+            map.remove(&field);
+        } else if let Some(child) = map.get_mut(&field) {
+            let had = !is_empty_container(child);
+            prune_value(child, path, &field, gone, held);
+            if had && is_empty_container(child) && !holds_under(held, path) {
+                map.remove(&field);
+            }
+        }
+        path.pop();
+    }
+}
+
+fn prune_value(
+    value: &mut Value,
+    path: &mut Path,
+    field: &str,
+    gone: &BTreeSet<Path>,
+    held: &BTreeSet<Path>,
+) {
+    match value {
+        Value::Object(map) if !atomic_map(field) => prune_map(map, path, gone, held, None),
+        Value::Array(items) => {
+            if let Some(key) = list_key(field, items) {
+                items.retain_mut(|item| {
+                    let id = item_id(key, item).expect("every item has the key");
+                    path.push(Seg::Key(id));
+                    path.push(Seg::Item);
+                    let drop = gone.contains(path);
+                    path.pop();
+                    if !drop {
+                        if let Some(map) = item.as_object_mut() {
+                            prune_map(map, path, gone, held, Some(key));
+                        }
+                    }
+                    path.pop();
+                    !drop
+                });
+            } else if crate::patch::merges_as_set(field) {
+                items.retain(|item| {
+                    path.push(Seg::Value(item.to_string()));
+                    let drop = gone.contains(path);
+                    path.pop();
+                    !drop
+                });
+            }
+        }
+        _ => {}
+    }
+}
+
+fn is_empty_container(v: &Value) -> bool {
+    v.as_object().is_some_and(Map::is_empty) || v.as_array().is_some_and(Vec::is_empty)
 }
 
 /// kube-apiserver's rendering of a path in conflict messages:
@@ -404,6 +481,11 @@ fn set_entries(object: &mut Value, entries: Vec<Entry>) {
 /// Records a write's ownership in `new`'s `managedFields`. `old` is the
 /// stored object (`None` for a create); for an apply, `new` already holds
 /// the entries [`apply`] prepared.
+///
+/// A client may rewrite `managedFields` itself, as kube-apiserver allows
+/// (kubectl does when it moves fields from client-side to server-side
+/// apply): a list that differs from the stored one is taken as it is, and
+/// `[{}]` clears it.
 pub fn track(
     old: Option<&Value>,
     new: &mut Value,
@@ -412,36 +494,45 @@ pub fn track(
     subresource: Option<&str>,
     now: &str,
 ) {
+    if let (Manager::Update(_), Some(old)) = (manager, old) {
+        let given = &new["metadata"]["managedFields"];
+        let cleared = given
+            .as_array()
+            .is_some_and(|a| a.len() == 1 && a[0].as_object().is_some_and(Map::is_empty));
+        if cleared {
+            set_entries(new, Vec::new());
+            return;
+        }
+        if given.as_array().is_some_and(|a| !a.is_empty())
+            && *given != old["metadata"]["managedFields"]
+        {
+            let entries = entries_of(new);
+            set_entries(new, entries);
+            return;
+        }
+    }
     let mut entries = match (manager, old) {
         (Manager::Apply { .. }, _) => entries_of(new),
         (_, Some(old)) => entries_of(old),
         (_, None) => Vec::new(),
     };
-    let now_set = FieldSet::of(new);
-    let (changed, removed) = match old {
-        Some(old) => {
-            let before = FieldSet::of(old);
-            let changed = now_set
-                .0
-                .iter()
-                .filter(|p| match p.last() {
-                    Some(Seg::Item) => value_at(old, p).is_none(),
-                    _ => value_at(old, p) != value_at(new, p),
-                })
-                .cloned()
-                .collect();
-            let removed = before.0.difference(&now_set.0).cloned().collect();
-            (FieldSet(changed), FieldSet(removed))
-        }
-        None => (now_set, FieldSet::default()),
-    };
+    let (now_set, changed) = diff(old, new);
+    let removed = FieldSet(match old {
+        Some(old) => FieldSet::of(old)
+            .0
+            .difference(&now_set.0)
+            .cloned()
+            .collect(),
+        None => BTreeSet::new(),
+    });
     for e in &mut entries {
         e.fields.without(&removed);
     }
+    let touched = !changed.is_empty();
     match manager {
         Manager::Server => {}
         Manager::Update(name) => {
-            if !changed.is_empty() {
+            if touched {
                 for e in entries.iter_mut() {
                     if !e.is(name, "Update", subresource) {
                         e.fields.without(&changed);
@@ -453,86 +544,78 @@ pub fn track(
                     .map(|e| e.fields.clone())
                     .unwrap_or_default();
                 mine.0.extend(changed.0);
-                own(
-                    &mut entries,
-                    name,
-                    "Update",
-                    mine,
-                    subresource,
-                    api_version,
-                    now,
-                );
+                let entry = Entry::new(name, "Update", mine, subresource, api_version, now);
+                own(&mut entries, entry, true);
             }
         }
         Manager::Apply { name, fields } => {
             let mut fields = fields.clone();
             fields.without(&removed);
-            own(
-                &mut entries,
-                name,
-                "Apply",
-                fields,
-                subresource,
-                api_version,
-                now,
-            );
+            let entry = Entry::new(name, "Apply", fields, subresource, api_version, now);
+            own(&mut entries, entry, touched);
         }
     }
     set_entries(new, entries);
 }
 
-/// Sets a manager's entry to `fields`; its time and API version change
-/// only when its fields do.
-fn own(
-    entries: &mut Vec<Entry>,
-    name: &str,
-    operation: &'static str,
-    fields: FieldSet,
-    subresource: Option<&str>,
-    api_version: &str,
-    now: &str,
-) {
-    match entries
-        .iter_mut()
-        .find(|e| e.is(name, operation, subresource))
-    {
-        Some(e) if e.fields == fields => {}
-        Some(e) => {
-            e.fields = fields;
-            e.time = now.to_owned();
-            e.api_version = api_version.to_owned();
-        }
-        None => entries.push(Entry {
-            manager: name.to_owned(),
+impl Entry {
+    fn new(
+        manager: &str,
+        operation: &'static str,
+        fields: FieldSet,
+        subresource: Option<&str>,
+        api_version: &str,
+        time: &str,
+    ) -> Entry {
+        Entry {
+            manager: manager.to_owned(),
             operation,
             api_version: api_version.to_owned(),
-            time: now.to_owned(),
+            time: time.to_owned(),
             subresource: subresource.map(str::to_owned),
             fields,
-        }),
+        }
     }
 }
 
-/// What a server-side apply of `config` by `manager` makes of `live`: the
-/// merged object (other managers' entries adjusted if forced) and the fields
-/// the apply declares. A conflict with another manager is a 409 unless
-/// `force`.
+/// Puts `entry` in place of its manager's: the stored entry's time stays
+/// unless the write changed the object (`touched`) or the entry's fields.
+fn own(entries: &mut Vec<Entry>, entry: Entry, touched: bool) {
+    let same = |e: &&mut Entry| {
+        e.is(
+            &entry.manager,
+            entry.operation,
+            entry.subresource.as_deref(),
+        )
+    };
+    match entries.iter_mut().find(same) {
+        Some(e) if e.fields == entry.fields && !touched => {}
+        Some(e) => *e = entry,
+        None => entries.push(entry),
+    }
+}
+
+/// What a server-side apply of `config` by `manager` (to the main resource,
+/// or to `subresource`) makes of `live`: the merged object (other managers'
+/// entries adjusted if forced) and the fields the apply declares. A
+/// conflict with another manager is a 409 unless `force`.
 pub fn apply(
     live: &Value,
     config: &Value,
     manager: &str,
     force: bool,
+    subresource: Option<&str>,
 ) -> Result<(Value, FieldSet), ApiError> {
-    let applied = FieldSet::of(config);
+    let (applied, differing) = diff(Some(live), config);
     let mut entries = entries_of(live);
-    let mine = |e: &Entry| e.is(manager, "Apply", None);
+    let mine = |e: &Entry| e.is(manager, "Apply", subresource);
     let mut conflicts: Vec<(String, String, Path)> = Vec::new();
     for e in entries
         .iter()
-        .filter(|e| !mine(e) && e.subresource.is_none())
+        .filter(|e| !mine(e) && e.subresource.as_deref() == subresource)
     {
-        for path in e.fields.0.intersection(&applied.0) {
-            if path.last() != Some(&Seg::Item) && value_at(live, path) != value_at(config, path) {
+        for path in e.fields.0.intersection(&differing.0) {
+            if path.last() != Some(&Seg::Item) {
                 conflicts.push((e.manager.clone(), e.api_version.clone(), path.clone()));
             }
         }
@@ -549,44 +632,33 @@ pub fn apply(
     let body = serde_json::to_vec(config).expect("a Value always serializes");
     let mut object = crate::patch::apply(live, crate::patch::PatchType::Strategic, &body)?;
     // What this manager applied before and no longer does goes, unless
-    // someone else owns it (or something under it).
-    let before = entries
+    // someone else owns it (or something under it) or the configuration
+    // still sets something under it.
+    let mut held = applied.0.clone();
+    for e in entries.iter().filter(|e| !mine(e)) {
+        held.extend(e.fields.0.iter().cloned());
+    }
+    let gone: BTreeSet<Path> = entries
         .iter()
         .find(|e| mine(e))
-        .map(|e| e.fields.clone())
-        .unwrap_or_default();
-    let owned_elsewhere = |prefix: &[Seg]| {
-        entries
-            .iter()
-            .filter(|e| !mine(e))
-            .any(|e| e.fields.0.iter().any(|p| p.starts_with(prefix)))
-            || applied.0.iter().any(|p| p.starts_with(prefix))
-    };
-    let (items, fields): (Vec<&Path>, Vec<&Path>) = before
-        .0
-        .difference(&applied.0)
-        .partition(|p| p.last() == Some(&Seg::Item));
-    // Whole list items first: they are found by their keys, which the
-    // removal of their fields would take away.
-    for path in items.into_iter().chain(fields) {
-        let prefix = match path.split_last() {
-            Some((Seg::Item, rest)) => rest,
-            _ => &path[..],
-        };
-        if owned_elsewhere(prefix) {
-            continue;
-        }
-        remove_at(&mut object, path);
-        // A map or list left empty by the removal goes too, unless it is
-        // itself applied.
-        let container = &prefix[..prefix.len() - 1];
-        let emptied = value_at(&object, container).is_some_and(|v| {
-            v.as_object().is_some_and(Map::is_empty) || v.as_array().is_some_and(Vec::is_empty)
-        });
-        if emptied && !container.is_empty() && !applied.0.contains(container) {
-            remove_at(&mut object, container);
-        }
-    }
+        .map(|e| {
+            e.fields
+                .0
+                .difference(&applied.0)
+                .cloned()
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|path| {
+            let prefix = match path.split_last() {
+                Some((Seg::Item, rest)) => rest,
+                _ => &path[..],
+            };
+            !holds_under(&held, prefix)
+        })
+        .collect();
+    prune(&mut object, &gone, &held);
     set_entries(&mut object, entries);
     Ok((object, applied))
 }
@@ -767,14 +839,14 @@ mod tests {
             NOW,
         );
 
-        let err = apply(&scaled, &deployment("nginx", 1), "me", false).unwrap_err();
+        let err = apply(&scaled, &deployment("nginx", 1), "me", false, None).unwrap_err();
         assert_eq!(err.code, hyper::StatusCode::CONFLICT);
         assert_eq!(
             err.message,
             r#"Apply failed with 1 conflict: conflict with "hpa" using apps/v1: .spec.replicas"#
         );
         // The same value: shared, no conflict.
-        let (shared, _) = apply(&scaled, &deployment("nginx", 5), "me", false).unwrap();
+        let (shared, _) = apply(&scaled, &deployment("nginx", 5), "me", false, None).unwrap();
         assert_eq!(
             managers(&shared),
             [
@@ -783,7 +855,7 @@ mod tests {
             ]
         );
         // Forced: the field changes hands.
-        let (forced, _) = apply(&scaled, &deployment("nginx", 1), "me", true).unwrap();
+        let (forced, _) = apply(&scaled, &deployment("nginx", 1), "me", true, None).unwrap();
         assert_eq!(forced["spec"]["replicas"], 1);
         assert_eq!(managers(&forced), [("me".into(), "Apply".into())]);
 
@@ -794,10 +866,134 @@ mod tests {
             .unwrap()
             .remove("finalizers");
         fewer["spec"]["template"]["spec"]["containers"] = json!([]);
-        let (trimmed, applied) = apply(&forced, &fewer, "me", false).unwrap();
+        let (trimmed, applied) = apply(&forced, &fewer, "me", false, None).unwrap();
         assert!(trimmed["metadata"].get("finalizers").is_none(), "{trimmed}");
         assert_eq!(trimmed["spec"]["template"]["spec"]["containers"], json!([]));
         assert!(!applied.0.iter().any(|p| p.contains(&Seg::Item)));
+    }
+
+    #[test]
+    fn an_item_kept_for_another_manager_keeps_its_key() {
+        let two = |image: &str| {
+            let mut d = deployment("nginx", 1);
+            d["spec"]["template"]["spec"]["containers"] =
+                json!([{"name": "web", "image": "nginx"}, {"name": "sidecar", "image": image}]);
+            d
+        };
+        let mut live = two("envoy:1");
+        let fields = FieldSet::of(&live);
+        track(
+            None,
+            &mut live,
+            &Manager::Apply {
+                name: "me".into(),
+                fields,
+            },
+            "apps/v1",
+            None,
+            NOW,
+        );
+        let mut reimaged = two("envoy:2");
+        reimaged["metadata"]["managedFields"] = live["metadata"]["managedFields"].clone();
+        track(
+            Some(&live),
+            &mut reimaged,
+            &Manager::Update("kubectl-set".into()),
+            "apps/v1",
+            None,
+            NOW,
+        );
+        // The sidecar is left out, but its image is someone else's: the
+        // container stays, with its name.
+        let (kept, _) = apply(&reimaged, &deployment("nginx", 1), "me", false, None).unwrap();
+        assert_eq!(
+            kept["spec"]["template"]["spec"]["containers"],
+            json!([{"name": "web", "image": "nginx", "args": ["-v"]}, {"name": "sidecar", "image": "envoy:2"}])
+        );
+    }
+
+    #[test]
+    fn a_large_list_is_compared_and_pruned_item_by_item() {
+        let env = |n: usize, value: &str| -> Vec<Value> {
+            (0..n)
+                .map(|i| json!({"name": format!("V{i}"), "value": value}))
+                .collect()
+        };
+        let with_env = |env: Vec<Value>| {
+            let mut d = deployment("nginx", 1);
+            d["spec"]["template"]["spec"]["containers"][0]["env"] = Value::Array(env);
+            d
+        };
+        let n = 20_000;
+        let mut live = with_env(env(n, "a"));
+        let fields = FieldSet::of(&live);
+        track(
+            None,
+            &mut live,
+            &Manager::Apply {
+                name: "me".into(),
+                fields,
+            },
+            "apps/v1",
+            None,
+            NOW,
+        );
+        let mut changed = with_env(env(n, "b"));
+        changed["metadata"]["managedFields"] = live["metadata"]["managedFields"].clone();
+        track(
+            Some(&live),
+            &mut changed,
+            &Manager::Update("other".into()),
+            "apps/v1",
+            None,
+            NOW,
+        );
+        let other = &entries_of(&changed)[1];
+        assert_eq!(other.fields.0.len(), n, "every value changed hands");
+        let (pruned, _) = apply(&changed, &with_env(Vec::new()), "me", true, None).unwrap();
+        let left = pruned["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap();
+        assert_eq!(
+            left.len(),
+            n,
+            "items whose values another manager owns stay"
+        );
+    }
+
+    #[test]
+    fn a_client_may_reset_or_rewrite_managed_fields() {
+        let mut live = deployment("nginx", 1);
+        track(
+            None,
+            &mut live,
+            &Manager::Update("a".into()),
+            "apps/v1",
+            None,
+            NOW,
+        );
+        let mut cleared = live.clone();
+        cleared["metadata"]["managedFields"] = json!([{}]);
+        track(
+            Some(&live),
+            &mut cleared,
+            &Manager::Update("b".into()),
+            "apps/v1",
+            None,
+            NOW,
+        );
+        assert!(cleared["metadata"].get("managedFields").is_none());
+        let mut moved = live.clone();
+        moved["metadata"]["managedFields"][0]["manager"] = json!("kubectl");
+        track(
+            Some(&live),
+            &mut moved,
+            &Manager::Update("b".into()),
+            "apps/v1",
+            None,
+            NOW,
+        );
+        assert_eq!(managers(&moved), [("kubectl".into(), "Update".into())]);
     }
 
     #[test]

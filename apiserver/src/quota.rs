@@ -47,8 +47,7 @@ impl WatchLimits {
     /// kube-apiserver's priority and fairness answers) when it has `max`.
     pub fn acquire(self: &Arc<Self>, vc: &str) -> Result<WatchPermit, ApiError> {
         let mut open = self.open.lock().expect("watch limits");
-        let count = open.entry(vc.to_owned()).or_default();
-        if *count >= self.max {
+        if open.get(vc).copied().unwrap_or(0) >= self.max {
             return Err(ApiError {
                 code: hyper::StatusCode::TOO_MANY_REQUESTS,
                 reason: "TooManyRequests",
@@ -59,7 +58,7 @@ impl WatchLimits {
                 details: Some(Box::new(json!({"retryAfterSeconds": 1}))),
             });
         }
-        *count += 1;
+        *open.entry(vc.to_owned()).or_default() += 1;
         Ok(WatchPermit {
             limits: self.clone(),
             vc: vc.to_owned(),
@@ -108,5 +107,9 @@ mod tests {
         let limits = Arc::new(WatchLimits::new(5));
         drop(limits.acquire("a").unwrap());
         assert_eq!(limits.vcs(), 0);
+        // Nor does a refused one.
+        let none = Arc::new(WatchLimits::new(0));
+        assert!(none.acquire("a").is_err());
+        assert_eq!(none.vcs(), 0);
     }
 }

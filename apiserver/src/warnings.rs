@@ -12,11 +12,38 @@ tokio::task_local! {
     static WARNINGS: RefCell<Vec<String>>;
 }
 
+/// Longest warning kept (as kube-apiserver: longer ones are cut).
+const LONGEST: usize = 4 * 1024;
+
+/// Most bytes of warnings one response carries (as kube-apiserver: later
+/// ones are dropped), so a request cannot make its own headers too large
+/// for clients.
+const MOST_BYTES: usize = 256 * 1024;
+
+/// Most warnings one response carries.
+const MOST_WARNINGS: usize = 1000;
+
 /// Adds a warning to the response of the request being served (nothing
 /// outside a request).
 pub fn add(message: impl Into<String>) {
-    let message = message.into();
-    let _ = WARNINGS.try_with(|w| w.borrow_mut().push(message));
+    let mut message = message.into();
+    if message.len() > LONGEST {
+        let mut end = LONGEST;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+    }
+    let _ = WARNINGS.try_with(|w| {
+        let mut w = w.borrow_mut();
+        if w.len() >= MOST_WARNINGS {
+            return;
+        }
+        let used: usize = w.iter().map(String::len).sum();
+        if used + message.len() <= MOST_BYTES {
+            w.push(message);
+        }
+    });
 }
 
 /// Runs `serve`, then adds the warnings it raised to its response.
@@ -75,5 +102,25 @@ mod tests {
         );
         // Outside a request there is no list to add to, and no panic.
         add("nobody listens");
+    }
+
+    #[tokio::test]
+    async fn a_response_carries_bounded_warnings() {
+        let response = collect(async {
+            add("x".repeat(10_000));
+            for _ in 0..5_000 {
+                add("many");
+            }
+            Response::new(())
+        })
+        .await;
+        let values: Vec<usize> = response
+            .headers()
+            .get_all(WARNING)
+            .iter()
+            .map(|v| v.len())
+            .collect();
+        assert_eq!(values.len(), MOST_WARNINGS);
+        assert!(values[0] < LONGEST + 16, "{}", values[0]);
     }
 }

@@ -77,6 +77,23 @@ fn expired() -> Bytes {
 }
 
 /// Starts the stream; the response body carries it.
+/// Queues a line for the client; `false` if the client is gone, or the
+/// watch's time ran out or the server stopped while a client that stopped
+/// reading held it up (so such a client cannot hold a watch, and its VC's
+/// watch slot, past its deadline).
+async fn deliver(
+    tx: &tokio::sync::mpsc::Sender<Bytes>,
+    line: Bytes,
+    deadline: tokio::time::Instant,
+    stopping: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    tokio::select! {
+        sent = tx.send(line) => sent.is_ok(),
+        _ = tokio::time::sleep_until(deadline) => false,
+        _ = stopping.wait_for(|stop| *stop) => false,
+    }
+}
+
 pub fn respond<C, R>(mut s: EventStream<C, R>) -> Response<Body>
 where
     C: Fn(&Event) -> Option<(&'static str, Value)> + Send + 'static,
@@ -90,18 +107,25 @@ where
     let deadline = tokio::time::Instant::now() + s.timeout.unwrap_or(MAX_WATCH).min(MAX_WATCH);
     tokio::spawn(async move {
         for object in std::mem::take(&mut s.initial) {
-            if tx.send(line("ADDED", &(s.render)(object))).await.is_err() {
+            if !deliver(
+                &tx,
+                line("ADDED", &(s.render)(object)),
+                deadline,
+                &mut s.stopping,
+            )
+            .await
+            {
                 return;
             }
         }
         if s.initial_events {
             let mark = bookmark(&s.kind, &s.api_version, s.from, true);
-            if tx.send(line("BOOKMARK", &mark)).await.is_err() {
+            if !deliver(&tx, line("BOOKMARK", &mark), deadline, &mut s.stopping).await {
                 return;
             }
         }
         let Some(mut events) = s.events.take() else {
-            let _ = tx.send(expired()).await;
+            deliver(&tx, expired(), deadline, &mut s.stopping).await;
             return;
         };
         let mut last_bookmark = tokio::time::Instant::now();
@@ -137,7 +161,7 @@ where
                 }
                 None => return,
             };
-            if tx.send(out).await.is_err() {
+            if !deliver(&tx, out, deadline, &mut s.stopping).await {
                 return;
             }
         }
