@@ -328,13 +328,9 @@ impl GenericStore {
         let prefix = self.prefix(info, ns)?;
         let (mut after, mut revision) = (None, opts.exact_revision);
         if let Some(min) = opts.not_older_than {
-            let current = self.store.current_revision().await.map_err(from_store)?;
-            if current < min {
-                return Err(ApiError::too_large_resource_version(
-                    min,
-                    Some(current.get()),
-                ));
-            }
+            // As for a watch: a revision the cache has not reached yet is
+            // waited for a moment before the 504.
+            crate::tenant::wait_for_revision(&self.store, min).await?;
         }
         if let Some(token) = &opts.continue_token {
             let (rev, key) = self.decode_continue(info, token)?;
@@ -556,11 +552,11 @@ impl GenericStore {
                 (Some(name), _) => name.clone(),
                 (None, Some(prefix)) => format!("{prefix}{}", random_suffix()),
                 (None, None) => {
-                    return Err(ApiError::invalid(
+                    return Err(ApiError::field(
                         &info.qualified_kind(),
                         "",
                         "metadata.name",
-                        "name or generateName is required",
+                        "Required value: name or generateName is required",
                     ))
                 }
             };

@@ -36,6 +36,8 @@ const CLAIM_RULE: &str = "spec is immutable after creation except resources.requ
 /// Refuses an update of `old` to `new` that changes what the kind keeps.
 pub fn check(info: &ResourceInfo, name: &str, old: &Value, new: &Value) -> Result<(), ApiError> {
     let refuse = Refusal { info, name };
+    // Go reads an empty list or map as an absent one: so do the comparisons.
+    let (old, new) = (&without_empty(old), &without_empty(new));
     match (info.group, info.kind) {
         ("", "ConfigMap" | "Secret") => contents(&refuse, old, new),
         ("apps", "Deployment" | "ReplicaSet" | "DaemonSet") => {
@@ -113,6 +115,26 @@ impl Refusal<'_> {
             ),
         ))
     }
+}
+
+/// `value` without nulls and empty lists and maps, at any depth.
+fn without_empty(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), without_empty(v)))
+                .filter(|(_, v)| !is_empty(v))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(without_empty).collect()),
+        other => other.clone(),
+    }
+}
+
+fn is_empty(v: &Value) -> bool {
+    v.is_null()
+        || v.as_object().is_some_and(Map::is_empty)
+        || v.as_array().is_some_and(Vec::is_empty)
 }
 
 /// Copies of both specs, to neutralise what may change before comparing.
@@ -231,7 +253,26 @@ fn pod(refuse: &Refusal, old: &Value, new: &Value) -> Result<(), ApiError> {
             .cloned()
             .unwrap_or_default()
     };
-    let contains_all = |big: &[Value], small: &[Value]| small.iter().all(|x| big.contains(x));
+    // (Through a set of their texts: lists may be long.)
+    let contains_all = |big: &[Value], small: &[Value]| {
+        let big: std::collections::HashSet<String> = big.iter().map(Value::to_string).collect();
+        small.iter().all(|x| big.contains(&x.to_string()))
+    };
+    // A pod its scheduling gates still hold may gain node selectors and
+    // affinity (what queueing controllers set before they ungate it).
+    if !items(&was, "schedulingGates").is_empty() {
+        let selector = |m: &Map<String, Value>| {
+            m.get("nodeSelector")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default()
+        };
+        let (before, after) = (selector(&was), selector(&is));
+        if before.iter().all(|(k, v)| after.get(k) == Some(v)) {
+            neutral(&mut is, "nodeSelector");
+        }
+        neutral(&mut is, "affinity");
+    }
     if contains_all(&items(&is, "tolerations"), &items(&was, "tolerations")) {
         neutral(&mut is, "tolerations");
     }
@@ -256,11 +297,15 @@ fn pod(refuse: &Refusal, old: &Value, new: &Value) -> Result<(), ApiError> {
 /// its requests and volume attributes class once it is bound.
 fn claim(refuse: &Refusal, old: &Value, new: &Value) -> Result<(), ApiError> {
     let (mut was, mut is) = specs(old, new);
-    for field in ["volumeName", "storageClassName"] {
-        if was.get(field).is_none_or(|v| v.is_null() || v == "") {
-            was.remove(field);
-            is.remove(field);
-        }
+    // A volume name may be set once (binding); a storage class once where
+    // it was never set (a default class assigned later). An empty class is
+    // a choice: "no class".
+    if was.get("volumeName").is_none_or(|v| v == "") {
+        was.remove("volumeName");
+        is.remove("volumeName");
+    }
+    if !was.contains_key("storageClassName") {
+        is.remove("storageClassName");
     }
     if old["status"]["phase"] == "Bound" {
         for spec in [&mut was, &mut is] {
@@ -315,7 +360,8 @@ mod tests {
         scaled["spec"]["updateStrategy"] = json!({"type": "OnDelete"});
         check(&sts, "x", &old, &scaled).unwrap();
         let mut grown = old.clone();
-        grown["spec"]["volumeClaimTemplates"][0]["spec"] = json!({"resources": {}});
+        grown["spec"]["volumeClaimTemplates"][0]["spec"] =
+            json!({"resources": {"requests": {"storage": "5Gi"}}});
         grown["spec"]["serviceName"] = json!("other");
         let message = refused(&sts, &old, &grown);
         assert!(
@@ -381,9 +427,14 @@ mod tests {
             "{message}"
         );
         assert!(message.ends_with("changed: spec.tolerations"), "{message}");
-        let mut moved = old.clone();
+        let mut ungated = old.clone();
+        ungated["spec"]
+            .as_object_mut()
+            .unwrap()
+            .remove("schedulingGates");
+        let mut moved = ungated.clone();
         moved["spec"]["nodeSelector"] = json!({"zone": "b"});
-        assert!(refused(&pod, &old, &moved).ends_with("changed: spec.nodeSelector"));
+        assert!(refused(&pod, &ungated, &moved).ends_with("changed: spec.nodeSelector"));
         let mut longer = old.clone();
         longer["spec"]["activeDeadlineSeconds"] = json!(90);
         assert!(
@@ -402,6 +453,27 @@ mod tests {
     }
 
     #[test]
+    fn a_gated_pod_may_gain_node_selectors_and_empty_reads_as_absent() {
+        let pod = kind("", "Pod");
+        let gated = json!({"spec": {"containers": [{"name": "c", "image": "1"}], "schedulingGates": [{"name": "q"}], "nodeSelector": {"a": "1"}}});
+        let mut placed = gated.clone();
+        placed["spec"]["nodeSelector"]["zone"] = json!("b");
+        placed["spec"]["affinity"] = json!({"nodeAffinity": {}});
+        check(&pod, "x", &gated, &placed).unwrap();
+        let mut replaced = gated.clone();
+        replaced["spec"]["nodeSelector"] = json!({"zone": "b"});
+        assert!(refused(&pod, &gated, &replaced).ends_with("changed: spec.nodeSelector"));
+        let mut volumes = gated.clone();
+        volumes["spec"]["volumes"] = json!([]);
+        check(&pod, "x", &gated, &volumes).unwrap();
+        let deploy = kind("apps", "Deployment");
+        let old =
+            json!({"spec": {"selector": {"matchLabels": {"app": "a"}, "matchExpressions": []}}});
+        let new = json!({"spec": {"selector": {"matchLabels": {"app": "a"}}}});
+        check(&deploy, "x", &old, &new).unwrap();
+    }
+
+    #[test]
     fn a_claim_is_fixed_but_may_grow_once_bound() {
         let pvc = kind("", "PersistentVolumeClaim");
         let old = json!({"spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}});
@@ -409,6 +481,9 @@ mod tests {
         classed["spec"]["storageClassName"] = json!("fast");
         classed["spec"]["volumeName"] = json!("pv-1");
         check(&pvc, "x", &old, &classed).unwrap();
+        let mut no_class = old.clone();
+        no_class["spec"]["storageClassName"] = json!("");
+        assert!(refused(&pvc, &no_class, &classed).contains(CLAIM_RULE));
         let mut reclassed = classed.clone();
         reclassed["spec"]["storageClassName"] = json!("slow");
         assert!(refused(&pvc, &classed, &reclassed).contains(CLAIM_RULE));

@@ -56,7 +56,7 @@ impl Manager {
                 .and_then(|ua| ua.split('/').next())
                 .unwrap_or_default(),
         };
-        let name: String = if field_manager.is_some() {
+        let name: String = if field_manager.is_some_and(|m| !m.is_empty()) {
             if name.len() > MANAGER_MAX {
                 return Err(ApiError::field(
                     "PatchOptions.meta.k8s.io",

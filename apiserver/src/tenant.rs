@@ -450,12 +450,17 @@ async fn resource(
         dry_run,
         validation: FieldValidation::parse(q("fieldValidation"))?,
         status: t.sub == Some("status"),
-        manager: crate::managed::Manager::of_request(q("fieldManager"), user_agent)?,
+        manager: if matches!(req.method, Method::POST | Method::PUT | Method::PATCH) {
+            crate::managed::Manager::of_request(q("fieldManager"), user_agent)?
+        } else {
+            crate::managed::Manager::Server
+        },
     };
-    let force = match q("force") {
-        None | Some("" | "false") => false,
-        Some("true") if apply => true,
-        Some("true") => {
+    let force = match (q("force"), apply) {
+        (None, _) => false,
+        (Some("true"), true) => true,
+        (Some("" | "false"), true) => false,
+        (Some(_), false) if req.method == Method::PATCH => {
             return Err(ApiError::field(
                 "PatchOptions.meta.k8s.io",
                 "",
@@ -463,7 +468,8 @@ async fn resource(
                 "Forbidden: may not be specified for non-apply patch",
             ))
         }
-        Some(other) => {
+        (Some(_), false) => false,
+        (Some(other), true) => {
             return Err(ApiError::bad_request(format!(
                 "force must be true or false, not {other:?}"
             )))
@@ -857,11 +863,14 @@ async fn scale(
                 .as_i64()
                 .filter(|r| (0..=i64::from(i32::MAX)).contains(r))
                 .ok_or_else(|| {
-                    ApiError::invalid(
-                        "Scale",
+                    ApiError::field(
+                        "Scale.autoscaling",
                         name,
                         "spec.replicas",
-                        "must be a non-negative integer",
+                        &format!(
+                            "Invalid value: {}: must be greater than or equal to 0",
+                            requested["spec"]["replicas"]
+                        ),
                     )
                 })?;
             let mut patch = json!({"spec": {"replicas": replicas}});
