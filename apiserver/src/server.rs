@@ -59,6 +59,12 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
+        // Small writes (a watch event, a short response) go out at once:
+        // with Nagle's algorithm they could wait for the peer's delayed ACK,
+        // some 40 ms (Go's servers, kube-apiserver's among them, do the same).
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
         let acceptor = acceptor.clone();
         let ctx = ctx.clone();
         let watcher = graceful.watcher();
