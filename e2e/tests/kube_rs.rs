@@ -274,6 +274,25 @@ async fn kube_rs_lists_watches_creates_and_patches_in_a_vc() {
         Ok(_) => panic!("expected a 504 Status, got a watch"),
     }
 
+    // So is a list from such a revision, after the same wait.
+    match once
+        .list(
+            &ListParams::default()
+                .at("99999999")
+                .matching(kube::api::VersionMatch::NotOlderThan),
+        )
+        .await
+    {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 504);
+            assert_eq!(
+                status.details.unwrap().causes[0].reason,
+                "ResourceVersionTooLarge"
+            );
+        }
+        other => panic!("expected a 504 Status, got {other:?}"),
+    }
+
     // The same client cannot reach VC team-b.
     let mut elsewhere = config_of(&path).await;
     elsewhere.cluster_url = format!("{}/clusters/team-b", kplex.server())
