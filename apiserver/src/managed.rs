@@ -506,7 +506,8 @@ pub fn track(
         if given.as_array().is_some_and(|a| !a.is_empty())
             && *given != old["metadata"]["managedFields"]
         {
-            let entries = entries_of(new);
+            let mut entries = entries_of(new);
+            fold_ancient(&mut entries);
             set_entries(new, entries);
             return;
         }
@@ -555,7 +556,60 @@ pub fn track(
             own(&mut entries, entry, touched);
         }
     }
+    fold_ancient(&mut entries);
     set_entries(new, entries);
+}
+
+/// Most `Update` entries an object keeps (as kube-apiserver): past it the
+/// oldest are folded into one `ancient-changes` entry, so writers with ever
+/// new names cannot grow an object until it no longer fits in storage.
+const MOST_UPDATE_ENTRIES: usize = 10;
+
+const ANCIENT: &str = "ancient-changes";
+
+fn fold_ancient(entries: &mut Vec<Entry>) {
+    let updates = entries.iter().filter(|e| e.operation == "Update").count();
+    if updates <= MOST_UPDATE_ENTRIES {
+        return;
+    }
+    // Oldest first (RFC 3339 times in UTC order as text); the folded
+    // entry counts as one of the ten.
+    let mut order: Vec<usize> = (0..entries.len())
+        .filter(|&i| entries[i].operation == "Update" && entries[i].manager != ANCIENT)
+        .collect();
+    order.sort_by(|&a, &b| entries[a].time.cmp(&entries[b].time));
+    let surplus = updates - MOST_UPDATE_ENTRIES
+        + usize::from(
+            !entries
+                .iter()
+                .any(|e| e.manager == ANCIENT && e.operation == "Update"),
+        );
+    let folded: HashSet<usize> = order.into_iter().take(surplus).collect();
+    let mut fields = FieldSet::default();
+    let mut time = String::new();
+    for &i in &folded {
+        fields.0.extend(entries[i].fields.0.iter().cloned());
+        time = time.max(entries[i].time.clone());
+    }
+    let mut i = 0;
+    entries.retain(|_| {
+        i += 1;
+        !folded.contains(&(i - 1))
+    });
+    match entries
+        .iter_mut()
+        .find(|e| e.manager == ANCIENT && e.operation == "Update")
+    {
+        Some(ancient) => ancient.fields.0.extend(fields.0),
+        None => entries.push(Entry {
+            manager: ANCIENT.to_owned(),
+            operation: "Update",
+            api_version: String::new(),
+            time,
+            subresource: None,
+            fields,
+        }),
+    }
 }
 
 impl Entry {
@@ -994,6 +1048,31 @@ mod tests {
             NOW,
         );
         assert_eq!(managers(&moved), [("kubectl".into(), "Update".into())]);
+    }
+
+    #[test]
+    fn more_than_ten_updaters_fold_into_ancient_changes() {
+        let mut object = json!({"metadata": {"name": "x"}, "data": {}});
+        for i in 0..25 {
+            let old = object.clone();
+            object["data"][format!("k{i}")] = json!("v");
+            let time = format!("2026-11-27T00:00:{i:02}Z");
+            track(
+                Some(&old),
+                &mut object,
+                &Manager::Update(format!("writer-{i}")),
+                "v1",
+                None,
+                &time,
+            );
+        }
+        let entries = entries_of(&object);
+        assert_eq!(entries.len(), MOST_UPDATE_ENTRIES);
+        let ancient = entries.iter().find(|e| e.manager == ANCIENT).unwrap();
+        // The 16 oldest writers' fields, kept in one entry.
+        assert_eq!(ancient.fields.0.len(), 16);
+        assert!(entries.iter().any(|e| e.manager == "writer-24"));
+        assert!(!entries.iter().any(|e| e.manager == "writer-0"));
     }
 
     #[test]
