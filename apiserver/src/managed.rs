@@ -778,6 +778,24 @@ mod tests {
         })
     }
 
+    /// `object` as an apply of itself by `manager` creates it.
+    fn applied_by(mut object: Value, manager: &str) -> Value {
+        let fields = FieldSet::of(&object);
+        let apply = Manager::Apply {
+            name: manager.into(),
+            fields,
+        };
+        track(None, &mut object, &apply, "apps/v1", None, NOW);
+        object
+    }
+
+    /// `new` as an update by `manager` of `old` at `time` stores it.
+    fn updated_by(old: &Value, mut new: Value, manager: &str, time: &str) -> Value {
+        let update = Manager::Update(manager.into());
+        track(Some(old), &mut new, &update, "apps/v1", None, time);
+        new
+    }
+
     fn managers(object: &Value) -> Vec<(String, String)> {
         entries_of(object)
             .into_iter()
@@ -822,14 +840,7 @@ mod tests {
         );
         let mut scaled = deployment("nginx", 3);
         scaled["metadata"]["managedFields"] = created["metadata"]["managedFields"].clone();
-        track(
-            Some(&created),
-            &mut scaled,
-            &Manager::Update("scaler".into()),
-            "apps/v1",
-            None,
-            "later",
-        );
+        scaled = updated_by(&created, scaled, "scaler", "later");
         let entries = entries_of(&scaled);
         let replicas = vec![Seg::Field("spec".into()), Seg::Field("replicas".into())];
         assert!(!entries[0].fields.0.contains(&replicas));
@@ -842,14 +853,7 @@ mod tests {
         );
         // Writing the same again changes no entry.
         let mut again = scaled.clone();
-        track(
-            Some(&scaled),
-            &mut again,
-            &Manager::Update("scaler".into()),
-            "apps/v1",
-            None,
-            "latest",
-        );
+        again = updated_by(&scaled, again, "scaler", "latest");
         assert_eq!(again, scaled);
         // The server's own writes leave ownership as it was.
         let mut server = deployment("nginx", 3);
@@ -869,29 +873,10 @@ mod tests {
 
     #[test]
     fn an_apply_conflicts_shares_forces_and_removes_what_it_no_longer_sets() {
-        let mut live = deployment("nginx", 1);
-        let fields = FieldSet::of(&live);
-        track(
-            None,
-            &mut live,
-            &Manager::Apply {
-                name: "me".into(),
-                fields,
-            },
-            "apps/v1",
-            None,
-            NOW,
-        );
+        let live = applied_by(deployment("nginx", 1), "me");
         let mut scaled = live.clone();
         scaled["spec"]["replicas"] = json!(5);
-        track(
-            Some(&live),
-            &mut scaled,
-            &Manager::Update("hpa".into()),
-            "apps/v1",
-            None,
-            NOW,
-        );
+        scaled = updated_by(&live, scaled, "hpa", NOW);
 
         let err = apply(&scaled, &deployment("nginx", 1), "me", false, None).unwrap_err();
         assert_eq!(err.code, hyper::StatusCode::CONFLICT);
@@ -934,29 +919,10 @@ mod tests {
                 json!([{"name": "web", "image": "nginx"}, {"name": "sidecar", "image": image}]);
             d
         };
-        let mut live = two("envoy:1");
-        let fields = FieldSet::of(&live);
-        track(
-            None,
-            &mut live,
-            &Manager::Apply {
-                name: "me".into(),
-                fields,
-            },
-            "apps/v1",
-            None,
-            NOW,
-        );
+        let live = applied_by(two("envoy:1"), "me");
         let mut reimaged = two("envoy:2");
         reimaged["metadata"]["managedFields"] = live["metadata"]["managedFields"].clone();
-        track(
-            Some(&live),
-            &mut reimaged,
-            &Manager::Update("kubectl-set".into()),
-            "apps/v1",
-            None,
-            NOW,
-        );
+        reimaged = updated_by(&live, reimaged, "kubectl-set", NOW);
         // The sidecar is left out, but its image is someone else's: the
         // container stays, with its name.
         let (kept, _) = apply(&reimaged, &deployment("nginx", 1), "me", false, None).unwrap();
@@ -979,29 +945,10 @@ mod tests {
             d
         };
         let n = 20_000;
-        let mut live = with_env(env(n, "a"));
-        let fields = FieldSet::of(&live);
-        track(
-            None,
-            &mut live,
-            &Manager::Apply {
-                name: "me".into(),
-                fields,
-            },
-            "apps/v1",
-            None,
-            NOW,
-        );
+        let live = applied_by(with_env(env(n, "a")), "me");
         let mut changed = with_env(env(n, "b"));
         changed["metadata"]["managedFields"] = live["metadata"]["managedFields"].clone();
-        track(
-            Some(&live),
-            &mut changed,
-            &Manager::Update("other".into()),
-            "apps/v1",
-            None,
-            NOW,
-        );
+        changed = updated_by(&live, changed, "other", NOW);
         let other = &entries_of(&changed)[1];
         assert_eq!(other.fields.0.len(), n, "every value changed hands");
         let (pruned, _) = apply(&changed, &with_env(Vec::new()), "me", true, None).unwrap();
@@ -1028,25 +975,11 @@ mod tests {
         );
         let mut cleared = live.clone();
         cleared["metadata"]["managedFields"] = json!([{}]);
-        track(
-            Some(&live),
-            &mut cleared,
-            &Manager::Update("b".into()),
-            "apps/v1",
-            None,
-            NOW,
-        );
+        cleared = updated_by(&live, cleared, "b", NOW);
         assert!(cleared["metadata"].get("managedFields").is_none());
         let mut moved = live.clone();
         moved["metadata"]["managedFields"][0]["manager"] = json!("kubectl");
-        track(
-            Some(&live),
-            &mut moved,
-            &Manager::Update("b".into()),
-            "apps/v1",
-            None,
-            NOW,
-        );
+        moved = updated_by(&live, moved, "b", NOW);
         assert_eq!(managers(&moved), [("kubectl".into(), "Update".into())]);
     }
 
