@@ -227,8 +227,7 @@ struct Walk {
 }
 
 impl Walk {
-    /// Notes `path`; `was` is `None` without an old object to compare with,
-    /// `Some(None)` where the old object has nothing there.
+    /// Notes `path` as set, and as changed if it is.
     fn leaf(&mut self, path: &Path, changed: bool) {
         self.all.insert(path.clone());
         if changed {
@@ -236,6 +235,9 @@ impl Walk {
         }
     }
 
+    /// Walks `value`, the value of `field` at `path`. `was` is `None`
+    /// without an old object to compare with, `Some(None)` where the old
+    /// object has nothing there.
     fn value(&mut self, path: &mut Path, field: &str, value: &Value, was: Option<Option<&Value>>) {
         match value {
             Value::Object(map) if !map.is_empty() && !atomic_map(field) => {
