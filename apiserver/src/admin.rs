@@ -8,8 +8,9 @@ use kplex_certs::{Identity, Scope};
 use serde_json::{json, Value};
 
 use crate::handler::{Context, Request};
-use crate::status::{json_response, ApiError, Body};
+use crate::response::{json_response, Body};
 use crate::virtualclusters::{VirtualCluster, GROUP, KIND, VERSION};
+use kplex_registry::ApiError;
 
 type Response = hyper::Response<Body>;
 
@@ -71,7 +72,7 @@ pub async fn handle(ctx: &Context, req: Request) -> Result<Response, ApiError> {
         // downloads it before every create or apply; finding no schema for a
         // kind, it leaves validation to the server. Full schemas come with the
         // OpenAPI work of the API server issue.
-        (Method::GET, ["openapi", "v2"]) => Ok(crate::status::bytes_response(
+        (Method::GET, ["openapi", "v2"]) => Ok(crate::response::bytes_response(
             StatusCode::OK,
             "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
             bytes::Bytes::new(),
@@ -163,7 +164,7 @@ async fn create(ctx: &Context, req: Request) -> Result<Response, ApiError> {
     }
     let vc = ctx.registry.create(&name, spec).await?;
     // Every new VC has the four namespaces a cluster starts with.
-    let objects = crate::generic::GenericStore::new(
+    let objects = kplex_registry::generic::GenericStore::new(
         ctx.store.clone(),
         vc.keyspace()?,
         ctx.catalog.clone(),
@@ -174,7 +175,7 @@ async fn create(ctx: &Context, req: Request) -> Result<Response, ApiError> {
         .catalog
         .find("", "v1", "namespaces")
         .expect("catalogued");
-    for ns in crate::generic::DEFAULT_NAMESPACES {
+    for ns in kplex_registry::generic::DEFAULT_NAMESPACES {
         objects
             .create(
                 namespaces,
@@ -252,7 +253,7 @@ fn table(objects: &[Value]) -> Value {
         .map(|o| {
             let created = o["metadata"]["creationTimestamp"].as_str().unwrap_or("");
             json!({
-                "cells": [o["metadata"]["name"], o["status"]["phase"], o["status"]["endpoint"], age(created)],
+                "cells": [o["metadata"]["name"], o["status"]["phase"], o["status"]["endpoint"], kplex_registry::table::age(created)],
                 "object": {
                     "kind": "PartialObjectMetadata",
                     "apiVersion": "meta.k8s.io/v1",
@@ -283,7 +284,7 @@ async fn watch(ctx: &Context, req: &Request) -> Result<Response, ApiError> {
     let (initial, from) = match q("resourceVersion").filter(|v| !v.is_empty() && *v != "0") {
         Some(rv) => {
             let from = crate::handler::parse_resource_version(rv)?;
-            crate::tenant::wait_for_revision(&ctx.store, from).await?;
+            kplex_registry::generic::wait_for_revision(&ctx.store, from).await?;
             (Vec::new(), from)
         }
         None => {
@@ -327,22 +328,6 @@ async fn watch(ctx: &Context, req: &Request) -> Result<Response, ApiError> {
             stopping: ctx.stopping.subscribe(),
         },
     ))
-}
-
-/// Ages as kubectl shows them: `45s`, `12m`, `5h`, `3d`.
-pub fn age(created: &str) -> String {
-    let Ok(t) =
-        time::OffsetDateTime::parse(created, &time::format_description::well_known::Rfc3339)
-    else {
-        return "<unknown>".into();
-    };
-    let secs = (time::OffsetDateTime::now_utc() - t).whole_seconds().max(0);
-    match secs {
-        s if s < 120 => format!("{s}s"),
-        s if s < 7200 => format!("{}m", s / 60),
-        s if s < 172_800 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86_400),
-    }
 }
 
 async fn kubeconfig(ctx: &Context, name: &str, req: Request) -> Result<Response, ApiError> {

@@ -13,8 +13,9 @@ use kplex_storage::Store;
 use serde_json::json;
 use tracing::Instrument;
 
-use crate::status::{json_response, text_response, ApiError, Body};
+use crate::response::{json_response, text_response, Body};
 use crate::virtualclusters::Registry;
+use kplex_registry::ApiError;
 
 /// The Kubernetes minor version kplex presents (its types are k8s-openapi's 1.33).
 const KUBE_MINOR: &str = "33";
@@ -24,7 +25,7 @@ pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 /// What every handler can reach.
 pub struct Context {
     /// The storage backend, behind the watch cache.
-    pub store: Arc<crate::watchcache::WatchCache>,
+    pub store: Arc<kplex_registry::watchcache::WatchCache>,
     /// The virtual clusters.
     pub registry: Registry,
     /// The CA, for issuing tenant credentials.
@@ -32,15 +33,15 @@ pub struct Context {
     /// The URL clients reach this server at (`https://host:port`).
     pub url: String,
     /// The built-in resources every VC serves.
-    pub catalog: Arc<crate::catalog::Catalog>,
+    pub catalog: Arc<kplex_registry::Catalog>,
     /// Set to `true` when the server shuts down, so open watches end cleanly.
     pub stopping: tokio::sync::watch::Sender<bool>,
     /// Request and storage metrics.
     pub metrics: crate::metrics::Metrics,
     /// Per-VC turns for service writes that allocate.
-    pub allocations: Arc<crate::services::AllocationLocks>,
+    pub allocations: Arc<kplex_registry::allocation::AllocationLocks>,
     /// Per-VC limit on open watches.
-    pub watches: Arc<crate::quota::WatchLimits>,
+    pub watches: Arc<kplex_registry::quota::WatchLimits>,
 }
 
 impl Context {
@@ -105,8 +106,8 @@ impl Request {
     /// other media types, 400 if it is not an object.
     pub fn json_body(&self) -> Result<serde_json::Value, ApiError> {
         let media = self.media_type();
-        if media == crate::protobuf::MEDIA_TYPE {
-            return crate::protobuf::decode(&self.body);
+        if media == kplex_kinds::protobuf::MEDIA_TYPE {
+            return kplex_kinds::protobuf::decode(&self.body);
         }
         if !matches!(
             media.as_str(),
@@ -120,7 +121,7 @@ impl Request {
             });
         }
         let value: serde_json::Value = if media == "application/yaml" {
-            crate::yaml::to_json(&self.body).map_err(|e| {
+            kplex_registry::yaml::to_json(&self.body).map_err(|e| {
                 ApiError::bad_request(format!("the request body is not valid YAML: {e}"))
             })?
         } else {
@@ -189,10 +190,10 @@ where
         plural == crate::virtualclusters::PLURAL
             || ctx.catalog.all().iter().any(|r| r.plural == plural)
     });
-    let response = crate::warnings::collect(async {
+    let response = kplex_registry::warnings::collect(async {
         match route(ctx, caller, req).await {
             Ok(response) => response,
-            Err(e) => e.into_response(),
+            Err(e) => crate::response::error_response(&e),
         }
     })
     .await;
@@ -263,7 +264,7 @@ where
     }
     if request.path == "/metrics" {
         let vcs = ctx.registry.count().await?;
-        return Ok(crate::status::bytes_response(
+        return Ok(crate::response::bytes_response(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
             Bytes::from(ctx.metrics.render(vcs) + &ctx.store.stats().prometheus()),
@@ -298,7 +299,7 @@ async fn tenant(
     if is_public(path) {
         return public(ctx, &req.method, path).await;
     }
-    let store = crate::generic::GenericStore::new(
+    let store = kplex_registry::generic::GenericStore::new(
         ctx.store.clone(),
         vc.keyspace()?,
         ctx.catalog.clone(),
@@ -352,21 +353,4 @@ fn version() -> serde_json::Value {
         "compiler": "rustc",
         "platform": format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
     })
-}
-
-/// An apply configuration: JSON, or YAML (which JSON also is, but JSON's
-/// own parser is the faster and the more precise in its errors).
-pub fn parse_object(body: &[u8]) -> Result<serde_json::Value, ApiError> {
-    let value: serde_json::Value = match serde_json::from_slice(body) {
-        Ok(value) => value,
-        Err(_) => crate::yaml::to_json(body).map_err(|e| {
-            ApiError::bad_request(format!("the apply configuration is not valid YAML: {e}"))
-        })?,
-    };
-    if !value.is_object() {
-        return Err(ApiError::bad_request(
-            "the apply configuration must be an object",
-        ));
-    }
-    Ok(value)
 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::{json, Map, Value};
 
-use crate::catalog::Catalog;
+use kplex_registry::Catalog;
 
 /// Changes whenever the documents could: the built-in schemas are fixed per
 /// build, so the crate version names them.
@@ -62,14 +62,13 @@ pub fn document(catalog: &Catalog, group: &str, version: &str) -> Option<Arc<Val
 }
 
 fn build(catalog: &Catalog, group: &str, version: &str) -> Value {
-    let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
+    let mut schemas = Map::new();
     let rows: Vec<_> = catalog
         .all()
         .iter()
         .filter(|r| r.group == group && r.version == version)
-        .map(|r| (r, (r.schema)(&mut generator)))
+        .filter_map(|r| Some((r, r.strategy.openapi_schema(&mut schemas)?)))
         .collect();
-    let mut schemas = generator.take_definitions(true);
     let mut paths = Map::new();
     let prefix = format!("/{}", gv_path(group, version));
     for (info, name) in &rows {
@@ -122,7 +121,7 @@ mod tests {
 
     #[test]
     fn documents_carry_schemas_with_their_group_version_kind() {
-        let catalog = Catalog::default();
+        let catalog = kplex_kinds::catalog::shared();
         let doc = document(&catalog, "apps", "v1").unwrap();
         let schemas = doc["components"]["schemas"].as_object().unwrap();
         let deployment = &schemas["io.k8s.api.apps.v1.Deployment"];

@@ -12,8 +12,8 @@
 use kplex_certs::Identity;
 use serde_json::{json, Value};
 
-use crate::catalog::ResourceInfo;
-use crate::status::ApiError;
+use kplex_registry::ApiError;
+use kplex_registry::ResourceInfo;
 
 /// Group every authenticated caller is in, as kube-apiserver adds it.
 const AUTHENTICATED: &str = "system:authenticated";
@@ -42,7 +42,7 @@ pub fn answer(
     caller: &Identity,
     mut object: Value,
 ) -> Result<Value, ApiError> {
-    let status = match info.kind {
+    let status = match info.kind.as_str() {
         "SelfSubjectReview" => {
             json!({"userInfo": {"username": caller.user, "groups": groups(caller)}})
         }
@@ -104,7 +104,6 @@ fn serves(verb: &str, path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::Catalog;
     use kplex_certs::Scope;
 
     fn caller() -> Identity {
@@ -116,7 +115,7 @@ mod tests {
     }
 
     fn review(plural: &str, body: Value) -> Result<Value, ApiError> {
-        let catalog = Catalog::default();
+        let catalog = kplex_kinds::catalog::shared();
         let group = if plural == "selfsubjectreviews" {
             "authentication.k8s.io"
         } else {

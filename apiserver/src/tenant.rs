@@ -8,15 +8,18 @@ use hyper::{Method, Response, StatusCode};
 use kplex_storage::{Event, Store};
 use serde_json::{json, Value};
 
-use crate::catalog::{Catalog, ResourceInfo};
-use crate::generic::{
+use crate::discovery::{aggregated, aggregated_version, group_list, resource_list};
+use crate::handler::Request;
+use crate::response::{bytes_response, json_response, Body};
+use kplex_certs::Identity;
+use kplex_registry::error::{from_store, ApiError};
+use kplex_registry::generic::{
     decode_watched, DeleteOptions, FieldValidation, GenericStore, ListOptions, Namespace,
     WriteOptions,
 };
-use crate::handler::Request;
-use crate::selectors::{FieldSelector, LabelSelector};
-use crate::status::{bytes_response, from_store, json_response, ApiError, Body};
-use kplex_certs::Identity;
+use kplex_registry::selectors::{FieldSelector, LabelSelector};
+use kplex_registry::table::render as render_table;
+use kplex_registry::{Catalog, ResourceInfo};
 
 /// What a watch request asked for.
 #[derive(Debug, Clone, Copy)]
@@ -122,170 +125,6 @@ fn openapi_document(
 
 fn ok(body: Value) -> Response<Body> {
     json_response(StatusCode::OK, &body)
-}
-
-fn group_list(catalog: &Catalog) -> Value {
-    let mut groups: Vec<Value> = Vec::new();
-    for (group, version) in catalog.group_versions() {
-        if group.is_empty() {
-            continue;
-        }
-        let gv = json!({"groupVersion": format!("{group}/{version}"), "version": version});
-        match groups.iter_mut().find(|g| g["name"] == group) {
-            Some(g) => g["versions"].as_array_mut().expect("array").push(gv),
-            None => groups
-                .push(json!({"name": group, "versions": [gv.clone()], "preferredVersion": gv})),
-        }
-    }
-    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
-}
-
-/// Verbs of the `status` and `scale` subresources.
-const SUBRESOURCE_VERBS: &[&str] = &["get", "patch", "update"];
-
-/// A resource's subresources: name, and the group, version and kind they
-/// answer with.
-fn subresources(r: &ResourceInfo) -> Vec<(&'static str, [&'static str; 3])> {
-    let mut out = Vec::new();
-    if r.has_status() {
-        out.push(("status", [r.group, r.version, r.kind]));
-    }
-    if r.has_scale() {
-        out.push(("scale", ["autoscaling", "v1", "Scale"]));
-    }
-    out
-}
-
-fn resource_list(catalog: &Catalog, group: &str, version: &str) -> Value {
-    let mut resources: Vec<Value> = Vec::new();
-    for r in catalog
-        .all()
-        .iter()
-        .filter(|r| r.group == group && r.version == version)
-    {
-        resources.push(json!({
-            "name": r.plural,
-            "singularName": r.singular(),
-            "namespaced": r.namespaced,
-            "kind": r.kind,
-            "verbs": r.verbs(),
-            "shortNames": r.short_names,
-            "categories": r.categories,
-        }));
-        for (sub, [g, v, kind]) in subresources(r) {
-            let mut entry = json!({
-                "name": format!("{}/{sub}", r.plural),
-                "singularName": "",
-                "namespaced": r.namespaced,
-                "kind": kind,
-                "verbs": SUBRESOURCE_VERBS,
-            });
-            if g != r.group {
-                entry["group"] = json!(g);
-                entry["version"] = json!(v);
-            }
-            resources.push(entry);
-        }
-    }
-    let gv = if group.is_empty() {
-        version.to_owned()
-    } else {
-        format!("{group}/{version}")
-    };
-    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources})
-}
-
-/// The aggregated discovery version (`v2` or `v2beta1`) the client accepts,
-/// if it asks for `APIGroupDiscoveryList` (kubectl does: one request for
-/// every group instead of one per group/version).
-fn aggregated_version(req: &Request) -> Option<&'static str> {
-    let accept = req.headers.get(hyper::header::ACCEPT)?.to_str().ok()?;
-    let offered = |version: &str| {
-        accept.split(',').any(|media| {
-            let params: Vec<&str> = media.split(';').map(str::trim).collect();
-            params.contains(&"g=apidiscovery.k8s.io")
-                && params.contains(&"as=APIGroupDiscoveryList")
-                && params.contains(&format!("v={version}").as_str())
-        })
-    };
-    ["v2", "v2beta1"].into_iter().find(|v| offered(v))
-}
-
-/// The aggregated discovery response of `/api` (`core`) or `/apis`.
-fn aggregated(catalog: &Catalog, core: bool, version: &'static str) -> Response<Body> {
-    let mut body = group_document(catalog, core);
-    body["apiVersion"] = json!(format!("apidiscovery.k8s.io/{version}"));
-    let mut response = bytes_response(
-        StatusCode::OK,
-        "application/json",
-        Bytes::from(body.to_string()),
-    );
-    let content_type =
-        format!("application/json;g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList");
-    let headers = response.headers_mut();
-    headers.insert(
-        hyper::header::CONTENT_TYPE,
-        content_type.parse().expect("valid header"),
-    );
-    headers.insert(
-        hyper::header::VARY,
-        hyper::header::HeaderValue::from_static("Accept"),
-    );
-    response
-}
-
-/// The `APIGroupDiscoveryList` of the core group or of the named groups.
-fn group_document(catalog: &Catalog, core: bool) -> Value {
-    let mut groups: Vec<Value> = Vec::new();
-    for (group, gv) in catalog.group_versions() {
-        if group.is_empty() != core {
-            continue;
-        }
-        let resources: Vec<Value> = catalog
-            .all()
-            .iter()
-            .filter(|r| r.group == group && r.version == gv)
-            .map(|r| {
-                let subresources: Vec<Value> = subresources(r)
-                    .into_iter()
-                    .map(|(sub, [g, v, kind])| {
-                        json!({
-                            "subresource": sub,
-                            "responseKind": {"group": g, "version": v, "kind": kind},
-                            "verbs": SUBRESOURCE_VERBS,
-                        })
-                    })
-                    .collect();
-                json!({
-                    "resource": r.plural,
-                    "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
-                    "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
-                    "singularResource": r.singular(),
-                    "verbs": r.verbs(),
-                    "shortNames": r.short_names,
-                    "categories": r.categories,
-                    "subresources": subresources,
-                })
-            })
-            .collect();
-        let entry = json!({"version": gv, "resources": resources, "freshness": "Current"});
-        match groups.iter_mut().find(|g| g["metadata"]["name"] == group) {
-            Some(g) => g["versions"].as_array_mut().expect("array").push(entry),
-            None => {
-                let mut metadata = json!({"creationTimestamp": null});
-                if !group.is_empty() {
-                    metadata["name"] = json!(group);
-                }
-                groups.push(json!({"metadata": metadata, "versions": [entry]}));
-            }
-        }
-    }
-    json!({
-        "kind": "APIGroupDiscoveryList",
-        "apiVersion": "apidiscovery.k8s.io/v2",
-        "metadata": {},
-        "items": groups,
-    })
 }
 
 /// Where a resource path points.
@@ -420,8 +259,8 @@ async fn resource(
             return Err(method_not_allowed(&req.method));
         }
         let mut object = req.json_body()?;
-        crate::generic::check_type(t.info, &mut object)?;
-        crate::generic::validate(
+        kplex_registry::meta::check_type(t.info, &mut object)?;
+        kplex_registry::generic::validate(
             t.info,
             &mut object,
             FieldValidation::parse(q("fieldValidation"))?,
@@ -438,7 +277,8 @@ async fn resource(
             )))
         }
     };
-    let apply = req.method == Method::PATCH && req.media_type() == crate::patch::APPLY_MEDIA_TYPE;
+    let apply =
+        req.method == Method::PATCH && req.media_type() == kplex_registry::patch::APPLY_MEDIA_TYPE;
     // An apply names its manager; other writes default to the client's
     // User-Agent.
     let user_agent = req
@@ -451,9 +291,9 @@ async fn resource(
         validation: FieldValidation::parse(q("fieldValidation"))?,
         status: t.sub == Some("status"),
         manager: if matches!(req.method, Method::POST | Method::PUT | Method::PATCH) {
-            crate::managed::Manager::of_request(q("fieldManager"), user_agent)?
+            kplex_registry::managed::Manager::of_request(q("fieldManager"), user_agent)?
         } else {
-            crate::managed::Manager::Server
+            kplex_registry::managed::Manager::Server
         },
     };
     let force = match (q("force"), apply) {
@@ -487,14 +327,17 @@ async fn resource(
     let fields = || {
         FieldSelector::parse(
             q("fieldSelector").unwrap_or(""),
-            t.info.kind,
-            crate::selectors::extra_field_labels(t.info.group, t.info.plural),
+            &t.info.kind,
+            t.info.strategy.field_labels(),
         )
     };
     // A DELETE may carry `DeleteOptions` (dryRun, preconditions), some of
     // them as query parameters.
     let delete_options = || {
-        crate::generic::check_delete_parameters(q("propagationPolicy"), q("gracePeriodSeconds"))?;
+        kplex_registry::generic::check_delete_parameters(
+            q("propagationPolicy"),
+            q("gracePeriodSeconds"),
+        )?;
         let body = if req.body.is_empty() {
             None
         } else {
@@ -585,7 +428,7 @@ async fn resource(
                 metadata["continue"] = json!(c);
             }
             if req.wants_table() {
-                let mut table = table(t.info, &page.items);
+                let mut table = render_table(t.info, &page.items);
                 table["metadata"] = metadata;
                 return Ok(ok(table));
             }
@@ -594,7 +437,7 @@ async fn resource(
         (&Method::GET, Some(name)) => {
             let object = store.get(t.info, t.namespace, name).await?;
             Ok(if req.wants_table() {
-                ok(table(t.info, &[object]))
+                ok(render_table(t.info, &[object]))
             } else {
                 ok(object)
             })
@@ -629,7 +472,7 @@ async fn resource(
         }
         (&Method::PATCH, Some(name)) => {
             let media = req.media_type();
-            let kind = crate::patch::PatchType::from_media_type(&media)?;
+            let kind = kplex_registry::patch::PatchType::from_media_type(&media)?;
             let object = store
                 .patch(t.info, t.namespace, name, kind, &req.body, write)
                 .await?;
@@ -673,45 +516,9 @@ async fn resource(
 fn object_body(req: &Request, write: &WriteOptions) -> Result<Value, ApiError> {
     let object = req.json_body()?;
     if matches!(req.media_type().as_str(), "application/json" | "" | "*/*") {
-        crate::duplicates::check(&req.body, write.validation)?;
+        kplex_registry::duplicates::check(&req.body, write.validation)?;
     }
     Ok(object)
-}
-
-/// A Table as kubectl prints it: NAME, the kind's columns, AGE, then the
-/// `-o wide` columns.
-fn table(info: &ResourceInfo, items: &[Value]) -> Value {
-    let extra = crate::printers::columns(info);
-    let def = |name: &str, priority: u8, format: &str| json!({"name": name, "type": "string", "format": format, "description": name, "priority": priority});
-    let mut columns = vec![def("Name", 0, "name")];
-    columns.extend(
-        extra
-            .iter()
-            .filter(|c| c.priority == 0)
-            .map(|c| def(c.name, 0, "")),
-    );
-    columns.push(def("Age", 0, ""));
-    columns.extend(
-        extra
-            .iter()
-            .filter(|c| c.priority > 0)
-            .map(|c| def(c.name, c.priority, "")),
-    );
-    let rows: Vec<Value> = items
-        .iter()
-        .map(|o| {
-            let meta = &o["metadata"];
-            let mut cells = vec![meta["name"].clone()];
-            cells.extend(extra.iter().filter(|c| c.priority == 0).map(|c| (c.cell)(o)));
-            cells.push(json!(crate::admin::age(meta["creationTimestamp"].as_str().unwrap_or(""))));
-            cells.extend(extra.iter().filter(|c| c.priority > 0).map(|c| (c.cell)(o)));
-            json!({
-                "cells": cells,
-                "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": meta},
-            })
-        })
-        .collect();
-    json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {}, "columnDefinitions": columns, "rows": rows})
 }
 
 /// A watch: newline-delimited JSON events, flushed per event. Without a
@@ -755,7 +562,7 @@ async fn watch(
         }
     };
     if start.is_some() {
-        wait_for_revision(store.store(), from).await?;
+        kplex_registry::generic::wait_for_revision(store.store(), from).await?;
     }
     let prefix = store.watch_prefix(info, ns)?;
     let events = match store.store().watch(&prefix, from).await {
@@ -776,7 +583,7 @@ async fn watch(
                 to_watch_event(event, &opts)
             },
             render: move |object: Value| match &table_info {
-                Some(info) => table(info, &[object]),
+                Some(info) => render_table(info, &[object]),
                 None => object,
             },
             kind: info.kind.to_owned(),
@@ -786,30 +593,6 @@ async fn watch(
             timeout: flags.timeout,
             stopping,
         },
-    ))
-}
-
-/// How long a watch from a revision the server has not reached yet waits
-/// for it (kube-apiserver's watch cache waits 3 s, then answers 504).
-const FUTURE_REVISION_WAIT: Duration = Duration::from_secs(3);
-
-/// Returns once the watch cache has reached `revision`, or 504 if it does not
-/// within [`FUTURE_REVISION_WAIT`].
-pub async fn wait_for_revision(
-    cache: &crate::watchcache::WatchCache,
-    revision: kplex_storage::Revision,
-) -> Result<(), ApiError> {
-    let current = cache.current_revision().await.map_err(from_store)?;
-    if revision <= current
-        || tokio::time::timeout(FUTURE_REVISION_WAIT, cache.caught_up(revision))
-            .await
-            .is_ok()
-    {
-        return Ok(());
-    }
-    Err(ApiError::too_large_resource_version(
-        revision,
-        Some(current.get()),
     ))
 }
 
@@ -856,8 +639,8 @@ async fn scale(
             let requested = if req.method == Method::PUT {
                 req.json_body()?
             } else {
-                let kind = crate::patch::PatchType::from_media_type(&req.media_type())?;
-                crate::patch::apply(&scale_of(&current), kind, &req.body)?
+                let kind = kplex_registry::patch::PatchType::from_media_type(&req.media_type())?;
+                kplex_registry::patch::apply(&scale_of(&current), kind, &req.body)?
             };
             let replicas = requested["spec"]["replicas"]
                 .as_i64()
@@ -887,7 +670,7 @@ async fn scale(
                     t.info,
                     t.namespace,
                     name,
-                    crate::patch::PatchType::Merge,
+                    kplex_registry::patch::PatchType::Merge,
                     &body,
                     write,
                 )
@@ -935,94 +718,4 @@ fn scale_of(object: &Value) -> Value {
             "selector": selector,
         },
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn request(accept: &str) -> Request {
-        let mut headers = hyper::HeaderMap::new();
-        headers.insert(hyper::header::ACCEPT, accept.parse().unwrap());
-        Request {
-            method: Method::GET,
-            path: "/apis".into(),
-            query: String::new(),
-            headers,
-            body: Bytes::new(),
-        }
-    }
-
-    #[test]
-    fn aggregated_discovery_is_served_to_clients_that_ask_for_it() {
-        let kubectl = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
-        assert_eq!(aggregated_version(&request(kubectl)), Some("v2"));
-        assert_eq!(
-            aggregated_version(&request(
-                "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList"
-            )),
-            Some("v2beta1")
-        );
-        assert_eq!(aggregated_version(&request("application/json")), None);
-        assert_eq!(
-            aggregated_version(&request(
-                "application/json;g=apidiscovery.k8s.io;v=v9;as=APIGroupDiscoveryList"
-            )),
-            None
-        );
-
-        let catalog = Catalog::default();
-        let response = aggregated(&catalog, false, "v2");
-        assert_eq!(
-            response.headers()[hyper::header::CONTENT_TYPE],
-            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
-        );
-        let apps = &group_document(&catalog, false)["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|g| g["metadata"]["name"] == "apps")
-            .cloned()
-            .unwrap();
-        let deployments = apps["versions"][0]["resources"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["resource"] == "deployments")
-            .unwrap();
-        assert_eq!(deployments["scope"], "Namespaced");
-        assert_eq!(deployments["shortNames"], json!(["deploy"]));
-        let scale = deployments["subresources"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["subresource"] == "scale")
-            .unwrap();
-        assert_eq!(scale["responseKind"]["group"], "autoscaling");
-        let core = group_document(&catalog, true);
-        let items = core["items"].as_array().unwrap();
-        assert_eq!(items.len(), 1);
-        assert!(items[0]["metadata"].get("name").is_none());
-        let namespaces = items[0]["versions"][0]["resources"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["resource"] == "namespaces")
-            .unwrap();
-        assert_eq!(namespaces["scope"], "Cluster");
-    }
-
-    #[test]
-    fn legacy_discovery_lists_status_and_scale_subresources() {
-        let list = resource_list(&Catalog::default(), "apps", "v1");
-        let names: Vec<&str> = list["resources"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["name"].as_str().unwrap())
-            .collect();
-        assert!(names.contains(&"deployments/status"), "{names:?}");
-        assert!(names.contains(&"deployments/scale"), "{names:?}");
-        assert!(!names.contains(&"daemonsets/scale"), "{names:?}");
-    }
 }

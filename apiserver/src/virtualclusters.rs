@@ -14,7 +14,7 @@ use kplex_storage::{
 };
 use serde_json::{json, Value};
 
-use crate::status::ApiError;
+use kplex_registry::ApiError;
 
 /// The admin API group and version.
 pub const GROUP: &str = "tenancy.kplex.dev";
@@ -430,7 +430,7 @@ fn decode(kv: &kplex_storage::KeyValue) -> Result<VirtualCluster, ApiError> {
 
 /// Maps a storage failure to the Status the caller sees.
 pub fn store_error(e: StoreError) -> ApiError {
-    crate::status::from_store(e)
+    kplex_registry::error::from_store(e)
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use kplex_storage::{Event, Revision, StoreError, WatchEvent, WatchStream};
 use serde_json::{json, Value};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::status::Body;
+use crate::response::Body;
 
 /// Least time between two bookmarks on one watch.
 const BOOKMARK_INTERVAL: Duration = Duration::from_secs(10);

@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use etcd::EtcdServer;
 use futures::StreamExt;
-use kplex_apiserver::watchcache::WatchCache;
+use kplex_registry::watchcache::WatchCache;
 use kplex_storage::{EtcdStore, Key, KeyPrefix, Store, TenantKeyspace, WatchEvent, WatchStream};
 
 fn configmaps() -> KeyPrefix {

@@ -36,7 +36,16 @@ pub fn kplex_bin() -> PathBuf {
     // `cargo test -p kplex-e2e` alone does not rebuild the binary: refuse to
     // test an old one.
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for krate in ["apiserver", "storage", "certs", "api"] {
+    for krate in [
+        "apiserver",
+        "registry",
+        "kinds",
+        "storage",
+        "certs",
+        "api",
+        "controllers",
+        "syncer",
+    ] {
         let root = workspace.join(krate);
         let newer = [root.join("Cargo.toml"), root.join("build.rs")]
             .into_iter()

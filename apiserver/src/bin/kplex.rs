@@ -102,7 +102,7 @@ struct ServeArgs {
     tls_sans: Vec<String>,
     /// Most watches one virtual cluster may hold open; more are refused with
     /// 429 until one ends.
-    #[arg(long, default_value_t = kplex_apiserver::quota::DEFAULT_MAX_WATCHES_PER_VC)]
+    #[arg(long, default_value_t = kplex_registry::quota::DEFAULT_MAX_WATCHES_PER_VC)]
     max_watches_per_vc: usize,
 }
 
@@ -197,17 +197,17 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let store: Arc<dyn kplex_storage::Store> = Arc::new(
         kplex_apiserver::metrics::MeteredStore::new(store, metrics.clone()),
     );
-    let store = kplex_apiserver::watchcache::WatchCache::start(store).await;
+    let store = kplex_registry::watchcache::WatchCache::start(store).await;
     let ctx = Arc::new(Context {
         metrics,
         registry: kplex_apiserver::virtualclusters::Registry::indexed(store.clone()).await,
         store,
         authority: Arc::new(boot.authority),
         url,
-        catalog: Default::default(),
+        catalog: kplex_kinds::catalog::shared(),
         stopping: tokio::sync::watch::channel(false).0,
         allocations: Default::default(),
-        watches: Arc::new(kplex_apiserver::quota::WatchLimits::new(
+        watches: Arc::new(kplex_registry::quota::WatchLimits::new(
             args.max_watches_per_vc,
         )),
     });

@@ -8,8 +8,6 @@
 
 use serde_json::{json, Value};
 
-use crate::catalog::ResourceInfo;
-
 /// A Secret's `stringData` is write-only: its entries go into `data`
 /// (base64, replacing entries of the same key) and it is never stored.
 fn merge_string_data(secret: &mut Value) {
@@ -32,8 +30,8 @@ fn merge_string_data(secret: &mut Value) {
 }
 
 /// Fills in the kind's defaults.
-pub fn apply(info: &ResourceInfo, object: &mut Value) {
-    if (info.group, info.kind) == ("", "Secret") {
+pub fn apply(group: &str, kind: &str, object: &mut Value) {
+    if (group, kind) == ("", "Secret") {
         set(object, "type", json!("Opaque"));
         merge_string_data(object);
         return;
@@ -41,7 +39,7 @@ pub fn apply(info: &ResourceInfo, object: &mut Value) {
     let Some(spec) = object.get_mut("spec").filter(|s| s.is_object()) else {
         return;
     };
-    match (info.group, info.kind) {
+    match (group, kind) {
         ("", "Pod") => pod_spec(spec),
         ("", "PersistentVolumeClaim") => set(spec, "volumeMode", json!("Filesystem")),
         ("apps", "Deployment") => {
@@ -182,12 +180,11 @@ fn pull_policy(image: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::Catalog;
 
     fn defaulted(group: &str, plural: &str, mut object: Value) -> Value {
-        let catalog = Catalog::default();
+        let catalog = crate::catalog::shared();
         let info = catalog.find(group, "v1", plural).unwrap();
-        apply(info, &mut object);
+        apply(&info.group, &info.kind, &mut object);
         object
     }
 

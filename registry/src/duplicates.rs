@@ -8,8 +8,8 @@ use std::fmt;
 
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
+use crate::error::ApiError;
 use crate::generic::FieldValidation;
-use crate::status::ApiError;
 
 /// Most duplicates reported (a body could hold a great many).
 const MOST_REPORTED: usize = 100;
@@ -195,7 +195,7 @@ mod tests {
     fn strict_refuses_and_ignore_says_nothing() {
         let body = br#"{"data": {"a": "1", "a": "2"}}"#;
         let err = check(body, FieldValidation::Strict).unwrap_err();
-        assert_eq!(err.code, hyper::StatusCode::BAD_REQUEST);
+        assert_eq!(err.code, http::StatusCode::BAD_REQUEST);
         assert_eq!(
             err.message,
             r#"strict decoding error: duplicate field "data.a""#

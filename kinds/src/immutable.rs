@@ -13,8 +13,8 @@
 
 use serde_json::{Map, Value};
 
-use crate::catalog::ResourceInfo;
-use crate::status::ApiError;
+use kplex_registry::error::ApiError;
+use kplex_registry::ResourceInfo;
 
 /// The StatefulSet spec fields an update may change.
 const STATEFULSET_MUTABLE: &[&str] = &[
@@ -38,7 +38,7 @@ pub fn check(info: &ResourceInfo, name: &str, old: &Value, new: &Value) -> Resul
     let refuse = Refusal { info, name };
     // Go reads an empty list or map as an absent one: so do the comparisons.
     let (old, new) = (&without_empty(old), &without_empty(new));
-    match (info.group, info.kind) {
+    match (info.group.as_str(), info.kind.as_str()) {
         ("", "ConfigMap" | "Secret") => contents(&refuse, old, new),
         ("apps", "Deployment" | "ReplicaSet" | "DaemonSet") => {
             refuse.unchanged(old, new, "selector")

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::json;
 
-use crate::status::ApiError;
+use crate::error::ApiError;
 
 /// Open watches per VC, and the most one VC may hold.
 pub struct WatchLimits {
@@ -49,7 +49,7 @@ impl WatchLimits {
         let mut open = self.open.lock().expect("watch limits");
         if open.get(vc).copied().unwrap_or(0) >= self.max {
             return Err(ApiError {
-                code: hyper::StatusCode::TOO_MANY_REQUESTS,
+                code: http::StatusCode::TOO_MANY_REQUESTS,
                 reason: "TooManyRequests",
                 message: format!(
                     "too many watches open in this virtual cluster (at most {}), please try again later",
@@ -93,9 +93,8 @@ mod tests {
         let a1 = limits.acquire("a").unwrap();
         let _a2 = limits.acquire("a").unwrap();
         let refused = limits.acquire("a").err().unwrap();
-        assert_eq!(refused.code, hyper::StatusCode::TOO_MANY_REQUESTS);
-        let response = refused.into_response();
-        assert_eq!(response.headers()[hyper::header::RETRY_AFTER], "1");
+        assert_eq!(refused.code, http::StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(refused.retry_after(), Some(1));
         let _b = limits.acquire("b").unwrap();
         drop(a1);
         let _a3 = limits.acquire("a").unwrap();

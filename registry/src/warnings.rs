@@ -5,8 +5,8 @@
 use std::cell::RefCell;
 use std::future::Future;
 
-use hyper::header::{HeaderValue, WARNING};
-use hyper::Response;
+use http::header::{HeaderValue, WARNING};
+use http::Response;
 
 tokio::task_local! {
     static WARNINGS: RefCell<Vec<String>>;

@@ -119,6 +119,25 @@ impl<'de> Visitor<'de> for Budgeted<'_> {
     }
 }
 
+/// An apply configuration: JSON, or YAML (which JSON also is, but JSON's
+/// own parser is the faster and the more precise in its errors).
+pub fn parse_object(body: &[u8]) -> Result<Value, crate::error::ApiError> {
+    let value: Value = match serde_json::from_slice(body) {
+        Ok(value) => value,
+        Err(_) => to_json(body).map_err(|e| {
+            crate::error::ApiError::bad_request(format!(
+                "the apply configuration is not valid YAML: {e}"
+            ))
+        })?,
+    };
+    if !value.is_object() {
+        return Err(crate::error::ApiError::bad_request(
+            "the apply configuration must be an object",
+        ));
+    }
+    Ok(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,7 +26,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use serde_json::{json, Map, Value};
 
-use crate::status::ApiError;
+use crate::error::ApiError;
 
 /// Who writes, and how: what a write records in `managedFields`.
 #[derive(Debug, Clone, Default)]
@@ -750,7 +750,7 @@ fn conflict_error(conflicts: &[(String, String, Path)]) -> ApiError {
         .collect();
     let n = conflicts.len();
     ApiError {
-        code: hyper::StatusCode::CONFLICT,
+        code: http::StatusCode::CONFLICT,
         reason: "Conflict",
         message: format!(
             "Apply failed with {n} conflict{}: {}",
@@ -881,7 +881,7 @@ mod tests {
         scaled = updated_by(&live, scaled, "hpa", NOW);
 
         let err = apply(&scaled, &deployment("nginx", 1), "me", false, None).unwrap_err();
-        assert_eq!(err.code, hyper::StatusCode::CONFLICT);
+        assert_eq!(err.code, http::StatusCode::CONFLICT);
         assert_eq!(
             err.message,
             r#"Apply failed with 1 conflict: conflict with "hpa" using apps/v1: .spec.replicas"#
@@ -1048,7 +1048,7 @@ mod tests {
         let long = "m".repeat(MANAGER_MAX + 1);
         assert_eq!(
             Manager::of_request(Some(&long), None).unwrap_err().code,
-            hyper::StatusCode::UNPROCESSABLE_ENTITY
+            http::StatusCode::UNPROCESSABLE_ENTITY
         );
     }
 }

@@ -7,19 +7,18 @@
 //! `10.96.0.1` is left for the `kubernetes` service), and its own NodePort
 //! range, 30000–32767. A free value is picked at random (or the client's
 //! choice taken) and checked against the VC's services. Service writes of
-//! one VC that allocate take turns ([`AllocationLocks`]), from reading what
+//! one VC that allocate take turns (the registry's `AllocationLocks`), from reading what
 //! is taken until their write is stored, so two services never get the same
 //! ClusterIP or NodePort. kplex keeps no allocator state per VC: the lock
 //! exists only while a service write holds or awaits it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::Ipv4Addr;
-use std::sync::{Arc, Mutex};
 
+use kplex_registry::error::ApiError;
+use kplex_registry::resource::Allocator;
 use rand::Rng;
 use serde_json::{json, Value};
-
-use crate::status::ApiError;
 
 const NETWORK: u32 = u32::from_be_bytes([10, 96, 0, 0]);
 const NETWORK_SIZE: u32 = 1 << 20;
@@ -27,60 +26,16 @@ const NETWORK_SIZE: u32 = 1 << 20;
 const KUBERNETES: u32 = NETWORK + 1;
 const NODE_PORTS: std::ops::RangeInclusive<i64> = 30000..=32767;
 
-/// Per-VC turns for service writes, within this process. An entry exists
-/// only while a write holds or awaits it: idle VCs cost nothing.
-#[derive(Debug, Default)]
-pub struct AllocationLocks {
-    held: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-}
+/// The Service kind's allocator: a ClusterIP and NodePorts unique in the VC.
+pub struct ServiceAllocator;
 
-/// A VC's turn; the next waiting write goes when it is dropped.
-#[must_use]
-pub struct AllocationTurn {
-    locks: Arc<AllocationLocks>,
-    vc: String,
-    lock: Arc<tokio::sync::Mutex<()>>,
-    turn: Option<tokio::sync::OwnedMutexGuard<()>>,
-}
-
-impl AllocationLocks {
-    /// Waits for `vc`'s turn.
-    pub async fn turn(self: &Arc<Self>, vc: &str) -> AllocationTurn {
-        let lock = self
-            .held
-            .lock()
-            .expect("allocation locks")
-            .entry(vc.to_owned())
-            .or_default()
-            .clone();
-        let turn = lock.clone().lock_owned().await;
-        AllocationTurn {
-            locks: self.clone(),
-            vc: vc.to_owned(),
-            lock,
-            turn: Some(turn),
-        }
+impl Allocator for ServiceAllocator {
+    fn on_create(&self, object: &mut Value, others: &[Value]) -> Result<(), ApiError> {
+        on_create(object, &Taken::of(others))
     }
 
-    /// VCs with a write holding or awaiting its turn.
-    pub fn len(&self) -> usize {
-        self.held.lock().expect("allocation locks").len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl Drop for AllocationTurn {
-    fn drop(&mut self) {
-        drop(self.turn.take());
-        let mut held = self.locks.held.lock().expect("allocation locks");
-        // The map's reference and ours: nobody else holds or awaits it.
-        // (Others clone it only under `held`, which we hold.)
-        if Arc::strong_count(&self.lock) == 2 {
-            held.remove(&self.vc);
-        }
+    fn on_update(&self, object: &mut Value, old: &Value, others: &[Value]) -> Result<(), ApiError> {
+        on_update(object, old, &Taken::of(others))
     }
 }
 
@@ -92,6 +47,13 @@ pub struct Taken {
 }
 
 impl Taken {
+    /// What these services hold.
+    pub fn of(services: &[Value]) -> Taken {
+        let mut taken = Taken::default();
+        services.iter().for_each(|s| taken.add(s));
+        taken
+    }
+
     /// Adds what `service` holds.
     pub fn add(&mut self, service: &Value) {
         let spec = &service["spec"];
@@ -443,7 +405,7 @@ mod tests {
             ),
         ] {
             let err = on_create(&mut service(spec.clone()), &taken).unwrap_err();
-            assert_eq!(err.code, hyper::StatusCode::UNPROCESSABLE_ENTITY);
+            assert_eq!(err.code, kplex_registry::StatusCode::UNPROCESSABLE_ENTITY);
             assert!(err.message.contains(message), "{spec}: {}", err.message);
         }
         // Headless services and ExternalNames need no ports.
@@ -500,7 +462,7 @@ mod tests {
         let mut second =
             service(json!({"type": "NodePort", "ports": [{"port": 81, "nodePort": 30080}]}));
         let err = on_create(&mut second, &taken).unwrap_err();
-        assert_eq!(err.code, hyper::StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(err.code, kplex_registry::StatusCode::UNPROCESSABLE_ENTITY);
         assert!(
             err.message.contains("spec.ports[0].nodePort")
                 && err.message.contains("already allocated"),
@@ -511,28 +473,6 @@ mod tests {
         let mut twice = service(json!({"type": "NodePort", "ports": [
             {"name": "a", "port": 82, "nodePort": 30090}, {"name": "b", "port": 83, "nodePort": 30090}]}));
         assert!(on_create(&mut twice, &Taken::default()).is_err());
-    }
-
-    #[tokio::test]
-    async fn allocation_turns_are_taken_one_at_a_time_per_vc_and_leave_nothing_behind() {
-        use std::future::Future;
-        use std::task::{Context, Poll};
-        let locks = Arc::new(AllocationLocks::default());
-        let first = locks.turn("vc-a").await;
-        // Another VC is not held up.
-        let other = locks.turn("vc-b").await;
-        let mut second = Box::pin(locks.turn("vc-a"));
-        let waker = futures::task::noop_waker();
-        let mut cx = Context::from_waker(&waker);
-        assert!(second.as_mut().poll(&mut cx).is_pending(), "vc-a is taken");
-        drop(first);
-        let Poll::Ready(second) = second.as_mut().poll(&mut cx) else {
-            panic!("vc-a's turn must pass on when the first is dropped");
-        };
-        assert_eq!(locks.len(), 2);
-        drop(second);
-        drop(other);
-        assert!(locks.is_empty(), "idle VCs keep no lock");
     }
 
     #[test]
@@ -552,14 +492,14 @@ mod tests {
         taken.add(&s);
         let mut other = service(json!({"clusterIP": ip.to_string(), "ports": [{"port": 81}]}));
         let err = on_create(&mut other, &taken).unwrap_err();
-        assert_eq!(err.code, hyper::StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(err.code, kplex_registry::StatusCode::UNPROCESSABLE_ENTITY);
         assert!(err.message.contains("already allocated"), "{}", err.message);
         // Out of range, or not an address.
         for bad in ["192.168.0.1", "banana"] {
             let mut s = service(json!({"clusterIP": bad, "ports": [{"port": 80}]}));
             assert_eq!(
                 on_create(&mut s, &taken).unwrap_err().code,
-                hyper::StatusCode::UNPROCESSABLE_ENTITY
+                kplex_registry::StatusCode::UNPROCESSABLE_ENTITY
             );
         }
     }

@@ -3,24 +3,11 @@
 
 use serde_json::{json, Value};
 
-use crate::catalog::ResourceInfo;
+use kplex_registry::resource::Column;
+use kplex_registry::table::age;
 
-/// One column: header, priority (1 = only with `-o wide`), and its cell.
-pub struct Column {
-    /// Header as kubectl prints it (upper-cased by kubectl).
-    pub name: &'static str,
-    /// 0: always shown; 1: `-o wide`.
-    pub priority: u8,
-    /// The cell for one object.
-    pub cell: fn(&Value) -> Value,
-}
-
-const fn col(name: &'static str, priority: u8, cell: fn(&Value) -> Value) -> Column {
-    Column {
-        name,
-        priority,
-        cell,
-    }
+fn col(name: &str, priority: u8, cell: fn(&Value) -> Value) -> Column {
+    Column::new(name, priority, cell)
 }
 
 fn str_or(v: &Value, default: &str) -> Value {
@@ -144,8 +131,8 @@ fn external_ip(o: &Value) -> Value {
 }
 
 /// The kind's columns between NAME and AGE (and the wide ones after AGE).
-pub fn columns(info: &ResourceInfo) -> Vec<Column> {
-    match (info.group, info.plural) {
+pub fn columns(group: &str, plural: &str) -> Vec<Column> {
+    match (group, plural) {
         ("", "pods") => vec![
             col("Ready", 0, pod_ready),
             col("Status", 0, pod_status),
@@ -322,7 +309,7 @@ pub fn columns(info: &ResourceInfo) -> Vec<Column> {
             col("Last Schedule", 0, |o| {
                 json!(o["status"]["lastScheduleTime"]
                     .as_str()
-                    .map_or("<none>".to_owned(), crate::admin::age))
+                    .map_or("<none>".to_owned(), age))
             }),
         ],
         ("networking.k8s.io", "ingresses") => vec![

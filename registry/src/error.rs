@@ -1,26 +1,8 @@
-//! Kubernetes `Status` responses: the one place errors become HTTP.
+//! Kubernetes `Status` errors: what every layer below HTTP fails with. The
+//! apiserver turns one into a response in exactly one function.
 
-use std::convert::Infallible;
-
-use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
-use hyper::{Response, StatusCode};
+use http::StatusCode;
 use serde_json::json;
-
-/// The response body type of every handler: whole, or streamed (watch).
-pub type Body = BoxBody<Bytes, Infallible>;
-
-/// A whole-body response with a content type.
-pub fn bytes_response(code: StatusCode, content_type: &'static str, body: Bytes) -> Response<Body> {
-    let mut response = Response::new(Full::new(body).boxed());
-    *response.status_mut() = code;
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static(content_type),
-    );
-    response
-}
 
 /// A failure as Kubernetes reports it: an HTTP code, a `reason`, a message.
 #[derive(Debug, Clone)]
@@ -204,8 +186,8 @@ impl ApiError {
         }
     }
 
-    /// The `Status` object as a response.
-    pub fn into_response(self) -> Response<Body> {
+    /// The `Status` object kube-apiserver sends for this error.
+    pub fn to_status(&self) -> serde_json::Value {
         let mut body = json!({
             "kind": "Status",
             "apiVersion": "v1",
@@ -215,41 +197,25 @@ impl ApiError {
             "reason": self.reason,
             "code": self.code.as_u16(),
         });
-        let retry_after = self
-            .details
+        if let Some(details) = &self.details {
+            body["details"] = (**details).clone();
+        }
+        body
+    }
+
+    /// Seconds the client should wait before retrying (`Retry-After`), if
+    /// the error says.
+    pub fn retry_after(&self) -> Option<u64> {
+        self.details
             .as_ref()
-            .and_then(|d| d["retryAfterSeconds"].as_u64());
-        if let Some(details) = self.details {
-            body["details"] = *details;
-        }
-        let mut response = json_response(self.code, &body);
-        if let Some(seconds) = retry_after {
-            response
-                .headers_mut()
-                .insert(hyper::header::RETRY_AFTER, seconds.into());
-        }
-        response
+            .and_then(|d| d["retryAfterSeconds"].as_u64())
     }
 }
 
-/// A JSON response with the given status.
 /// A value's JSON text. (`Value`'s `Display` writes the same bytes through the
 /// formatting machinery, measurably slower on every response.)
 pub fn to_json(value: &serde_json::Value) -> Vec<u8> {
     serde_json::to_vec(value).expect("a Value always serializes")
-}
-
-pub fn json_response(code: StatusCode, body: &serde_json::Value) -> Response<Body> {
-    bytes_response(code, "application/json", Bytes::from(to_json(body)))
-}
-
-/// A plain-text response (health endpoints answer `ok`).
-pub fn text_response(code: StatusCode, text: &'static str) -> Response<Body> {
-    bytes_response(
-        code,
-        "text/plain; charset=utf-8",
-        Bytes::from_static(text.as_bytes()),
-    )
 }
 
 /// The one mapping from storage errors to Kubernetes `Status`.
@@ -321,10 +287,9 @@ mod tests {
             e.message,
             "Timeout: Too large resource version: 9, current: 4"
         );
-        let response = e.into_response();
-        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
-        assert_eq!(response.headers()[hyper::header::RETRY_AFTER], "1");
-        let other = ApiError::conflict("configmaps", "x").into_response();
-        assert!(other.headers().get(hyper::header::RETRY_AFTER).is_none());
+        assert_eq!(e.code, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(e.retry_after(), Some(1));
+        assert_eq!(e.to_status()["details"]["retryAfterSeconds"], 1);
+        assert_eq!(ApiError::conflict("configmaps", "x").retry_after(), None);
     }
 }

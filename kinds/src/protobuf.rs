@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 use base64::Engine as _;
 use serde_json::{Map, Number, Value};
 
-use crate::status::ApiError;
+use kplex_registry::error::ApiError;
 
 /// The media type kubectl sends protobuf bodies as.
 pub const MEDIA_TYPE: &str = "application/vnd.kubernetes.protobuf";
@@ -439,13 +439,14 @@ struct Schema {
 fn schemas() -> &'static HashMap<String, Schema> {
     static SCHEMAS: OnceLock<HashMap<String, Schema>> = OnceLock::new();
     SCHEMAS.get_or_init(|| {
-        let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
+        let mut definitions = serde_json::Map::new();
         for info in crate::catalog::builtin() {
-            (info.schema)(&mut generator);
+            info.strategy.openapi_schema(&mut definitions);
         }
+        let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
         generator.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions>();
-        generator
-            .take_definitions(true)
+        definitions.extend(generator.take_definitions(true));
+        definitions
             .into_iter()
             .map(|(name, schema)| {
                 let key = name
@@ -821,7 +822,7 @@ mod tests {
         ];
         for (what, bytes) in cases {
             let err = decode(&bytes).expect_err(what);
-            assert_eq!(err.code, hyper::StatusCode::BAD_REQUEST, "{what}");
+            assert_eq!(err.code, kplex_registry::StatusCode::BAD_REQUEST, "{what}");
         }
         // The table has no recursive message, so nesting is bounded by it;
         // the depth guard stands behind that anyway.

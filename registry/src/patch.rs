@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::status::ApiError;
+use crate::error::ApiError;
 
 /// The media type of a server-side apply (see `managed`).
 pub const APPLY_MEDIA_TYPE: &str = "application/apply-patch+yaml";
@@ -29,7 +29,7 @@ impl PatchType {
             "application/merge-patch+json" => Ok(PatchType::Merge),
             "application/strategic-merge-patch+json" => Ok(PatchType::Strategic),
             other => Err(ApiError {
-                code: hyper::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                code: http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 reason: "UnsupportedMediaType",
                 message: format!(
                     "the body of the request was in an unknown format - accepted media types include: \
@@ -52,7 +52,7 @@ pub fn apply(object: &Value, kind: PatchType, patch: &[u8]) -> Result<Value, Api
             let ops: json_patch::Patch = serde_json::from_value(parsed)
                 .map_err(|e| ApiError::bad_request(format!("the JSON patch is malformed: {e}")))?;
             json_patch::patch(&mut out, &ops).map_err(|e| ApiError {
-                code: hyper::StatusCode::UNPROCESSABLE_ENTITY,
+                code: http::StatusCode::UNPROCESSABLE_ENTITY,
                 reason: "Invalid",
                 message: format!("the JSON patch could not be applied: {e}"),
                 details: None,
@@ -302,7 +302,7 @@ mod tests {
                 patch.to_string().as_bytes(),
             )
             .unwrap_err();
-            assert_eq!(err.code, hyper::StatusCode::BAD_REQUEST);
+            assert_eq!(err.code, http::StatusCode::BAD_REQUEST);
             assert!(
                 err.message.contains("unknown patch type"),
                 "{}",
@@ -390,7 +390,7 @@ mod tests {
         );
         assert_eq!(
             failed.unwrap_err().code,
-            hyper::StatusCode::UNPROCESSABLE_ENTITY
+            http::StatusCode::UNPROCESSABLE_ENTITY
         );
         assert!(apply(&cm, PatchType::Json, br#"{"op": "add"}"#).is_err());
         assert!(apply(&cm, PatchType::Merge, b"[1]").is_err());

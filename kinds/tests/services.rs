@@ -4,10 +4,9 @@
 
 use std::sync::Arc;
 
-use kplex_apiserver::catalog::Catalog;
-use kplex_apiserver::generic::{GenericStore, WriteOptions};
-use kplex_apiserver::services::AllocationLocks;
-use kplex_apiserver::watchcache::WatchCache;
+use kplex_registry::allocation::AllocationLocks;
+use kplex_registry::generic::{GenericStore, WriteOptions};
+use kplex_registry::watchcache::WatchCache;
 use kplex_storage::{EmbeddedOptions, EmbeddedStore, TenantKeyspace};
 use serde_json::{json, Value};
 
@@ -20,7 +19,7 @@ async fn services_created_at_once_never_share_a_cluster_ip_or_node_port() {
     let raw = EmbeddedStore::open(dir.path(), EmbeddedOptions::default())
         .await
         .unwrap();
-    let catalog = Arc::new(Catalog::default());
+    let catalog = kplex_kinds::catalog::shared();
     let locks = Arc::new(AllocationLocks::default());
     let store = Arc::new(GenericStore::new(
         WatchCache::start(Arc::new(raw)).await,
@@ -68,7 +67,7 @@ async fn services_created_at_once_never_share_a_cluster_ip_or_node_port() {
         let won = race.iter().filter(|r| r.is_ok()).count();
         assert_eq!(won, 1, "exactly one service gets {what}");
         for lost in race.iter().filter_map(|r| r.as_ref().err()) {
-            assert_eq!(lost.code, hyper::StatusCode::UNPROCESSABLE_ENTITY);
+            assert_eq!(lost.code, kplex_registry::StatusCode::UNPROCESSABLE_ENTITY);
             assert!(
                 lost.message.contains("already allocated"),
                 "{}",
