@@ -1,3 +1,8 @@
-//! Types shared by the apiserver and the syncer: the admin API
-//! (`VirtualCluster`, `HostCluster`), well-known labels, and the tenant→host
-//! name mapping. Built with the API server and syncer issues; nothing here yet.
+//! Names and rules shared by every kplex crate that speaks about virtual
+//! clusters: well-known annotations and paths (`names`), resource
+//! quantities (`quantity`) and what an object uses of a quota (`quota`).
+//! Later: the admin API types and the tenant→host name mapping.
+
+pub mod names;
+pub mod quantity;
+pub mod quota;

@@ -304,10 +304,12 @@ fn memory_row(label: &str, value: String, target: &str) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let dir = tempfile::tempdir().unwrap();
-    let server = kplex_e2e::Kplex::start_with(
+    // The API alone: the controllers have their own benchmark.
+    let server = kplex_e2e::Kplex::start_bin(
         Path::new(env!("CARGO_BIN_EXE_kplex")),
         &dir.path().join("kplex-data"),
         "kplex=info,warn",
+        &["--controllers=false"],
     );
     let admin_text = std::fs::read_to_string(server.data_dir.join("admin.kubeconfig")).unwrap();
     let admin = parse_kubeconfig(&admin_text).unwrap();

@@ -107,6 +107,38 @@ fn server_config(ca_pem: &str, serving: &IssuedCert) -> Result<ServerConfig, Boo
     Ok(config)
 }
 
+/// How long a system component's credential lasts (`kplex serve` issues a
+/// fresh one to its own components at every start).
+const SYSTEM_VALIDITY: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+
+/// A kubeconfig for the system component `component` (the scope
+/// `kplex:system:<component>`): its server is kplex's root URL; the
+/// component addresses `/clusters/*`, `/clusters/<vc>` and `/system` itself.
+pub fn system_kubeconfig(
+    authority: &Authority,
+    component: &str,
+    server_url: &str,
+) -> Result<String, CertError> {
+    let user = format!("kplex:{component}");
+    let credential = authority.issue_client(
+        &Identity {
+            user: user.clone(),
+            groups: vec![],
+            scope: Scope::System {
+                component: component.to_owned(),
+            },
+        },
+        SYSTEM_VALIDITY,
+    )?;
+    Ok(kubeconfig(
+        "kplex-system",
+        server_url,
+        authority.ca_pem(),
+        &user,
+        &credential,
+    ))
+}
+
 /// A kubeconfig with one cluster, one user and one context, all named `name`.
 pub fn kubeconfig(name: &str, server: &str, ca_pem: &str, user: &str, cred: &IssuedCert) -> String {
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());

@@ -34,6 +34,8 @@ pub struct Context {
     pub url: String,
     /// The built-in resources every VC serves.
     pub catalog: Arc<kplex_registry::Catalog>,
+    /// The resources of the system cluster (see `system`).
+    pub system_catalog: Arc<kplex_registry::Catalog>,
     /// Set to `true` when the server shuts down, so open watches end cleanly.
     pub stopping: tokio::sync::watch::Sender<bool>,
     /// Request and storage metrics.
@@ -256,9 +258,18 @@ where
         let (name, tenant_path) = rest.split_once('/').unwrap_or((rest, ""));
         return tenant(ctx, caller, name, &format!("/{tenant_path}"), &request).await;
     }
+    if let Some(rest) = path.strip_prefix(kplex_api::names::SYSTEM_CLUSTER_PATH) {
+        if rest.is_empty() || rest.starts_with('/') {
+            return crate::system::system_cluster(ctx, caller, rest, &request).await;
+        }
+    }
     if caller.scope != Scope::Admin {
+        let whose = match caller.scope {
+            Scope::System { .. } => "a system component",
+            _ => "a virtual cluster",
+        };
         return Err(ApiError::forbidden(format!(
-            "User \"{}\" cannot access the admin API: the credential belongs to a virtual cluster",
+            "User \"{}\" cannot access the admin API: the credential belongs to {whose}",
             caller.user
         )));
     }
@@ -287,15 +298,37 @@ async fn tenant(
             caller.user
         ))
     };
-    let Scope::VirtualCluster { uid } = &caller.scope else {
-        return Err(refused());
-    };
-    // Before the lookup, so the VC's deletion waits for this write.
-    let _write = (req.method != Method::GET).then(|| ctx.registry.begin_write(uid));
-    let vc = ctx.registry.get(name).await?.ok_or_else(refused)?;
-    if vc.uid() != uid {
-        return Err(refused());
+    if name == kplex_api::names::ALL_CLUSTERS {
+        return crate::system::across(ctx, caller, path, req, ctx.stopping.subscribe()).await;
     }
+    let writes = req.method != Method::GET;
+    let (vc, _write) = match &caller.scope {
+        Scope::VirtualCluster { uid } => {
+            // Before the lookup, so the VC's deletion waits for this write.
+            let write = writes.then(|| ctx.registry.begin_write(uid));
+            let vc = ctx.registry.get(name).await?.ok_or_else(refused)?;
+            if vc.uid() != uid {
+                return Err(refused());
+            }
+            (vc, write)
+        }
+        // A system component may reach every VC. Its write is marked after
+        // the lookup, then the VC looked up again: a deletion that removed
+        // the record meanwhile is refused here, one that removes it later
+        // waits for this write.
+        Scope::System { .. } => {
+            let vc = ctx.registry.get(name).await?.ok_or_else(refused)?;
+            let write = writes.then(|| ctx.registry.begin_write(vc.uid()));
+            if writes {
+                let again = ctx.registry.get(name).await?;
+                if again.is_none_or(|again| again.uid() != vc.uid()) {
+                    return Err(refused());
+                }
+            }
+            (vc, write)
+        }
+        Scope::Admin => return Err(refused()),
+    };
     if is_public(path) {
         return public(ctx, &req.method, path).await;
     }

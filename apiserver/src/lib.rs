@@ -5,6 +5,7 @@
 //! ARCHITECTURE.md.
 
 pub mod admin;
+pub mod admission;
 pub mod bootstrap;
 pub mod cli;
 pub mod discovery;
@@ -15,6 +16,7 @@ pub mod response;
 pub mod reviews;
 pub mod server;
 pub mod storage_config;
+pub mod system;
 pub mod tenant;
 pub mod virtualclusters;
 pub mod watchstream;

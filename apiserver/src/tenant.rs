@@ -14,8 +14,7 @@ use crate::response::{bytes_response, json_response, Body};
 use kplex_certs::Identity;
 use kplex_registry::error::{from_store, ApiError};
 use kplex_registry::generic::{
-    decode_watched, DeleteOptions, FieldValidation, GenericStore, ListOptions, Namespace,
-    WriteOptions,
+    DeleteOptions, FieldValidation, GenericStore, ListOptions, Namespace, WriteOptions,
 };
 use kplex_registry::selectors::{FieldSelector, LabelSelector};
 use kplex_registry::table::render as render_table;
@@ -23,17 +22,90 @@ use kplex_registry::{Catalog, ResourceInfo};
 
 /// What a watch request asked for.
 #[derive(Debug, Clone, Copy)]
-struct WatchFlags<'a> {
+pub struct WatchFlags<'a> {
     /// Events as one-row Tables (`Accept: …;as=Table`).
-    table: bool,
+    pub table: bool,
     /// Where to start (`None`/`0`: current state first).
-    resource_version: Option<&'a str>,
+    pub resource_version: Option<&'a str>,
     /// `timeoutSeconds`.
-    timeout: Option<Duration>,
+    pub timeout: Option<Duration>,
     /// `allowWatchBookmarks=true`.
-    bookmarks: bool,
+    pub bookmarks: bool,
     /// `sendInitialEvents=true` (watch-list): current state, then a bookmark.
-    initial_events: bool,
+    pub initial_events: bool,
+}
+
+/// A collection GET: a list, or a watch when `watch` is set.
+pub struct CollectionRequest<'a> {
+    /// Selectors, page and revision of the list (or the watch's initial state).
+    pub opts: ListOptions,
+    /// Set for a watch.
+    pub watch: Option<WatchFlags<'a>>,
+}
+
+/// Reads a collection GET's query: selectors (400 when malformed or for a
+/// field the kind cannot be selected by), `limit`, `continue`,
+/// `resourceVersion`/`resourceVersionMatch`, and the watch parameters.
+pub fn collection_request<'a>(
+    info: &ResourceInfo,
+    req: &Request,
+    params: &'a crate::handler::Params,
+) -> Result<CollectionRequest<'a>, ApiError> {
+    let q = |k: &str| params.get(k);
+    let mut opts = ListOptions {
+        labels: LabelSelector::parse(q("labelSelector").unwrap_or(""))?,
+        fields: FieldSelector::parse(
+            q("fieldSelector").unwrap_or(""),
+            &info.kind,
+            info.strategy.field_labels(),
+        )?,
+        limit: match q("limit") {
+            None | Some("") => 0,
+            Some(l) => l
+                .parse()
+                .map_err(|_| ApiError::bad_request("limit must be a number"))?,
+        },
+        continue_token: q("continue").filter(|c| !c.is_empty()).map(str::to_owned),
+        exact_revision: None,
+        not_older_than: None,
+        any_revision: false,
+    };
+    if matches!(q("watch"), Some("1" | "true")) {
+        let flags = WatchFlags {
+            table: req.wants_table(),
+            resource_version: q("resourceVersion"),
+            timeout: q("timeoutSeconds")
+                .and_then(|s| s.parse().ok())
+                .map(Duration::from_secs),
+            bookmarks: matches!(q("allowWatchBookmarks"), Some("true" | "1")),
+            initial_events: matches!(q("sendInitialEvents"), Some("true" | "1")),
+        };
+        return Ok(CollectionRequest {
+            opts,
+            watch: Some(flags),
+        });
+    }
+    let rv = q("resourceVersion").filter(|v| !v.is_empty());
+    let parse_rv = crate::handler::parse_resource_version;
+    match (q("resourceVersionMatch").filter(|v| !v.is_empty()), rv) {
+        (Some("Exact"), Some(v)) if v != "0" => opts.exact_revision = Some(parse_rv(v)?),
+        (Some("Exact"), _) => {
+            return Err(ApiError::bad_request(
+                "resourceVersionMatch=Exact needs a resourceVersion other than 0",
+            ))
+        }
+        (Some("NotOlderThan") | None, Some(v)) if v != "0" => {
+            opts.not_older_than = Some(parse_rv(v)?)
+        }
+        (Some("NotOlderThan") | None, Some(_)) => opts.any_revision = true,
+        (Some("NotOlderThan") | None, None) => {}
+        (Some(other), _) => {
+            return Err(ApiError::bad_request(format!(
+                "unsupported resourceVersionMatch {other:?}"
+            )))
+        }
+    }
+    Ok(CollectionRequest { opts, watch: None })
 }
 
 /// Serves `path` (below `/clusters/<vc>`) for this VC.
@@ -50,11 +122,42 @@ pub async fn handle(
         .split('/')
         .filter(|s| !s.is_empty())
         .collect();
-    let not_found = || ApiError::not_found("the server could not find the requested resource");
+    if let Some(served) = discovery(catalog, path, req) {
+        return served;
+    }
     match segments.as_slice() {
-        [root @ ("api" | "apis")] if req.method == Method::GET => {
+        ["api", "v1", rest @ ..] => {
+            resource(catalog, store, caller, "", "v1", rest, req, stopping).await
+        }
+        ["apis", group, version, rest @ ..] => {
+            resource(catalog, store, caller, group, version, rest, req, stopping).await
+        }
+        _ => Err(ApiError::not_found(
+            "the server could not find the requested resource",
+        )),
+    }
+}
+
+/// Discovery and OpenAPI documents (GET only) of a cluster serving
+/// `catalog`; `None` when `path` is not one of them.
+pub fn discovery(
+    catalog: &Catalog,
+    path: &str,
+    req: &Request,
+) -> Option<Result<Response<Body>, ApiError>> {
+    if req.method != Method::GET {
+        return None;
+    }
+    let segments: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let not_found = || ApiError::not_found("the server could not find the requested resource");
+    let served = match segments.as_slice() {
+        [root @ ("api" | "apis")] => {
             if let Some(version) = aggregated_version(req) {
-                return Ok(aggregated(catalog, *root == "api", version));
+                return Some(Ok(aggregated(catalog, *root == "api", version)));
             }
             Ok(ok(if *root == "api" {
                 json!({
@@ -66,47 +169,39 @@ pub async fn handle(
                 group_list(catalog)
             }))
         }
-        ["apis", group] if req.method == Method::GET => {
+        ["apis", group] => {
             let g = group_list(catalog);
             let found = g["groups"]
                 .as_array()
                 .and_then(|gs| gs.iter().find(|x| x["name"] == *group).cloned());
-            let mut found = found.ok_or_else(not_found)?;
-            found["kind"] = json!("APIGroup");
-            found["apiVersion"] = json!("v1");
-            Ok(ok(found))
+            found.ok_or_else(not_found).map(|mut found| {
+                found["kind"] = json!("APIGroup");
+                found["apiVersion"] = json!("v1");
+                ok(found)
+            })
         }
-        ["openapi", "v2"] if req.method == Method::GET => Ok(bytes_response(
+        ["openapi", "v2"] => Ok(bytes_response(
             StatusCode::OK,
             "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
             Bytes::new(),
         )),
-        ["openapi", "v3"] if req.method == Method::GET => {
+        ["openapi", "v3"] => {
             // The cluster's URL prefix: the request path minus the part below it.
             let base = req.path.strip_suffix(path).unwrap_or("");
             Ok(ok(crate::openapi::root(catalog, base)))
         }
-        ["openapi", "v3", "api", version] if req.method == Method::GET => {
-            openapi_document(catalog, "", version)
-        }
-        ["openapi", "v3", "apis", group, version] if req.method == Method::GET => {
-            openapi_document(catalog, group, version)
-        }
-        ["api", "v1"] if req.method == Method::GET => Ok(ok(resource_list(catalog, "", "v1"))),
-        ["apis", group, version] if req.method == Method::GET => {
+        ["openapi", "v3", "api", version] => openapi_document(catalog, "", version),
+        ["openapi", "v3", "apis", group, version] => openapi_document(catalog, group, version),
+        ["api", "v1"] => Ok(ok(resource_list(catalog, "", "v1"))),
+        ["apis", group, version] => {
             if !catalog.group_versions().contains(&(*group, *version)) {
-                return Err(not_found());
+                return Some(Err(not_found()));
             }
             Ok(ok(resource_list(catalog, group, version)))
         }
-        ["api", "v1", rest @ ..] => {
-            resource(catalog, store, caller, "", "v1", rest, req, stopping).await
-        }
-        ["apis", group, version, rest @ ..] => {
-            resource(catalog, store, caller, group, version, rest, req, stopping).await
-        }
-        _ => Err(not_found()),
-    }
+        _ => return None,
+    };
+    Some(served)
 }
 
 fn openapi_document(
@@ -343,7 +438,13 @@ async fn resource(
         } else {
             Some(req.json_body()?)
         };
-        DeleteOptions::from_body(body.as_ref(), dry_run)
+        let mut options = DeleteOptions::from_body(body.as_ref(), dry_run)?;
+        if let Some(policy) =
+            q("propagationPolicy").and_then(kplex_registry::generic::Propagation::parse)
+        {
+            options.propagation = Some(policy);
+        }
+        Ok::<_, ApiError>(options)
     };
     match (&req.method, t.name) {
         (&Method::DELETE, None) => {
@@ -372,53 +473,10 @@ async fn resource(
             Ok(ok(list_of(t.info, json!({}), deleted)))
         }
         (&Method::GET, None) => {
-            let opts = ListOptions {
-                labels: labels()?,
-                fields: fields()?,
-                limit: match q("limit") {
-                    None | Some("") => 0,
-                    Some(l) => l
-                        .parse()
-                        .map_err(|_| ApiError::bad_request("limit must be a number"))?,
-                },
-                continue_token: q("continue").filter(|c| !c.is_empty()).map(str::to_owned),
-                exact_revision: None,
-                not_older_than: None,
-                any_revision: false,
-            };
-            let rv = q("resourceVersion").filter(|v| !v.is_empty());
-            let parse_rv = crate::handler::parse_resource_version;
-            if matches!(q("watch"), Some("1" | "true")) {
-                let timeout = q("timeoutSeconds")
-                    .and_then(|s| s.parse().ok())
-                    .map(Duration::from_secs);
-                let flags = WatchFlags {
-                    table: req.wants_table(),
-                    resource_version: q("resourceVersion"),
-                    timeout,
-                    bookmarks: matches!(q("allowWatchBookmarks"), Some("true" | "1")),
-                    initial_events: matches!(q("sendInitialEvents"), Some("true" | "1")),
-                };
+            let CollectionRequest { opts, watch: flags } =
+                collection_request(t.info, req, &params)?;
+            if let Some(flags) = flags {
                 return watch(store, t.info, t.namespace, opts, stopping, flags).await;
-            }
-            let mut opts = opts;
-            match (q("resourceVersionMatch").filter(|v| !v.is_empty()), rv) {
-                (Some("Exact"), Some(v)) if v != "0" => opts.exact_revision = Some(parse_rv(v)?),
-                (Some("Exact"), _) => {
-                    return Err(ApiError::bad_request(
-                        "resourceVersionMatch=Exact needs a resourceVersion other than 0",
-                    ))
-                }
-                (Some("NotOlderThan") | None, Some(v)) if v != "0" => {
-                    opts.not_older_than = Some(parse_rv(v)?)
-                }
-                (Some("NotOlderThan") | None, Some(_)) => opts.any_revision = true,
-                (Some("NotOlderThan") | None, None) => {}
-                (Some(other), _) => {
-                    return Err(ApiError::bad_request(format!(
-                        "unsupported resourceVersionMatch {other:?}"
-                    )))
-                }
             }
             let page = store.list(t.info, t.namespace, &opts).await?;
             // A Table carries the list's metadata too: kubectl watches from
@@ -448,9 +506,12 @@ async fn resource(
                     "the server could not find the requested resource",
                 ));
             }
-            let object = store
-                .create(t.info, t.namespace, object_body(req, &write)?, write)
-                .await?;
+            let body = object_body(req, &write)?;
+            if let Some(ns) = t.namespace {
+                crate::admission::admit_create(store, catalog, t.info, ns, &body, write.dry_run)
+                    .await?;
+            }
+            let object = store.create(t.info, t.namespace, body, write).await?;
             Ok(json_response(StatusCode::CREATED, &object))
         }
         (&Method::PUT, Some(name)) => {
@@ -580,7 +641,7 @@ async fn watch(
             events,
             convert: move |event: &Event| {
                 let _held = &permit;
-                to_watch_event(event, &opts)
+                kplex_registry::generic::watch_event(event, &opts.labels, &opts.fields)
             },
             render: move |object: Value| match &table_info {
                 Some(info) => render_table(info, &[object]),
@@ -594,34 +655,6 @@ async fn watch(
             stopping,
         },
     ))
-}
-
-/// The event as a client sees it, or `None` if the selectors exclude it.
-/// An object that stops matching is reported as DELETED.
-fn to_watch_event(event: &Event, opts: &ListOptions) -> Option<(&'static str, Value)> {
-    let matches =
-        |o: &Value| opts.labels.matches(&o["metadata"]["labels"]) && opts.fields.matches(o);
-    match event {
-        Event::Put { kv, prev } => {
-            let object = decode_watched(kv).ok()?;
-            let before = prev.as_ref().and_then(|p| decode_watched(p).ok());
-            let was = before.as_ref().is_some_and(matches);
-            match (was, matches(&object)) {
-                (_, true) if before.is_none() || !was => Some(("ADDED", object)),
-                (true, true) => Some(("MODIFIED", object)),
-                (true, false) => Some(("DELETED", object)),
-                _ => None,
-            }
-        }
-        Event::Delete { prev, revision } => {
-            let mut object = decode_watched(prev).ok()?;
-            if !matches(&object) {
-                return None;
-            }
-            object["metadata"]["resourceVersion"] = json!(revision.to_string());
-            Some(("DELETED", object))
-        }
-    }
 }
 
 /// The `scale` subresource: an `autoscaling/v1` Scale view of `spec.replicas`.

@@ -39,10 +39,40 @@ pub struct Registry {
 /// Every VC record by name, kept current by one task watching the records;
 /// `None` while it (re)loads, when lookups go to storage.
 struct Index {
-    records: std::sync::RwLock<Option<HashMap<String, Arc<VirtualCluster>>>>,
+    records: std::sync::RwLock<Option<Records>>,
     /// The revision the records are current at.
     applied: tokio::sync::watch::Sender<Revision>,
+    /// Names of VCs deleted lately, by UID: the events of their objects'
+    /// deletion come after the record's, and cross-VC watchers still need
+    /// to be told which VC they belonged to.
+    departed: std::sync::Mutex<HashMap<String, (String, std::time::Instant)>>,
 }
+
+/// The records, by name and by UID.
+#[derive(Default)]
+struct Records {
+    by_name: HashMap<String, Arc<VirtualCluster>>,
+    by_uid: HashMap<String, Arc<VirtualCluster>>,
+}
+
+impl Records {
+    fn insert(&mut self, vc: VirtualCluster) {
+        let vc = Arc::new(vc);
+        if let Some(old) = self.by_name.insert(vc.name().to_owned(), vc.clone()) {
+            self.by_uid.remove(old.uid());
+        }
+        self.by_uid.insert(vc.uid().to_owned(), vc);
+    }
+
+    fn remove(&mut self, name: &str) -> Option<Arc<VirtualCluster>> {
+        let vc = self.by_name.remove(name)?;
+        self.by_uid.remove(vc.uid());
+        Some(vc)
+    }
+}
+
+/// How long the name of a deleted VC is remembered for its objects' events.
+const DEPARTED_FOR: Duration = Duration::from_secs(600);
 
 /// Writes in flight per VC UID (an entry only while there are some).
 #[derive(Default)]
@@ -142,6 +172,7 @@ impl Registry {
         let index = Arc::new(Index {
             records: std::sync::RwLock::new(None),
             applied: tokio::sync::watch::channel(Revision::new(0)).0,
+            departed: Default::default(),
         });
         let registry = Registry {
             store,
@@ -259,7 +290,7 @@ impl Registry {
         }
         if let Some(index) = &self.index {
             if let Some(records) = &*index.records.read().expect("VC index lock") {
-                return Ok(records.get(name).cloned());
+                return Ok(records.by_name.get(name).cloned());
             }
         }
         let kv = self
@@ -268,6 +299,29 @@ impl Registry {
             .await
             .map_err(store_error)?;
         Ok(kv.map(|kv| decode(&kv)).transpose()?.map(Arc::new))
+    }
+
+    /// Every VC, from the index (or storage while it loads).
+    pub async fn all(&self) -> Result<Vec<Arc<VirtualCluster>>, ApiError> {
+        if let Some(index) = &self.index {
+            if let Some(records) = &*index.records.read().expect("VC index lock") {
+                return Ok(records.by_name.values().cloned().collect());
+            }
+        }
+        Ok(self.list().await?.0.into_iter().map(Arc::new).collect())
+    }
+
+    /// The name of the VC with `uid`, also for a while after its deletion;
+    /// `None` if unknown (or while the index loads).
+    pub fn name_of(&self, uid: &str) -> Option<String> {
+        let index = self.index.as_ref()?;
+        if let Some(records) = &*index.records.read().expect("VC index lock") {
+            if let Some(vc) = records.by_uid.get(uid) {
+                return Some(vc.name().to_owned());
+            }
+        }
+        let departed = index.departed.lock().expect("departed lock");
+        departed.get(uid).map(|(name, _)| name.clone())
     }
 
     /// Every VC, in name order, with the revision of the read.
@@ -349,10 +403,9 @@ async fn maintain(store: Arc<dyn Store>, index: std::sync::Weak<Index>) {
                 .range(RangeRequest::prefix(Registry::prefix()?))
                 .await
                 .map_err(store_error)?;
-            let mut records = HashMap::new();
+            let mut records = Records::default();
             for kv in &range.kvs {
-                let vc = decode(kv)?;
-                records.insert(vc.name().to_owned(), Arc::new(vc));
+                records.insert(decode(kv)?);
             }
             let events = store
                 .watch(&Registry::prefix()?, range.revision)
@@ -389,14 +442,18 @@ async fn maintain(store: Arc<dyn Store>, index: std::sync::Weak<Index>) {
                     };
                     match &event {
                         Event::Put { kv, .. } => match decode(kv) {
-                            Ok(vc) => {
-                                records.insert(vc.name().to_owned(), Arc::new(vc));
-                            }
+                            Ok(vc) => records.insert(vc),
                             Err(e) => tracing::warn!(error = %e.message, "unreadable VC record"),
                         },
                         Event::Delete { prev, .. } => {
-                            if let Some(name) = prev.key.as_str().rsplit('/').next() {
-                                records.remove(name);
+                            let name = prev.key.as_str().rsplit('/').next().unwrap_or_default();
+                            if let Some(vc) = records.remove(name) {
+                                let mut departed = current.departed.lock().expect("departed lock");
+                                departed.retain(|_, (_, at)| at.elapsed() < DEPARTED_FOR);
+                                departed.insert(
+                                    vc.uid().to_owned(),
+                                    (name.to_owned(), std::time::Instant::now()),
+                                );
                             }
                         }
                     }

@@ -19,7 +19,7 @@ fn raw_get(kubeconfig: &Path, path: &str) -> std::process::Output {
 #[test]
 fn admins_create_list_get_and_delete_virtualclusters_with_kubectl() {
     let dir = tempfile::tempdir().unwrap();
-    let kplex = Kplex::start(&dir.path().join("data"));
+    let kplex = Kplex::start_api_only(&dir.path().join("data"));
     create_vc(&kplex, dir.path(), "team-a");
     create_vc(&kplex, dir.path(), "team-b");
 
@@ -86,7 +86,7 @@ fn admins_create_list_get_and_delete_virtualclusters_with_kubectl() {
 #[test]
 fn a_tenant_credential_reaches_only_its_own_virtual_cluster() {
     let dir = tempfile::tempdir().unwrap();
-    let kplex = Kplex::start(&dir.path().join("data"));
+    let kplex = Kplex::start_api_only(&dir.path().join("data"));
     create_vc(&kplex, dir.path(), "team-a");
     create_vc(&kplex, dir.path(), "team-b");
     let alice = tenant_kubeconfig(&kplex, dir.path(), "team-a", "alice");
@@ -119,7 +119,7 @@ fn a_tenant_credential_reaches_only_its_own_virtual_cluster() {
 #[test]
 fn deleting_a_vc_revokes_its_credentials_even_when_the_name_is_reused() {
     let dir = tempfile::tempdir().unwrap();
-    let kplex = Kplex::start(&dir.path().join("data"));
+    let kplex = Kplex::start_api_only(&dir.path().join("data"));
     create_vc(&kplex, dir.path(), "team-a");
     let alice = tenant_kubeconfig(&kplex, dir.path(), "team-a", "alice");
     assert!(raw_get(&alice, "/clusters/team-a/api").status.success());
@@ -142,7 +142,7 @@ fn deleting_a_vc_revokes_its_credentials_even_when_the_name_is_reused() {
 #[test]
 fn malformed_and_oversized_requests_get_a_status_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let kplex = Kplex::start(&dir.path().join("data"));
+    let kplex = Kplex::start_api_only(&dir.path().join("data"));
     let post = |file: &Path| {
         admin(
             &kplex,
@@ -201,7 +201,7 @@ fn malformed_and_oversized_requests_get_a_status_and_change_nothing() {
 #[test]
 fn kubectl_get_vc_watch_sees_vcs_come_and_go() {
     let dir = tempfile::tempdir().unwrap();
-    let kplex = Kplex::start(&dir.path().join("data"));
+    let kplex = Kplex::start_api_only(&dir.path().join("data"));
     create_vc(&kplex, dir.path(), "first");
     let kc = kplex.kubeconfig();
     let watcher = KubectlStream::spawn(&[

@@ -19,7 +19,7 @@ fn kplex_vc(kplex: &Kplex, args: &[&str]) -> Output {
 #[test]
 fn the_cli_creates_lists_issues_credentials_for_and_deletes_vcs() {
     let dir = tempfile::tempdir().unwrap();
-    let kplex = Kplex::start(&dir.path().join("data"));
+    let kplex = Kplex::start_api_only(&dir.path().join("data"));
     let admin_file = dir.path().join("team-a.kubeconfig");
     let o = kplex_vc(
         &kplex,

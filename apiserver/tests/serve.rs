@@ -10,7 +10,7 @@ use support::{kubectl, stderr, stdout, Kplex};
 #[test]
 fn first_start_bootstraps_credentials_that_kubectl_uses_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
-    let kplex = Kplex::start(dir.path());
+    let kplex = Kplex::start_api_only(dir.path());
     for private in ["admin.kubeconfig", "pki/ca.key", "pki/apiserver.key"] {
         let mode = std::fs::metadata(dir.path().join(private))
             .unwrap()
@@ -34,7 +34,7 @@ fn first_start_bootstraps_credentials_that_kubectl_uses_across_restarts() {
 
     let ca = std::fs::read(dir.path().join("pki/ca.crt")).unwrap();
     assert!(kplex.terminate().success());
-    let kplex = Kplex::start(dir.path());
+    let kplex = Kplex::start_api_only(dir.path());
     assert_eq!(
         std::fs::read(dir.path().join("pki/ca.crt")).unwrap(),
         ca,
@@ -56,7 +56,7 @@ fn first_start_bootstraps_credentials_that_kubectl_uses_across_restarts() {
 #[test]
 fn callers_without_a_credential_get_401_except_on_health_and_version() {
     let dir = tempfile::tempdir().unwrap();
-    let kplex = Kplex::start(dir.path());
+    let kplex = Kplex::start_api_only(dir.path());
     let ca = dir.path().join("pki/ca.crt");
     // kubectl prompts for a password when it has no credential at all; a
     // bearer token kplex does not accept is the same to the server: no
@@ -92,7 +92,7 @@ fn callers_without_a_credential_get_401_except_on_health_and_version() {
 #[test]
 fn a_certificate_from_another_ca_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let kplex = Kplex::start(dir.path());
+    let kplex = Kplex::start_api_only(dir.path());
     // A look-alike admin credential signed by a CA kplex never saw.
     let rogue_dir = tempfile::tempdir().unwrap();
     let rogue = kplex_certs::Authority::load_or_create(rogue_dir.path()).unwrap();
@@ -156,7 +156,7 @@ async fn tls_connection(kplex: &Kplex) -> tokio_rustls::client::TlsStream<tokio:
 async fn connections_that_send_no_whole_request_are_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
-    let kplex = Kplex::start(&dir.path().join("data"));
+    let kplex = Kplex::start_api_only(&dir.path().join("data"));
     // One connection says nothing after its handshake (an HTTP/2 client
     // that never sends its preface); one sends half a request line.
     let mut silent = tls_connection(&kplex).await;

@@ -7,7 +7,7 @@
 //!
 //! A client certificate carries the user in the subject's CN (as Kubernetes
 //! does), and as URI SANs its groups (`kplex:group:<name>`; one subject may
-//! hold only one O here) and its scope (`kplex:admin` or `kplex:vc:<uid>`).
+//! hold only one O here) and its scope (`kplex:admin`, `kplex:vc:<uid>` or `kplex:system:<component>`).
 //! A certificate without exactly one scope grants nothing.
 
 use std::fs;
@@ -27,6 +27,7 @@ const CA_CERT: &str = "ca.crt";
 const CA_KEY: &str = "ca.key";
 const SCOPE_ADMIN: &str = "kplex:admin";
 const SCOPE_VC_PREFIX: &str = "kplex:vc:";
+const SCOPE_SYSTEM_PREFIX: &str = "kplex:system:";
 const GROUP_PREFIX: &str = "kplex:group:";
 /// How long the CA is valid.
 const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -63,6 +64,14 @@ pub enum Scope {
     VirtualCluster {
         /// The VC's UID.
         uid: String,
+    },
+    /// One of kplex's own system components (the controllers, the syncer):
+    /// the only scope that may list and watch across every VC
+    /// (`/clusters/*/…`) and write into any VC. Issued by `kplex serve` to
+    /// its components, never through the admin API.
+    System {
+        /// The component's name (`controllers`, `syncer`).
+        component: String,
     },
 }
 
@@ -169,6 +178,7 @@ impl Authority {
         let scope = match &identity.scope {
             Scope::Admin => SCOPE_ADMIN.to_owned(),
             Scope::VirtualCluster { uid } => format!("{SCOPE_VC_PREFIX}{uid}"),
+            Scope::System { component } => format!("{SCOPE_SYSTEM_PREFIX}{component}"),
         };
         let mut uris = vec![scope];
         for group in &identity.groups {
@@ -238,6 +248,10 @@ pub fn identity_from_der(der: &[u8]) -> Result<Identity, CertError> {
                 } else if let Some(uid) = uri.strip_prefix(SCOPE_VC_PREFIX) {
                     scopes.push(Scope::VirtualCluster {
                         uid: uid.to_owned(),
+                    });
+                } else if let Some(component) = uri.strip_prefix(SCOPE_SYSTEM_PREFIX) {
+                    scopes.push(Scope::System {
+                        component: component.to_owned(),
                     });
                 }
             }
@@ -319,6 +333,13 @@ mod tests {
                 user: "admin".into(),
                 groups: vec![],
                 scope: Scope::Admin,
+            },
+            Identity {
+                user: "kplex:controllers".into(),
+                groups: vec![],
+                scope: Scope::System {
+                    component: "controllers".into(),
+                },
             },
         ] {
             let issued = ca

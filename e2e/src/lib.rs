@@ -106,6 +106,19 @@ impl Kplex {
         Kplex::spawn(bin, data_dir, log, &[])
     }
 
+    /// [`Kplex::start_with`] with more `kplex serve` flags.
+    pub fn start_bin(bin: &Path, data_dir: &Path, log: &str, flags: &[&str]) -> Kplex {
+        Kplex::spawn(bin, data_dir, log, flags)
+    }
+
+    /// Starts kplex without its controllers (`--controllers=false`): for
+    /// tests of the API's own behaviour, where objects the controllers make
+    /// (a namespace's `kube-root-ca.crt`, a Deployment's ReplicaSets and
+    /// status) would add to what the test lists and reads back.
+    pub fn start_api_only(data_dir: &Path) -> Kplex {
+        Kplex::start_with_flags(data_dir, &["--controllers=false"])
+    }
+
     /// Starts the test build with more `kplex serve` flags.
     pub fn start_with_flags(data_dir: &Path, flags: &[&str]) -> Kplex {
         let log = std::env::var("KPLEX_TEST_LOG").unwrap_or_else(|_| "info".into());

@@ -32,7 +32,7 @@ async fn config_of(path: &std::path::Path) -> kube::Config {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_rs_lists_watches_creates_and_patches_in_a_vc() {
     let dir = tempfile::tempdir().unwrap();
-    let kplex = Kplex::start(&dir.path().join("data"));
+    let kplex = Kplex::start_api_only(&dir.path().join("data"));
     create_vc(&kplex, dir.path(), "team-a");
     create_vc(&kplex, dir.path(), "team-b");
     let path = tenant_kubeconfig(&kplex, dir.path(), "team-a", "alice");
@@ -309,7 +309,7 @@ async fn kube_rs_lists_watches_creates_and_patches_in_a_vc() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_rs_server_side_apply_yaml_bodies_and_duplicate_fields() {
     let dir = tempfile::tempdir().unwrap();
-    let kplex = Kplex::start(&dir.path().join("data"));
+    let kplex = Kplex::start_api_only(&dir.path().join("data"));
     create_vc(&kplex, dir.path(), "team-a");
     let path = tenant_kubeconfig(&kplex, dir.path(), "team-a", "alice");
     let client = kube::Client::try_from(config_of(&path).await).unwrap();

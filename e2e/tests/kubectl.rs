@@ -77,7 +77,7 @@ struct Setup {
 
 fn setup(vcs: &[&str]) -> (Setup, Vec<std::path::PathBuf>) {
     let dir = tempfile::tempdir().unwrap();
-    let kplex = Kplex::start(&dir.path().join("data"));
+    let kplex = Kplex::start_api_only(&dir.path().join("data"));
     let mut configs = Vec::new();
     for vc in vcs {
         create_vc(&kplex, dir.path(), vc);
@@ -849,7 +849,7 @@ fn tables_scale_and_status_subresources_behave_like_a_real_cluster() {
 #[test]
 fn sigterm_ends_open_watches_and_the_server_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let kplex = Kplex::start(&dir.path().join("data"));
+    let kplex = Kplex::start_api_only(&dir.path().join("data"));
     create_vc(&kplex, dir.path(), "team-a");
     let kc = tenant_kubeconfig(&kplex, dir.path(), "team-a", "alice");
     let watcher = KubectlStream::spawn(&[
@@ -1526,8 +1526,8 @@ fn kubectl_create_generators_and_run_make_the_objects_they_describe() {
         "--selector=app=web",
         "--min-available=50%",
     ]);
-    run(&["create", "quota", "small", "--hard=pods=4,cpu=1500m"]);
-    run(&["create", "serviceaccount", "robot"]);
+    // The Pod comes before the quota: a quota limiting cpu refuses a Pod
+    // that requests none (as kube-apiserver's quota admission does).
     run(&[
         "run",
         "debug",
@@ -1538,6 +1538,8 @@ fn kubectl_create_generators_and_run_make_the_objects_they_describe() {
         "sleep",
         "1",
     ]);
+    run(&["create", "quota", "small", "--hard=pods=4,cpu=1500m"]);
+    run(&["create", "serviceaccount", "robot"]);
 
     let get = |args: &[&str]| json(&[&n[..], &["get"], args].concat());
     assert_eq!(

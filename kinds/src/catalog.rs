@@ -6,7 +6,8 @@
 use std::sync::{Arc, OnceLock};
 
 use k8s_openapi::api::{
-    apps, authentication, authorization, batch, coordination, core, events, networking, policy,
+    apps, authentication, authorization, autoscaling, batch, coordination, core, discovery, events,
+    networking, policy,
 };
 use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope, Resource};
 use kplex_registry::{Catalog, ResourceInfo};
@@ -70,16 +71,22 @@ pub fn builtin() -> Vec<ResourceInfo> {
         row::<core::v1::PersistentVolumeClaim>(&["pvc"], &[]),
         row::<core::v1::ResourceQuota>(&["quota"], &[]),
         row::<core::v1::LimitRange>(&["limits"], &[]),
+        row::<core::v1::Node>(&["no"], &[]),
+        row::<core::v1::ReplicationController>(&["rc"], ALL),
+        row::<core::v1::PodTemplate>(&[], &[]),
         row::<apps::v1::Deployment>(&["deploy"], ALL),
         row::<apps::v1::StatefulSet>(&["sts"], ALL),
         row::<apps::v1::DaemonSet>(&["ds"], ALL),
         row::<apps::v1::ReplicaSet>(&["rs"], ALL),
+        row::<apps::v1::ControllerRevision>(&[], &[]),
+        row::<autoscaling::v2::HorizontalPodAutoscaler>(&["hpa"], ALL),
         row::<batch::v1::Job>(&[], ALL),
         row::<batch::v1::CronJob>(&["cj"], ALL),
         row::<networking::v1::Ingress>(&["ing"], &[]),
         row::<networking::v1::NetworkPolicy>(&["netpol"], &[]),
         row::<events::v1::Event>(&["ev"], &[]),
         row::<coordination::v1::Lease>(&[], &[]),
+        row::<discovery::v1::EndpointSlice>(&[], &[]),
         row::<policy::v1::PodDisruptionBudget>(&["pdb"], &[]),
         review::<authentication::v1::SelfSubjectReview>(),
         review::<authorization::v1::SelfSubjectAccessReview>(),
@@ -113,7 +120,11 @@ mod tests {
         assert!(deploy.has_scale() && deploy.has_status() && deploy.tracks_generation());
         assert!(c.find("apps", "v1", "pods").is_none());
         assert_eq!(c.group_versions()[0], ("", "v1"));
-        assert_eq!(c.all().iter().filter(|r| r.stored).count(), 22);
+        assert_eq!(c.all().iter().filter(|r| r.stored).count(), 28);
+        let nodes = c.find("", "v1", "nodes").unwrap();
+        assert!(!nodes.namespaced && nodes.has_status());
+        let rc = c.find("", "v1", "replicationcontrollers").unwrap();
+        assert!(rc.has_scale() && rc.tracks_generation());
         let reviews = c.find("authorization.k8s.io", "v1", "selfsubjectaccessreviews");
         assert_eq!(reviews.unwrap().verbs(), ["create"]);
         assert!(pods.verbs().contains(&"deletecollection"));

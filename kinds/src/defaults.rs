@@ -36,6 +36,12 @@ pub fn apply(group: &str, kind: &str, object: &mut Value) {
         merge_string_data(object);
         return;
     }
+    if (group, kind) == ("", "PodTemplate") {
+        if object["template"]["spec"].is_object() {
+            pod_spec(&mut object["template"]["spec"]);
+        }
+        return;
+    }
     let Some(spec) = object.get_mut("spec").filter(|s| s.is_object()) else {
         return;
     };
@@ -56,6 +62,10 @@ pub fn apply(group: &str, kind: &str, object: &mut Value) {
                 );
                 set(&mut strategy["rollingUpdate"], "maxSurge", json!("25%"));
             }
+            template(spec);
+        }
+        ("", "ReplicationController") => {
+            set(spec, "replicas", json!(1));
             template(spec);
         }
         ("apps", "ReplicaSet") => {
@@ -98,6 +108,31 @@ pub fn apply(group: &str, kind: &str, object: &mut Value) {
         }
         _ => {}
     }
+}
+
+/// A Job's generated selector, as kube-apiserver makes it on create
+/// (unless `manualSelector`): the Job's UID, also put on its template's
+/// labels with the Job's name, so its Pods and no other Job's match.
+pub fn job_selector(job: &mut Value) {
+    if job["spec"]["manualSelector"] == true || !job["spec"].is_object() {
+        return;
+    }
+    let uid = job["metadata"]["uid"].clone();
+    let name = job["metadata"]["name"].clone();
+    let spec = &mut job["spec"];
+    spec["selector"] = json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
+    let template = &mut spec["template"];
+    if !template["metadata"].is_object() {
+        template["metadata"] = json!({});
+    }
+    if !template["metadata"]["labels"].is_object() {
+        template["metadata"]["labels"] = json!({});
+    }
+    let labels = &mut template["metadata"]["labels"];
+    labels["batch.kubernetes.io/controller-uid"] = uid.clone();
+    labels["batch.kubernetes.io/job-name"] = name.clone();
+    labels["controller-uid"] = uid;
+    labels["job-name"] = name;
 }
 
 /// Sets `field` of `object` unless it holds a value (an absent object

@@ -130,6 +130,46 @@ fn external_ip(o: &Value) -> Value {
     json!(all.join(","))
 }
 
+fn node_status(o: &Value) -> Value {
+    let ready = o["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Ready");
+    let mut status = match ready.and_then(|c| c["status"].as_str()) {
+        Some("True") => "Ready".to_owned(),
+        Some(_) => "NotReady".to_owned(),
+        None => "Unknown".to_owned(),
+    };
+    if o["spec"]["unschedulable"] == true {
+        status.push_str(",SchedulingDisabled");
+    }
+    json!(status)
+}
+
+fn node_roles(o: &Value) -> Value {
+    join(
+        o["metadata"]["labels"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, _)| {
+                k.strip_prefix("node-role.kubernetes.io/")
+                    .map(str::to_owned)
+            }),
+    )
+}
+
+fn node_address(o: &Value, kind: &str) -> Value {
+    let found = o["status"]["addresses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["type"] == kind)
+        .and_then(|a| a["address"].as_str());
+    json!(found.unwrap_or("<none>"))
+}
+
 /// The kind's columns between NAME and AGE (and the wide ones after AGE).
 pub fn columns(group: &str, plural: &str) -> Vec<Column> {
     match (group, plural) {
@@ -145,6 +185,154 @@ pub fn columns(group: &str, plural: &str) -> Vec<Column> {
             col("Readiness Gates", 1, |_| json!("<none>")),
         ],
         ("", "namespaces") => vec![col("Status", 0, |o| str_or(&o["status"]["phase"], ""))],
+        ("", "nodes") => vec![
+            col("Status", 0, node_status),
+            col("Roles", 0, node_roles),
+            col("Version", 0, |o| {
+                str_or(&o["status"]["nodeInfo"]["kubeletVersion"], "")
+            })
+            .after_age(),
+            col("Internal-IP", 1, |o| node_address(o, "InternalIP")),
+            col("External-IP", 1, |o| node_address(o, "ExternalIP")),
+            col("OS-Image", 1, |o| {
+                str_or(&o["status"]["nodeInfo"]["osImage"], "<unknown>")
+            }),
+            col("Kernel-Version", 1, |o| {
+                str_or(&o["status"]["nodeInfo"]["kernelVersion"], "<unknown>")
+            }),
+            col("Container-Runtime", 1, |o| {
+                str_or(
+                    &o["status"]["nodeInfo"]["containerRuntimeVersion"],
+                    "<unknown>",
+                )
+            }),
+        ],
+        ("", "replicationcontrollers") => vec![
+            col("Desired", 0, |o| json!(int(&o["spec"]["replicas"]))),
+            col("Current", 0, |o| json!(int(&o["status"]["replicas"]))),
+            col("Ready", 0, |o| json!(int(&o["status"]["readyReplicas"]))),
+            col("Containers", 1, |o| {
+                join(
+                    containers(o)
+                        .iter()
+                        .filter_map(|c| c["name"].as_str().map(str::to_owned)),
+                )
+            }),
+            col("Images", 1, |o| {
+                join(
+                    containers(o)
+                        .iter()
+                        .filter_map(|c| c["image"].as_str().map(str::to_owned)),
+                )
+            }),
+            col("Selector", 1, |o| {
+                json!(selector_string(&o["spec"]["selector"]))
+            }),
+        ],
+        ("", "podtemplates") => vec![
+            col("Containers", 0, |o| {
+                join(
+                    o["template"]["spec"]["containers"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|c| c["name"].as_str().map(str::to_owned)),
+                )
+            }),
+            col("Images", 0, |o| {
+                join(
+                    o["template"]["spec"]["containers"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|c| c["image"].as_str().map(str::to_owned)),
+                )
+            }),
+            col("Pod Labels", 0, |o| {
+                json!(selector_string(&o["template"]["metadata"]["labels"]))
+            }),
+        ],
+        ("apps", "controllerrevisions") => vec![
+            col("Controller", 0, |o| {
+                let owner = o["metadata"]["ownerReferences"]
+                    .as_array()
+                    .and_then(|refs| refs.iter().find(|r| r["controller"] == true));
+                json!(owner.map_or("<none>".to_owned(), |r| format!(
+                    "{}/{}",
+                    r["kind"].as_str().unwrap_or("").to_lowercase().to_owned()
+                        + "."
+                        + r["apiVersion"]
+                            .as_str()
+                            .unwrap_or("")
+                            .split('/')
+                            .next()
+                            .unwrap_or(""),
+                    r["name"].as_str().unwrap_or("")
+                )))
+            }),
+            col("Revision", 0, |o| json!(int(&o["revision"]))),
+        ],
+        ("discovery.k8s.io", "endpointslices") => vec![
+            col("AddressType", 0, |o| str_or(&o["addressType"], "")),
+            col("Ports", 0, |o| {
+                let ports: Vec<String> = o["ports"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|p| int(&p["port"]).to_string())
+                    .collect();
+                json!(if ports.is_empty() {
+                    "<unset>".to_owned()
+                } else {
+                    ports.join(",")
+                })
+            }),
+            col("Endpoints", 0, |o| {
+                let addresses: Vec<String> = o["endpoints"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|e| {
+                        e["addresses"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|a| a.as_str().map(str::to_owned))
+                    })
+                    .collect();
+                json!(match addresses.len() {
+                    0 => "<unset>".to_owned(),
+                    n if n > 3 => format!("{} + {} more...", addresses[..3].join(","), n - 3),
+                    _ => addresses.join(","),
+                })
+            }),
+        ],
+        ("autoscaling", "horizontalpodautoscalers") => vec![
+            col("Reference", 0, |o| {
+                let target = &o["spec"]["scaleTargetRef"];
+                json!(format!(
+                    "{}/{}",
+                    target["kind"].as_str().unwrap_or(""),
+                    target["name"].as_str().unwrap_or("")
+                ))
+            }),
+            col("Targets", 0, |o| {
+                json!(
+                    if o["spec"]["metrics"].as_array().is_none_or(|m| m.is_empty()) {
+                        "<none>"
+                    } else {
+                        "<unknown>"
+                    }
+                )
+            }),
+            col("MinPods", 0, |o| {
+                json!(o["spec"]["minReplicas"].as_i64().unwrap_or(1))
+            }),
+            col("MaxPods", 0, |o| json!(int(&o["spec"]["maxReplicas"]))),
+            col("Replicas", 0, |o| {
+                json!(int(&o["status"]["currentReplicas"]))
+            }),
+        ],
         ("", "services") => vec![
             col("Type", 0, |o| str_or(&o["spec"]["type"], "ClusterIP")),
             col("Cluster-IP", 0, |o| {

@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 
 use k8s_openapi::Resource;
 use kplex_registry::error::ApiError;
+use kplex_registry::generic::Propagation;
 use kplex_registry::resource::{Allocator, Column, Companion, Decoded, Strategy};
 use kplex_registry::ResourceInfo;
 use serde_json::{json, Map, Value};
@@ -94,9 +95,13 @@ where
     }
 
     fn prepare_for_create(&self, object: &mut Value) {
-        if (self.group, self.kind) == ("", "Namespace") {
-            object["spec"] = json!({"finalizers": ["kubernetes"]});
-            object["status"] = json!({"phase": "Active"});
+        match (self.group, self.kind) {
+            ("", "Namespace") => {
+                object["spec"] = json!({"finalizers": ["kubernetes"]});
+                object["status"] = json!({"phase": "Active"});
+            }
+            ("batch", "Job") => crate::defaults::job_selector(object),
+            _ => {}
         }
     }
 
@@ -115,9 +120,18 @@ where
             (self.group, self.plural),
             (
                 "",
-                "namespaces" | "pods" | "services" | "persistentvolumeclaims" | "resourcequotas"
-            ) | ("apps", _)
-                | ("batch", _)
+                "namespaces"
+                    | "pods"
+                    | "services"
+                    | "persistentvolumeclaims"
+                    | "resourcequotas"
+                    | "nodes"
+                    | "replicationcontrollers"
+            ) | (
+                "apps",
+                "deployments" | "statefulsets" | "daemonsets" | "replicasets"
+            ) | ("batch", _)
+                | ("autoscaling", "horizontalpodautoscalers")
                 | ("networking.k8s.io", "ingresses")
                 | ("policy", "poddisruptionbudgets")
         )
@@ -127,14 +141,15 @@ where
         matches!(
             (self.group, self.plural),
             ("apps", "deployments" | "statefulsets" | "replicasets")
+                | ("", "replicationcontrollers")
         )
     }
 
     fn tracks_generation(&self) -> bool {
         matches!(
             self.group,
-            "apps" | "batch" | "networking.k8s.io" | "policy"
-        )
+            "apps" | "batch" | "networking.k8s.io" | "policy" | "autoscaling"
+        ) || (self.group, self.plural) == ("", "replicationcontrollers")
     }
 
     fn name_is_label(&self) -> bool {
@@ -175,6 +190,15 @@ where
                 "metadata": {"name": "default", "namespace": created["metadata"]["name"]},
             }),
         }]
+    }
+
+    fn default_propagation(&self) -> Propagation {
+        // batch/v1 Jobs and v1 ReplicationControllers orphan their Pods
+        // unless told otherwise, for compatibility (kubectl always says).
+        match (self.group, self.kind) {
+            ("batch", "Job") | ("", "ReplicationController") => Propagation::Orphan,
+            _ => Propagation::Background,
+        }
     }
 
     fn openapi_schema(&self, schemas: &mut Map<String, Value>) -> Option<String> {

@@ -31,7 +31,7 @@ fn is_quantity(s: &str) -> bool {
 /// The checks of a decoded object of a built-in kind: its pod spec, if it
 /// carries one, and an apps/v1 workload's replicas and selector.
 pub fn validate(info: &ResourceInfo, object: &Value) -> Result<(), ApiError> {
-    if info.group == "apps" {
+    if info.group == "apps" && info.kind != "ControllerRevision" {
         validate_workload(info, object)?;
     }
     if let Some((path, spec)) = pod_spec_of(&info.group, &info.kind, object) {
@@ -69,7 +69,10 @@ pub fn bad_quantity(group: &str, kind: &str, object: &Value) -> Option<String> {
 fn pod_spec_of<'a>(group: &str, kind: &str, object: &'a Value) -> Option<(String, &'a Value)> {
     let path = match (group, kind) {
         ("", "Pod") => "spec",
-        ("apps", _) | ("batch", "Job") => "spec.template.spec",
+        ("apps", "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet")
+        | ("batch", "Job")
+        | ("", "ReplicationController") => "spec.template.spec",
+        ("", "PodTemplate") => "template.spec",
         ("batch", "CronJob") => "spec.jobTemplate.spec.template.spec",
         _ => return None,
     };
@@ -134,7 +137,7 @@ fn validate_pod_spec(
     }
     let allowed: &[&str] = if info.group == "batch" {
         &["OnFailure", "Never"]
-    } else if info.group == "apps" {
+    } else if info.group == "apps" || info.kind == "ReplicationController" {
         &["Always"]
     } else {
         &["Always", "OnFailure", "Never"]

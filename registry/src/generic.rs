@@ -45,11 +45,48 @@ pub struct DeleteOptions {
     pub uid: Option<String>,
     /// `preconditions.resourceVersion`: delete only this version.
     pub resource_version: Option<String>,
+    /// `propagationPolicy` (or the deprecated `orphanDependents`): what
+    /// happens to the object's dependents; `None` for the kind's default.
+    pub propagation: Option<Propagation>,
+}
+
+/// What a delete does to the object's dependents (the garbage collector
+/// acts on it; see `kplex-controllers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Propagation {
+    /// The object goes now; its dependents after it.
+    Background,
+    /// The object stays, marked with the `foregroundDeletion` finalizer,
+    /// until its blocking dependents are gone.
+    Foreground,
+    /// The object stays, marked with the `orphan` finalizer, until its
+    /// dependents no longer refer to it.
+    Orphan,
+}
+
+impl Propagation {
+    /// Parses a `propagationPolicy`.
+    pub fn parse(value: &str) -> Option<Propagation> {
+        match value {
+            "Background" => Some(Propagation::Background),
+            "Foreground" => Some(Propagation::Foreground),
+            "Orphan" => Some(Propagation::Orphan),
+            _ => None,
+        }
+    }
+
+    /// The finalizer that holds the object for the garbage collector.
+    fn finalizer(self) -> Option<&'static str> {
+        match self {
+            Propagation::Background => None,
+            Propagation::Foreground => Some("foregroundDeletion"),
+            Propagation::Orphan => Some("orphan"),
+        }
+    }
 }
 
 /// Checks a delete's `propagationPolicy` and `gracePeriodSeconds` (there is
-/// no garbage collector or graceful deletion yet: valid values are accepted
-/// and change nothing).
+/// no graceful deletion: a valid grace period changes nothing).
 pub fn check_delete_parameters(
     propagation: Option<&str>,
     grace_seconds: Option<&str>,
@@ -108,6 +145,16 @@ impl DeleteOptions {
         };
         opts.uid = text("uid")?;
         opts.resource_version = text("resourceVersion")?;
+        opts.propagation = body["propagationPolicy"]
+            .as_str()
+            .and_then(Propagation::parse);
+        if opts.propagation.is_none() {
+            opts.propagation = match &body["orphanDependents"] {
+                Value::Bool(true) => Some(Propagation::Orphan),
+                Value::Bool(false) => Some(Propagation::Background),
+                _ => None,
+            };
+        }
         Ok(opts)
     }
 
@@ -909,6 +956,20 @@ impl GenericStore {
         if info.is_namespaces() {
             return self.terminate_namespace(name, &current, object).await;
         }
+        let propagation = opts
+            .propagation
+            .unwrap_or_else(|| info.strategy.default_propagation());
+        if let Some(finalizer) = propagation.finalizer() {
+            // The garbage collector finishes the deletion.
+            let mut object = object;
+            let finalizers = object["metadata"]["finalizers"].as_array_mut();
+            match finalizers {
+                Some(list) if list.iter().any(|f| f == finalizer) => {}
+                Some(list) => list.push(json!(finalizer)),
+                None => object["metadata"]["finalizers"] = json!([finalizer]),
+            }
+            return self.mark_deleted(info, name, &current, object).await;
+        }
         if has_finalizers(&object) {
             return self.mark_deleted(info, name, &current, object).await;
         }
@@ -1169,6 +1230,38 @@ pub async fn wait_for_revision(cache: &WatchCache, revision: Revision) -> Result
     ))
 }
 
+/// A storage event as a watch with these selectors sends it (type and
+/// object), or `None` if the selectors exclude it. An object that stops
+/// matching is reported as DELETED.
+pub fn watch_event(
+    event: &kplex_storage::Event,
+    labels: &LabelSelector,
+    fields: &FieldSelector,
+) -> Option<(&'static str, Value)> {
+    let matches = |o: &Value| labels.matches(&o["metadata"]["labels"]) && fields.matches(o);
+    match event {
+        kplex_storage::Event::Put { kv, prev } => {
+            let object = object_of(kv).ok()?;
+            let before = prev.as_ref().and_then(|p| object_of(p).ok());
+            let was = before.as_ref().is_some_and(matches);
+            match (was, matches(&object)) {
+                (_, true) if before.is_none() || !was => Some(("ADDED", object)),
+                (true, true) => Some(("MODIFIED", object)),
+                (true, false) => Some(("DELETED", object)),
+                _ => None,
+            }
+        }
+        kplex_storage::Event::Delete { prev, revision } => {
+            let mut object = object_of(prev).ok()?;
+            if !matches(&object) {
+                return None;
+            }
+            object["metadata"]["resourceVersion"] = json!(revision.to_string());
+            Some(("DELETED", object))
+        }
+    }
+}
+
 /// Decodes a stored value as the watch sends it.
 pub fn decode_watched(kv: &kplex_storage::KeyValue) -> Result<Value, ApiError> {
     object_of(kv)
@@ -1230,6 +1323,16 @@ pub fn validate(
         _ => {}
     }
     *object = decoded;
+    // What the server adds on the way out is never stored: no object can
+    // claim another VC by carrying it.
+    if let Some(annotations) = object["metadata"]
+        .get_mut("annotations")
+        .and_then(Value::as_object_mut)
+    {
+        for key in kplex_api::names::OUTPUT_ONLY_ANNOTATIONS {
+            annotations.remove(*key);
+        }
+    }
     crate::meta::validate_metadata(info, object)?;
     info.strategy.validate(info, object)?;
     info.strategy.default(object);

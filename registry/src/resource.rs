@@ -45,6 +45,8 @@ pub struct Column {
     pub priority: u8,
     /// The cell for one object.
     pub cell: Arc<dyn Fn(&Value) -> Value + Send + Sync>,
+    /// Shown after AGE (a node's VERSION is), not before.
+    pub after_age: bool,
 }
 
 impl Column {
@@ -58,6 +60,15 @@ impl Column {
             name: name.into(),
             priority,
             cell: Arc::new(cell),
+            after_age: false,
+        }
+    }
+
+    /// This column, shown after AGE.
+    pub fn after_age(self) -> Column {
+        Column {
+            after_age: true,
+            ..self
         }
     }
 }
@@ -144,6 +155,12 @@ pub trait Strategy: Send + Sync + 'static {
     /// `default` ServiceAccount), as (group, version, plural, object).
     fn companions(&self, _created: &Value) -> Vec<Companion> {
         Vec::new()
+    }
+
+    /// What deleting an object does to its dependents when the client does
+    /// not say (kube keeps orphaning for kinds that always did).
+    fn default_propagation(&self) -> crate::generic::Propagation {
+        crate::generic::Propagation::Background
     }
 
     /// Adds the kind's OpenAPI v3 schema, and those it refers to, to

@@ -14,10 +14,16 @@ pub fn render(info: &ResourceInfo, items: &[Value]) -> Value {
     columns.extend(
         extra
             .iter()
-            .filter(|c| c.priority == 0)
+            .filter(|c| c.priority == 0 && !c.after_age)
             .map(|c| def(&c.name, 0, "")),
     );
     columns.push(def("Age", 0, ""));
+    columns.extend(
+        extra
+            .iter()
+            .filter(|c| c.priority == 0 && c.after_age)
+            .map(|c| def(&c.name, 0, "")),
+    );
     columns.extend(
         extra
             .iter()
@@ -29,8 +35,19 @@ pub fn render(info: &ResourceInfo, items: &[Value]) -> Value {
         .map(|o| {
             let meta = &o["metadata"];
             let mut cells = vec![meta["name"].clone()];
-            cells.extend(extra.iter().filter(|c| c.priority == 0).map(|c| (c.cell)(o)));
+            cells.extend(
+                extra
+                    .iter()
+                    .filter(|c| c.priority == 0 && !c.after_age)
+                    .map(|c| (c.cell)(o)),
+            );
             cells.push(json!(age(meta["creationTimestamp"].as_str().unwrap_or(""))));
+            cells.extend(
+                extra
+                    .iter()
+                    .filter(|c| c.priority == 0 && c.after_age)
+                    .map(|c| (c.cell)(o)),
+            );
             cells.extend(extra.iter().filter(|c| c.priority > 0).map(|c| (c.cell)(o)));
             json!({
                 "cells": cells,

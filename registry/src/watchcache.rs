@@ -11,6 +11,10 @@
 //!   lookups), never to the rest. A subscriber that stops reading (its
 //!   buffer full) is dropped: its stream ends and the client re-watches, as
 //!   kube-apiserver does with slow watchers.
+//! - **Across VCs**: kplex's system components watch one resource in
+//!   every VC at once ([`WatchCache::watch_across`]); such a subscriber is
+//!   indexed by the resource, and an event is offered to it when its key is
+//!   that resource's in some VC (never a system key).
 //! - **Lists at `resourceVersion=0`** ("any") are served from memory: the
 //!   first one of a prefix reads storage at the cache's revision, replays
 //!   the ring on top and keeps the result current from the feed; the least
@@ -34,8 +38,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use kplex_storage::{
-    Deleted, DeletedRange, Event, Key, KeyPrefix, KeyValue, RangeRequest, RangeResponse, Revision,
-    Store, StoreResult, WatchEvent, WatchStream,
+    AcrossClusters, Deleted, DeletedRange, Event, Key, KeyPrefix, KeyValue, RangeRequest,
+    RangeResponse, Revision, Store, StoreResult, TenantKeyspace, WatchEvent, WatchStream,
 };
 use tokio::sync::mpsc;
 
@@ -293,20 +297,55 @@ impl WatchCache {
     /// A watch of `prefix` after `after`, from the cache when it reaches back
     /// that far, else from storage.
     async fn subscribe(&self, prefix: &KeyPrefix, after: Revision) -> StoreResult<WatchStream> {
-        match self.subscribe_cached(prefix, after) {
+        let cached = self.subscribe_cached(prefix.as_str(), after, |key| prefix.contains(key));
+        match cached {
             Some(stream) => Ok(stream),
             None => self.store.watch(prefix, after).await,
         }
     }
 
-    fn subscribe_cached(&self, prefix: &KeyPrefix, after: Revision) -> Option<WatchStream> {
+    /// A watch of one resource in every VC after `after` (the system
+    /// components' cross-VC watch), from the cache when it reaches back
+    /// that far, else from storage's watch of every VC, filtered.
+    pub async fn watch_across(
+        &self,
+        across: &AcrossClusters,
+        after: Revision,
+    ) -> StoreResult<WatchStream> {
+        if let Some(stream) =
+            self.subscribe_cached(across.index(), after, |key| across.contains(key))
+        {
+            return Ok(stream);
+        }
+        let across = across.clone();
+        let all = self
+            .store
+            .watch(&TenantKeyspace::all_clusters(), after)
+            .await?;
+        Ok(Box::pin(all.filter(move |item| {
+            let keep = match item {
+                Ok(WatchEvent::Change(event)) => across.contains(event.key()),
+                _ => true,
+            };
+            std::future::ready(keep)
+        })))
+    }
+
+    /// Subscribes under `index` (a key prefix, or an [`AcrossClusters`]
+    /// index) with the ring's events after `after` that `matches` first.
+    fn subscribe_cached(
+        &self,
+        index: &str,
+        after: Revision,
+        matches: impl Fn(&Key) -> bool,
+    ) -> Option<WatchStream> {
         let mut state = self.state();
         if !state.live || after < state.floor {
             return None;
         }
         let replay: Vec<Event> = state
             .events_after(after)
-            .filter(|e| prefix.contains(e.key()))
+            .filter(|e| matches(e.key()))
             .cloned()
             .collect();
         let (tx, rx) = mpsc::channel(state.limits.subscriber_buffer + replay.len());
@@ -319,14 +358,14 @@ impl WatchCache {
         let after = after.max(state.revision);
         state
             .subscribers
-            .entry(prefix.as_str().to_owned())
+            .entry(index.to_owned())
             .or_default()
             .push(Subscriber { id, after, tx });
         Some(Box::pin(CacheWatch {
             rx,
             _guard: Unsubscribe {
                 shared: Arc::downgrade(&self.shared),
-                prefix: prefix.as_str().to_owned(),
+                prefix: index.to_owned(),
                 id,
             },
         }))
@@ -426,24 +465,12 @@ impl State {
                 apply_to(&mut list.objects, &event);
                 self.listed_objects = self.listed_objects + list.objects.len() - before;
             }
-            if let Some(subscribers) = self.subscribers.get_mut(prefix) {
-                subscribers.retain(|s| {
-                    if revision <= s.after {
-                        return true;
-                    }
-                    match s.tx.try_send(Ok(WatchEvent::Change(event.clone()))) {
-                        Ok(()) => true,
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            tracing::info!(prefix, "watcher too slow; closing its watch");
-                            false
-                        }
-                        Err(mpsc::error::TrySendError::Closed(_)) => false,
-                    }
-                });
-                if subscribers.is_empty() {
-                    self.subscribers.remove(prefix);
-                }
-            }
+            self.offer(prefix, &event);
+        }
+        // The system components' watches of one resource in every VC.
+        if let Some(index) = AcrossClusters::index_of(event.key()) {
+            let index = index.to_owned();
+            self.offer(&index, &event);
         }
         self.ring.push_back(event);
         if self.ring.len() > self.limits.ring {
@@ -457,6 +484,31 @@ impl State {
             .is_none_or(|sent| sent.elapsed() >= self.limits.progress_every)
         {
             self.progress(revision);
+        }
+    }
+
+    /// Offers `event` to the subscribers under `index`; drops those too slow
+    /// to take it.
+    fn offer(&mut self, index: &str, event: &Event) {
+        let revision = event.revision();
+        let Some(subscribers) = self.subscribers.get_mut(index) else {
+            return;
+        };
+        subscribers.retain(|s| {
+            if revision <= s.after {
+                return true;
+            }
+            match s.tx.try_send(Ok(WatchEvent::Change(event.clone()))) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::info!(index, "watcher too slow; closing its watch");
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        });
+        if subscribers.is_empty() {
+            self.subscribers.remove(index);
         }
     }
 
@@ -716,6 +768,65 @@ mod tests {
         drop(a);
         assert_eq!(cache.stats().subscribers, 1, "a dropped watch unsubscribes");
         drop(ab);
+        assert_eq!(cache.stats().subscribers, 0);
+    }
+
+    #[tokio::test]
+    async fn a_watch_across_vcs_gets_its_resource_from_every_vc_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            ring: 3,
+            ..Limits::default()
+        };
+        let cache = WatchCache::start_with(embedded(dir.path()).await, limits).await;
+        let start = cache.current_revision().await.unwrap();
+        let configmaps = AcrossClusters::resource("", "configmaps").unwrap();
+        let mut across = cache.watch_across(&configmaps, start).await.unwrap();
+        assert_eq!(cache.stats().subscribers, 1);
+        let secret = |vc: &str| {
+            TenantKeyspace::for_vc(vc)
+                .unwrap()
+                .object_key("", "secrets", Some("default"), "s")
+                .unwrap()
+        };
+        let system = TenantKeyspace::system_cluster()
+            .object_key("", "configmaps", Some("kube-system"), "sys")
+            .unwrap();
+        for k in [
+            key("a", "default", "one"),
+            secret("a"),
+            system.clone(),
+            key("b", "default", "two"),
+        ] {
+            cache.create(&k, Bytes::from_static(b"{}")).await.unwrap();
+        }
+        let first = next_change(&mut across).await;
+        let second = next_change(&mut across).await;
+        assert_eq!(first.key(), &key("a", "default", "one"));
+        assert_eq!(second.key(), &key("b", "default", "two"));
+        // From the past: the ring (3 events) replays what it holds, older
+        // starts go to storage; both filtered to the resource.
+        let last = cache.current_revision().await.unwrap();
+        caught_up(&cache, last).await;
+        let mut recent = cache
+            .watch_across(&configmaps, Revision::new(last.get() - 1))
+            .await
+            .unwrap();
+        assert_eq!(
+            next_change(&mut recent).await.key(),
+            &key("b", "default", "two")
+        );
+        let mut old = cache.watch_across(&configmaps, start).await.unwrap();
+        assert_eq!(cache.stats().subscribers, 2, "the old start is storage's");
+        assert_eq!(
+            next_change(&mut old).await.key(),
+            &key("a", "default", "one")
+        );
+        assert_eq!(
+            next_change(&mut old).await.key(),
+            &key("b", "default", "two")
+        );
+        drop((across, recent));
         assert_eq!(cache.stats().subscribers, 0);
     }
 

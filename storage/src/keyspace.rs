@@ -7,6 +7,7 @@
 //! ```text
 //! /kplex/clusters/<vc-uid>/<group|core>/<resource>/[<namespace>/]<name>
 //! /kplex/system/<segment>/…
+//! /kplex/system/cluster/<group|core>/<resource>/[<namespace>/]<name>   (the system cluster)
 //! ```
 
 use std::fmt;
@@ -19,6 +20,8 @@ pub const MAX_SEGMENT_LEN: usize = 253;
 const ROOT: &str = "/kplex/";
 const CLUSTERS: &str = "/kplex/clusters/";
 const SYSTEM: &str = "/kplex/system/";
+/// The system cluster's segment under `/kplex/system/`.
+const SYSTEM_CLUSTER: &str = "cluster";
 /// The group segment used for the core ("") API group.
 const CORE_GROUP: &str = "core";
 
@@ -108,6 +111,9 @@ impl fmt::Debug for KeyPrefix {
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct TenantKeyspace {
     prefix: KeyPrefix,
+    /// Where the VC's UID (or `cluster` for the system cluster) sits in
+    /// `prefix`.
+    uid_start: usize,
     uid_len: usize,
 }
 
@@ -132,8 +138,21 @@ impl TenantKeyspace {
         validate_segment(vc_uid)?;
         Ok(TenantKeyspace {
             prefix: KeyPrefix(format!("{CLUSTERS}{vc_uid}/")),
+            uid_start: CLUSTERS.len(),
             uid_len: vc_uid.len(),
         })
+    }
+
+    /// The keyspace of the system cluster (`/kplex/system/cluster/`): the
+    /// objects kplex's own components share, laid out as a VC's. Its keys
+    /// are system keys, never a tenant's: [`TenantKeyspace::parse`] does not
+    /// read them and no cross-VC reader sees them.
+    pub fn system_cluster() -> TenantKeyspace {
+        TenantKeyspace {
+            prefix: KeyPrefix(format!("{SYSTEM}{SYSTEM_CLUSTER}/")),
+            uid_start: SYSTEM.len(),
+            uid_len: SYSTEM_CLUSTER.len(),
+        }
     }
 
     /// The prefix of every VC's keys (`/kplex/clusters/`), for wildcard
@@ -144,7 +163,7 @@ impl TenantKeyspace {
 
     /// The VC's UID.
     pub fn vc_uid(&self) -> &str {
-        &self.prefix.0[CLUSTERS.len()..CLUSTERS.len() + self.uid_len]
+        &self.prefix.0[self.uid_start..self.uid_start + self.uid_len]
     }
 
     /// Every key of this VC: what deleting the VC removes.
@@ -205,6 +224,56 @@ impl TenantKeyspace {
             namespace,
             name,
         })
+    }
+}
+
+/// One resource in every VC at once: the keys
+/// `/kplex/clusters/<any uid>/<group>/<resource>/…`, for the cross-VC
+/// readers of kplex's system components. It names no key itself: it only
+/// tells whether a tenant key is one of its.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct AcrossClusters {
+    /// `<group|core>/<resource>/`: what follows a VC's prefix.
+    suffix: String,
+}
+
+impl AcrossClusters {
+    /// One resource (`group` is `""` for core) in every VC.
+    pub fn resource(group: &str, resource: &str) -> StoreResult<AcrossClusters> {
+        let group = group_segment(group)?;
+        validate_segment(resource)?;
+        Ok(AcrossClusters {
+            suffix: format!("{group}/{resource}/"),
+        })
+    }
+
+    /// What identifies this resource among all: the same string for every
+    /// key it matches (see [`AcrossClusters::index_of`]).
+    pub fn index(&self) -> &str {
+        &self.suffix
+    }
+
+    /// The [`AcrossClusters::index`] of the resource a tenant key belongs
+    /// to; `None` for keys that are not tenant object keys.
+    pub fn index_of(key: &Key) -> Option<&str> {
+        let rest = key.0.strip_prefix(CLUSTERS)?;
+        let (_uid, rest) = rest.split_once('/')?;
+        let (_group, after_group) = rest.split_once('/')?;
+        let (_resource, tail) = after_group.split_once('/')?;
+        if tail.is_empty() {
+            return None;
+        }
+        Some(&rest[..rest.len() - tail.len()])
+    }
+
+    /// Whether `key` is an object of this resource in some VC.
+    pub fn contains(&self, key: &Key) -> bool {
+        Self::index_of(key) == Some(self.suffix.as_str())
+    }
+
+    /// The same resource in one VC.
+    pub fn in_vc(&self, keyspace: &TenantKeyspace) -> KeyPrefix {
+        KeyPrefix(format!("{}{}", keyspace.prefix.0, self.suffix))
     }
 }
 
@@ -398,6 +467,36 @@ mod tests {
         ]
     }
 
+    #[test]
+    fn the_system_cluster_is_system_keys_no_cross_vc_reader_sees() {
+        let ks = TenantKeyspace::system_cluster();
+        let key = ks
+            .object_key(
+                "coordination.k8s.io",
+                "leases",
+                Some("kube-system"),
+                "kplex-controllers",
+            )
+            .unwrap();
+        assert_eq!(
+            key.as_str(),
+            "/kplex/system/cluster/coordination.k8s.io/leases/kube-system/kplex-controllers"
+        );
+        assert!(SystemKeyspace::root().contains(&key));
+        assert!(!TenantKeyspace::all_clusters().contains(&key));
+        assert!(TenantKeyspace::parse(&key).is_none());
+        assert_eq!(AcrossClusters::index_of(&key), None);
+        let leases = AcrossClusters::resource("coordination.k8s.io", "leases").unwrap();
+        assert!(!leases.contains(&key));
+        // Prefixes that are not objects match nothing.
+        let ns = TenantKeyspace::for_vc("u1").unwrap();
+        let prefix = ns.resource_prefix("", "pods").unwrap();
+        assert_eq!(
+            AcrossClusters::index_of(&Key(prefix.as_str().to_owned())),
+            None
+        );
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -427,6 +526,18 @@ mod tests {
                     prop_assert!(!other.prefix().contains(&key));
                 }
                 prop_assert!(!SystemKeyspace::root().contains(&key));
+                // One resource across VCs matches it, and no other.
+                let across = AcrossClusters::resource(&group, &resource).unwrap();
+                prop_assert!(across.contains(&key));
+                prop_assert_eq!(across.in_vc(&ks), ks.resource_prefix(&group, &resource).unwrap());
+                let longer = format!("{resource}x");
+                if let Ok(other) = AcrossClusters::resource(&group, &longer) {
+                    prop_assert!(!other.contains(&key));
+                }
+                if group != "apps" {
+                    let elsewhere = AcrossClusters::resource("apps", &resource).unwrap();
+                    prop_assert!(!elsewhere.contains(&key));
+                }
             }
         }
 

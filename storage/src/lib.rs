@@ -23,7 +23,7 @@ pub use embedded::{EmbeddedOptions, EmbeddedStore};
 pub use error::{StoreError, StoreResult};
 pub use etcd::{EtcdOptions, EtcdStore, EtcdTls};
 pub use keyspace::{
-    Key, KeyPrefix, SystemKeyspace, TenantKeyParts, TenantKeyspace, MAX_SEGMENT_LEN,
+    AcrossClusters, Key, KeyPrefix, SystemKeyspace, TenantKeyParts, TenantKeyspace, MAX_SEGMENT_LEN,
 };
 pub use store::{
     Deleted, DeletedRange, Event, KeyValue, RangeRequest, RangeResponse, Revision, Store,

@@ -29,6 +29,14 @@ struct Cli {
 enum Command {
     /// Serves the API over HTTPS until SIGTERM or Ctrl-C.
     Serve(ServeArgs),
+    /// Runs the shared controllers of every VC against a kplex server (as
+    /// `kplex serve` does in its own process by default).
+    Controllers {
+        /// A system kubeconfig (`kplex serve --write-system-kubeconfig
+        /// controllers=PATH` writes one).
+        #[arg(long)]
+        kubeconfig: PathBuf,
+    },
     /// Manages virtual clusters through the admin API.
     Vc {
         /// Admin kubeconfig (default: <data-dir>/admin.kubeconfig).
@@ -104,6 +112,16 @@ struct ServeArgs {
     /// 429 until one ends.
     #[arg(long, default_value_t = kplex_registry::quota::DEFAULT_MAX_WATCHES_PER_VC)]
     max_watches_per_vc: usize,
+    /// Run the shared controllers (Deployments, ReplicaSets, Jobs, garbage
+    /// collection, …) in this process. With several kplex processes on one
+    /// etcd, one of them runs them at a time (a Lease decides).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    controllers: bool,
+    /// Write a system component's kubeconfig (`COMPONENT=PATH`, e.g.
+    /// `controllers=ctl.kubeconfig`) for running it in its own process
+    /// (`kplex controllers --kubeconfig PATH`). Repeatable.
+    #[arg(long = "write-system-kubeconfig", value_name = "COMPONENT=PATH")]
+    system_kubeconfigs: Vec<String>,
 }
 
 #[tokio::main]
@@ -115,6 +133,13 @@ async fn main() -> std::process::ExitCode {
         .init();
     match Cli::parse().command {
         Command::Serve(args) => match serve(args).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e}");
+                std::process::ExitCode::FAILURE
+            }
+        },
+        Command::Controllers { kubeconfig } => match controllers(&kubeconfig).await {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!("{e}");
@@ -198,22 +223,61 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         kplex_apiserver::metrics::MeteredStore::new(store, metrics.clone()),
     );
     let store = kplex_registry::watchcache::WatchCache::start(store).await;
+    let catalog = kplex_kinds::catalog::shared();
     let ctx = Arc::new(Context {
         metrics,
         registry: kplex_apiserver::virtualclusters::Registry::indexed(store.clone()).await,
         store,
         authority: Arc::new(boot.authority),
         url,
-        catalog: kplex_kinds::catalog::shared(),
+        system_catalog: Arc::new(kplex_apiserver::system::system_catalog(&catalog)),
+        catalog,
         stopping: tokio::sync::watch::channel(false).0,
         allocations: Default::default(),
         watches: Arc::new(kplex_registry::quota::WatchLimits::new(
             args.max_watches_per_vc,
         )),
     });
+    kplex_apiserver::system::bootstrap(&ctx)
+        .await
+        .map_err(|e| format!("cannot prepare the system cluster: {}", e.message))?;
+    for request in &args.system_kubeconfigs {
+        let (component, path) = request
+            .split_once('=')
+            .ok_or_else(|| format!("--write-system-kubeconfig {request:?}: want COMPONENT=PATH"))?;
+        let config =
+            kplex_apiserver::bootstrap::system_kubeconfig(&ctx.authority, component, &ctx.url)
+                .map_err(|e| format!("cannot issue the {component} credential: {e}"))?;
+        kplex_certs::write_private(std::path::Path::new(path), config.as_bytes())
+            .map_err(|e| format!("cannot write {path}: {e}"))?;
+        tracing::info!(component, path, "system kubeconfig written");
+    }
+    let components = if args.controllers {
+        let config =
+            kplex_apiserver::bootstrap::system_kubeconfig(&ctx.authority, "controllers", &ctx.url)
+                .map_err(|e| format!("cannot issue the controllers' credential: {e}"))?;
+        let options = kplex_controllers::Options::from_kubeconfig_text(&config)
+            .map_err(|e| format!("controllers: {e}"))?;
+        Some(tokio::spawn(kplex_controllers::run(options)))
+    } else {
+        None
+    };
     kplex_apiserver::server::serve(listener, boot.tls, ctx, wait_for_shutdown()).await;
+    if let Some(components) = components {
+        components.abort();
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+async fn controllers(kubeconfig: &std::path::Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(kubeconfig)
+        .map_err(|e| format!("cannot read {}: {e}", kubeconfig.display()))?;
+    let options = kplex_controllers::Options::from_kubeconfig_text(&text)?;
+    tokio::select! {
+        ended = kplex_controllers::run(options) => ended,
+        _ = wait_for_shutdown() => Ok(()),
+    }
 }
 
 async fn vc(kubeconfig: &std::path::Path, command: VcCommand) -> Result<(), String> {

@@ -1,0 +1,493 @@
+//! The controllers' view of one kind across every VC: objects by (VC,
+//! namespace, name), with indexes by namespace and by controlling owner,
+//! fed by one cross-VC watch (kube-runtime's `watcher`, which lists,
+//! watches, and relists after a gap).
+//!
+//! kube-runtime's own reflector store keys objects by namespace and name,
+//! which two VCs share, so the key here carries the VC. Writes the
+//! controllers make are written through ([`Cache::upsert`],
+//! [`Cache::remove`]) so that the next reconcile sees them before the watch
+//! delivers them: no pod is created twice for one missing replica.
+//!
+//! Nothing is kept per VC but the objects themselves (an idle VC has none
+//! of the kinds cached here).
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Debug;
+use std::sync::{Arc, RwLock};
+
+use futures::StreamExt;
+use kube::runtime::watcher;
+use kube::{Api, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+
+use crate::client::Vc;
+use kplex_api::names::{CLUSTER_ANNOTATION, CLUSTER_UID_ANNOTATION};
+
+/// One object of one VC.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    /// Its VC.
+    pub vc: Vc,
+    /// Its namespace (`None`: cluster-scoped).
+    pub namespace: Option<String>,
+    /// Its name.
+    pub name: String,
+}
+
+impl ObjectKey {
+    /// The key of `name` in `vc`'s namespace `ns`.
+    pub fn new(vc: &Vc, namespace: Option<&str>, name: &str) -> ObjectKey {
+        ObjectKey {
+            vc: vc.clone(),
+            namespace: namespace.map(str::to_owned),
+            name: name.to_owned(),
+        }
+    }
+
+    /// The namespace, `""` for cluster-scoped objects.
+    pub fn ns(&self) -> &str {
+        self.namespace.as_deref().unwrap_or_default()
+    }
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{}/{ns}/{}", self.vc.name, self.name),
+            None => write!(f, "{}/{}", self.vc.name, self.name),
+        }
+    }
+}
+
+/// The VC an object from a cross-VC watch belongs to, taken off its
+/// annotations (which the server adds and never stores: they are removed
+/// here so nothing written back carries them).
+pub fn take_vc<K: Resource>(object: &mut K) -> Option<Vc> {
+    let annotations = object.meta_mut().annotations.as_mut()?;
+    let uid = annotations.remove(CLUSTER_UID_ANNOTATION)?;
+    let name = annotations.remove(CLUSTER_ANNOTATION).unwrap_or_default();
+    if annotations.is_empty() {
+        object.meta_mut().annotations = None;
+    }
+    (!uid.is_empty()).then(|| Vc {
+        uid: uid.into(),
+        name: name.into(),
+    })
+}
+
+/// The owner reference marked `controller: true`, if any.
+pub fn controller_of<K: Resource>(
+    object: &K,
+) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
+    object
+        .meta()
+        .owner_references
+        .as_ref()?
+        .iter()
+        .find(|r| r.controller == Some(true))
+}
+
+/// A change the cache applied: what was there and what is now.
+pub struct Change<K> {
+    /// The object's key.
+    pub key: ObjectKey,
+    /// Before (`None`: new).
+    pub old: Option<Arc<K>>,
+    /// After (`None`: deleted).
+    pub new: Option<Arc<K>>,
+}
+
+struct Entry<K> {
+    object: Arc<K>,
+    /// The listing it was last seen in (see `relisted`).
+    epoch: u64,
+    /// When a controller wrote it through, until the watch delivers it.
+    written: Option<std::time::Instant>,
+}
+
+/// How long a written-through object outlives a listing that does not show
+/// it (the listing may have been read before the write).
+const WRITTEN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+struct Inner<K> {
+    objects: HashMap<ObjectKey, Entry<K>>,
+    by_namespace: HashMap<(Vc, Option<String>), HashSet<String>>,
+    by_controller: HashMap<(Vc, String), HashSet<ObjectKey>>,
+    epoch: u64,
+    /// The newest resourceVersion of the listing under way.
+    listed_up_to: u64,
+    synced: bool,
+}
+
+/// Objects of kind `K` from every VC.
+pub struct Cache<K> {
+    inner: RwLock<Inner<K>>,
+    synced: tokio::sync::watch::Sender<bool>,
+}
+
+fn revision_of<K: Resource>(object: &K) -> u64 {
+    object
+        .meta()
+        .resource_version
+        .as_deref()
+        .and_then(|rv| rv.parse().ok())
+        .unwrap_or(0)
+}
+
+impl<K> Default for Cache<K> {
+    fn default() -> Self {
+        Cache {
+            inner: RwLock::new(Inner {
+                objects: HashMap::new(),
+                by_namespace: HashMap::new(),
+                by_controller: HashMap::new(),
+                epoch: 0,
+                listed_up_to: 0,
+                synced: false,
+            }),
+            synced: tokio::sync::watch::channel(false).0,
+        }
+    }
+}
+
+impl<K> Cache<K>
+where
+    K: Resource + Clone,
+{
+    /// The object at `key`.
+    pub fn get(&self, key: &ObjectKey) -> Option<Arc<K>> {
+        let inner = self.inner.read().expect("cache lock");
+        inner.objects.get(key).map(|e| e.object.clone())
+    }
+
+    /// Every object of `vc` in namespace `ns` (`None`: the cluster-scoped ones).
+    pub fn in_namespace(&self, vc: &Vc, ns: Option<&str>) -> Vec<Arc<K>> {
+        let inner = self.inner.read().expect("cache lock");
+        let Some(names) = inner.by_namespace.get(&(vc.clone(), ns.map(str::to_owned))) else {
+            return Vec::new();
+        };
+        names
+            .iter()
+            .filter_map(|name| inner.objects.get(&ObjectKey::new(vc, ns, name)))
+            .map(|e| e.object.clone())
+            .collect()
+    }
+
+    /// Every object of `vc`, in any namespace.
+    pub fn in_vc(&self, vc: &Vc) -> Vec<Arc<K>> {
+        let inner = self.inner.read().expect("cache lock");
+        inner
+            .by_namespace
+            .iter()
+            .filter(|((v, _), _)| v == vc)
+            .flat_map(|((v, ns), names)| {
+                names
+                    .iter()
+                    .filter_map(|name| inner.objects.get(&ObjectKey::new(v, ns.as_deref(), name)))
+            })
+            .map(|e| e.object.clone())
+            .collect()
+    }
+
+    /// Every object of `vc` whose controlling owner has `uid`.
+    pub fn controlled_by(&self, vc: &Vc, uid: &str) -> Vec<Arc<K>> {
+        let inner = self.inner.read().expect("cache lock");
+        let Some(keys) = inner.by_controller.get(&(vc.clone(), uid.to_owned())) else {
+            return Vec::new();
+        };
+        keys.iter()
+            .filter_map(|k| inner.objects.get(k))
+            .map(|e| e.object.clone())
+            .collect()
+    }
+
+    /// How many objects are held.
+    pub fn len(&self) -> usize {
+        self.inner.read().expect("cache lock").objects.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether the first listing is complete.
+    pub fn is_synced(&self) -> bool {
+        *self.synced.borrow()
+    }
+
+    /// Returns once the first listing is complete.
+    pub async fn wait_synced(&self) {
+        let mut synced = self.synced.subscribe();
+        let _ = synced.wait_for(|s| *s).await;
+    }
+
+    /// Puts `object` (of `vc`) in; returns the change.
+    pub fn upsert(&self, vc: &Vc, object: K) -> Change<K> {
+        let mut inner = self.inner.write().expect("cache lock");
+        let epoch = inner.epoch;
+        inner.put(vc, object, epoch, Some(std::time::Instant::now()))
+    }
+
+    /// Takes the object at `key` out; returns the change.
+    pub fn remove(&self, key: &ObjectKey) -> Change<K> {
+        let mut inner = self.inner.write().expect("cache lock");
+        let old = inner.take(key);
+        Change {
+            key: key.clone(),
+            old,
+            new: None,
+        }
+    }
+
+    fn apply_event(&self, event: watcher::Event<K>) -> Vec<Change<K>> {
+        let mut inner = self.inner.write().expect("cache lock");
+        match event {
+            watcher::Event::Init => {
+                inner.epoch += 1;
+                inner.listed_up_to = 0;
+                Vec::new()
+            }
+            watcher::Event::InitApply(mut object) | watcher::Event::Apply(mut object) => {
+                let Some(vc) = take_vc(&mut object) else {
+                    return Vec::new();
+                };
+                let rv = revision_of(&object);
+                inner.listed_up_to = inner.listed_up_to.max(rv);
+                let epoch = inner.epoch;
+                vec![inner.put(&vc, object, epoch, None)]
+            }
+            watcher::Event::Delete(mut object) => {
+                let Some(vc) = take_vc(&mut object) else {
+                    return Vec::new();
+                };
+                let key = ObjectKey::new(&vc, object.namespace().as_deref(), &object.name_any());
+                let old = inner.take(&key);
+                vec![Change {
+                    key,
+                    old,
+                    new: None,
+                }]
+            }
+            watcher::Event::InitDone => {
+                let changes = inner.relisted();
+                if !inner.synced {
+                    inner.synced = true;
+                    self.synced.send_replace(true);
+                }
+                changes
+            }
+        }
+    }
+}
+
+impl<K: Resource + Clone> Inner<K> {
+    fn put(
+        &mut self,
+        vc: &Vc,
+        object: K,
+        epoch: u64,
+        written: Option<std::time::Instant>,
+    ) -> Change<K> {
+        let key = ObjectKey::new(vc, object.namespace().as_deref(), &object.name_any());
+        let old = self.take(&key);
+        self.by_namespace
+            .entry((vc.clone(), key.namespace.clone()))
+            .or_default()
+            .insert(key.name.clone());
+        if let Some(owner) = controller_of(&object) {
+            self.by_controller
+                .entry((vc.clone(), owner.uid.clone()))
+                .or_default()
+                .insert(key.clone());
+        }
+        let object = Arc::new(object);
+        self.objects.insert(
+            key.clone(),
+            Entry {
+                object: object.clone(),
+                epoch,
+                written,
+            },
+        );
+        Change {
+            key,
+            old,
+            new: Some(object),
+        }
+    }
+
+    fn take(&mut self, key: &ObjectKey) -> Option<Arc<K>> {
+        let entry = self.objects.remove(key)?;
+        let ns_key = (key.vc.clone(), key.namespace.clone());
+        if let Some(names) = self.by_namespace.get_mut(&ns_key) {
+            names.remove(&key.name);
+            if names.is_empty() {
+                self.by_namespace.remove(&ns_key);
+            }
+        }
+        if let Some(owner) = controller_of(entry.object.as_ref()) {
+            let owner_key = (key.vc.clone(), owner.uid.clone());
+            if let Some(keys) = self.by_controller.get_mut(&owner_key) {
+                keys.remove(key);
+                if keys.is_empty() {
+                    self.by_controller.remove(&owner_key);
+                }
+            }
+        }
+        Some(entry.object)
+    }
+
+    /// A listing ended: what it did not include is gone, unless a
+    /// controller wrote it through lately and it is newer than the listing
+    /// (the list may have been read before the write).
+    fn relisted(&mut self) -> Vec<Change<K>> {
+        let (epoch, listed) = (self.epoch, self.listed_up_to);
+        let fresh = |e: &Entry<K>| {
+            e.written.is_some_and(|at| at.elapsed() < WRITTEN_GRACE)
+                && revision_of(e.object.as_ref()) > listed
+        };
+        let gone: Vec<ObjectKey> = self
+            .objects
+            .iter()
+            .filter(|(_, e)| e.epoch < epoch && !fresh(e))
+            .map(|(k, _)| k.clone())
+            .collect();
+        gone.into_iter()
+            .map(|key| {
+                let old = self.take(&key);
+                Change {
+                    key,
+                    old,
+                    new: None,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Runs the cross-VC watch of `K` into `cache` for as long as the process
+/// runs, calling `on_change` for each change (after the cache has it).
+/// Failures are retried with kube-runtime's default backoff.
+pub async fn run<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    cache: Arc<Cache<K>>,
+    on_change: impl Fn(Change<K>) + Send + 'static,
+) where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    use kube::runtime::WatchStreamExt;
+    let mut events = std::pin::pin!(watcher(api, config).default_backoff());
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(event) => {
+                for change in cache.apply_event(event) {
+                    on_change(change);
+                }
+            }
+            Err(e) => tracing::warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::Pod;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+
+    fn pod(vc: &str, ns: &str, name: &str, rv: u64, owner: Option<&str>) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(ns.into()),
+                resource_version: Some(rv.to_string()),
+                annotations: Some(
+                    [
+                        (CLUSTER_ANNOTATION.to_owned(), format!("vc-{vc}")),
+                        (CLUSTER_UID_ANNOTATION.to_owned(), format!("uid-{vc}")),
+                    ]
+                    .into(),
+                ),
+                owner_references: owner.map(|uid| {
+                    vec![OwnerReference {
+                        uid: uid.into(),
+                        controller: Some(true),
+                        ..Default::default()
+                    }]
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn two_vcs_holding_the_same_names_never_mix() {
+        let cache = Cache::<Pod>::default();
+        cache.apply_event(watcher::Event::Apply(pod(
+            "a",
+            "default",
+            "web",
+            1,
+            Some("rs"),
+        )));
+        cache.apply_event(watcher::Event::Apply(pod(
+            "b",
+            "default",
+            "web",
+            2,
+            Some("rs"),
+        )));
+        assert_eq!(cache.len(), 2);
+        let a = Vc {
+            uid: "uid-a".into(),
+            name: "vc-a".into(),
+        };
+        let got = cache
+            .get(&ObjectKey::new(&a, Some("default"), "web"))
+            .unwrap();
+        assert_eq!(got.metadata.resource_version.as_deref(), Some("1"));
+        assert!(
+            got.metadata.annotations.is_none(),
+            "the VC annotations are taken off"
+        );
+        assert_eq!(cache.in_namespace(&a, Some("default")).len(), 1);
+        assert_eq!(cache.controlled_by(&a, "rs").len(), 1);
+        cache.apply_event(watcher::Event::Delete(pod(
+            "b",
+            "default",
+            "web",
+            3,
+            Some("rs"),
+        )));
+        assert_eq!(cache.len(), 1);
+        assert!(cache
+            .get(&ObjectKey::new(&a, Some("default"), "web"))
+            .is_some());
+    }
+
+    #[test]
+    fn a_relist_drops_what_is_gone_but_keeps_newer_writes() {
+        let cache = Cache::<Pod>::default();
+        for p in [
+            pod("a", "ns", "old", 5, None),
+            pod("a", "ns", "kept", 6, None),
+        ] {
+            cache.apply_event(watcher::Event::Apply(p));
+        }
+        // Written through after the next listing was read.
+        let mut fresh = pod("a", "ns", "fresh", 20, None);
+        let vc = take_vc(&mut fresh).unwrap();
+        cache.upsert(&vc, fresh);
+        cache.apply_event(watcher::Event::Init);
+        cache.apply_event(watcher::Event::InitApply(pod("a", "ns", "kept", 7, None)));
+        let changes = cache.apply_event(watcher::Event::InitDone);
+        let gone: Vec<&str> = changes.iter().map(|c| c.key.name.as_str()).collect();
+        assert_eq!(gone, ["old"]);
+        assert_eq!(cache.len(), 2);
+        assert!(cache.is_synced());
+    }
+}
