@@ -298,7 +298,8 @@ async fn tenant(
             caller.user
         ))
     };
-    if name == kplex_api::names::ALL_CLUSTERS {
+    // kubectl's --raw spells `*` percent-encoded; both mean every VC.
+    if name == kplex_api::names::ALL_CLUSTERS || name.eq_ignore_ascii_case("%2A") {
         return crate::system::across(ctx, caller, path, req, ctx.stopping.subscribe()).await;
     }
     let writes = req.method != Method::GET;

@@ -104,7 +104,7 @@ pub struct Options {
 impl Options {
     /// Options from a kubeconfig's text (`kplex serve
     /// --write-system-kubeconfig controllers=…` writes one).
-    pub fn from_kubeconfig_text(text: &str) -> Result<Options, String> {
+    pub async fn from_kubeconfig_text(text: &str) -> Result<Options, String> {
         let kubeconfig =
             kube::config::Kubeconfig::from_yaml(text).map_err(|e| format!("kubeconfig: {e}"))?;
         let ca_pem = kubeconfig
@@ -121,11 +121,9 @@ impl Options {
             })
             .transpose()?
             .unwrap_or_default();
-        let config = futures::executor::block_on(kube::Config::from_custom_kubeconfig(
-            kubeconfig,
-            &Default::default(),
-        ))
-        .map_err(|e| format!("kubeconfig: {e}"))?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .map_err(|e| format!("kubeconfig: {e}"))?;
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "kplex".into());
         Ok(Options {
             config,

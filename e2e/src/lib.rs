@@ -78,11 +78,15 @@ fn newer_than(dir: &Path, time: std::time::SystemTime) -> Option<PathBuf> {
     })
 }
 
+pub mod kubelet;
+
 /// A running `kplex serve`, killed when dropped.
 pub struct Kplex {
     child: Child,
     pub data_dir: PathBuf,
     pub port: u16,
+    /// Its log lines after the "serving" one.
+    log: std::sync::Mutex<std::sync::mpsc::Receiver<String>>,
 }
 
 pub fn free_port() -> u16 {
@@ -126,7 +130,20 @@ impl Kplex {
     }
 
     fn spawn(bin: &Path, data_dir: &Path, log: &str, flags: &[&str]) -> Kplex {
-        let port = free_port();
+        Kplex::spawn_on(bin, data_dir, log, flags, free_port())
+    }
+
+    /// Stops this kplex (SIGTERM) and starts the test build again on the
+    /// same data directory and port, with `flags`: clients' kubeconfigs
+    /// keep working.
+    pub fn restart(self, flags: &[&str]) -> Kplex {
+        let (data_dir, port) = (self.data_dir.clone(), self.port);
+        assert!(self.terminate().success(), "kplex stopped cleanly");
+        let log = std::env::var("KPLEX_TEST_LOG").unwrap_or_else(|_| "info".into());
+        Kplex::spawn_on(&kplex_bin(), &data_dir, &log, flags, port)
+    }
+
+    fn spawn_on(bin: &Path, data_dir: &Path, log: &str, flags: &[&str], port: u16) -> Kplex {
         let mut child = Command::new(bin)
             .args(["serve", "--port", &port.to_string(), "--data-dir"])
             .arg(data_dir)
@@ -139,12 +156,17 @@ impl Kplex {
             .expect("start kplex");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let (log_tx, log) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            let mut serving = false;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 // Shown with the test's output when it fails.
                 eprintln!("kplex: {line}");
-                if line.contains("kplex serving") {
+                if serving {
+                    let _ = log_tx.send(line);
+                } else if line.contains("kplex serving") {
+                    serving = true;
                     let _ = tx.send(line);
                 }
             }
@@ -160,7 +182,29 @@ impl Kplex {
             child,
             data_dir: data_dir.to_owned(),
             port,
+            log: std::sync::Mutex::new(log),
         }
+    }
+
+    /// Waits (up to `within`) for a log line containing `text`, reading the
+    /// lines logged since the last wait; returns it.
+    pub fn wait_for_log(&self, text: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        let log = self.log.lock().unwrap();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match log.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return line,
+                Ok(_) => continue,
+                Err(_) => panic!("kplex did not log {text:?} within {within:?}"),
+            }
+        }
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// The server's process id.

@@ -185,6 +185,57 @@ pub fn columns(group: &str, plural: &str) -> Vec<Column> {
             col("Readiness Gates", 1, |_| json!("<none>")),
         ],
         ("", "namespaces") => vec![col("Status", 0, |o| str_or(&o["status"]["phase"], ""))],
+        ("", "events") => vec![
+            col("Last Seen", 0, |o| {
+                let last = o["lastTimestamp"]
+                    .as_str()
+                    .or(o["eventTime"].as_str())
+                    .or(o["metadata"]["creationTimestamp"].as_str());
+                json!(last.map_or("<unknown>".to_owned(), age))
+            }),
+            col("Type", 0, |o| str_or(&o["type"], "")),
+            col("Reason", 0, |o| str_or(&o["reason"], "")),
+            col("Object", 0, |o| {
+                let i = &o["involvedObject"];
+                json!(format!(
+                    "{}/{}",
+                    i["kind"].as_str().unwrap_or("").to_lowercase(),
+                    i["name"].as_str().unwrap_or("")
+                ))
+            }),
+            col("Subobject", 1, |o| {
+                str_or(&o["involvedObject"]["fieldPath"], "")
+            }),
+            col("Source", 1, |o| str_or(&o["source"]["component"], "")),
+            col("Message", 0, |o| str_or(&o["message"], "")),
+            col("First Seen", 1, |o| {
+                json!(o["firstTimestamp"]
+                    .as_str()
+                    .map_or("<unknown>".to_owned(), age))
+            }),
+            col("Count", 1, |o| json!(o["count"].as_i64().unwrap_or(1))),
+            col("Name", 1, |o| o["metadata"]["name"].clone()),
+        ],
+        ("events.k8s.io", "events") => vec![
+            col("Last Seen", 0, |o| {
+                json!(o["deprecatedLastTimestamp"]
+                    .as_str()
+                    .or(o["eventTime"].as_str())
+                    .map_or("<unknown>".to_owned(), age))
+            }),
+            col("Type", 0, |o| str_or(&o["type"], "")),
+            col("Reason", 0, |o| str_or(&o["reason"], "")),
+            col("Object", 0, |o| {
+                let r = &o["regarding"];
+                json!(format!(
+                    "{}/{}",
+                    r["kind"].as_str().unwrap_or("").to_lowercase(),
+                    r["name"].as_str().unwrap_or("")
+                ))
+            }),
+            col("Message", 0, |o| str_or(&o["note"], "")),
+            col("Name", 1, |o| o["metadata"]["name"].clone()),
+        ],
         ("", "nodes") => vec![
             col("Status", 0, node_status),
             col("Roles", 0, node_roles),
@@ -464,16 +515,24 @@ pub fn columns(group: &str, plural: &str) -> Vec<Column> {
         ],
         ("batch", "jobs") => vec![
             col("Status", 0, |o| {
-                let done = o["status"]["conditions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .find(|c| c["status"] == "True");
-                json!(match done.and_then(|c| c["type"].as_str()) {
-                    Some("Complete") => "Complete",
-                    Some("Failed") => "Failed",
-                    _ => "Running",
-                })
+                let holds = |t: &str| {
+                    o["status"]["conditions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|c| c["type"] == t && c["status"] == "True")
+                };
+                let status = [
+                    "Complete",
+                    "Failed",
+                    "Suspended",
+                    "FailureTarget",
+                    "SuccessCriteriaMet",
+                ]
+                .into_iter()
+                .find(|t| holds(t))
+                .unwrap_or("Running");
+                json!(status)
             }),
             col("Completions", 0, |o| {
                 json!(format!(

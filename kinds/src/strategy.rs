@@ -169,6 +169,10 @@ where
             .clone()
     }
 
+    fn whole_table(&self) -> bool {
+        self.plural == "events"
+    }
+
     fn allocator(&self) -> Option<&dyn Allocator> {
         ((self.group, self.plural) == ("", "services"))
             .then_some(&crate::services::ServiceAllocator as &dyn Allocator)

@@ -163,6 +163,12 @@ pub trait Strategy: Send + Sync + 'static {
         crate::generic::Propagation::Background
     }
 
+    /// Whether `columns` are the whole table (no NAME first and AGE added),
+    /// as for Events: LAST SEEN, TYPE, REASON, OBJECT, MESSAGE.
+    fn whole_table(&self) -> bool {
+        false
+    }
+
     /// Adds the kind's OpenAPI v3 schema, and those it refers to, to
     /// `schemas`; returns its name there.
     fn openapi_schema(&self, _schemas: &mut Map<String, Value>) -> Option<String> {

@@ -10,6 +10,26 @@ use crate::resource::ResourceInfo;
 pub fn render(info: &ResourceInfo, items: &[Value]) -> Value {
     let extra = info.strategy.columns();
     let def = |name: &str, priority: u8, format: &str| json!({"name": name, "type": "string", "format": format, "description": name, "priority": priority});
+    if info.strategy.whole_table() {
+        let columns: Vec<Value> = extra
+            .iter()
+            .map(|c| {
+                def(
+                    &c.name,
+                    c.priority,
+                    if c.name == "Name" { "name" } else { "" },
+                )
+            })
+            .collect();
+        let rows: Vec<Value> = items
+            .iter()
+            .map(|o| {
+                let cells: Vec<Value> = extra.iter().map(|c| (c.cell)(o)).collect();
+                json!({"cells": cells, "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]}})
+            })
+            .collect();
+        return json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {}, "columnDefinitions": columns, "rows": rows});
+    }
     let mut columns = vec![def("Name", 0, "name")];
     columns.extend(
         extra

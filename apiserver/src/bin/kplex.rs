@@ -252,20 +252,28 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             .map_err(|e| format!("cannot write {path}: {e}"))?;
         tracing::info!(component, path, "system kubeconfig written");
     }
-    let components = if args.controllers {
+    let controllers = if args.controllers {
         let config =
             kplex_apiserver::bootstrap::system_kubeconfig(&ctx.authority, "controllers", &ctx.url)
                 .map_err(|e| format!("cannot issue the controllers' credential: {e}"))?;
         let options = kplex_controllers::Options::from_kubeconfig_text(&config)
+            .await
             .map_err(|e| format!("controllers: {e}"))?;
-        Some(tokio::spawn(kplex_controllers::run(options)))
+        let task = tokio::spawn(kplex_controllers::run(options.clone()));
+        Some((task, options))
     } else {
         None
     };
-    kplex_apiserver::server::serve(listener, boot.tls, ctx, wait_for_shutdown()).await;
-    if let Some(components) = components {
-        components.abort();
-    }
+    // On shutdown the controllers stop first and give up their Lease while
+    // the server still answers, so another replica takes over at once.
+    let shutdown = async move {
+        wait_for_shutdown().await;
+        if let Some((task, options)) = controllers {
+            task.abort();
+            kplex_controllers::leader::release(&options).await;
+        }
+    };
+    kplex_apiserver::server::serve(listener, boot.tls, ctx, shutdown).await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -273,10 +281,14 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
 async fn controllers(kubeconfig: &std::path::Path) -> Result<(), String> {
     let text = std::fs::read_to_string(kubeconfig)
         .map_err(|e| format!("cannot read {}: {e}", kubeconfig.display()))?;
-    let options = kplex_controllers::Options::from_kubeconfig_text(&text)?;
+    let options = kplex_controllers::Options::from_kubeconfig_text(&text).await?;
     tokio::select! {
-        ended = kplex_controllers::run(options) => ended,
-        _ = wait_for_shutdown() => Ok(()),
+        ended = kplex_controllers::run(options.clone()) => ended,
+        _ = wait_for_shutdown() => {
+            // Another process may lead at once.
+            kplex_controllers::leader::release(&options).await;
+            Ok(())
+        }
     }
 }
 
