@@ -80,6 +80,17 @@ impl Request {
         Params(self.query_pairs())
     }
 
+    /// Whether the client asked for objects' metadata only
+    /// (`as=PartialObjectMetadata` or `…List`, as metadata informers do).
+    pub fn wants_metadata(&self) -> bool {
+        self.headers
+            .get_all(hyper::header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.contains("as=PartialObjectMetadata"))
+            && !self.wants_table()
+    }
+
     /// Whether the client asked for a `meta.k8s.io` Table.
     pub fn wants_table(&self) -> bool {
         self.headers

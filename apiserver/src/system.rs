@@ -97,6 +97,12 @@ pub async fn across(
             if let Some(c) = page.continue_token {
                 metadata["continue"] = json!(c);
             }
+            if req.wants_metadata() {
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &crate::tenant::partial_list(metadata, page.items),
+                ));
+            }
             Ok(json_response(
                 StatusCode::OK,
                 &json!({
@@ -312,6 +318,7 @@ async fn watch_across(
         Err(e) => return Err(from_store(e)),
     };
     let registry = ctx.registry.clone();
+    let metadata_only = flags.metadata;
     Ok(crate::watchstream::respond(
         crate::watchstream::EventStream {
             initial,
@@ -326,7 +333,13 @@ async fn watch_across(
                 annotate(&mut object, &name, uid);
                 Some((kind, object))
             },
-            render: |object: Value| object,
+            render: move |object: Value| {
+                if metadata_only {
+                    crate::tenant::partial(object)
+                } else {
+                    object
+                }
+            },
             kind: info.kind.clone(),
             api_version: info.api_version(),
             bookmarks: flags.bookmarks,

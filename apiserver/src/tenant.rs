@@ -25,6 +25,9 @@ use kplex_registry::{Catalog, ResourceInfo};
 pub struct WatchFlags<'a> {
     /// Events as one-row Tables (`Accept: …;as=Table`).
     pub table: bool,
+    /// Events carrying the objects' metadata only
+    /// (`Accept: …;as=PartialObjectMetadata`).
+    pub metadata: bool,
     /// Where to start (`None`/`0`: current state first).
     pub resource_version: Option<&'a str>,
     /// `timeoutSeconds`.
@@ -73,6 +76,7 @@ pub fn collection_request<'a>(
     if matches!(q("watch"), Some("1" | "true")) {
         let flags = WatchFlags {
             table: req.wants_table(),
+            metadata: req.wants_metadata(),
             resource_version: q("resourceVersion"),
             timeout: q("timeoutSeconds")
                 .and_then(|s| s.parse().ok())
@@ -490,12 +494,17 @@ async fn resource(
                 table["metadata"] = metadata;
                 return Ok(ok(table));
             }
+            if req.wants_metadata() {
+                return Ok(ok(partial_list(metadata, page.items)));
+            }
             Ok(ok(list_of(t.info, metadata, page.items)))
         }
         (&Method::GET, Some(name)) => {
             let object = store.get(t.info, t.namespace, name).await?;
             Ok(if req.wants_table() {
                 ok(render_table(t.info, &[object]))
+            } else if req.wants_metadata() {
+                ok(partial(object))
             } else {
                 ok(object)
             })
@@ -634,6 +643,7 @@ async fn watch(
     // kubectl's default output asks for Tables, also when watching: each
     // event then carries a one-row Table.
     let table_info = flags.table.then(|| info.clone());
+    let metadata_only = flags.metadata;
     Ok(crate::watchstream::respond(
         crate::watchstream::EventStream {
             initial,
@@ -645,6 +655,7 @@ async fn watch(
             },
             render: move |object: Value| match &table_info {
                 Some(info) => render_table(info, &[object]),
+                None if metadata_only => partial(object),
                 None => object,
             },
             kind: info.kind.to_owned(),
@@ -655,6 +666,26 @@ async fn watch(
             stopping,
         },
     ))
+}
+
+/// An object's metadata alone, as a `PartialObjectMetadata`.
+pub fn partial(mut object: Value) -> Value {
+    json!({
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": object["metadata"].take(),
+    })
+}
+
+/// A `PartialObjectMetadataList` of `items` (moved in, each made partial).
+pub fn partial_list(metadata: Value, items: Vec<Value>) -> Value {
+    let items: Vec<Value> = items.into_iter().map(partial).collect();
+    let mut list = serde_json::Map::new();
+    list.insert("kind".into(), json!("PartialObjectMetadataList"));
+    list.insert("apiVersion".into(), json!("meta.k8s.io/v1"));
+    list.insert("metadata".into(), metadata);
+    list.insert("items".into(), Value::Array(items));
+    Value::Object(list)
 }
 
 /// The `scale` subresource: an `autoscaling/v1` Scale view of `spec.replicas`.

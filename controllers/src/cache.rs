@@ -367,6 +367,37 @@ impl<K: Resource + Clone> Inner<K> {
     }
 }
 
+/// How the controllers' watches list: from the watch cache
+/// (`resourceVersion=0`), in pages small enough that a listing of every VC
+/// is a trickle, not a burst.
+pub fn watch_config() -> watcher::Config {
+    watcher::Config::default().any_semantic().page_size(100)
+}
+
+/// Listings (a watch's first, or after a gap) under way at once: each
+/// reads every VC's objects of its kind page by page, and many at once
+/// would make a burst of memory no steady state needs.
+static LISTINGS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
+/// A watch's turn to list: taken when a listing starts, given back when it
+/// is done.
+#[derive(Default)]
+pub struct ListingTurn(Option<tokio::sync::SemaphorePermit<'static>>);
+
+impl ListingTurn {
+    /// Follows a watch's events: waits for a turn at `Init`, gives it back
+    /// at `InitDone`.
+    pub async fn follow<K>(&mut self, event: &Result<watcher::Event<K>, watcher::Error>) {
+        match event {
+            Ok(watcher::Event::Init) if self.0.is_none() => {
+                self.0 = LISTINGS.acquire().await.ok();
+            }
+            Ok(watcher::Event::InitDone) | Err(_) => self.0 = None,
+            _ => {}
+        }
+    }
+}
+
 /// Runs the cross-VC watch of `K` into `cache` for as long as the process
 /// runs, calling `on_change` for each change (after the cache has it).
 /// Failures are retried with kube-runtime's default backoff.
@@ -380,7 +411,9 @@ pub async fn run<K>(
 {
     use kube::runtime::WatchStreamExt;
     let mut events = std::pin::pin!(watcher(api, config).default_backoff());
+    let mut turn = ListingTurn::default();
     while let Some(event) = events.next().await {
+        turn.follow(&event).await;
         match event {
             Ok(event) => {
                 for change in cache.apply_event(event) {

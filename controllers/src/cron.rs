@@ -235,6 +235,16 @@ fn reference(job: &Job) -> ObjectReference {
     }
 }
 
+/// A time as Go's RFC 3339 writes it in its zone: `Z` for UTC, else the offset.
+fn rfc3339_in_zone(t: &Zoned) -> String {
+    let local = t.strftime("%Y-%m-%dT%H:%M:%S").to_string();
+    if t.offset().seconds() == 0 {
+        format!("{local}Z")
+    } else {
+        format!("{local}{}", t.strftime("%:z"))
+    }
+}
+
 /// Reconciles one CronJob.
 pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
     let Some(cj) = ctx.cronjobs.get(key) else {
@@ -398,7 +408,7 @@ async fn run_schedule(
     let mut annotations = meta.annotations.unwrap_or_default();
     annotations.insert(
         "batch.kubernetes.io/cronjob-scheduled-timestamp".into(),
-        due.timestamp().to_string(),
+        rfc3339_in_zone(&due),
     );
     let job = Job {
         metadata: ObjectMeta {
@@ -489,6 +499,17 @@ mod tests {
             sunday.next_after(&at("2026-01-03T00:00:00")),
             Some(at("2026-01-04T00:00:00"))
         );
+    }
+
+    #[test]
+    fn scheduled_times_are_written_in_their_zone() {
+        assert_eq!(
+            rfc3339_in_zone(&at("2026-01-01T10:00:00")),
+            "2026-01-01T10:00:00Z"
+        );
+        let paris =
+            at("2026-01-01T10:00:00").with_time_zone(TimeZone::get("Europe/Paris").unwrap());
+        assert_eq!(rfc3339_in_zone(&paris), "2026-01-01T11:00:00+01:00");
     }
 
     #[test]

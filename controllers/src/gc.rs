@@ -558,7 +558,7 @@ async fn watch_metadata(ctx: Arc<Ctx>, resource: ApiResource, namespaced: bool) 
     };
     let api: Api<PartialObjectMeta<DynamicObject>> =
         Api::all_with(ctx.clients.across.clone(), &resource);
-    let config = kube::runtime::watcher::Config::default().any_semantic();
+    let config = crate::cache::watch_config();
     crate::watches::each_event(api, config, |seen, vc, object| {
         let meta = &object.metadata;
         match seen {

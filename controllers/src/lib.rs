@@ -99,6 +99,10 @@ pub struct Options {
     pub per_vc: usize,
     /// Who this process is, in the leader-election Lease.
     pub identity: String,
+    /// Called once the caches have their first listing (the `kplex`
+    /// binary asks its allocator to give back what the listing's burst
+    /// left free).
+    pub on_synced: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 impl Options {
@@ -131,6 +135,7 @@ impl Options {
             workers: 16,
             per_vc: 4,
             identity: format!("{host}-{}-{:08x}", std::process::id(), rand_u32()),
+            on_synced: None,
         })
     }
 }
@@ -267,6 +272,19 @@ impl Ctx {
         }))
     }
 
+    /// What the controllers hold, for logs and benchmarks: objects cached,
+    /// objects in the collector's graph, queued and active tasks.
+    pub fn held(&self) -> String {
+        let q = self.queue.stats();
+        format!(
+            "pods={} replicasets={} deployments={} statefulsets={} daemonsets={} jobs={} cronjobs={} services={} slices={} nodes={} claims={} quotas={} revisions={} rcs={} graph={} queued={} active={} queue_vcs={}",
+            self.pods.len(), self.replicasets.len(), self.deployments.len(), self.statefulsets.len(),
+            self.daemonsets.len(), self.jobs.len(), self.cronjobs.len(), self.services.len(),
+            self.slices.len(), self.nodes.len(), self.claims.len(), self.quotas.len(),
+            self.revisions.len(), self.rcs.len(), self.graph.len(), q.queued, q.active, q.vcs
+        )
+    }
+
     /// Runs one task.
     async fn reconcile(self: &Arc<Self>, task: &Task) -> Outcome {
         match task {
@@ -326,9 +344,13 @@ pub async fn run_until(
     let workers = {
         let ctx = ctx.clone();
         let n = options.workers;
+        let on_synced = options.on_synced.clone();
         async move {
             watches::synced(&ctx).await;
-            tracing::info!("controllers' caches synced; reconciling");
+            if let Some(hook) = on_synced {
+                hook();
+            }
+            tracing::info!(held = ctx.held(), "controllers' caches synced; reconciling");
             let mut workers = tokio::task::JoinSet::new();
             for _ in 0..n {
                 workers.spawn(ctx.clone().work());

@@ -24,8 +24,10 @@ use crate::{Ctx, Error, Outcome};
 
 /// Most Pods created or deleted in one reconcile (kube's burstReplicas).
 pub const BURST: usize = 500;
-/// Pod writes in flight at once for one controller.
-const WRITES_AT_ONCE: usize = 8;
+/// Pod writes in flight at once for one controller: enough to keep the
+/// API busy, few enough that a neighbour's requests do not queue long
+/// behind a large ReplicaSet's.
+const WRITES_AT_ONCE: usize = 4;
 
 /// How a controller selects its Pods.
 pub enum Selector<'a> {

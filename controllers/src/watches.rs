@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::Api;
 use kube::runtime::watcher;
@@ -109,7 +109,7 @@ fn spawn<K, F>(
 
 /// Starts every watch on `tasks`.
 pub fn start(ctx: &Arc<Ctx>, tasks: &mut tokio::task::JoinSet<()>) {
-    let any = watcher::Config::default().any_semantic();
+    let any = crate::cache::watch_config();
     spawn(
         ctx,
         tasks,
@@ -281,40 +281,19 @@ pub fn start(ctx: &Arc<Ctx>, tasks: &mut tokio::task::JoinSet<()>) {
             ctx.queue.add(Task::Quota(change.key));
         },
     );
-    // Namespaces and the root CA ConfigMaps: nothing kept, each event
-    // checked as it comes.
+    // Namespaces and the root CA ConfigMaps: nothing kept past a listing.
+    tasks.spawn(crate::rootca::watch_namespaces(ctx.clone()));
     {
         let ctx = ctx.clone();
         tasks.spawn(async move {
-            let api: Api<Namespace> = Api::all(ctx.clients.across.clone());
-            each_event(
-                api,
-                watcher::Config::default().any_semantic(),
-                |event, vc, ns: &Namespace| {
-                    let active =
-                        ns.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Terminating");
-                    if event != Seen::Deleted && active {
-                        ctx.queue
-                            .add(Task::RootCa(ObjectKey::new(&vc, None, &ns.name_any())));
-                    }
-                    let kind = gc::KindRef::of::<Namespace>();
-                    match event {
-                        Seen::Deleted => ctx.graph.forget(&ctx, &vc, ns.meta()),
-                        _ => ctx.graph.observe(&ctx, &vc, &kind, ns.meta()),
-                    }
-                },
-            )
-            .await;
-        });
-    }
-    {
-        let ctx = ctx.clone();
-        tasks.spawn(async move {
-            let api: Api<ConfigMap> = Api::all(ctx.clients.across.clone());
-            let config = watcher::Config::default()
+            // Metadata only: a listed one exists; a changed or deleted one
+            // is read and put right by its task.
+            let api: Api<kube::api::PartialObjectMeta<ConfigMap>> =
+                Api::all(ctx.clients.across.clone());
+            let config = crate::cache::watch_config()
                 .any_semantic()
                 .fields(&format!("metadata.name={}", crate::rootca::NAME));
-            each_event(api, config, |event, vc, cm: &ConfigMap| {
+            each_event(api, config, |event, vc, cm| {
                 if event != Seen::Listed {
                     ctx.queue.add(Task::RootCa(ObjectKey::new(
                         &vc,
@@ -348,7 +327,9 @@ where
     use futures::StreamExt;
     use kube::runtime::WatchStreamExt;
     let mut events = std::pin::pin!(watcher(api, config).default_backoff());
+    let mut turn = cache::ListingTurn::default();
     while let Some(event) = events.next().await {
+        turn.follow(&event).await;
         let (seen, mut object) = match event {
             Ok(watcher::Event::InitApply(o)) => (Seen::Listed, o),
             Ok(watcher::Event::Apply(o)) => (Seen::Changed, o),

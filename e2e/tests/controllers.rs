@@ -785,3 +785,86 @@ async fn a_flooding_vc_does_not_hold_back_another_vcs_deployment() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cronjob_starts_its_job_at_the_next_minute() {
+    let s = setup(&["team-a"]);
+    let kc = s.configs[0].clone();
+    blocking(move || {
+        k(
+            &kc,
+            &[
+                "create",
+                "cronjob",
+                "tick",
+                "--image=busybox",
+                "--schedule=* * * * *",
+                "--",
+                "true",
+            ],
+        );
+        k(
+            &kc,
+            &[
+                "patch",
+                "cronjob",
+                "tick",
+                "--type=merge",
+                "-p",
+                "{\"spec\":{\"concurrencyPolicy\":\"Forbid\",\"timeZone\":\"Europe/Paris\"}}",
+            ],
+        );
+        let uid = get(&kc, &["cronjob", "tick"])["metadata"]["uid"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        // Within a minute and a bit, the scheduled Job appears.
+        let deadline = Instant::now() + Duration::from_secs(75);
+        let job = loop {
+            let jobs = items(&kc, &["jobs"]);
+            if let Some(job) = jobs.into_iter().next() {
+                break job;
+            }
+            assert!(Instant::now() < deadline, "no job within 75 s");
+            std::thread::sleep(Duration::from_millis(250));
+        };
+        let name = job["metadata"]["name"].as_str().unwrap();
+        let minutes: i64 = name.strip_prefix("tick-").unwrap().parse().unwrap();
+        let scheduled = job["metadata"]["annotations"]
+            ["batch.kubernetes.io/cronjob-scheduled-timestamp"]
+            .as_str()
+            .unwrap();
+        // RFC 3339 in the CronJob's zone, on a whole minute.
+        assert_eq!(&scheduled[16..19], ":00", "on a whole minute: {scheduled}");
+        assert!(
+            scheduled.ends_with("+01:00") || scheduled.ends_with("+02:00"),
+            "in Paris time: {scheduled}"
+        );
+        assert_eq!(job["metadata"]["ownerReferences"][0]["uid"], uid.as_str());
+        assert!(minutes > 29_000_000, "minutes since the epoch: {minutes}");
+        let cj = eventually("the schedule recorded", || {
+            let cj = get(&kc, &["cronjob", "tick"]);
+            cj["status"]["lastScheduleTime"].is_string().then_some(cj)
+        });
+        let active = cj["status"]["active"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(active.len(), 1, "{cj}");
+        // Suspended: no more.
+        k(
+            &kc,
+            &[
+                "patch",
+                "cronjob",
+                "tick",
+                "--type=merge",
+                "-p",
+                "{\"spec\":{\"suspend\":true}}",
+            ],
+        );
+        let table = k(&kc, &["get", "cronjob", "tick"]);
+        assert!(table.contains("True"), "{table}");
+    })
+    .await;
+}

@@ -938,6 +938,31 @@ impl GenericStore {
         name: &str,
         opts: &DeleteOptions,
     ) -> Result<Value, ApiError> {
+        // A write racing the delete (a controller's status, say) is no
+        // reason to refuse it, unless the client pinned a version; a failed
+        // precondition is final.
+        for _ in 0..8 {
+            match self.try_delete(info, ns, name, opts).await {
+                Err(e)
+                    if e.reason == "Conflict"
+                        && !e.message.contains("Precondition failed")
+                        && opts.resource_version.is_none() =>
+                {
+                    continue
+                }
+                done => return done,
+            }
+        }
+        Err(ApiError::conflict(&info.qualified(), name))
+    }
+
+    async fn try_delete(
+        &self,
+        info: &ResourceInfo,
+        ns: Namespace<'_>,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> Result<Value, ApiError> {
         crate::meta::validate_name(info, name).map_err(|_| Self::not_found(info, name))?;
         let key = self.key(info, ns, name)?;
         let current = self.current(info, &key, name).await?;

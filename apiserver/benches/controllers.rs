@@ -1,0 +1,510 @@
+//! Controllers benchmark: the release `kplex serve` (embedded storage) with
+//! the controllers in their own process (`kplex controllers`), so their
+//! memory is theirs alone. Each figure beside a baseline from the same run:
+//!
+//! - **Throughput**: 1,000 VCs each create one Deployment of 10 replicas;
+//!   the time until all 10,000 Pods exist, beside creating the same 10,000
+//!   Pods directly through the API (64 at a time, one system client).
+//! - **Memory**: the controllers' RSS with 10,000 idle VCs (each with its
+//!   four namespaces, default ServiceAccounts and root CA ConfigMaps),
+//!   freshly started, beside freshly started with none.
+//! - **Fairness**: one VC's Deployment of 3 replicas, time until its Pods
+//!   exist, alone and while a neighbour VC's Deployment of 20,000 replicas
+//!   is being made.
+//!
+//! Client, server and controllers share the machine's cores.
+//! Run: `hack/bench-controllers`. `KPLEX_BENCH_SCALE` scales the VC and
+//! Pod counts.
+
+#[path = "../../storage/benches/support/mod.rs"]
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
+use serde_json::json;
+use support::scale;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const CLIENTS: usize = 64;
+
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
+}
+
+/// CPU time (user + system) a process has used, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / 100.0
+}
+
+/// Requests the server has answered, by (verb, resource), from `/metrics`.
+async fn requests(admin: &kube::Client) -> std::collections::BTreeMap<(String, String), u64> {
+    let req = hyper::Request::get("/metrics").body(Vec::new()).unwrap();
+    let text = admin.request_text(req).await.unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("kplex_apiserver_requests_total{"))
+    {
+        let field = |name: &str| {
+            line.split(&format!("{name}=\""))
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or("")
+                .to_owned()
+        };
+        let n: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        *out.entry((field("verb"), field("resource"))).or_default() += n;
+    }
+    out
+}
+
+/// Returns once `want` root CA ConfigMaps exist (the controllers' work for
+/// new VCs is done), polling every second.
+async fn root_cas_settled(across: &kube::Client, want: usize) {
+    let cms: Api<ConfigMap> = Api::all(across.clone());
+    loop {
+        let mut n = 0;
+        let mut token: Option<String> = None;
+        loop {
+            let mut lp = ListParams::default()
+                .fields("metadata.name=kube-root-ca.crt")
+                .limit(5000);
+            if let Some(t) = &token {
+                lp = lp.continue_token(t);
+            }
+            let page = cms.list_metadata(&lp).await.unwrap();
+            n += page.items.len();
+            match page.metadata.continue_ {
+                Some(t) if !t.is_empty() => token = Some(t),
+                _ => break,
+            }
+        }
+        if n >= want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// A `kplex controllers` process, killed when dropped.
+struct Controllers(Child);
+
+/// mimalloc settings for a long-lived process whose bursts are freed at
+/// once: commit memory as used, give freed pages back without delay.
+const LEAN: &[(&str, &str)] = &[
+    ("MIMALLOC_ARENA_EAGER_COMMIT", "0"),
+    ("MIMALLOC_PURGE_DELAY", "0"),
+];
+
+impl Controllers {
+    /// Starts it and waits until its caches are synced.
+    fn start(bin: &Path, kubeconfig: &Path) -> Controllers {
+        Controllers::start_with(bin, kubeconfig, &[])
+    }
+
+    /// [`Controllers::start`] with more environment.
+    fn start_with(bin: &Path, kubeconfig: &Path, env: &[(&str, &str)]) -> Controllers {
+        let mut child = Command::new(bin)
+            .args(["controllers", "--kubeconfig", kubeconfig.to_str().unwrap()])
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "kplex_controllers=info,warn")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                if line.contains("caches synced") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(600))
+            .expect("the controllers synced");
+        Controllers(child)
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Controllers {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A client of `kubeconfig` based at `path` below its server.
+async fn client_at(kubeconfig: &Path, path: &str) -> kube::Client {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    config.cluster_url = format!(
+        "{}{path}",
+        config.cluster_url.to_string().trim_end_matches('/')
+    )
+    .parse()
+    .unwrap();
+    kube::Client::try_from(config).unwrap()
+}
+
+async fn create_vcs(admin: &kube::Client, names: Vec<String>) {
+    futures::stream::iter(names)
+        .map(|name| {
+            let admin = admin.clone();
+            async move {
+                let body = json!({"apiVersion": "tenancy.kplex.dev/v1alpha1", "kind": "VirtualCluster", "metadata": {"name": name}});
+                let req = hyper::Request::post("/apis/tenancy.kplex.dev/v1alpha1/virtualclusters")
+                    .header("content-type", "application/json")
+                    .body(serde_json::to_vec(&body).unwrap())
+                    .unwrap();
+                admin.request_text(req).await.unwrap();
+            }
+        })
+        .buffer_unordered(CLIENTS)
+        .collect::<Vec<_>>()
+        .await;
+}
+
+fn pod(name: &str) -> Pod {
+    serde_json::from_value(
+        json!({"metadata": {"name": name, "labels": {"app": "direct"}},
+        "spec": {"containers": [{"name": "c", "image": "nginx"}]}}),
+    )
+    .unwrap()
+}
+
+fn deployment(name: &str, replicas: i32) -> Deployment {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "c", "image": "nginx"}]}}},
+    }))
+    .unwrap()
+}
+
+/// Counts Pods created in VCs whose names start with `prefix`, from a
+/// cross-VC watch; returns once `want` have been seen.
+async fn count_pods(across: kube::Client, prefix: String, want: usize, from: String) -> Instant {
+    let pods: Api<Pod> = Api::all(across);
+    let mut seen = 0;
+    let mut rv = from;
+    loop {
+        let mut events = pods
+            .watch(&WatchParams::default().timeout(290), &rv)
+            .await
+            .unwrap()
+            .boxed();
+        while let Some(event) = events.try_next().await.unwrap() {
+            match event {
+                WatchEvent::Added(p) => {
+                    rv = p.metadata.resource_version.clone().unwrap_or(rv);
+                    let vc = p
+                        .metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get("tenancy.kplex.dev/cluster"))
+                        .cloned()
+                        .unwrap_or_default();
+                    if vc.starts_with(&prefix) {
+                        seen += 1;
+                        if seen >= want {
+                            return Instant::now();
+                        }
+                    }
+                }
+                WatchEvent::Bookmark(b) => rv = b.metadata.resource_version,
+                _ => {}
+            }
+        }
+    }
+}
+
+async fn current_rv(across: &kube::Client) -> String {
+    let pods: Api<Pod> = Api::all(across.clone());
+    pods.list_metadata(&ListParams::default().limit(1))
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap()
+}
+
+/// Time until VC `vc`'s Deployment `name` of `replicas` has its Pods.
+async fn time_to_pods(system_kc: &Path, vc: &str, name: &str, replicas: usize) -> Duration {
+    let client = client_at(system_kc, &format!("/clusters/{vc}")).await;
+    let deployments: Api<Deployment> = Api::default_namespaced(client.clone());
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let rv = pods
+        .list_metadata(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let mut events = pods
+        .watch(
+            &WatchParams::default()
+                .labels(&format!("app={name}"))
+                .timeout(120),
+            &rv,
+        )
+        .await
+        .unwrap()
+        .boxed();
+    let started = Instant::now();
+    deployments
+        .create(&PostParams::default(), &deployment(name, replicas as i32))
+        .await
+        .unwrap();
+    let mut seen = 0;
+    while seen < replicas {
+        if let Some(WatchEvent::Added(_)) = events.try_next().await.unwrap() {
+            seen += 1;
+        }
+    }
+    let took = started.elapsed();
+    deployments.delete(name, &Default::default()).await.unwrap();
+    took
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort();
+    samples[((samples.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let bin = Path::new(env!("CARGO_BIN_EXE_kplex"));
+    let dir = tempfile::tempdir().unwrap();
+    let system_kc = dir.path().join("system.kubeconfig");
+    let flag = format!("controllers={}", system_kc.display());
+    let server = kplex_e2e::Kplex::start_bin(
+        bin,
+        &dir.path().join("kplex-data"),
+        "kplex=info,warn",
+        &["--controllers=false", "--write-system-kubeconfig", &flag],
+    );
+    let admin = client_at(&server.kubeconfig(), "").await;
+    let across = client_at(&system_kc, "/clusters/*").await;
+    let idle = scale(10_000);
+    let vcs = scale(1000);
+    let per_vc = 10;
+
+    println!("## Controllers (`hack/bench-controllers`)\n");
+
+    // Memory: freshly started with no VC, then with `idle` idle VCs; each
+    // with the allocator's default settings and with lean ones. The RSS is
+    // read once the first listing's burst is over (10 s after the sync).
+    let settle = Duration::from_secs(10);
+    let measure = |env: &'static [(&'static str, &'static str)]| {
+        let system_kc = system_kc.clone();
+        async move {
+            let controllers = Controllers::start_with(bin, &system_kc, env);
+            tokio::time::sleep(settle).await;
+            rss(controllers.pid())
+        }
+    };
+    let rss_empty = measure(&[]).await;
+    let lean_empty = measure(LEAN).await;
+    let started = Instant::now();
+    create_vcs(&admin, (0..idle).map(|i| format!("idle-{i}")).collect()).await;
+    // Their root CA ConfigMaps are the controllers' work: wait for all of
+    // them (made by a controllers process running meanwhile).
+    let filling = Controllers::start(bin, &system_kc);
+    root_cas_settled(&across, idle * 4).await;
+    let filled = started.elapsed();
+    drop(filling);
+    let rss_idle = measure(&[]).await;
+    let lean_idle = measure(LEAN).await;
+    let mib = |b: u64| b as f64 / 1048576.0;
+    let per = |full: u64, empty: u64| (full as f64 - empty as f64) / idle as f64;
+    println!("| Measure | Result | Target |");
+    println!("|---|---|---|");
+    println!("| Controllers' RSS, 0 VCs / {idle} idle VCs (default allocator settings) | {:.1} / {:.1} MiB | |", mib(rss_empty), mib(rss_idle));
+    println!(
+        "| … difference per idle VC | {:.0} B | < 1 KiB |",
+        per(rss_idle, rss_empty)
+    );
+    println!("| Controllers' RSS, 0 VCs / {idle} idle VCs (`MIMALLOC_ARENA_EAGER_COMMIT=0 MIMALLOC_PURGE_DELAY=0`) | {:.1} / {:.1} MiB | |", mib(lean_empty), mib(lean_idle));
+    println!(
+        "| … difference per idle VC | {:.0} B | < 1 KiB |",
+        per(lean_idle, lean_empty)
+    );
+    println!(
+        "| {idle} VCs made, with their {} root CA ConfigMaps | {:.1} s | |",
+        idle * 4,
+        filled.as_secs_f64()
+    );
+
+    // Throughput: the same Pods directly, then through Deployments.
+    let loaded = Controllers::start(bin, &system_kc);
+    create_vcs(&admin, (0..vcs).map(|i| format!("d-{i}")).collect()).await;
+    create_vcs(&admin, (0..vcs).map(|i| format!("c-{i}")).collect()).await;
+    // The new VCs' root CA ConfigMaps first: not part of what is measured.
+    root_cas_settled(&across, (idle + 2 * vcs) * 4).await;
+    let root = client_at(&system_kc, "").await;
+    let cpu_server = || cpu_seconds(server.pid());
+    let server_before = cpu_server();
+    let direct_started = Instant::now();
+    futures::stream::iter((0..vcs).flat_map(|v| (0..per_vc).map(move |p| (v, p))))
+        .map(|(v, p)| {
+            let root = root.clone();
+            async move {
+                let req = kube::core::Request::new(format!(
+                    "/clusters/d-{v}/api/v1/namespaces/default/pods"
+                ))
+                .create(
+                    &PostParams::default(),
+                    serde_json::to_vec(&pod(&format!("p-{p}"))).unwrap(),
+                )
+                .unwrap();
+                let _: Pod = root.request(req).await.unwrap();
+            }
+        })
+        .buffer_unordered(CLIENTS)
+        .collect::<Vec<_>>()
+        .await;
+    let direct = direct_started.elapsed();
+    let direct_server_cpu = cpu_server() - server_before;
+    let rv = current_rv(&across).await;
+    let before = requests(&admin).await;
+    let (server_before, controllers_before) = (cpu_server(), cpu_seconds(loaded.pid()));
+    let waiting = tokio::spawn(count_pods(across.clone(), "c-".into(), vcs * per_vc, rv));
+    let controllers_started = Instant::now();
+    futures::stream::iter(0..vcs)
+        .map(|v| {
+            let root = root.clone();
+            async move {
+                let req = kube::core::Request::new(format!(
+                    "/clusters/c-{v}/apis/apps/v1/namespaces/default/deployments"
+                ))
+                .create(
+                    &PostParams::default(),
+                    serde_json::to_vec(&deployment("web", per_vc as i32)).unwrap(),
+                )
+                .unwrap();
+                let _: Deployment = root.request(req).await.unwrap();
+            }
+        })
+        .buffer_unordered(CLIENTS)
+        .collect::<Vec<_>>()
+        .await;
+    let done = waiting.await.unwrap();
+    let through = done - controllers_started;
+    let (server_cpu, controllers_cpu) = (
+        cpu_server() - server_before,
+        cpu_seconds(loaded.pid()) - controllers_before,
+    );
+    let after = requests(&admin).await;
+    let pods = (vcs * per_vc) as f64;
+    println!(
+        "| {} Pods created directly (64 at a time) | {:.1} s, {:.0} Pods/s | baseline |",
+        vcs * per_vc,
+        direct.as_secs_f64(),
+        pods / direct.as_secs_f64()
+    );
+    println!(
+        "| {vcs} Deployments × {per_vc} replicas, until every Pod exists | {:.1} s, {:.0} Pods/s | |",
+        through.as_secs_f64(),
+        pods / through.as_secs_f64()
+    );
+    println!(
+        "| Throughput through the controllers ÷ direct | {:.2} | ≥ 0.70 |",
+        direct.as_secs_f64() / through.as_secs_f64()
+    );
+    println!(
+        "| Server CPU per Pod: direct / through the controllers (+ the controllers' own) | {:.0} µs / {:.0} µs (+ {:.0} µs) | |",
+        direct_server_cpu / pods * 1e6,
+        server_cpu / pods * 1e6,
+        controllers_cpu / pods * 1e6
+    );
+    let mut made: Vec<String> = after
+        .iter()
+        .filter_map(|(k, n)| {
+            let d = n - before.get(k).copied().unwrap_or(0);
+            (d > 0).then(|| format!("{} {} {:.1}", k.0, k.1, d as f64 / pods))
+        })
+        .collect();
+    made.sort();
+    println!(
+        "| Requests per Pod through the controllers (the watch's included) | {} | |",
+        made.join("; ")
+    );
+    drop(loaded);
+
+    // Fairness: a victim's Deployment alone, then beside a flood.
+    let controllers = Controllers::start(bin, &system_kc);
+    create_vcs(&admin, vec!["victim".into(), "noisy".into()]).await;
+    let runs = 10;
+    let mut alone = Vec::new();
+    for i in 0..runs {
+        alone.push(time_to_pods(&system_kc, "victim", &format!("a{i}"), 3).await);
+    }
+    let flood_size = scale(20_000) as i32;
+    let noisy = client_at(&system_kc, "/clusters/noisy").await;
+    let noisy_deployments: Api<Deployment> = Api::default_namespaced(noisy.clone());
+    noisy_deployments
+        .create(&PostParams::default(), &deployment("flood", flood_size))
+        .await
+        .unwrap();
+    let noisy_pods: Api<Pod> = Api::default_namespaced(noisy.clone());
+    let mut beside = Vec::new();
+    for i in 0..runs {
+        beside.push(time_to_pods(&system_kc, "victim", &format!("b{i}"), 3).await);
+    }
+    let flooded = noisy_pods
+        .list_metadata(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .len();
+    let (alone_p50, beside_p50) = (percentile(&mut alone, 0.5), percentile(&mut beside, 0.5));
+    let (alone_max, beside_max) = (percentile(&mut alone, 1.0), percentile(&mut beside, 1.0));
+    println!(
+        "| Victim's Deployment (3 replicas) until its Pods exist, alone: p50 / max of {runs} | {:.1} ms / {:.1} ms | |",
+        alone_p50.as_secs_f64() * 1e3,
+        alone_max.as_secs_f64() * 1e3
+    );
+    println!(
+        "| … beside a neighbour's Deployment of {flood_size} replicas: p50 / max | {:.1} ms / {:.1} ms | ≤ 2× alone |",
+        beside_p50.as_secs_f64() * 1e3,
+        beside_max.as_secs_f64() * 1e3
+    );
+    println!(
+        "| Ratio beside ÷ alone (p50) | {:.2} | ≤ 2 |",
+        beside_p50.as_secs_f64() / alone_p50.as_secs_f64()
+    );
+    println!(
+        "| The neighbour's Pods made meanwhile | {} of {flood_size} | |",
+        flooded
+    );
+    drop(controllers);
+}
