@@ -42,7 +42,7 @@ use kplex_storage::{
 };
 use rustls::pki_types::ServerName;
 use serde_json::{json, Value};
-use support::{header, row, run, scale, Stats};
+use support::{header, row, run, scale, Profile, Stats};
 
 /// The same allocator as the `kplex` binary, so the bare baseline server and
 /// the client are not handicapped by a slower one.
@@ -138,45 +138,6 @@ async fn with_cpu<T>(kplex: u32, ops: usize, f: impl Future<Output = T>) -> (T, 
     let before = Cpu::now(kplex);
     let out = f.await;
     (out, Cpu::now(kplex).per_op(before, ops))
-}
-
-/// `perf record` of the kplex process while it lives, when
-/// `KPLEX_BENCH_PERF=<output file>` is set (to see where a create's CPU goes).
-struct Profile(Option<std::process::Child>);
-
-impl Profile {
-    fn start(pid: u32) -> Profile {
-        let Ok(out) = std::env::var("KPLEX_BENCH_PERF") else {
-            return Profile(None);
-        };
-        let child = std::process::Command::new("perf")
-            .args([
-                "record",
-                "-e",
-                "cpu-clock",
-                "-F",
-                "2000",
-                "-g",
-                "--call-graph",
-            ])
-            .args(["dwarf,16384", "-o", &out, "-p", &pid.to_string()])
-            .spawn()
-            .expect("perf");
-        // perf needs a moment to attach; only then does the measured run start.
-        std::thread::sleep(Duration::from_millis(500));
-        Profile(Some(child))
-    }
-}
-
-impl Drop for Profile {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = std::process::Command::new("kill")
-                .args(["-INT", &child.id().to_string()])
-                .status();
-            let _ = child.wait();
-        }
-    }
 }
 
 /// One HTTP/2 connection with the target's credentials.

@@ -230,6 +230,28 @@ where
         inner.put(vc, object, epoch, Some(std::time::Instant::now()))
     }
 
+    /// Writes `updated`'s status to its `status` subresource through
+    /// `api` and the result into the cache; `false` if the object is gone.
+    pub async fn write_status(
+        &self,
+        api: &crate::client::VcApi<K>,
+        vc: &Vc,
+        name: &str,
+        updated: &K,
+    ) -> Result<bool, crate::Error>
+    where
+        K: serde::Serialize + DeserializeOwned + Debug,
+    {
+        match api.replace_status(name, updated).await {
+            Ok(written) => {
+                self.upsert(vc, written);
+                Ok(true)
+            }
+            Err(e) if e.is_status(404) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Takes the object at `key` out; returns the change.
     pub fn remove(&self, key: &ObjectKey) -> Change<K> {
         let mut inner = self.inner.write().expect("cache lock");

@@ -317,12 +317,8 @@ pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
         let mut updated = (*cj).clone();
         updated.status = Some(status);
         let api = ctx.clients.vc::<CronJob>(&key.vc, key.namespace.as_deref());
-        match api.replace_status(&key.name, &updated).await {
-            Ok(written) => {
-                ctx.cronjobs.upsert(&key.vc, written);
-            }
-            Err(e) if e.is_status(404) => return Ok(None),
-            Err(e) => return Err(e),
+        if !ctx.cronjobs.write_status(&api, &key.vc, &key.name, &updated).await? {
+            return Ok(None);
         }
     }
     Ok(next)

@@ -324,15 +324,9 @@ pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
     if set.status.as_ref() != Some(&status) {
         let mut updated = (*set).clone();
         updated.status = Some(status);
-        let api = ctx
-            .clients
-            .vc::<DaemonSet>(&key.vc, key.namespace.as_deref());
-        match api.replace_status(&key.name, &updated).await {
-            Ok(written) => {
-                ctx.daemonsets.upsert(&key.vc, written);
-            }
-            Err(e) if e.is_status(404) => return Ok(None),
-            Err(e) => return Err(e),
+        let api = ctx.clients.vc::<DaemonSet>(&key.vc, key.namespace.as_deref());
+        if !ctx.daemonsets.write_status(&api, &key.vc, &key.name, &updated).await? {
+            return Ok(None);
         }
     }
     let limit = spec.revision_history_limit.unwrap_or(10).max(0) as usize;

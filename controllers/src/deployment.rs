@@ -512,15 +512,9 @@ pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
     if current.status.as_ref() != Some(&status) {
         let mut updated = (*current).clone();
         updated.status = Some(status.clone());
-        let api = ctx
-            .clients
-            .vc::<Deployment>(&key.vc, key.namespace.as_deref());
-        match api.replace_status(&key.name, &updated).await {
-            Ok(written) => {
-                ctx.deployments.upsert(&key.vc, written);
-            }
-            Err(e) if e.is_status(404) => return Ok(None),
-            Err(e) => return Err(e),
+        let api = ctx.clients.vc::<Deployment>(&key.vc, key.namespace.as_deref());
+        if !ctx.deployments.write_status(&api, &key.vc, &key.name, &updated).await? {
+            return Ok(None);
         }
     }
     Ok(next_look(&d, &status, complete, paused))

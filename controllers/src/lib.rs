@@ -132,7 +132,7 @@ impl Options {
         Ok(Options {
             config,
             ca_pem,
-            workers: 16,
+            workers: 64,
             per_vc: 4,
             identity: format!("{host}-{}-{:08x}", std::process::id(), rand_u32()),
             on_synced: None,

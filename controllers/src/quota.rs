@@ -153,15 +153,9 @@ pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
     if quota.status.as_ref() != Some(&status) {
         let mut updated = (*quota).clone();
         updated.status = Some(status);
-        let api = ctx
-            .clients
-            .vc::<ResourceQuota>(&key.vc, key.namespace.as_deref());
-        match api.replace_status(&quota.name_any(), &updated).await {
-            Ok(written) => {
-                ctx.quotas.upsert(&key.vc, written);
-            }
-            Err(e) if e.is_status(404) => return Ok(None),
-            Err(e) => return Err(e),
+        let api = ctx.clients.vc::<ResourceQuota>(&key.vc, key.namespace.as_deref());
+        if !ctx.quotas.write_status(&api, &key.vc, &quota.name_any(), &updated).await? {
+            return Ok(None);
         }
     }
     Ok((!all_cached).then_some(RECOUNT))

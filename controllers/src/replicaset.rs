@@ -342,15 +342,9 @@ pub async fn reconcile_rs(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
     if Some(&status) != rs.status.as_ref() {
         let mut updated = (*rs).clone();
         updated.status = Some(status);
-        let api = ctx
-            .clients
-            .vc::<ReplicaSet>(&key.vc, key.namespace.as_deref());
-        match api.replace_status(&key.name, &updated).await {
-            Ok(written) => {
-                ctx.replicasets.upsert(&key.vc, written);
-            }
-            Err(e) if e.is_status(404) => return Ok(None),
-            Err(e) => return Err(e),
+        let api = ctx.clients.vc::<ReplicaSet>(&key.vc, key.namespace.as_deref());
+        if !ctx.replicasets.write_status(&api, &key.vc, &key.name, &updated).await? {
+            return Ok(None);
         }
     }
     Ok(next_round(&managed, counts.next_available))
@@ -447,15 +441,9 @@ pub async fn reconcile_rc(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
     if Some(&status) != rc.status.as_ref() {
         let mut updated = (*rc).clone();
         updated.status = Some(status);
-        let api = ctx
-            .clients
-            .vc::<ReplicationController>(&key.vc, key.namespace.as_deref());
-        match api.replace_status(&key.name, &updated).await {
-            Ok(written) => {
-                ctx.rcs.upsert(&key.vc, written);
-            }
-            Err(e) if e.is_status(404) => return Ok(None),
-            Err(e) => return Err(e),
+        let api = ctx.clients.vc::<ReplicationController>(&key.vc, key.namespace.as_deref());
+        if !ctx.rcs.write_status(&api, &key.vc, &key.name, &updated).await? {
+            return Ok(None);
         }
     }
     Ok(next_round(&managed, counts.next_available))

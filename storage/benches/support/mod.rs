@@ -88,3 +88,43 @@ pub fn header(title: &str, base: &str) {
     println!("| op | clients | kplex ops/s | p50 | p99 | {base} ops/s | p50 | p99 | ratio |");
     println!("|---|---|---|---|---|---|---|---|---|");
 }
+
+/// `perf record` of the kplex process while it lives, when
+/// `KPLEX_BENCH_PERF=<output file>` is set (to see where a create's CPU goes).
+pub struct Profile(Option<std::process::Child>);
+
+impl Profile {
+    pub fn start(pid: u32) -> Profile {
+        let Ok(out) = std::env::var("KPLEX_BENCH_PERF") else {
+            return Profile(None);
+        };
+        let child = std::process::Command::new("perf")
+            .args([
+                "record",
+                "-e",
+                "cpu-clock",
+                "-F",
+                "2000",
+                "-g",
+                "--call-graph",
+            ])
+            .args(["dwarf,16384", "-o", &out, "-p", &pid.to_string()])
+            .spawn()
+            .expect("perf");
+        // perf needs a moment to attach; only then does the measured run start.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        Profile(Some(child))
+    }
+}
+
+impl Drop for Profile {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = std::process::Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
