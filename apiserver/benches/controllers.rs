@@ -418,7 +418,10 @@ async fn main() {
         flooded
     );
     // The flood goes before the next phase.
-    noisy_deployments.delete("flood", &Default::default()).await.unwrap();
+    noisy_deployments
+        .delete("flood", &Default::default())
+        .await
+        .unwrap();
     drop(controllers);
 
     // Throughput: the same Pods directly, then through Deployments.
@@ -518,5 +521,4 @@ async fn main() {
         made.join("; ")
     );
     drop(loaded);
-
 }

@@ -252,14 +252,17 @@ where
         }
     }
 
-    /// Takes the object at `key` out; returns the change.
-    pub fn remove(&self, key: &ObjectKey) -> Change<K> {
+    /// Takes out the object a controller deleted: the one at `key` if it
+    /// still has `uid` (a newer object of the same name, already delivered
+    /// by the watch, stays).
+    pub fn remove_deleted(&self, key: &ObjectKey, uid: Option<&str>) {
         let mut inner = self.inner.write().expect("cache lock");
-        let old = inner.take(key);
-        Change {
-            key: key.clone(),
-            old,
-            new: None,
+        let same = inner
+            .objects
+            .get(key)
+            .is_some_and(|e| uid.is_none() || e.object.meta().uid.as_deref() == uid);
+        if same {
+            inner.take(key);
         }
     }
 
@@ -313,6 +316,19 @@ impl<K: Resource + Clone> Inner<K> {
         written: Option<std::time::Instant>,
     ) -> Change<K> {
         let key = ObjectKey::new(vc, object.namespace().as_deref(), &object.name_any());
+        // A controller's own write may come back after the watch delivered
+        // a newer version of the object: the newer one stays.
+        if let Some(held) = self.objects.get(&key) {
+            let newer = revision_of(held.object.as_ref()) > revision_of(&object);
+            if newer && held.object.meta().uid == object.meta().uid {
+                let current = held.object.clone();
+                return Change {
+                    key,
+                    old: Some(current.clone()),
+                    new: Some(current),
+                };
+            }
+        }
         let old = self.take(&key);
         self.by_namespace
             .entry((vc.clone(), key.namespace.clone()))
@@ -522,6 +538,28 @@ mod tests {
         assert!(cache
             .get(&ObjectKey::new(&a, Some("default"), "web"))
             .is_some());
+    }
+
+    #[test]
+    fn a_write_returning_late_never_hides_what_the_watch_delivered() {
+        let cache = Cache::<Pod>::default();
+        let mut created = pod("a", "ns", "p", 5, Some("job"));
+        created.metadata.uid = Some("u1".into());
+        let mut failed = created.clone();
+        failed.metadata.resource_version = Some("6".into());
+        // The watch delivers the Pod created and then marked Failed…
+        cache.apply_event(watcher::Event::Apply(created.clone()));
+        cache.apply_event(watcher::Event::Apply(failed));
+        // …before the create's answer is written through.
+        let vc = take_vc(&mut created).unwrap();
+        cache.upsert(&vc, created);
+        let held = cache.get(&ObjectKey::new(&vc, Some("ns"), "p")).unwrap();
+        assert_eq!(held.metadata.resource_version.as_deref(), Some("6"));
+        // A delete written through takes out only the object it deleted.
+        cache.remove_deleted(&ObjectKey::new(&vc, Some("ns"), "p"), Some("other"));
+        assert_eq!(cache.len(), 1);
+        cache.remove_deleted(&ObjectKey::new(&vc, Some("ns"), "p"), Some("u1"));
+        assert!(cache.is_empty());
     }
 
     #[test]

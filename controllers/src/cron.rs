@@ -317,7 +317,11 @@ pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
         let mut updated = (*cj).clone();
         updated.status = Some(status);
         let api = ctx.clients.vc::<CronJob>(&key.vc, key.namespace.as_deref());
-        if !ctx.cronjobs.write_status(&api, &key.vc, &key.name, &updated).await? {
+        if !ctx
+            .cronjobs
+            .write_status(&api, &key.vc, &key.name, &updated)
+            .await?
+        {
             return Ok(None);
         }
     }

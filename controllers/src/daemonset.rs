@@ -286,7 +286,8 @@ pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
                 pod.metadata.uid.as_deref(),
             )
             .await?;
-            ctx.pods.remove(&pod_key(&pod.name_any()));
+            ctx.pods
+                .remove_deleted(&pod_key(&pod.name_any()), pod.metadata.uid.as_deref());
             for pods_here in by_node.values_mut() {
                 pods_here.retain(|p| p.metadata.uid != pod.metadata.uid);
             }
@@ -324,8 +325,14 @@ pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
     if set.status.as_ref() != Some(&status) {
         let mut updated = (*set).clone();
         updated.status = Some(status);
-        let api = ctx.clients.vc::<DaemonSet>(&key.vc, key.namespace.as_deref());
-        if !ctx.daemonsets.write_status(&api, &key.vc, &key.name, &updated).await? {
+        let api = ctx
+            .clients
+            .vc::<DaemonSet>(&key.vc, key.namespace.as_deref());
+        if !ctx
+            .daemonsets
+            .write_status(&api, &key.vc, &key.name, &updated)
+            .await?
+        {
             return Ok(None);
         }
     }

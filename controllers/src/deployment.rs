@@ -512,8 +512,14 @@ pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
     if current.status.as_ref() != Some(&status) {
         let mut updated = (*current).clone();
         updated.status = Some(status.clone());
-        let api = ctx.clients.vc::<Deployment>(&key.vc, key.namespace.as_deref());
-        if !ctx.deployments.write_status(&api, &key.vc, &key.name, &updated).await? {
+        let api = ctx
+            .clients
+            .vc::<Deployment>(&key.vc, key.namespace.as_deref());
+        if !ctx
+            .deployments
+            .write_status(&api, &key.vc, &key.name, &updated)
+            .await?
+        {
             return Ok(None);
         }
     }
@@ -849,11 +855,10 @@ async fn cleanup(
             rs.metadata.uid.as_deref(),
         )
         .await?;
-        ctx.replicasets.remove(&ObjectKey::new(
-            &key.vc,
-            key.namespace.as_deref(),
-            &rs.name_any(),
-        ));
+        ctx.replicasets.remove_deleted(
+            &ObjectKey::new(&key.vc, key.namespace.as_deref(), &rs.name_any()),
+            rs.metadata.uid.as_deref(),
+        );
     }
     Ok(())
 }

@@ -242,11 +242,10 @@ pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
                 extra.metadata.uid.as_deref(),
             )
             .await?;
-        ctx.slices.remove(&ObjectKey::new(
-            &key.vc,
-            key.namespace.as_deref(),
-            &extra.name_any(),
-        ));
+        ctx.slices.remove_deleted(
+            &ObjectKey::new(&key.vc, key.namespace.as_deref(), &extra.name_any()),
+            extra.metadata.uid.as_deref(),
+        );
     }
     write_endpoints(ctx, key, &service, &groups, &ready).await?;
     Ok(None)

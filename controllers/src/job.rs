@@ -282,11 +282,10 @@ pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
                     pod.metadata.uid.as_deref(),
                 )
                 .await?;
-                ctx.pods.remove(&ObjectKey::new(
-                    &key.vc,
-                    key.namespace.as_deref(),
-                    &pod.name_any(),
-                ));
+                ctx.pods.remove_deleted(
+                    &ObjectKey::new(&key.vc, key.namespace.as_deref(), &pod.name_any()),
+                    pod.metadata.uid.as_deref(),
+                );
             }
             Ok::<(), Error>(())
         }

@@ -153,8 +153,14 @@ pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
     if quota.status.as_ref() != Some(&status) {
         let mut updated = (*quota).clone();
         updated.status = Some(status);
-        let api = ctx.clients.vc::<ResourceQuota>(&key.vc, key.namespace.as_deref());
-        if !ctx.quotas.write_status(&api, &key.vc, &quota.name_any(), &updated).await? {
+        let api = ctx
+            .clients
+            .vc::<ResourceQuota>(&key.vc, key.namespace.as_deref());
+        if !ctx
+            .quotas
+            .write_status(&api, &key.vc, &quota.name_any(), &updated)
+            .await?
+        {
             return Ok(None);
         }
     }

@@ -208,11 +208,10 @@ pub async fn manage(
         while let Some((pod, result)) = deletes.next().await {
             match result {
                 Ok(()) => {
-                    ctx.pods.remove(&ObjectKey::new(
-                        &key.vc,
-                        key.namespace.as_deref(),
-                        &pod.name_any(),
-                    ));
+                    ctx.pods.remove_deleted(
+                        &ObjectKey::new(&key.vc, key.namespace.as_deref(), &pod.name_any()),
+                        pod.metadata.uid.as_deref(),
+                    );
                     ctx.events.normal(
                         key,
                         owner_kind,
@@ -342,8 +341,14 @@ pub async fn reconcile_rs(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
     if Some(&status) != rs.status.as_ref() {
         let mut updated = (*rs).clone();
         updated.status = Some(status);
-        let api = ctx.clients.vc::<ReplicaSet>(&key.vc, key.namespace.as_deref());
-        if !ctx.replicasets.write_status(&api, &key.vc, &key.name, &updated).await? {
+        let api = ctx
+            .clients
+            .vc::<ReplicaSet>(&key.vc, key.namespace.as_deref());
+        if !ctx
+            .replicasets
+            .write_status(&api, &key.vc, &key.name, &updated)
+            .await?
+        {
             return Ok(None);
         }
     }
@@ -441,8 +446,14 @@ pub async fn reconcile_rc(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
     if Some(&status) != rc.status.as_ref() {
         let mut updated = (*rc).clone();
         updated.status = Some(status);
-        let api = ctx.clients.vc::<ReplicationController>(&key.vc, key.namespace.as_deref());
-        if !ctx.rcs.write_status(&api, &key.vc, &key.name, &updated).await? {
+        let api = ctx
+            .clients
+            .vc::<ReplicationController>(&key.vc, key.namespace.as_deref());
+        if !ctx
+            .rcs
+            .write_status(&api, &key.vc, &key.name, &updated)
+            .await?
+        {
             return Ok(None);
         }
     }

@@ -29,38 +29,42 @@ pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
     let ns = key.name.as_str();
     let api = ctx.clients.vc::<ConfigMap>(&key.vc, Some(ns));
     let data: BTreeMap<String, String> = [(KEY.to_owned(), ctx.ca_pem.clone())].into();
+    // Most tasks are for new namespaces: create first, read only if it exists.
+    let config_map = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(NAME.into()),
+            namespace: Some(ns.into()),
+            annotations: Some(
+                [(
+                    "kubernetes.io/description".to_owned(),
+                    "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters.".to_owned(),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        },
+        data: Some(data.clone()),
+        ..Default::default()
+    };
+    match api.create(&config_map).await {
+        Ok(_) => return Ok(None),
+        // The namespace went meanwhile, or is terminating: nothing to do.
+        Err(e) if e.is_status(404) || e.is_status(403) => return Ok(None),
+        Err(e) if e.is_status(409) => {}
+        Err(e) => return Err(e),
+    }
     match api.get_opt(NAME).await? {
-        Some(current) if current.data.as_ref() == Some(&data) => Ok(None),
+        Some(current) if current.data.as_ref() == Some(&data) && current.binary_data.is_none() => {
+            Ok(None)
+        }
         Some(mut current) => {
             current.data = Some(data);
             current.binary_data = None;
             api.replace(NAME, &current).await?;
             Ok(None)
         }
-        None => {
-            let config_map = ConfigMap {
-                metadata: ObjectMeta {
-                    name: Some(NAME.into()),
-                    namespace: Some(ns.into()),
-                    annotations: Some(
-                        [(
-                            "kubernetes.io/description".to_owned(),
-                            "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters.".to_owned(),
-                        )]
-                        .into(),
-                    ),
-                    ..Default::default()
-                },
-                data: Some(data),
-                ..Default::default()
-            };
-            match api.create(&config_map).await {
-                Ok(_) => Ok(None),
-                // The namespace went meanwhile, or is terminating: nothing to do.
-                Err(e) if e.is_status(404) || e.is_status(403) || e.is_status(409) => Ok(None),
-                Err(e) => Err(e),
-            }
-        }
+        // Deleted meanwhile: its deletion brings another task.
+        None => Ok(None),
     }
 }
 

@@ -318,7 +318,8 @@ pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
                         pod.metadata.uid.as_deref(),
                     )
                     .await?;
-                    ctx.pods.remove(&pod_key(&pod.name_any()));
+                    ctx.pods
+                        .remove_deleted(&pod_key(&pod.name_any()), pod.metadata.uid.as_deref());
                     by_ordinal.remove(&ordinal);
                     if !parallel {
                         waiting = true;
@@ -356,7 +357,8 @@ pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
                     pod.metadata.uid.as_deref(),
                 )
                 .await?;
-                ctx.pods.remove(&pod_key(&pod.name_any()));
+                ctx.pods
+                    .remove_deleted(&pod_key(&pod.name_any()), pod.metadata.uid.as_deref());
                 ctx.events.normal(
                     key,
                     "StatefulSet",
@@ -392,7 +394,8 @@ pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
                     pod.metadata.uid.as_deref(),
                 )
                 .await?;
-                ctx.pods.remove(&pod_key(&pod.name_any()));
+                ctx.pods
+                    .remove_deleted(&pod_key(&pod.name_any()), pod.metadata.uid.as_deref());
                 let ordinal = *ordinal;
                 by_ordinal.remove(&ordinal);
             }
@@ -428,8 +431,14 @@ pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
     if set.status.as_ref() != Some(&status) {
         let mut updated = (*set).clone();
         updated.status = Some(status);
-        let api = ctx.clients.vc::<StatefulSet>(&key.vc, key.namespace.as_deref());
-        if !ctx.statefulsets.write_status(&api, &key.vc, &key.name, &updated).await? {
+        let api = ctx
+            .clients
+            .vc::<StatefulSet>(&key.vc, key.namespace.as_deref());
+        if !ctx
+            .statefulsets
+            .write_status(&api, &key.vc, &key.name, &updated)
+            .await?
+        {
             return Ok(None);
         }
     }
@@ -472,11 +481,10 @@ pub async fn prune_revisions(
             revision.metadata.uid.as_deref(),
         )
         .await?;
-        ctx.revisions.remove(&ObjectKey::new(
-            &key.vc,
-            key.namespace.as_deref(),
-            &revision.name_any(),
-        ));
+        ctx.revisions.remove_deleted(
+            &ObjectKey::new(&key.vc, key.namespace.as_deref(), &revision.name_any()),
+            revision.metadata.uid.as_deref(),
+        );
     }
     Ok(())
 }

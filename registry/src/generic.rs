@@ -18,6 +18,12 @@ use crate::resource::{Catalog, ResourceInfo};
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::watchcache::WatchCache;
 
+/// How often a patch, apply or delete without a pinned resourceVersion
+/// retries on a newer object when another write races it (kube-apiserver's
+/// GuaranteedUpdate retries until it wins; a busy controller writing an
+/// object's status can take several turns).
+const RACE_RETRIES: usize = 64;
+
 /// The namespaces every new VC has.
 pub const DEFAULT_NAMESPACES: &[&str] =
     &["default", "kube-system", "kube-public", "kube-node-lease"];
@@ -646,7 +652,10 @@ impl GenericStore {
     ) -> Result<Value, ApiError> {
         crate::meta::validate_name(info, name).map_err(|_| Self::not_found(info, name))?;
         let key = self.key(info, ns, name)?;
-        for _ in 0..8 {
+        // Only a patch that names a resourceVersion pins one: the current
+        // object's, which every patched object carries, is no precondition.
+        let pinned = crate::patch::pins_resource_version(kind, body);
+        for _ in 0..RACE_RETRIES {
             let current = self.current(info, &key, name).await?;
             let old = object_of(&current)?;
             let mut patched = crate::patch::apply(&old, kind, body)?;
@@ -662,6 +671,7 @@ impl GenericStore {
             }
             let precondition = patched["metadata"]["resourceVersion"]
                 .as_str()
+                .filter(|_| pinned)
                 .map(str::to_owned);
             if let Some(rv) = &precondition {
                 if *rv != current.mod_revision.to_string() {
@@ -749,7 +759,7 @@ impl GenericStore {
             }
         }
         let key = self.key(info, ns, name)?;
-        for _ in 0..8 {
+        for _ in 0..RACE_RETRIES {
             let current = match self.store.get(&key).await.map_err(from_store)? {
                 Some(current) => current,
                 None if write.status || want_rv.is_some() => {
@@ -941,7 +951,7 @@ impl GenericStore {
         // A write racing the delete (a controller's status, say) is no
         // reason to refuse it, unless the client pinned a version; a failed
         // precondition is final.
-        for _ in 0..8 {
+        for _ in 0..RACE_RETRIES {
             match self.try_delete(info, ns, name, opts).await {
                 Err(e)
                     if e.reason == "Conflict"

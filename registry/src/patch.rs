@@ -42,6 +42,22 @@ impl PatchType {
     }
 }
 
+/// Whether a patch sets `metadata.resourceVersion` (a precondition the
+/// write must meet, not retry past).
+pub fn pins_resource_version(kind: PatchType, patch: &[u8]) -> bool {
+    let Ok(value) = serde_json::from_slice::<Value>(patch) else {
+        return false;
+    };
+    match kind {
+        PatchType::Json => value
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|op| op["path"] == "/metadata/resourceVersion" || op["path"] == "/metadata"),
+        PatchType::Merge | PatchType::Strategic => value["metadata"]["resourceVersion"].is_string(),
+    }
+}
+
 /// Applies `patch` (the raw body) to `object`.
 pub fn apply(object: &Value, kind: PatchType, patch: &[u8]) -> Result<Value, ApiError> {
     let parsed: Value = serde_json::from_slice(patch)
