@@ -270,7 +270,7 @@ async fn main() {
         Path::new(env!("CARGO_BIN_EXE_kplex")),
         &dir.path().join("kplex-data"),
         "kplex=info,warn",
-        &["--controllers=false"],
+        &["--controllers=false", "--syncer=false"],
     );
     let admin_text = std::fs::read_to_string(server.data_dir.join("admin.kubeconfig")).unwrap();
     let admin = parse_kubeconfig(&admin_text).unwrap();

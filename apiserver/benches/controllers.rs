@@ -313,7 +313,12 @@ async fn main() {
         bin,
         &dir.path().join("kplex-data"),
         "kplex=info,warn",
-        &["--controllers=false", "--write-system-kubeconfig", &flag],
+        &[
+            "--controllers=false",
+            "--syncer=false",
+            "--write-system-kubeconfig",
+            &flag,
+        ],
     );
     let admin = client_at(&server.kubeconfig(), "").await;
     let across = client_at(&system_kc, "/clusters/*").await;

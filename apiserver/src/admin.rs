@@ -60,6 +60,14 @@ pub async fn handle(ctx: &Context, req: Request) -> Result<Response, ApiError> {
                     "shortNames": ["vc"],
                 },
                 {
+                    "name": "hostclusters",
+                    "singularName": "hostcluster",
+                    "namespaced": false,
+                    "kind": crate::hostclusters::KIND,
+                    "verbs": ["create", "delete", "get", "list", "watch"],
+                    "shortNames": ["hc"],
+                },
+                {
                     "name": "virtualclusters/kubeconfig",
                     "singularName": "",
                     "namespaced": false,
@@ -80,6 +88,9 @@ pub async fn handle(ctx: &Context, req: Request) -> Result<Response, ApiError> {
         (method, ["apis", g, v, "virtualclusters", rest @ ..]) if *g == GROUP && *v == VERSION => {
             virtualclusters(ctx, method, rest, req).await
         }
+        (method, ["apis", g, v, "hostclusters", rest @ ..]) if *g == GROUP && *v == VERSION => {
+            hostclusters(ctx, method, rest, req, Reveal::Server).await
+        }
         _ => Err(ApiError::not_found(
             "the server could not find the requested resource",
         )),
@@ -95,7 +106,7 @@ fn ok(body: Value) -> Response {
     json_response(StatusCode::OK, &body)
 }
 
-async fn virtualclusters(
+pub async fn virtualclusters(
     ctx: &Context,
     method: Method,
     rest: &[&str],
@@ -129,14 +140,7 @@ async fn virtualclusters(
             })))
         }
         (Method::POST, [name, "kubeconfig"]) => kubeconfig(ctx, name, req).await,
-        (method, _) => Err(ApiError {
-            code: StatusCode::METHOD_NOT_ALLOWED,
-            reason: "MethodNotAllowed",
-            message: format!(
-                "the server does not allow this method on the requested resource ({method})"
-            ),
-            details: None,
-        }),
+        (method, _) => Err(crate::tenant::method_not_allowed(&method)),
     }
 }
 
@@ -146,13 +150,7 @@ async fn create(ctx: &Context, req: Request) -> Result<Response, ApiError> {
         .as_str()
         .ok_or_else(|| ApiError::invalid(KIND, "", "metadata.name", "name is required"))?
         .to_owned();
-    if let Some(kind) = body.get("kind").and_then(Value::as_str) {
-        if kind != KIND {
-            return Err(ApiError::bad_request(format!(
-                "the body is a {kind}, not a {KIND}"
-            )));
-        }
-    }
+    check_kind(&body, KIND)?;
     let spec = body.get("spec").cloned().unwrap_or_else(|| json!({}));
     if !spec.is_object() {
         return Err(ApiError::invalid(
@@ -279,6 +277,37 @@ fn table(objects: &[Value]) -> Value {
 /// `GET virtualclusters?watch=1`: the VCs (unless a resourceVersion is
 /// given), then their creations and deletions.
 async fn watch(ctx: &Context, req: &Request) -> Result<Response, ApiError> {
+    let url = ctx.url.clone();
+    let present = move |object: Value| with_status(&url, object);
+    watch_records(
+        ctx,
+        req,
+        KIND,
+        crate::virtualclusters::Registry::prefix()?,
+        async {
+            let (vcs, revision) = ctx.registry.list().await?;
+            Ok((vcs.into_iter().map(|vc| vc.object).collect(), revision))
+        },
+        present,
+        table,
+    )
+    .await
+}
+
+/// A watch of admin records under `prefix` (`load` lists them): each as
+/// `present` makes it, rendered as a `table` row if the client asks.
+pub async fn watch_records<P>(
+    ctx: &Context,
+    req: &Request,
+    kind: &str,
+    prefix: kplex_storage::KeyPrefix,
+    load: impl std::future::Future<Output = Result<(Vec<Value>, u64), ApiError>>,
+    present: P,
+    table: fn(&[Value]) -> Value,
+) -> Result<Response, ApiError>
+where
+    P: Fn(Value) -> Value + Send + 'static,
+{
     let params = req.params();
     let q = |k: &str| params.get(k);
     let (initial, from) = match q("resourceVersion").filter(|v| !v.is_empty() && *v != "0") {
@@ -288,16 +317,17 @@ async fn watch(ctx: &Context, req: &Request) -> Result<Response, ApiError> {
             (Vec::new(), from)
         }
         None => {
-            let (vcs, revision) = ctx.registry.list().await?;
-            let objects = vcs
-                .into_iter()
-                .map(|vc| with_status(&ctx.url, vc.object))
-                .collect();
+            let (objects, revision) = load.await?;
+            let objects = objects.into_iter().map(&present).collect();
             (objects, kplex_storage::Revision::new(revision))
         }
     };
-    let events = ctx.registry.watch(from).await?;
-    let url = ctx.url.clone();
+    use kplex_storage::Store;
+    let events = match ctx.store.watch(&prefix, from).await {
+        Ok(w) => Some(w),
+        Err(kplex_storage::StoreError::Compacted { .. }) => None,
+        Err(e) => return Err(crate::virtualclusters::store_error(e)),
+    };
     let as_table = req.wants_table();
     Ok(crate::watchstream::respond(
         crate::watchstream::EventStream {
@@ -315,12 +345,12 @@ async fn watch(ctx: &Context, req: &Request) -> Result<Response, ApiError> {
                 };
                 let mut object: Value = serde_json::from_slice(&kv.value).ok()?;
                 object["metadata"]["resourceVersion"] = json!(revision.to_string());
-                Some((kind, with_status(&url, object)))
+                Some((kind, present(object)))
             },
             render: move |object: Value| if as_table { table(&[object]) } else { object },
-            kind: KIND.to_owned(),
+            kind: kind.to_owned(),
             api_version: format!("{GROUP}/{VERSION}"),
-            bookmarks: false,
+            bookmarks: params_flag(req, "allowWatchBookmarks"),
             initial_events: false,
             timeout: q("timeoutSeconds")
                 .and_then(|s| s.parse().ok())
@@ -328,6 +358,123 @@ async fn watch(ctx: &Context, req: &Request) -> Result<Response, ApiError> {
             stopping: ctx.stopping.subscribe(),
         },
     ))
+}
+
+fn params_flag(req: &Request, name: &str) -> bool {
+    req.query_pairs()
+        .iter()
+        .any(|(k, v)| k == name && (v == "1" || v == "true"))
+}
+
+/// How much of a host's kubeconfig a caller sees.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Reveal {
+    /// The admin: the server it names, never the credentials.
+    Server,
+    /// A system component (the syncer): all of it.
+    Kubeconfig,
+}
+
+/// `hostclusters`: the admin registers, lists and removes hosts; a system
+/// component lists and watches them whole and reports their status.
+pub async fn hostclusters(
+    ctx: &Context,
+    method: Method,
+    rest: &[&str],
+    req: Request,
+    reveal: Reveal,
+) -> Result<Response, ApiError> {
+    use crate::hostclusters::{self as hosts, KIND as HOST};
+    let show = move |object: Value| match reveal {
+        Reveal::Server => hosts::redacted(object),
+        Reveal::Kubeconfig => object,
+    };
+    let system = reveal == Reveal::Kubeconfig;
+    match (method, rest) {
+        (Method::GET, []) if params_flag(&req, "watch") => {
+            watch_records(
+                ctx,
+                &req,
+                HOST,
+                hosts::HostClusters::prefix()?,
+                ctx.hosts.list(),
+                show,
+                hosts::table,
+            )
+            .await
+        }
+        (Method::GET, []) => {
+            let (objects, revision) = ctx.hosts.list().await?;
+            let objects: Vec<Value> = objects.into_iter().map(show).collect();
+            if req.wants_table() {
+                let mut table = hosts::table(&objects);
+                table["metadata"] = json!({"resourceVersion": revision.to_string()});
+                return Ok(ok(table));
+            }
+            Ok(ok(json!({
+                "kind": "HostClusterList",
+                "apiVersion": format!("{GROUP}/{VERSION}"),
+                "metadata": {"resourceVersion": revision.to_string()},
+                "items": objects,
+            })))
+        }
+        (Method::GET, [name]) => {
+            let object = ctx
+                .hosts
+                .get(name)
+                .await?
+                .map(show)
+                .ok_or_else(|| ApiError::not_found_object(HOST, GROUP, name))?;
+            Ok(if req.wants_table() {
+                ok(hosts::table(&[object]))
+            } else {
+                ok(object)
+            })
+        }
+        (Method::POST, []) if !system => {
+            let body = req.json_body()?;
+            check_kind(&body, HOST)?;
+            let name = body["metadata"]["name"]
+                .as_str()
+                .ok_or_else(|| ApiError::invalid(HOST, "", "metadata.name", "name is required"))?;
+            let spec = body.get("spec").cloned().unwrap_or_else(|| json!({}));
+            let object = ctx.hosts.create(name, spec).await?;
+            tracing::info!(host = name, "host cluster registered");
+            Ok(json_response(StatusCode::CREATED, &show(object)))
+        }
+        (Method::DELETE, [name]) if !system => {
+            let vcs = ctx.registry.all().await?;
+            let object = ctx.hosts.delete(name, &vcs).await?;
+            tracing::info!(host = name, "host cluster removed");
+            Ok(ok(show(object)))
+        }
+        (Method::PUT, [name, "status"]) if system => {
+            let body = req.json_body()?;
+            let status = body.get("status").cloned().unwrap_or(Value::Null);
+            Ok(ok(show(ctx.hosts.set_status(name, status).await?)))
+        }
+        (Method::PATCH, [name, "status"]) if system => {
+            let kind = kplex_registry::patch::PatchType::from_media_type(&req.media_type())?;
+            let current = ctx
+                .hosts
+                .get(name)
+                .await?
+                .ok_or_else(|| ApiError::not_found_object(HOST, GROUP, name))?;
+            let patched = kplex_registry::patch::apply(&current, kind, &req.body)?;
+            let status = patched.get("status").cloned().unwrap_or(Value::Null);
+            Ok(ok(show(ctx.hosts.set_status(name, status).await?)))
+        }
+        (method, _) => Err(crate::tenant::method_not_allowed(&method)),
+    }
+}
+
+fn check_kind(body: &Value, expected: &str) -> Result<(), ApiError> {
+    match body.get("kind").and_then(Value::as_str) {
+        Some(kind) if kind != expected => Err(ApiError::bad_request(format!(
+            "the body is a {kind}, not a {expected}"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 async fn kubeconfig(ctx: &Context, name: &str, req: Request) -> Result<Response, ApiError> {

@@ -212,4 +212,35 @@ impl AdminClient {
             .map(str::to_owned)
             .ok_or_else(|| "the server returned no kubeconfig".into())
     }
+
+    /// Registers a host cluster (its kubeconfig's text).
+    pub async fn add_host(
+        &self,
+        name: &str,
+        kubeconfig: &str,
+        default: bool,
+    ) -> Result<Value, String> {
+        let body = json!({
+            "apiVersion": "tenancy.kplex.dev/v1alpha1",
+            "kind": "HostCluster",
+            "metadata": {"name": name},
+            "spec": {"kubeconfig": kubeconfig, "default": default},
+        });
+        self.ok(Method::POST, HOSTS, Some(body)).await
+    }
+
+    /// Every host cluster.
+    pub async fn hosts(&self) -> Result<Vec<Value>, String> {
+        let list = self.ok(Method::GET, HOSTS, None).await?;
+        Ok(list["items"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Removes a host cluster.
+    pub async fn remove_host(&self, name: &str) -> Result<(), String> {
+        self.ok(Method::DELETE, &format!("{HOSTS}/{name}"), None)
+            .await
+            .map(|_| ())
+    }
 }
+
+const HOSTS: &str = "/apis/tenancy.kplex.dev/v1alpha1/hostclusters";

@@ -28,6 +28,8 @@ pub struct Context {
     pub store: Arc<kplex_registry::watchcache::WatchCache>,
     /// The virtual clusters.
     pub registry: Registry,
+    /// The host clusters VCs are placed on.
+    pub hosts: crate::hostclusters::HostClusters,
     /// The CA, for issuing tenant credentials.
     pub authority: Arc<Authority>,
     /// The URL clients reach this server at (`https://host:port`).
@@ -54,6 +56,7 @@ impl Context {
 }
 
 /// A request whose body has been read (within [`MAX_BODY_BYTES`]).
+#[derive(Clone)]
 pub struct Request {
     /// The method.
     pub method: Method,

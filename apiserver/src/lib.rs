@@ -10,6 +10,7 @@ pub mod bootstrap;
 pub mod cli;
 pub mod discovery;
 pub mod handler;
+pub mod hostclusters;
 pub mod metrics;
 pub mod openapi;
 pub mod response;

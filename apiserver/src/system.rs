@@ -403,6 +403,32 @@ pub async fn system_cluster(
     if component(caller).is_none() {
         return Err(refused(caller, "the system cluster"));
     }
+    // The admin records a system component reads: the VCs (their
+    // placement) and the host clusters (with their kubeconfigs).
+    let admin_prefix = format!(
+        "/apis/{}/{}/",
+        crate::virtualclusters::GROUP,
+        crate::virtualclusters::VERSION
+    );
+    if let Some(rest) = path.strip_prefix(&admin_prefix) {
+        let segments: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
+        return match segments.as_slice() {
+            ["hostclusters", rest @ ..] => {
+                crate::admin::hostclusters(
+                    ctx,
+                    req.method.clone(),
+                    rest,
+                    req.clone(),
+                    crate::admin::Reveal::Kubeconfig,
+                )
+                .await
+            }
+            ["virtualclusters"] if req.method == hyper::Method::GET => {
+                crate::admin::virtualclusters(ctx, req.method.clone(), &[], req.clone()).await
+            }
+            _ => Err(not_served()),
+        };
+    }
     crate::tenant::handle(
         &ctx.system_catalog,
         &system_store(ctx),

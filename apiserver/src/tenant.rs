@@ -309,6 +309,7 @@ fn target<'a>(
         None => true,
         Some("status") => t.info.has_status(),
         Some("scale") => t.info.has_scale(),
+        Some("binding" | "eviction") => t.info.kind == "Pod" && t.info.group.is_empty(),
         Some(_) => false,
     };
     if !served {
@@ -327,7 +328,8 @@ fn list_of(info: &ResourceInfo, metadata: Value, items: Vec<Value>) -> Value {
     Value::Object(list)
 }
 
-fn method_not_allowed(method: &Method) -> ApiError {
+/// 405 for a method the resource does not serve.
+pub(crate) fn method_not_allowed(method: &Method) -> ApiError {
     ApiError {
         code: StatusCode::METHOD_NOT_ALLOWED,
         reason: "MethodNotAllowed",
@@ -414,6 +416,15 @@ async fn resource(
             )))
         }
     };
+    if let (Some(sub @ ("binding" | "eviction")), Some(name)) = (t.sub, t.name) {
+        if req.method != Method::POST {
+            return Err(method_not_allowed(&req.method));
+        }
+        return match sub {
+            "binding" => bind(store, &t, name, req, dry_run).await,
+            _ => evict(store, &t, name, req, dry_run).await,
+        };
+    }
     if t.sub.is_some() && !matches!(req.method, Method::GET | Method::PUT | Method::PATCH) {
         return Err(method_not_allowed(&req.method));
     }
@@ -686,6 +697,116 @@ pub fn partial_list(metadata: Value, items: Vec<Value>) -> Value {
     list.insert("metadata".into(), metadata);
     list.insert("items".into(), Value::Array(items));
     Value::Object(list)
+}
+
+/// `pods/<name>/binding`: a scheduler (or the syncer, for the Node a host
+/// placed the Pod on) assigns the Pod to a Node, once.
+async fn bind(
+    store: &GenericStore,
+    t: &Target<'_>,
+    name: &str,
+    req: &Request,
+    dry_run: bool,
+) -> Result<Response<Body>, ApiError> {
+    let body = req.json_body()?;
+    if body["kind"].as_str().is_some_and(|k| k != "Binding") {
+        return Err(ApiError::bad_request(format!(
+            "the body is a {}, not a Binding",
+            body["kind"].as_str().unwrap_or_default()
+        )));
+    }
+    let node = body["target"]["name"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::invalid("Binding", name, "target.name", "Required value"))?
+        .to_owned();
+    if body["target"]["kind"].as_str().is_some_and(|k| k != "Node") {
+        return Err(ApiError::invalid(
+            "Binding",
+            name,
+            "target.kind",
+            "must be empty or \"Node\"",
+        ));
+    }
+    let assign = |pod: &mut Value| {
+        if pod["metadata"]["deletionTimestamp"].is_string() {
+            return Err(conflict_binding(name, "the pod is being deleted"));
+        }
+        match pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
+            Some(bound) => Err(conflict_binding(
+                name,
+                &format!("pod {name} is already assigned to node \"{bound}\""),
+            )),
+            None => {
+                pod["spec"]["nodeName"] = json!(node);
+                let conditions = pod["status"]["conditions"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                let mut conditions: Vec<Value> = conditions
+                    .into_iter()
+                    .filter(|c| c["type"] != "PodScheduled")
+                    .collect();
+                conditions.push(json!({"type": "PodScheduled", "status": "True",
+                    "lastProbeTime": null, "lastTransitionTime": crate::virtualclusters::now()}));
+                pod["status"]["conditions"] = Value::Array(conditions);
+                Ok(())
+            }
+        }
+    };
+    if dry_run {
+        let mut pod = store.get(t.info, t.namespace, name).await?;
+        assign(&mut pod)?;
+    } else {
+        store
+            .server_update(t.info, t.namespace, name, assign)
+            .await?;
+    }
+    Ok(created_status())
+}
+
+/// What a subresource create (binding, eviction) answers.
+fn created_status() -> Response<Body> {
+    json_response(
+        StatusCode::CREATED,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+    )
+}
+
+fn conflict_binding(name: &str, message: &str) -> ApiError {
+    ApiError {
+        code: StatusCode::CONFLICT,
+        reason: "Conflict",
+        message: format!("Operation cannot be fulfilled on pods/binding \"{name}\": {message}"),
+        details: None,
+    }
+}
+
+/// `pods/<name>/eviction`: the Pod is deleted, with the Eviction's delete
+/// options. (kplex serves no PodDisruptionBudgets yet, so none refuses it.)
+async fn evict(
+    store: &GenericStore,
+    t: &Target<'_>,
+    name: &str,
+    req: &Request,
+    dry_run: bool,
+) -> Result<Response<Body>, ApiError> {
+    let body = if req.body.is_empty() {
+        json!({})
+    } else {
+        req.json_body()?
+    };
+    if body["kind"].as_str().is_some_and(|k| k != "Eviction") {
+        return Err(ApiError::bad_request("the body is not an Eviction"));
+    }
+    if body["metadata"]["name"].as_str().is_some_and(|n| n != name) {
+        return Err(ApiError::bad_request(
+            "name in URL does not match name in Eviction object",
+        ));
+    }
+    let options = DeleteOptions::from_body(body.get("deleteOptions"), dry_run)?;
+    store.delete(t.info, t.namespace, name, &options).await?;
+    Ok(created_status())
 }
 
 /// The `scale` subresource: an `autoscaling/v1` Scale view of `spec.replicas`.

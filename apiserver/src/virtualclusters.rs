@@ -130,6 +130,15 @@ impl VirtualCluster {
     }
 }
 
+/// The time now, as a creationTimestamp (RFC 3339, whole seconds).
+pub fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .expect("zero nanoseconds is valid")
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("RFC 3339 formatting")
+}
+
 /// Checks a VC name: a DNS-1123 label (it is a URL segment and part of host
 /// namespace names).
 pub fn validate_name(name: &str) -> Result<(), ApiError> {
@@ -246,19 +255,15 @@ impl Registry {
         SystemKeyspace::key(&[RECORDS, name]).map_err(store_error)
     }
 
-    fn prefix() -> Result<KeyPrefix, ApiError> {
+    /// The prefix of every VC record (for watches).
+    pub fn prefix() -> Result<KeyPrefix, ApiError> {
         SystemKeyspace::prefix(&[RECORDS]).map_err(store_error)
     }
 
     /// Creates a VC named `name` with a fresh UID.
     pub async fn create(&self, name: &str, spec: Value) -> Result<VirtualCluster, ApiError> {
         validate_name(name)?;
-        let now = time::OffsetDateTime::now_utc()
-            .replace_nanosecond(0)
-            .expect("zero nanoseconds is valid");
-        let created = now
-            .format(&time::format_description::well_known::Rfc3339)
-            .expect("RFC 3339 formatting");
+        let created = now();
         let object = json!({
             "apiVersion": format!("{GROUP}/{VERSION}"),
             "kind": KIND,

@@ -44,7 +44,10 @@ async fn one_replica_leads_and_another_takes_over_when_it_dies() {
             &write,
         ],
     );
-    first.wait_for_log("leading: the controllers run here", Duration::from_secs(30));
+    first.wait_for_log(
+        "leading: kplex-controllers runs here",
+        Duration::from_secs(30),
+    );
     let second_system = dir.path().join("second-system.kubeconfig");
     let second_write = format!("controllers={}", second_system.display());
     let second = Kplex::start_with_flags(
@@ -67,7 +70,10 @@ async fn one_replica_leads_and_another_takes_over_when_it_dies() {
     // The leader dies without a word.
     let killed = Instant::now();
     first.kill();
-    second.wait_for_log("leading: the controllers run here", Duration::from_secs(15));
+    second.wait_for_log(
+        "leading: kplex-controllers runs here",
+        Duration::from_secs(15),
+    );
     let took = killed.elapsed();
     assert!(took < Duration::from_secs(15), "took over after {took:?}");
     assert!(

@@ -124,6 +124,43 @@ struct Inner<K> {
 pub struct Cache<K> {
     inner: RwLock<Inner<K>>,
     synced: tokio::sync::watch::Sender<bool>,
+    origin: Origin,
+}
+
+/// Where a cache's objects come from, which says whose they are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A cross-VC watch of kplex: the VC is in the server's annotations.
+    Kplex,
+    /// A host cluster: the VC and the tenant namespace are in the labels
+    /// the syncer put on its copies (`kplex_api::mapping`); objects
+    /// without them are not kplex's and are not held.
+    Host,
+}
+
+/// The key of a host object: its VC and tenant namespace from its labels,
+/// its own name.
+fn host_key<K: Resource>(object: &K) -> Option<ObjectKey> {
+    use kplex_api::mapping::{NAMESPACE_LABEL, VC_LABEL, VC_UID_LABEL};
+    let labels = object.meta().labels.as_ref()?;
+    let uid = labels.get(VC_UID_LABEL).filter(|u| !u.is_empty())?;
+    let vc = Vc {
+        uid: uid.as_str().into(),
+        name: labels
+            .get(VC_LABEL)
+            .map(String::as_str)
+            .unwrap_or_default()
+            .into(),
+    };
+    let namespace = match object.meta().namespace {
+        Some(_) => Some(labels.get(NAMESPACE_LABEL)?.clone()),
+        None => None,
+    };
+    Some(ObjectKey {
+        vc,
+        namespace,
+        name: object.meta().name.clone()?,
+    })
 }
 
 fn revision_of<K: Resource>(object: &K) -> u64 {
@@ -137,7 +174,15 @@ fn revision_of<K: Resource>(object: &K) -> u64 {
 
 impl<K> Default for Cache<K> {
     fn default() -> Self {
+        Cache::new(Origin::Kplex)
+    }
+}
+
+impl<K> Cache<K> {
+    /// An empty cache of objects from `origin`.
+    pub fn new(origin: Origin) -> Self {
         Cache {
+            origin,
             inner: RwLock::new(Inner {
                 objects: HashMap::new(),
                 by_namespace: HashMap::new(),
@@ -225,9 +270,35 @@ where
 
     /// Puts `object` (of `vc`) in; returns the change.
     pub fn upsert(&self, vc: &Vc, object: K) -> Change<K> {
+        let key = ObjectKey::new(vc, object.namespace().as_deref(), &object.name_any());
         let mut inner = self.inner.write().expect("cache lock");
         let epoch = inner.epoch;
-        inner.put(vc, object, epoch, Some(std::time::Instant::now()))
+        inner.put(key, object, epoch, Some(std::time::Instant::now()))
+    }
+
+    /// Puts a host object (labelled by the syncer) in; returns the change,
+    /// or `None` if its labels do not say whose it is.
+    pub fn upsert_host(&self, object: K) -> Option<Change<K>> {
+        let key = host_key(&object)?;
+        let mut inner = self.inner.write().expect("cache lock");
+        let epoch = inner.epoch;
+        Some(inner.put(key, object, epoch, Some(std::time::Instant::now())))
+    }
+
+    /// The key of `object` as delivered by this cache's watch (the VC
+    /// annotations are taken off objects from kplex).
+    fn identify(&self, object: &mut K) -> Option<ObjectKey> {
+        match self.origin {
+            Origin::Kplex => {
+                let vc = take_vc(object)?;
+                Some(ObjectKey::new(
+                    &vc,
+                    object.namespace().as_deref(),
+                    &object.name_any(),
+                ))
+            }
+            Origin::Host => host_key(object),
+        }
     }
 
     /// Writes `updated`'s status to its `status` subresource through
@@ -275,19 +346,18 @@ where
                 Vec::new()
             }
             watcher::Event::InitApply(mut object) | watcher::Event::Apply(mut object) => {
-                let Some(vc) = take_vc(&mut object) else {
+                let Some(key) = self.identify(&mut object) else {
                     return Vec::new();
                 };
                 let rv = revision_of(&object);
                 inner.listed_up_to = inner.listed_up_to.max(rv);
                 let epoch = inner.epoch;
-                vec![inner.put(&vc, object, epoch, None)]
+                vec![inner.put(key, object, epoch, None)]
             }
             watcher::Event::Delete(mut object) => {
-                let Some(vc) = take_vc(&mut object) else {
+                let Some(key) = self.identify(&mut object) else {
                     return Vec::new();
                 };
-                let key = ObjectKey::new(&vc, object.namespace().as_deref(), &object.name_any());
                 let old = inner.take(&key);
                 vec![Change {
                     key,
@@ -310,12 +380,12 @@ where
 impl<K: Resource + Clone> Inner<K> {
     fn put(
         &mut self,
-        vc: &Vc,
+        key: ObjectKey,
         object: K,
         epoch: u64,
         written: Option<std::time::Instant>,
     ) -> Change<K> {
-        let key = ObjectKey::new(vc, object.namespace().as_deref(), &object.name_any());
+        let vc = &key.vc.clone();
         // A controller's own write may come back after the watch delivered
         // a newer version of the object: the newer one stays.
         if let Some(held) = self.objects.get(&key) {

@@ -174,6 +174,25 @@ where
         self.client.request(req).await.map_err(Error::Api)
     }
 
+    /// Posts `body` to subresource `sub` of `name` (a Pod's `binding`).
+    pub async fn create_subresource(
+        &self,
+        sub: &str,
+        name: &str,
+        body: &serde_json::Value,
+    ) -> Result<(), Error> {
+        let data = serde_json::to_vec(body).map_err(Error::json)?;
+        let req = self
+            .request
+            .create_subresource(sub, name, &Self::post_params(), data)
+            .map_err(Error::request)?;
+        self.client
+            .request_text(req)
+            .await
+            .map(|_| ())
+            .map_err(Error::Api)
+    }
+
     /// A merge patch of `name`.
     pub async fn merge(&self, name: &str, patch: &serde_json::Value) -> Result<K, Error> {
         let params = PatchParams {

@@ -1,6 +1,6 @@
 //! Leader election: with several kplex processes on one etcd, the one that
-//! holds the Lease `kube-system/kplex-controllers` in the system cluster
-//! runs the controllers. The holder renews it every few seconds; a
+//! holds a Lease in the system cluster's `kube-system` runs the component
+//! it names (`kplex-controllers`, `kplex-syncer`). The holder renews it every few seconds; a
 //! candidate takes it once it has seen no renewal for the lease duration
 //! (measured on its own clock, from when it last saw the record change, as
 //! client-go does, so clocks need not agree). A holder that cannot renew in
@@ -15,7 +15,7 @@ use kplex_api::names::SYSTEM_NAMESPACE;
 use crate::client::Clients;
 use crate::{Error, Options};
 
-/// The Lease's name.
+/// The controllers' Lease.
 pub const LEASE: &str = "kplex-controllers";
 /// How long a Lease lasts without renewal.
 pub const LEASE_DURATION: Duration = Duration::from_secs(10);
@@ -33,6 +33,7 @@ fn now_micro() -> MicroTime {
 /// A candidate for the Lease.
 struct Candidate {
     clients: Clients,
+    lease: String,
     identity: String,
     /// The record as last seen, and when it was seen to change.
     observed: Option<(LeaseSpec, Instant)>,
@@ -51,10 +52,10 @@ impl Candidate {
             lease_transitions: Some(0),
             ..Default::default()
         };
-        let Some(current) = api.get_opt(LEASE).await? else {
+        let Some(current) = api.get_opt(&self.lease).await? else {
             let lease = Lease {
                 metadata: ObjectMeta {
-                    name: Some(LEASE.into()),
+                    name: Some(self.lease.clone()),
                     namespace: Some(SYSTEM_NAMESPACE.into()),
                     ..Default::default()
                 },
@@ -92,7 +93,7 @@ impl Candidate {
         }
         let mut lease = current;
         lease.spec = Some(next.clone());
-        match api.replace(LEASE, &lease).await {
+        match api.replace(&self.lease, &lease).await {
             Ok(_) => {
                 self.observed = Some((next, Instant::now()));
                 Ok(true)
@@ -105,12 +106,12 @@ impl Candidate {
     /// Gives the Lease up (on shutdown), so another takes over at once.
     async fn release(&mut self) {
         let api = self.clients.system::<Lease>(Some(SYSTEM_NAMESPACE));
-        if let Ok(Some(mut lease)) = api.get_opt(LEASE).await {
+        if let Ok(Some(mut lease)) = api.get_opt(&self.lease).await {
             let spec = lease.spec.get_or_insert_with(Default::default);
             if spec.holder_identity.as_deref() == Some(self.identity.as_str()) {
                 spec.holder_identity = None;
                 spec.lease_duration_seconds = Some(1);
-                let _ = api.replace(LEASE, &lease).await;
+                let _ = api.replace(&self.lease, &lease).await;
             }
         }
     }
@@ -119,10 +120,30 @@ impl Candidate {
 /// Runs the controllers whenever this process leads, for as long as it
 /// runs.
 pub async fn run(options: Options) -> Result<(), String> {
-    let clients = Clients::new(&options.config).map_err(|e| e.to_string())?;
+    lead(&options.config, &options.identity, LEASE, |lost| {
+        crate::run_until(&options, lost)
+    })
+    .await
+}
+
+/// Runs `component` whenever this process holds `lease`, for as long as the
+/// process runs; `component` gets a future that resolves when the Lease is
+/// lost, and must stop then.
+pub async fn lead<F, Fut>(
+    config: &kube::Config,
+    identity: &str,
+    lease: &str,
+    component: F,
+) -> Result<(), String>
+where
+    F: Fn(futures::future::BoxFuture<'static, ()>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let clients = Clients::new(config).map_err(|e| e.to_string())?;
     let mut candidate = Candidate {
         clients,
-        identity: options.identity.clone(),
+        lease: lease.to_owned(),
+        identity: identity.to_owned(),
         observed: None,
     };
     loop {
@@ -133,12 +154,12 @@ pub async fn run(options: Options) -> Result<(), String> {
                 continue;
             }
             Err(e) => {
-                tracing::debug!(error = %e, "cannot reach the lease; retrying");
+                tracing::debug!(error = %e, lease, "cannot reach the lease; retrying");
                 tokio::time::sleep(RETRY_EVERY).await;
                 continue;
             }
         }
-        tracing::info!(identity = %options.identity, "leading: the controllers run here");
+        tracing::info!(identity, "leading: {lease} runs here");
         let (lost_tx, lost) = tokio::sync::oneshot::channel::<()>();
         let renew = async {
             let mut last_renewal = Instant::now();
@@ -147,7 +168,7 @@ pub async fn run(options: Options) -> Result<(), String> {
                 match candidate.try_acquire().await {
                     Ok(true) => last_renewal = Instant::now(),
                     Ok(false) => break,
-                    Err(e) => tracing::debug!(error = %e, "renewing the lease failed"),
+                    Err(e) => tracing::debug!(error = %e, lease, "renewing the lease failed"),
                 }
                 if last_renewal.elapsed() > RENEW_DEADLINE {
                     break;
@@ -155,21 +176,28 @@ pub async fn run(options: Options) -> Result<(), String> {
             }
             let _ = lost_tx.send(());
         };
-        let controllers = crate::run_until(&options, async {
+        let ran = component(Box::pin(async {
             let _ = lost.await;
-        });
-        let (_, ran) = tokio::join!(renew, controllers);
+        }));
+        let (_, ran) = tokio::join!(renew, ran);
         ran?;
-        tracing::warn!(identity = %options.identity, "lost the lease: controllers stopped");
+        tracing::warn!(identity, "lost the lease: {lease} stopped");
     }
 }
 
-/// Releases the Lease if this process holds it (for a clean shutdown).
+/// Releases the controllers' Lease if this process holds it (for a clean
+/// shutdown).
 pub async fn release(options: &Options) {
-    if let Ok(clients) = Clients::new(&options.config) {
+    release_lease(&options.config, &options.identity, LEASE).await
+}
+
+/// Releases `lease` if this process (`identity`) holds it.
+pub async fn release_lease(config: &kube::Config, identity: &str, lease: &str) {
+    if let Ok(clients) = Clients::new(config) {
         let mut candidate = Candidate {
             clients,
-            identity: options.identity.clone(),
+            lease: lease.to_owned(),
+            identity: identity.to_owned(),
             observed: None,
         };
         candidate.release().await;

@@ -31,8 +31,7 @@ pub mod replicaset;
 pub mod rootca;
 pub mod statefulset;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{
@@ -238,7 +237,7 @@ pub struct Ctx {
     /// The CA bundle of `kube-root-ca.crt`.
     pub ca_pem: String,
     /// Consecutive failures per task, while it fails.
-    failures: Mutex<HashMap<Task, u32>>,
+    failures: Arc<queue::Backoff<Task>>,
 }
 
 /// What a reconcile asks for next.
@@ -301,35 +300,6 @@ impl Ctx {
             Task::Collect(item) => gc::reconcile(self, item).await,
         }
     }
-
-    /// One worker: takes tasks until the queue closes.
-    async fn work(self: Arc<Self>) {
-        while let Some(task) = self.queue.next().await {
-            let outcome = self.reconcile(&task).await;
-            let retry = match outcome {
-                Ok(after) => {
-                    self.failures.lock().expect("failures lock").remove(&task);
-                    after
-                }
-                // A write raced another: read the newer object and retry.
-                Err(e) if e.is_conflict() => Some(Duration::ZERO),
-                Err(e) => {
-                    let mut failures = self.failures.lock().expect("failures lock");
-                    let n = failures.entry(task.clone()).or_default();
-                    *n = (*n + 1).min(10);
-                    let delay = Duration::from_millis(100 << *n).min(Duration::from_secs(60));
-                    tracing::debug!(?task, error = %e, ?delay, "reconcile failed; retrying");
-                    Some(delay)
-                }
-            };
-            self.queue.done(&task);
-            match retry {
-                Some(delay) if delay.is_zero() => self.queue.add(task),
-                Some(delay) => self.queue.add_after(task, delay),
-                None => {}
-            }
-        }
-    }
 }
 
 /// Runs the controllers until `stop` resolves: the watches, then (once
@@ -351,11 +321,17 @@ pub async fn run_until(
                 hook();
             }
             tracing::info!(held = ctx.held(), "controllers' caches synced; reconciling");
-            let mut workers = tokio::task::JoinSet::new();
-            for _ in 0..n {
-                workers.spawn(ctx.clone().work());
-            }
-            while workers.join_next().await.is_some() {}
+            let work = {
+                let ctx = ctx.clone();
+                move |task| {
+                    let ctx = ctx.clone();
+                    async move { ctx.reconcile(&task).await }
+                }
+            };
+            ctx.queue
+                .clone()
+                .serve_with(n, ctx.failures.clone(), work)
+                .await;
         }
     };
     tasks.spawn(workers);

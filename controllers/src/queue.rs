@@ -184,6 +184,74 @@ impl<T: Work> WorkQueue<T> {
     }
 }
 
+/// Consecutive failures per item, while it fails: how long it waits
+/// before its next try (100 ms doubling, at most a minute).
+pub struct Backoff<T> {
+    failures: Mutex<HashMap<T, u32>>,
+}
+
+impl<T: Work> Default for Backoff<T> {
+    fn default() -> Self {
+        Backoff {
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<T: Work + std::fmt::Debug> WorkQueue<T> {
+    /// `n` workers (see [`WorkQueue::serve`]) until the queue closes.
+    pub async fn serve_with<F, Fut>(self: Arc<Self>, n: usize, backoff: Arc<Backoff<T>>, work: F)
+    where
+        F: Fn(T) -> Fut + Clone + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<Option<Duration>, crate::Error>> + Send + 'static,
+    {
+        let mut workers = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            workers.spawn(self.clone().serve(backoff.clone(), work.clone()));
+        }
+        while workers.join_next().await.is_some() {}
+    }
+
+    /// One worker: takes items until the queue closes, runs `work` on
+    /// each, and queues it again as the outcome asks: after the delay it
+    /// names; at once after a 409 (a write raced another: read again);
+    /// after a growing delay after another failure.
+    pub async fn serve<F, Fut>(self: Arc<Self>, backoff: Arc<Backoff<T>>, work: F)
+    where
+        F: Fn(T) -> Fut,
+        Fut: std::future::Future<Output = Result<Option<Duration>, crate::Error>>,
+    {
+        while let Some(item) = self.next().await {
+            let outcome = work(item.clone()).await;
+            let retry = match outcome {
+                Ok(after) => {
+                    backoff
+                        .failures
+                        .lock()
+                        .expect("failures lock")
+                        .remove(&item);
+                    after
+                }
+                Err(e) if e.is_conflict() => Some(Duration::ZERO),
+                Err(e) => {
+                    let mut failures = backoff.failures.lock().expect("failures lock");
+                    let n = failures.entry(item.clone()).or_default();
+                    *n = (*n + 1).min(10);
+                    let delay = Duration::from_millis(100 << *n).min(Duration::from_secs(60));
+                    tracing::debug!(?item, error = %e, ?delay, "work failed; retrying");
+                    Some(delay)
+                }
+            };
+            self.done(&item);
+            match retry {
+                Some(delay) if delay.is_zero() => self.add(item),
+                Some(delay) => self.add_after(item, delay),
+                None => {}
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

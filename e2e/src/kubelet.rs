@@ -98,6 +98,24 @@ pub async fn set_fate(client: &kube::Client, pod: &Pod, fate: Fate) -> Result<()
     .map(|_| ())
 }
 
+/// Binds `pod` to `node`, as a scheduler does.
+pub async fn bind(client: &kube::Client, pod: &Pod, node: &str) -> Result<(), kube::Error> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
+    let binding = json!({
+        "apiVersion": "v1", "kind": "Binding",
+        "metadata": {"name": pod.name_any()},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+    });
+    api.create_subresource::<_, serde_json::Value>(
+        "binding",
+        &pod.name_any(),
+        &Default::default(),
+        &binding,
+    )
+    .await
+    .map(|_| ())
+}
+
 /// Whether the stand-in already wrote this Pod's status.
 fn handled(pod: &Pod) -> bool {
     pod.status
@@ -120,6 +138,17 @@ impl FakeKubelet {
         client: kube::Client,
         decide: impl Fn(&Pod) -> Fate + Send + Sync + 'static,
     ) -> FakeKubelet {
+        FakeKubelet::start_on(client, None, decide)
+    }
+
+    /// As [`FakeKubelet::start`], and as the scheduler first: each Pod not
+    /// yet on a Node is bound to `node` (`pods/binding`) before its status
+    /// is written.
+    pub fn start_on(
+        client: kube::Client,
+        node: Option<String>,
+        decide: impl Fn(&Pod) -> Fate + Send + Sync + 'static,
+    ) -> FakeKubelet {
         let handled_count = Arc::new(AtomicU32::new(0));
         let count = handled_count.clone();
         let task = tokio::spawn(async move {
@@ -134,6 +163,12 @@ impl FakeKubelet {
                     continue;
                 }
                 let fate = decide(&pod);
+                let unbound = pod.spec.as_ref().is_none_or(|s| s.node_name.is_none());
+                if let (Some(node), true, true) = (&node, unbound, fate != Fate::Hold) {
+                    if bind(&client, &pod, node).await.is_err() {
+                        continue;
+                    }
+                }
                 if fate != Fate::Hold && set_fate(&client, &pod, fate).await.is_ok() {
                     count.fetch_add(1, Ordering::Relaxed);
                 }

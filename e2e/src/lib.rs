@@ -115,12 +115,14 @@ impl Kplex {
         Kplex::spawn(bin, data_dir, log, flags)
     }
 
-    /// Starts kplex without its controllers (`--controllers=false`): for
-    /// tests of the API's own behaviour, where objects the controllers make
-    /// (a namespace's `kube-root-ca.crt`, a Deployment's ReplicaSets and
-    /// status) would add to what the test lists and reads back.
+    /// Starts kplex without its controllers and syncer
+    /// (`--controllers=false --syncer=false`): for tests of the API's own
+    /// behaviour, where objects the controllers make (a namespace's
+    /// `kube-root-ca.crt`, a Deployment's ReplicaSets and status) and the
+    /// syncer's Pod conditions would add to what the test lists and reads
+    /// back.
     pub fn start_api_only(data_dir: &Path) -> Kplex {
-        Kplex::start_with_flags(data_dir, &["--controllers=false"])
+        Kplex::start_with_flags(data_dir, &["--controllers=false", "--syncer=false"])
     }
 
     /// Starts the test build with more `kplex serve` flags.
@@ -340,5 +342,58 @@ impl Drop for KubectlStream {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Runs kubectl with `kc`; its stdout, or a panic with its stderr.
+pub fn k(kc: &Path, args: &[&str]) -> String {
+    let mut all = vec!["--kubeconfig", kc.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let o = kubectl(&all);
+    assert!(o.status.success(), "kubectl {args:?}: {}", stderr(&o));
+    stdout(&o)
+}
+
+/// Runs kubectl expecting it to fail; its stderr.
+pub fn k_fails(kc: &Path, args: &[&str]) -> String {
+    let mut all = vec!["--kubeconfig", kc.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let o = kubectl(&all);
+    assert!(
+        !o.status.success(),
+        "kubectl {args:?} succeeded: {}",
+        stdout(&o)
+    );
+    stderr(&o)
+}
+
+/// `kubectl get … -o json`.
+pub fn get(kc: &Path, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["get"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["-o", "json"]);
+    serde_json::from_str(&k(kc, &all)).unwrap()
+}
+
+/// The items of `kubectl get <what> -o json`.
+pub fn items(kc: &Path, args: &[&str]) -> Vec<serde_json::Value> {
+    get(kc, args)["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Polls `check` until it yields a value (bounded: 60 s).
+pub fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }

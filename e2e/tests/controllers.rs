@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use kplex_e2e::kubelet::{client_of, FakeKubelet, Fate};
-use kplex_e2e::{create_vc, kubectl, stderr, stdout, tenant_kubeconfig, Kplex};
+use kplex_e2e::{create_vc, eventually, get, items, k, k_fails, tenant_kubeconfig, Kplex};
 use kube::ResourceExt;
 use serde_json::Value;
 
@@ -37,56 +37,6 @@ fn setup(vcs: &[&str]) -> Setup {
         dir,
         _kplex: kplex,
         configs,
-    }
-}
-
-/// Runs kubectl with `kc`; its stdout, or a panic with its stderr.
-fn k(kc: &Path, args: &[&str]) -> String {
-    let mut all = vec!["--kubeconfig", kc.to_str().unwrap()];
-    all.extend_from_slice(args);
-    let o = kubectl(&all);
-    assert!(o.status.success(), "kubectl {args:?}: {}", stderr(&o));
-    stdout(&o)
-}
-
-/// Runs kubectl expecting it to fail; its stderr.
-fn k_fails(kc: &Path, args: &[&str]) -> String {
-    let mut all = vec!["--kubeconfig", kc.to_str().unwrap()];
-    all.extend_from_slice(args);
-    let o = kubectl(&all);
-    assert!(
-        !o.status.success(),
-        "kubectl {args:?} succeeded: {}",
-        stdout(&o)
-    );
-    stderr(&o)
-}
-
-/// `kubectl get … -o json`.
-fn get(kc: &Path, args: &[&str]) -> Value {
-    let mut all = vec!["get"];
-    all.extend_from_slice(args);
-    all.extend_from_slice(&["-o", "json"]);
-    serde_json::from_str(&k(kc, &all)).unwrap()
-}
-
-/// The items of `kubectl get <what> -o json`.
-fn items(kc: &Path, args: &[&str]) -> Vec<Value> {
-    get(kc, args)["items"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
-/// Polls `check` until it yields a value (bounded: 60 s).
-fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -33,7 +33,12 @@ fn setup() -> Setup {
     let flag = format!("controllers={}", system.display());
     let kplex = Kplex::start_with_flags(
         &dir.path().join("data"),
-        &["--controllers=false", "--write-system-kubeconfig", &flag],
+        &[
+            "--controllers=false",
+            "--syncer=false",
+            "--write-system-kubeconfig",
+            &flag,
+        ],
     );
     create_vc(&kplex, dir.path(), "team-a");
     create_vc(&kplex, dir.path(), "team-b");

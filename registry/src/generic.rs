@@ -638,6 +638,41 @@ impl GenericStore {
             .await
     }
 
+    /// A change the server makes itself on a subresource's behalf (a
+    /// Pod's binding to a Node): `change` edits the stored object, which is
+    /// written back without the kind's update rules (they bind clients, not
+    /// the server). A write that races another is tried again on the newer
+    /// object. Returns the object written.
+    pub async fn server_update(
+        &self,
+        info: &ResourceInfo,
+        ns: Namespace<'_>,
+        name: &str,
+        change: impl Fn(&mut Value) -> Result<(), ApiError>,
+    ) -> Result<Value, ApiError> {
+        crate::meta::validate_name(info, name).map_err(|_| Self::not_found(info, name))?;
+        let key = self.key(info, ns, name)?;
+        for _ in 0..RACE_RETRIES {
+            let current = self.current(info, &key, name).await?;
+            let mut object = object_of(&current)?;
+            change(&mut object)?;
+            match self
+                .store
+                .update(&key, encode(&object), current.mod_revision)
+                .await
+            {
+                Ok(kv) => {
+                    object["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
+                    return Ok(object);
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(StoreError::NotFound { .. }) => return Err(Self::not_found(info, name)),
+                Err(e) => return Err(from_store(e)),
+            }
+        }
+        Err(ApiError::conflict(&info.qualified(), name))
+    }
+
     /// Applies a patch to the stored object. Without a `resourceVersion`
     /// in the patch, a write that races another is retried on the newer
     /// object, as kube-apiserver does.

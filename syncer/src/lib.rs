@@ -1,2 +1,216 @@
-//! The syncer: runs each tenant's workloads on shared host clusters. Built
-//! with the syncer issue; nothing here yet.
+//! One syncer for every virtual cluster and every host cluster.
+//!
+//! A client of kplex (the cross-VC watches, a system credential) and of
+//! each host cluster (kube-rs, one watch per resource type per host, for
+//! every VC placed there). It puts each VC's Pods on the VC's host — under
+//! the host namespace `kplex-<vc>-<ns>`, names unchanged, labelled with the
+//! VC (`kplex_api::mapping`) — with the ConfigMaps and Secrets they
+//! reference, and brings back what the host makes of them: the Pod's
+//! status, the Node it runs on (as a virtual Node in the VC).
+//!
+//! Each piece of work is a level-triggered reconcile of one object, keyed
+//! by VC, namespace and name; the tenant's copy and the host's share the
+//! key (the host's labels carry the VC and tenant namespace), so a change
+//! on either side queues the same task. Work from every VC shares one
+//! queue, served round-robin across VCs. The tenant's spec wins, the
+//! host's status wins; a host object that is not labelled for the VC is
+//! never changed or deleted. With several kplex processes, one runs the
+//! syncer at a time (a Lease, as the controllers).
+
+pub mod configs;
+pub mod hosts;
+pub mod nodes;
+pub mod pods;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
+use kplex_controllers::cache::{Cache, ObjectKey};
+use kplex_controllers::client::{Clients, Vc};
+use kplex_controllers::queue::{Work, WorkQueue};
+use kplex_controllers::Error;
+
+/// The syncer's Lease in the system cluster.
+pub const LEASE: &str = "kplex-syncer";
+
+/// The finalizer that holds a tenant object until its host copy is gone.
+pub const FINALIZER: &str = "tenancy.kplex.dev/syncer";
+
+/// The field manager of the syncer's writes.
+pub const MANAGER: &str = "kplex-syncer";
+
+/// How the syncer reaches kplex.
+#[derive(Clone)]
+pub struct Options {
+    /// A system credential's configuration; the server is kplex's root URL.
+    pub config: kube::Config,
+    /// Workers reconciling at once, over all VCs.
+    pub workers: usize,
+    /// Items one VC may have in flight at once.
+    pub per_vc: usize,
+    /// Who this process is, in the Lease.
+    pub identity: String,
+}
+
+impl Options {
+    /// Options from a system kubeconfig's text (`kplex serve
+    /// --write-system-kubeconfig syncer=…` writes one).
+    pub async fn from_kubeconfig_text(text: &str) -> Result<Options, String> {
+        let base = kplex_controllers::Options::from_kubeconfig_text(text).await?;
+        Ok(Options {
+            config: base.config,
+            workers: 32,
+            per_vc: 4,
+            identity: base.identity,
+        })
+    }
+}
+
+/// Which kind of referenced object a [`Task::Config`] is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConfigKind {
+    /// A ConfigMap.
+    ConfigMap,
+    /// A Secret.
+    Secret,
+}
+
+/// One unit of work.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Task {
+    /// A tenant Pod and its host copy.
+    Pod(ObjectKey),
+    /// A ConfigMap or Secret a Pod may reference, and its host copy.
+    Config(ConfigKind, ObjectKey),
+    /// The virtual Node (the key's name) of a VC.
+    Node(ObjectKey),
+    /// A VC's host namespaces (removed once the VC is gone).
+    Vc(Vc),
+}
+
+impl Work for Task {
+    fn vc(&self) -> &Vc {
+        match self {
+            Task::Pod(k) | Task::Config(_, k) | Task::Node(k) => &k.vc,
+            Task::Vc(vc) => vc,
+        }
+    }
+}
+
+/// What every reconcile can reach.
+pub struct Ctx {
+    /// kplex's clients.
+    pub clients: Clients,
+    /// The one work queue.
+    pub queue: Arc<WorkQueue<Task>>,
+    /// Pods of every VC.
+    pub pods: Arc<Cache<Pod>>,
+    /// ConfigMaps of every VC.
+    pub configmaps: Arc<Cache<ConfigMap>>,
+    /// Secrets of every VC.
+    pub secrets: Arc<Cache<Secret>>,
+    /// Nodes of every VC (the virtual ones the syncer keeps, and any a
+    /// tenant made).
+    pub nodes: Arc<Cache<Node>>,
+    /// The VCs, the host clusters, and which VC is placed where.
+    pub hosts: hosts::Hosts,
+    /// Consecutive failures per task, while it fails.
+    failures: Arc<kplex_controllers::queue::Backoff<Task>>,
+}
+
+/// What a reconcile asks for next: nothing, or another look after a while.
+pub type Outcome = Result<Option<Duration>, Error>;
+
+impl Ctx {
+    fn new(options: &Options) -> Result<Arc<Ctx>, String> {
+        let clients = Clients::new(&options.config).map_err(|e| e.to_string())?;
+        Ok(Arc::new(Ctx {
+            hosts: hosts::Hosts::new(&options.config)?,
+            clients,
+            queue: WorkQueue::new(options.per_vc),
+            pods: Default::default(),
+            configmaps: Default::default(),
+            secrets: Default::default(),
+            nodes: Default::default(),
+            failures: Default::default(),
+        }))
+    }
+
+    /// What the syncer holds, for logs.
+    pub fn held(&self) -> String {
+        let q = self.queue.stats();
+        format!(
+            "pods={} configmaps={} secrets={} nodes={} {} queued={} active={}",
+            self.pods.len(),
+            self.configmaps.len(),
+            self.secrets.len(),
+            self.nodes.len(),
+            self.hosts.held(),
+            q.queued,
+            q.active
+        )
+    }
+
+    async fn reconcile(self: &Arc<Self>, task: &Task) -> Outcome {
+        match task {
+            Task::Pod(key) => pods::reconcile(self, key).await,
+            Task::Config(kind, key) => configs::reconcile(self, *kind, key).await,
+            Task::Node(key) => nodes::reconcile(self, key).await,
+            Task::Vc(vc) => hosts::reconcile_vc(self, vc).await,
+        }
+    }
+}
+
+/// Runs the syncer until `stop` resolves.
+pub async fn run_until(
+    options: &Options,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), String> {
+    let ctx = Ctx::new(options)?;
+    let mut tasks = tokio::task::JoinSet::new();
+    hosts::start(&ctx, &mut tasks);
+    pods::watch(&ctx, &mut tasks);
+    let workers = {
+        let ctx = ctx.clone();
+        let n = options.workers;
+        async move {
+            ctx.pods.wait_synced().await;
+            ctx.configmaps.wait_synced().await;
+            ctx.secrets.wait_synced().await;
+            ctx.nodes.wait_synced().await;
+            ctx.hosts.wait_synced().await;
+            tracing::info!(held = ctx.held(), "syncer's caches synced; syncing");
+            let work = {
+                let ctx = ctx.clone();
+                move |task| {
+                    let ctx = ctx.clone();
+                    async move { ctx.reconcile(&task).await }
+                }
+            };
+            ctx.queue
+                .clone()
+                .serve_with(n, ctx.failures.clone(), work)
+                .await;
+        }
+    };
+    tasks.spawn(workers);
+    stop.await;
+    ctx.queue.close();
+    tasks.abort_all();
+    Ok(())
+}
+
+/// Runs the syncer while this process holds its Lease, for as long as the
+/// process runs.
+pub async fn run(options: Options) -> Result<(), String> {
+    kplex_controllers::leader::lead(&options.config, &options.identity, LEASE, |lost| {
+        run_until(&options, lost)
+    })
+    .await
+}
+
+/// Gives up the Lease if this process holds it (on shutdown).
+pub async fn release(options: &Options) {
+    kplex_controllers::leader::release_lease(&options.config, &options.identity, LEASE).await
+}

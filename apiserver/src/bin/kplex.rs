@@ -53,6 +53,52 @@ enum Command {
         #[command(subcommand)]
         command: VcCommand,
     },
+    /// Manages the host clusters VCs' Pods run on, through the admin API.
+    Host {
+        /// Admin kubeconfig (default: <data-dir>/admin.kubeconfig).
+        #[arg(long = "admin-kubeconfig", global = true)]
+        admin_kubeconfig: Option<PathBuf>,
+        /// Data directory whose admin kubeconfig to use.
+        #[arg(
+            long,
+            global = true,
+            default_value = "./kplex-data",
+            env = "KPLEX_DATA_DIR"
+        )]
+        data_dir: PathBuf,
+        #[command(subcommand)]
+        command: HostCommand,
+    },
+    /// Runs the syncer (every VC's Pods on their host clusters) against a
+    /// kplex server, as `kplex serve` does in its own process by default.
+    Syncer {
+        /// A system kubeconfig (`kplex serve --write-system-kubeconfig
+        /// syncer=PATH` writes one).
+        #[arg(long)]
+        kubeconfig: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum HostCommand {
+    /// Registers a host cluster.
+    Add {
+        /// Name (a DNS-1123 label).
+        name: String,
+        /// The host's kubeconfig (its current context is used).
+        #[arg(long)]
+        kubeconfig: PathBuf,
+        /// Place VCs without spec.hostCluster here.
+        #[arg(long)]
+        default: bool,
+    },
+    /// Lists host clusters.
+    List,
+    /// Removes a host cluster (refused while VCs are placed on it).
+    Remove {
+        /// Name.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -122,6 +168,14 @@ struct ServeArgs {
     /// (`kplex controllers --kubeconfig PATH`). Repeatable.
     #[arg(long = "write-system-kubeconfig", value_name = "COMPONENT=PATH")]
     system_kubeconfigs: Vec<String>,
+    /// Run the syncer (every VC's Pods on host clusters) in this process.
+    /// With several kplex processes on one etcd, one runs it at a time.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    syncer: bool,
+    /// Register this host cluster as `default` at start (replacing the
+    /// kubeconfig of a `default` host registered before).
+    #[arg(long, value_name = "FILE")]
+    host_kubeconfig: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -146,6 +200,27 @@ async fn main() -> std::process::ExitCode {
                 std::process::ExitCode::FAILURE
             }
         },
+        Command::Syncer { kubeconfig } => match syncer(&kubeconfig).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e}");
+                std::process::ExitCode::FAILURE
+            }
+        },
+        Command::Host {
+            admin_kubeconfig,
+            data_dir,
+            command,
+        } => {
+            let kubeconfig = admin_kubeconfig.unwrap_or_else(|| data_dir.join("admin.kubeconfig"));
+            match host(&kubeconfig, command).await {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("{e}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
         Command::Vc {
             kubeconfig,
             data_dir,
@@ -220,6 +295,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let ctx = Arc::new(Context {
         metrics,
         registry: kplex_apiserver::virtualclusters::Registry::indexed(store.clone()).await,
+        hosts: kplex_apiserver::hostclusters::HostClusters::new(store.clone()),
         store,
         authority: Arc::new(boot.authority),
         url,
@@ -245,6 +321,27 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             .map_err(|e| format!("cannot write {path}: {e}"))?;
         tracing::info!(component, path, "system kubeconfig written");
     }
+    if let Some(path) = &args.host_kubeconfig {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        ctx.hosts
+            .register_default("default", &text)
+            .await
+            .map_err(|e| format!("--host-kubeconfig: {}", e.message))?;
+        tracing::info!(path = %path.display(), "host cluster \"default\" registered");
+    }
+    let syncer = if args.syncer {
+        let config =
+            kplex_apiserver::bootstrap::system_kubeconfig(&ctx.authority, "syncer", &ctx.url)
+                .map_err(|e| format!("cannot issue the syncer's credential: {e}"))?;
+        let options = kplex_syncer::Options::from_kubeconfig_text(&config)
+            .await
+            .map_err(|e| format!("syncer: {e}"))?;
+        let task = tokio::spawn(kplex_syncer::run(options.clone()));
+        Some((task, options))
+    } else {
+        None
+    };
     let controllers = if args.controllers {
         let config =
             kplex_apiserver::bootstrap::system_kubeconfig(&ctx.authority, "controllers", &ctx.url)
@@ -268,6 +365,10 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         if let Some((task, options)) = controllers {
             task.abort();
             kplex_controllers::leader::release(&options).await;
+        }
+        if let Some((task, options)) = syncer {
+            task.abort();
+            kplex_syncer::release(&options).await;
         }
     };
     tracing::info!(
@@ -303,6 +404,19 @@ async fn controllers(kubeconfig: &std::path::Path) -> Result<(), String> {
         _ = wait_for_shutdown() => {
             // Another process may lead at once.
             kplex_controllers::leader::release(&options).await;
+            Ok(())
+        }
+    }
+}
+
+async fn syncer(kubeconfig: &std::path::Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(kubeconfig)
+        .map_err(|e| format!("cannot read {}: {e}", kubeconfig.display()))?;
+    let options = kplex_syncer::Options::from_kubeconfig_text(&text).await?;
+    tokio::select! {
+        ended = kplex_syncer::run(options.clone()) => ended,
+        _ = wait_for_shutdown() => {
+            kplex_syncer::release(&options).await;
             Ok(())
         }
     }
@@ -365,6 +479,44 @@ async fn vc(kubeconfig: &std::path::Path, command: VcCommand) -> Result<(), Stri
                 Some(path) => write(&path, &config)?,
                 None => print!("{config}"),
             }
+        }
+    }
+    Ok(())
+}
+
+async fn host(kubeconfig: &std::path::Path, command: HostCommand) -> Result<(), String> {
+    let client = kplex_apiserver::cli::AdminClient::from_kubeconfig(kubeconfig)?;
+    match command {
+        HostCommand::Add {
+            name,
+            kubeconfig,
+            default,
+        } => {
+            let text = std::fs::read_to_string(&kubeconfig)
+                .map_err(|e| format!("cannot read {}: {e}", kubeconfig.display()))?;
+            client.add_host(&name, &text, default).await?;
+            println!("hostcluster.tenancy.kplex.dev/{name} created");
+        }
+        HostCommand::List => {
+            println!(
+                "{:<20} {:<40} {:<8} {:<10} {:<10} NODES",
+                "NAME", "SERVER", "DEFAULT", "REACHABLE", "VERSION"
+            );
+            for host in client.hosts().await? {
+                println!(
+                    "{:<20} {:<40} {:<8} {:<10} {:<10} {}",
+                    host["metadata"]["name"].as_str().unwrap_or(""),
+                    host["spec"]["server"].as_str().unwrap_or(""),
+                    host["spec"]["default"].as_bool().unwrap_or(false),
+                    host["status"]["reachable"].as_bool().unwrap_or(false),
+                    host["status"]["serverVersion"].as_str().unwrap_or(""),
+                    host["status"]["nodeCount"].as_i64().unwrap_or(0),
+                );
+            }
+        }
+        HostCommand::Remove { name } => {
+            client.remove_host(&name).await?;
+            println!("hostcluster.tenancy.kplex.dev/{name} deleted");
         }
     }
     Ok(())

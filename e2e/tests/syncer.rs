@@ -1,0 +1,606 @@
+//! The syncer, through kubectl in VCs and on the host: a tenant's
+//! Deployment becomes Pods on the host (in `kplex-<vc>-<ns>`, names kept,
+//! labelled with the VC) with the ConfigMaps and Secrets they reference,
+//! and what the host makes of them — bound to a Node, Running, an IP —
+//! is what the tenant sees. Drift on the host is repaired, foreign host
+//! objects are never touched, deletes reach the host, two VCs on one host
+//! stay apart, and a VC's deletion clears its host namespaces.
+//!
+//! The host is a VC of the same kplex (it serves the API a host serves);
+//! a stand-in scheduler and kubelet (`kplex_e2e::kubelet`) bind host Pods
+//! to a Node and write their status there.
+
+use std::path::{Path, PathBuf};
+
+use kplex_e2e::kubelet::{client_of, FakeKubelet, Fate};
+use kplex_e2e::{
+    admin, create_vc, eventually, get, items, k, k_fails, kplex_bin, stderr, stdout,
+    tenant_kubeconfig, Kplex,
+};
+use serde_json::Value;
+
+/// A kplex with a VC `host` registered as the default host cluster.
+struct Setup {
+    dir: tempfile::TempDir,
+    kplex: Kplex,
+    host: PathBuf,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let kplex = Kplex::start(&dir.path().join("data"));
+    create_vc(&kplex, dir.path(), "host");
+    let host = tenant_kubeconfig(&kplex, dir.path(), "host", "platform");
+    let o = std::process::Command::new(kplex_bin())
+        .args(["host", "add", "default", "--default", "--kubeconfig"])
+        .arg(&host)
+        .arg("--admin-kubeconfig")
+        .arg(kplex.kubeconfig())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "kplex host add: {}", stderr(&o));
+    Setup { dir, kplex, host }
+}
+
+impl Setup {
+    fn tenant(&self, vc: &str) -> PathBuf {
+        create_vc(&self.kplex, self.dir.path(), vc);
+        tenant_kubeconfig(&self.kplex, self.dir.path(), vc, "admin")
+    }
+
+    fn admin_get(&self, args: &[&str]) -> Value {
+        let mut all = vec!["get"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["-o", "json"]);
+        let o = admin(&self.kplex, &all);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+}
+
+/// A host Node, as a host's kubelet registers one.
+fn host_node(host: &Path, name: &str) {
+    let node = format!(
+        r#"{{"apiVersion":"v1","kind":"Node","metadata":{{"name":"{name}","labels":{{"kubernetes.io/hostname":"{name}","pool":"blue"}}}},
+        "status":{{"capacity":{{"cpu":"8","memory":"32Gi","pods":"110"}},"allocatable":{{"cpu":"7","memory":"30Gi","pods":"110"}},
+        "conditions":[{{"type":"Ready","status":"True","reason":"KubeletReady","lastHeartbeatTime":"2026-01-01T00:00:00Z","lastTransitionTime":"2026-01-01T00:00:00Z"}}]}}}}"#
+    );
+    let file = host.with_extension(format!("{name}.json"));
+    std::fs::write(&file, node).unwrap();
+    k(host, &["create", "-f", file.to_str().unwrap()]);
+    // A Node's status is its own subresource: the kubelet writes it there.
+    let status = serde_json::from_str::<Value>(&std::fs::read_to_string(&file).unwrap()).unwrap()
+        ["status"]
+        .to_string();
+    k(
+        host,
+        &[
+            "patch",
+            "node",
+            name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &format!(r#"{{"status":{status}}}"#),
+        ],
+    );
+}
+
+fn names(list: &[Value]) -> Vec<String> {
+    let mut names: Vec<String> = list
+        .iter()
+        .map(|o| o["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_runs_on_the_host_and_the_tenant_sees_it_run() {
+    let s = setup();
+    // The host is registered: kubectl lists it, reachable, and its
+    // kubeconfig's credentials are never shown.
+    let host_kc = s.host.clone();
+    let listed = eventually("the host to be reachable", || {
+        let hosts = s.admin_get(&["hostclusters"]);
+        let host = hosts["items"][0].clone();
+        (host["status"]["reachable"] == true).then_some(host)
+    });
+    assert_eq!(listed["metadata"]["name"], "default");
+    assert_eq!(listed["spec"]["default"], true);
+    assert!(listed["spec"]["server"]
+        .as_str()
+        .unwrap()
+        .contains("/clusters/host"));
+    let shown = listed.to_string();
+    assert!(
+        !shown.contains("client-key-data") && !shown.contains("kubeconfig"),
+        "{shown}"
+    );
+    let table = stdout(&admin(&s.kplex, &["get", "hostclusters"]));
+    assert!(
+        table.contains("default") && table.contains("true"),
+        "{table}"
+    );
+
+    host_node(&s.host, "node-1");
+    let _host = FakeKubelet::start_on(client_of(&s.host).await, Some("node-1".into()), |_| {
+        Fate::Ready
+    });
+
+    let tenant = s.tenant("team-a");
+    let t = tenant.clone();
+    blocking(move || {
+        k(&t, &["create", "namespace", "shop"]);
+        k(&t, &["-n", "shop", "create", "configmap", "settings", "--from-literal=mode=fast"]);
+        k(&t, &["-n", "shop", "create", "configmap", "unused", "--from-literal=a=b"]);
+        k(&t, &["-n", "shop", "create", "secret", "generic", "creds", "--from-literal=password=hunter2"]);
+        let manifest = t.with_extension("web.yaml");
+        std::fs::write(
+            &manifest,
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: shop}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers:\n      - name: nginx\n        image: nginx\n        envFrom: [{configMapRef: {name: settings}}]\n        volumeMounts: [{name: creds, mountPath: /creds}]\n      volumes: [{name: creds, secret: {secretName: creds}}]\n",
+        )
+        .unwrap();
+        k(&t, &["apply", "-f", manifest.to_str().unwrap()]);
+        // The rollout finishes once the host's Pods run: the tenant's Pods
+        // got their status from the host.
+        k(&t, &["-n", "shop", "rollout", "status", "deployment/web", "--timeout=60s"]);
+    })
+    .await;
+
+    // On the host: the Pods under their own names, in the mapped namespace,
+    // labelled; the referenced ConfigMap and Secret, not the unused one.
+    let tenant_pods = items(&tenant, &["-n", "shop", "pods"]);
+    let host_pods = items(&host_kc, &["-n", "kplex-team-a-shop", "pods"]);
+    assert_eq!(names(&tenant_pods), names(&host_pods));
+    assert_eq!(host_pods.len(), 2);
+    let vc_uid = s.admin_get(&["virtualcluster", "team-a"])["metadata"]["uid"].clone();
+    for pod in &host_pods {
+        let labels = &pod["metadata"]["labels"];
+        assert_eq!(labels["tenancy.kplex.dev/vc"], "team-a");
+        assert_eq!(labels["tenancy.kplex.dev/vc-uid"], vc_uid);
+        assert_eq!(labels["tenancy.kplex.dev/namespace"], "shop");
+        assert_eq!(labels["app"], "web");
+        assert_eq!(pod["spec"]["automountServiceAccountToken"], false);
+        assert_eq!(pod["spec"]["enableServiceLinks"], false);
+        assert!(pod["metadata"].get("ownerReferences").is_none());
+    }
+    // (The host's own controllers put its kube-root-ca.crt there too.)
+    let host_cms = names(&items(
+        &host_kc,
+        &[
+            "-n",
+            "kplex-team-a-shop",
+            "configmaps",
+            "-l",
+            "tenancy.kplex.dev/vc=team-a",
+        ],
+    ));
+    assert_eq!(host_cms, ["settings"]);
+    let secret = get(&host_kc, &["-n", "kplex-team-a-shop", "secret", "creds"]);
+    assert_eq!(secret["data"]["password"], "aHVudGVyMg==");
+
+    // The tenant sees the host's truth: the Node, an IP, Running.
+    for pod in &tenant_pods {
+        assert_eq!(pod["spec"]["nodeName"], "node-1");
+        assert_eq!(pod["status"]["phase"], "Running");
+        assert!(pod["status"]["podIP"]
+            .as_str()
+            .is_some_and(|ip| ip.starts_with("10.244.")));
+        assert!(pod["metadata"]["finalizers"]
+            .to_string()
+            .contains("tenancy.kplex.dev/syncer"));
+    }
+    let node = get(&tenant, &["node", "node-1"]);
+    assert_eq!(node["metadata"]["labels"]["pool"], "blue");
+    assert_eq!(node["status"]["capacity"]["cpu"], "8");
+    assert_eq!(node["status"]["conditions"][0]["type"], "Ready");
+    let wide = k(&tenant, &["-n", "shop", "get", "pods", "-o", "wide"]);
+    assert!(
+        wide.contains("node-1") && wide.contains("Running"),
+        "{wide}"
+    );
+
+    // Drift on the host is repaired: a deleted copy comes back, an edited
+    // label is put back.
+    k(
+        &host_kc,
+        &["-n", "kplex-team-a-shop", "delete", "configmap", "settings"],
+    );
+    eventually("the ConfigMap copy to come back", || {
+        let o = kplex_e2e::kubectl(&[
+            "--kubeconfig",
+            host_kc.to_str().unwrap(),
+            "-n",
+            "kplex-team-a-shop",
+            "get",
+            "configmap",
+            "settings",
+        ]);
+        o.status.success().then_some(())
+    });
+    let first = names(&host_pods)[0].clone();
+    k(
+        &host_kc,
+        &[
+            "-n",
+            "kplex-team-a-shop",
+            "label",
+            "pod",
+            &first,
+            "app=hijacked",
+            "--overwrite",
+        ],
+    );
+    eventually("the label to be put back", || {
+        let pod = get(&host_kc, &["-n", "kplex-team-a-shop", "pod", &first]);
+        (pod["metadata"]["labels"]["app"] == "web").then_some(())
+    });
+    // A tenant edit reaches the host (the tenant's spec wins).
+    k(
+        &tenant,
+        &[
+            "-n",
+            "shop",
+            "patch",
+            "configmap",
+            "settings",
+            "--type=merge",
+            "-p",
+            r#"{"data":{"mode":"slow"}}"#,
+        ],
+    );
+    eventually("the tenant's edit on the host", || {
+        let cm = get(
+            &host_kc,
+            &["-n", "kplex-team-a-shop", "configmap", "settings"],
+        );
+        (cm["data"]["mode"] == "slow").then_some(())
+    });
+
+    // Deleting the Deployment deletes the host Pods, then the tenant's (the
+    // finalizer held them), the no longer referenced copies and the Node.
+    let t = tenant.clone();
+    blocking(move || {
+        k(
+            &t,
+            &["-n", "shop", "delete", "deployment", "web", "--wait=true"],
+        )
+    })
+    .await;
+    eventually("the tenant's Pods to go", || {
+        items(&tenant, &["-n", "shop", "pods"])
+            .is_empty()
+            .then_some(())
+    });
+    assert!(items(&host_kc, &["-n", "kplex-team-a-shop", "pods"]).is_empty());
+    eventually("the copies and the virtual Node to go", || {
+        let cms = items(
+            &host_kc,
+            &[
+                "-n",
+                "kplex-team-a-shop",
+                "configmaps",
+                "-l",
+                "tenancy.kplex.dev/vc",
+            ],
+        );
+        let secrets = items(&host_kc, &["-n", "kplex-team-a-shop", "secrets"]);
+        let nodes = items(&tenant, &["nodes"]);
+        (cms.is_empty() && secrets.is_empty() && nodes.is_empty()).then_some(())
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_objects_kplex_did_not_make_are_never_touched() {
+    let s = setup();
+    let tenant = s.tenant("team-a");
+    k(&tenant, &["create", "namespace", "shop"]);
+    // The tenant's first Pod makes the host namespace.
+    k(&tenant, &["-n", "shop", "run", "first", "--image=nginx"]);
+    eventually("the first Pod on the host", || {
+        let pods = items(&s.host, &["-n", "kplex-team-a-shop", "pods"]);
+        (pods.len() == 1).then_some(())
+    });
+    // Someone else's Pod and ConfigMap of the names the tenant will use.
+    k(
+        &s.host,
+        &[
+            "-n",
+            "kplex-team-a-shop",
+            "run",
+            "taken",
+            "--image=busybox",
+            "--labels=owner=platform",
+        ],
+    );
+    k(
+        &s.host,
+        &[
+            "-n",
+            "kplex-team-a-shop",
+            "create",
+            "configmap",
+            "cfg",
+            "--from-literal=owner=platform",
+        ],
+    );
+    k(
+        &tenant,
+        &[
+            "-n",
+            "shop",
+            "create",
+            "configmap",
+            "cfg",
+            "--from-literal=owner=tenant",
+        ],
+    );
+    k(
+        &tenant,
+        &[
+            "-n",
+            "shop",
+            "run",
+            "taken",
+            "--image=nginx",
+            "--overrides",
+            r#"{"spec":{"volumes":[{"name":"c","configMap":{"name":"cfg"}}]}}"#,
+        ],
+    );
+    let message = eventually("the tenant Pod to say why it waits", || {
+        let pod = get(&tenant, &["-n", "shop", "pod", "taken"]);
+        let conditions = pod["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        conditions
+            .iter()
+            .find(|c| c["type"] == "PodScheduled" && c["status"] == "False")
+            .map(|c| c["message"].as_str().unwrap_or_default().to_owned())
+    });
+    assert!(message.contains("did not place"), "{message}");
+    // The host's own objects are as they were.
+    let pod = get(&s.host, &["-n", "kplex-team-a-shop", "pod", "taken"]);
+    assert_eq!(pod["metadata"]["labels"]["owner"], "platform");
+    assert_eq!(pod["spec"]["containers"][0]["image"], "busybox");
+    let cm = get(&s.host, &["-n", "kplex-team-a-shop", "configmap", "cfg"]);
+    assert_eq!(cm["data"]["owner"], "platform");
+    // Deleting the tenant's Pod leaves the host's alone.
+    k(
+        &tenant,
+        &["-n", "shop", "delete", "pod", "taken", "--wait=true"],
+    );
+    let pod = get(&s.host, &["-n", "kplex-team-a-shop", "pod", "taken"]);
+    assert_eq!(pod["spec"]["containers"][0]["image"], "busybox");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_vcs_share_a_host_apart_and_a_deleted_vc_leaves_nothing_there() {
+    let s = setup();
+    let a = s.tenant("a");
+    let b = s.tenant("b");
+    for kc in [&a, &b] {
+        k(kc, &["create", "namespace", "shop"]);
+        k(kc, &["-n", "shop", "run", "web", "--image=nginx"]);
+    }
+    eventually("both Pods on the host", || {
+        let a = items(&s.host, &["-n", "kplex-a-shop", "pods"]);
+        let b = items(&s.host, &["-n", "kplex-b-shop", "pods"]);
+        (a.len() == 1 && b.len() == 1).then_some(())
+    });
+    let uid_a = s.admin_get(&["virtualcluster", "a"])["metadata"]["uid"].clone();
+    let uid_b = s.admin_get(&["virtualcluster", "b"])["metadata"]["uid"].clone();
+    let pod_a = get(&s.host, &["-n", "kplex-a-shop", "pod", "web"]);
+    let pod_b = get(&s.host, &["-n", "kplex-b-shop", "pod", "web"]);
+    assert_eq!(
+        pod_a["metadata"]["labels"]["tenancy.kplex.dev/vc-uid"],
+        uid_a
+    );
+    assert_eq!(
+        pod_b["metadata"]["labels"]["tenancy.kplex.dev/vc-uid"],
+        uid_b
+    );
+    // A's status never reaches B.
+    let host = client_of(&s.host).await;
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(pod_a).unwrap();
+    kplex_e2e::kubelet::bind(&host, &pod, "node-a")
+        .await
+        .unwrap();
+    kplex_e2e::kubelet::set_fate(&host, &pod, Fate::Ready)
+        .await
+        .unwrap();
+    eventually("A's Pod to run", || {
+        let pod = get(&a, &["-n", "shop", "pod", "web"]);
+        (pod["status"]["phase"] == "Running").then_some(())
+    });
+    let in_b = get(&b, &["-n", "shop", "pod", "web"]);
+    assert_ne!(in_b["status"]["phase"], "Running");
+    assert!(in_b["spec"]["nodeName"].is_null());
+    // A second binding is refused, as kube-apiserver refuses it.
+    let again = kplex_e2e::kubelet::bind(&host, &pod, "node-b")
+        .await
+        .unwrap_err();
+    assert!(again.to_string().contains("already assigned"), "{again}");
+
+    // Deleting VC a clears its host namespace; b's stays.
+    let o = admin(&s.kplex, &["delete", "virtualcluster", "a"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    eventually("a's host namespace to go", || {
+        let namespaces = names(&items(&s.host, &["namespaces"]));
+        (!namespaces.contains(&"kplex-a-shop".to_owned())).then_some(())
+    });
+    assert!(names(&items(&s.host, &["namespaces"])).contains(&"kplex-b-shop".to_owned()));
+    assert_eq!(items(&s.host, &["-n", "kplex-b-shop", "pods"]).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_host_pods_wait_with_a_reason_and_a_used_host_cannot_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let kplex = Kplex::start(&dir.path().join("data"));
+    create_vc(&kplex, dir.path(), "team-a");
+    let tenant = tenant_kubeconfig(&kplex, dir.path(), "team-a", "admin");
+    k(&tenant, &["run", "web", "--image=nginx"]);
+    let condition = eventually("the Pod to say it has no host", || {
+        let pod = get(&tenant, &["pod", "web"]);
+        let conditions = pod["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        conditions.into_iter().find(|c| c["type"] == "PodScheduled")
+    });
+    assert_eq!(condition["status"], "False");
+    assert_eq!(condition["reason"], "Unschedulable");
+    assert!(condition["message"]
+        .as_str()
+        .unwrap()
+        .contains("no host cluster"));
+    assert_eq!(get(&tenant, &["pod", "web"])["status"]["phase"], "Pending");
+
+    // The tenant cannot read the host records, nor the system cluster.
+    let refused = k_fails(
+        &tenant,
+        &[
+            "get",
+            "--raw",
+            "/system/apis/tenancy.kplex.dev/v1alpha1/hostclusters",
+        ],
+    );
+    assert!(
+        refused.contains("Forbidden") || refused.contains("forbidden"),
+        "{refused}"
+    );
+
+    // A host with VCs placed on it cannot be removed.
+    create_vc(&kplex, dir.path(), "host");
+    let host = tenant_kubeconfig(&kplex, dir.path(), "host", "platform");
+    let kplex_cmd = |args: &[&str]| {
+        std::process::Command::new(kplex_bin())
+            .args(args)
+            .arg("--admin-kubeconfig")
+            .arg(kplex.kubeconfig())
+            .output()
+            .unwrap()
+    };
+    let o = kplex_cmd(&[
+        "host",
+        "add",
+        "main",
+        "--default",
+        "--kubeconfig",
+        host.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let listed = stdout(&kplex_cmd(&["host", "list"]));
+    assert!(
+        listed.contains("main") && listed.contains("/clusters/host"),
+        "{listed}"
+    );
+    // Now placed: the waiting Pod goes to the host.
+    eventually("the Pod on the host", || {
+        let pods = items(&host, &["-n", "kplex-team-a-default", "pods"]);
+        (pods.len() == 1).then_some(())
+    });
+    let o = kplex_cmd(&["host", "remove", "main"]);
+    assert!(!o.status.success());
+    let said = stderr(&o);
+    assert!(
+        said.contains("placed on it") && said.contains("team-a"),
+        "{said}"
+    );
+    // A malformed host is refused with the field that is wrong.
+    let bad = dir.path().join("bad.kubeconfig");
+    std::fs::write(&bad, "clusters: []\n").unwrap();
+    let o = kplex_cmd(&[
+        "host",
+        "add",
+        "broken",
+        "--kubeconfig",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("spec.kubeconfig"), "{}", stderr(&o));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_syncer_catches_up_without_duplicates_or_orphans() {
+    let Setup { dir, kplex, host } = setup();
+    let s_dir = dir.path().to_owned();
+    let a = {
+        create_vc(&kplex, &s_dir, "a");
+        tenant_kubeconfig(&kplex, &s_dir, "a", "admin")
+    };
+    let b = {
+        create_vc(&kplex, &s_dir, "b");
+        tenant_kubeconfig(&kplex, &s_dir, "b", "admin")
+    };
+    k(
+        &a,
+        &[
+            "create",
+            "deployment",
+            "web",
+            "--image=nginx",
+            "--replicas=3",
+        ],
+    );
+    k(&b, &["run", "solo", "--image=nginx"]);
+    eventually("a's and b's Pods on the host", || {
+        let a = items(&host, &["-n", "kplex-a-default", "pods"]);
+        let b = items(&host, &["-n", "kplex-b-default", "pods"]);
+        (a.len() == 3 && b.len() == 1).then_some(())
+    });
+    // The syncer is away while both sides change.
+    let kplex = kplex.restart(&["--syncer=false"]);
+    let tenant_pods = names(&items(&a, &["pods"]));
+    let host_pods = names(&items(&host, &["-n", "kplex-a-default", "pods"]));
+    assert_eq!(tenant_pods, host_pods);
+    // A tenant Pod deleted (its finalizer holds it; its ReplicaSet makes
+    // another), a host copy deleted behind kplex's back, a VC deleted.
+    let o = kplex_e2e::kubectl(&[
+        "--kubeconfig",
+        a.to_str().unwrap(),
+        "delete",
+        "pod",
+        &tenant_pods[0],
+        "--wait=false",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    k(
+        &host,
+        &["-n", "kplex-a-default", "delete", "pod", &tenant_pods[1]],
+    );
+    assert!(admin(&kplex, &["delete", "virtualcluster", "b"])
+        .status
+        .success());
+    eventually("the ReplicaSet's replacement", || {
+        let live: Vec<Value> = items(&a, &["pods"])
+            .into_iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .collect();
+        (live.len() == 3).then_some(())
+    });
+
+    let _kplex = kplex.restart(&[]);
+    eventually("both sides to agree again", || {
+        let tenant = items(&a, &["pods"]);
+        let host_pods = items(&host, &["-n", "kplex-a-default", "pods"]);
+        let namespaces = names(&items(&host, &["namespaces"]));
+        let agreed = tenant.len() == 3
+            && tenant
+                .iter()
+                .all(|p| p["metadata"]["deletionTimestamp"].is_null())
+            && names(&tenant) == names(&host_pods)
+            && !namespaces.contains(&"kplex-b-default".to_owned());
+        agreed.then_some(())
+    });
+    // The deleted Pod is gone on both sides; the copy deleted on the host
+    // is back.
+    let host_pods = names(&items(&host, &["-n", "kplex-a-default", "pods"]));
+    assert!(!host_pods.contains(&tenant_pods[0]));
+    assert!(host_pods.contains(&tenant_pods[1]));
+}

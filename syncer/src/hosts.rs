@@ -1,0 +1,655 @@
+//! The VCs, the host clusters, and where each VC is placed: two watches of
+//! the admin records that system components read in the system cluster
+//! (`/system/apis/tenancy.kplex.dev/v1alpha1/{virtualclusters,hostclusters}`),
+//! and for each host a connection (its kubeconfig's client) with one watch
+//! per resource type — Pods, ConfigMaps, Secrets and namespaces that carry
+//! kplex's labels, and every Node — for all the VCs placed there.
+//!
+//! The syncer reports each host's status (reachable, server version, node
+//! count, last error) on its record.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::watcher;
+use kube::ResourceExt;
+use serde_json::{json, Value};
+
+use kplex_api::mapping;
+use kplex_controllers::cache::{self, Cache, Change, ObjectKey, Origin};
+use kplex_controllers::client::Vc;
+use kplex_controllers::Error;
+
+use crate::{ConfigKind, Ctx, Outcome, Task};
+
+const GROUP: &str = "tenancy.kplex.dev";
+const VERSION: &str = "v1alpha1";
+
+/// How often a host's status is checked.
+const STATUS_EVERY: Duration = Duration::from_secs(10);
+
+/// A VC as the syncer knows it.
+#[derive(Clone, Debug)]
+struct VcRecord {
+    vc: Vc,
+    /// `spec.hostCluster`, if set.
+    host: Option<String>,
+}
+
+/// A host cluster the syncer is connected to.
+pub struct Host {
+    /// Its name (the HostCluster's).
+    pub name: String,
+    /// Its client.
+    pub client: kube::Client,
+    /// kplex's Pods on it, keyed as their tenant Pods.
+    pub pods: Arc<Cache<Pod>>,
+    /// kplex's ConfigMaps on it, keyed as the tenant's.
+    pub configmaps: Arc<Cache<ConfigMap>>,
+    /// kplex's Secrets on it, keyed as the tenant's.
+    pub secrets: Arc<Cache<Secret>>,
+    /// kplex's namespaces on it (cluster-scoped keys: the host name).
+    pub namespaces: Arc<Cache<Namespace>>,
+    /// Every Node of the host, by name.
+    pub nodes: RwLock<HashMap<String, Arc<Node>>>,
+    kubeconfig: String,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Host {
+    /// Whether every watch has its first listing.
+    pub fn synced(&self) -> bool {
+        self.pods.is_synced()
+            && self.configmaps.is_synced()
+            && self.secrets.is_synced()
+            && self.namespaces.is_synced()
+    }
+
+    /// The host API of kind `K` in host namespace `ns`.
+    pub fn api<K>(&self, ns: &str) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), ns)
+    }
+
+    /// A host Node by name.
+    pub fn node(&self, name: &str) -> Option<Arc<Node>> {
+        self.nodes.read().expect("nodes lock").get(name).cloned()
+    }
+}
+
+/// Why a VC's objects cannot go to a host now.
+#[derive(Debug, Clone)]
+pub enum Unplaced {
+    /// No host is named and there is no default host.
+    NoHost,
+    /// The named host is not registered.
+    UnknownHost(String),
+    /// The host's watches have not listed yet (or cannot reach it).
+    NotReady(String),
+}
+
+impl Unplaced {
+    /// What a tenant's Pod condition says.
+    pub fn message(&self) -> String {
+        match self {
+            Unplaced::NoHost => "the virtual cluster is placed on no host cluster (spec.hostCluster is unset and there is no default host)".into(),
+            Unplaced::UnknownHost(h) => format!("the virtual cluster's host cluster \"{h}\" is not registered"),
+            Unplaced::NotReady(h) => format!("the host cluster \"{h}\" is not reachable yet"),
+        }
+    }
+}
+
+/// The VCs and the hosts.
+pub struct Hosts {
+    system: kube::Client,
+    vcs: RwLock<HashMap<Arc<str>, VcRecord>>,
+    hosts: RwLock<HashMap<String, Arc<Host>>>,
+    default_host: RwLock<Option<String>>,
+    vcs_synced: tokio::sync::watch::Sender<bool>,
+    hosts_synced: tokio::sync::watch::Sender<bool>,
+}
+
+impl Hosts {
+    /// Empty; `start` fills it.
+    pub fn new(config: &kube::Config) -> Result<Hosts, String> {
+        let mut system = config.clone();
+        let base = config.cluster_url.to_string();
+        system.cluster_url = format!(
+            "{}{}",
+            base.trim_end_matches('/'),
+            kplex_api::names::SYSTEM_CLUSTER_PATH
+        )
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| e.to_string())?;
+        Ok(Hosts {
+            system: kube::Client::try_from(system).map_err(|e| e.to_string())?,
+            vcs: Default::default(),
+            hosts: Default::default(),
+            default_host: Default::default(),
+            vcs_synced: tokio::sync::watch::channel(false).0,
+            hosts_synced: tokio::sync::watch::channel(false).0,
+        })
+    }
+
+    /// Returns once the VCs and the hosts have been listed.
+    pub async fn wait_synced(&self) {
+        let _ = self.vcs_synced.subscribe().wait_for(|s| *s).await;
+        let _ = self.hosts_synced.subscribe().wait_for(|s| *s).await;
+    }
+
+    /// Counts, for logs.
+    pub fn held(&self) -> String {
+        format!(
+            "vcs={} hosts={}",
+            self.vcs.read().expect("vcs lock").len(),
+            self.hosts.read().expect("hosts lock").len()
+        )
+    }
+
+    /// The VC with `uid`, if it exists.
+    pub fn vc(&self, uid: &str) -> Option<Vc> {
+        self.vcs
+            .read()
+            .expect("vcs lock")
+            .get(uid)
+            .map(|r| r.vc.clone())
+    }
+
+    /// The host `vc` is placed on, connected and listed.
+    pub fn placement(&self, vc: &Vc) -> Result<Arc<Host>, Unplaced> {
+        let named = self
+            .vcs
+            .read()
+            .expect("vcs lock")
+            .get(&vc.uid)
+            .and_then(|r| r.host.clone());
+        let name = match named {
+            Some(name) => name,
+            None => self
+                .default_host
+                .read()
+                .expect("default lock")
+                .clone()
+                .ok_or(Unplaced::NoHost)?,
+        };
+        let host = self
+            .hosts
+            .read()
+            .expect("hosts lock")
+            .get(&name)
+            .cloned()
+            .ok_or_else(|| Unplaced::UnknownHost(name.clone()))?;
+        if !host.synced() {
+            return Err(Unplaced::NotReady(name));
+        }
+        Ok(host)
+    }
+
+    /// Every VC placed on host `name`.
+    pub fn vcs_on(&self, name: &str) -> Vec<Vc> {
+        let default = self.default_host.read().expect("default lock").clone();
+        self.vcs
+            .read()
+            .expect("vcs lock")
+            .values()
+            .filter(|r| r.host.as_deref().or(default.as_deref()) == Some(name))
+            .map(|r| r.vc.clone())
+            .collect()
+    }
+
+    /// Every connected host.
+    pub fn all(&self) -> Vec<Arc<Host>> {
+        self.hosts
+            .read()
+            .expect("hosts lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    fn api(&self, kind: &str, plural: &str) -> Api<DynamicObject> {
+        let gvk = GroupVersionKind::gvk(GROUP, VERSION, kind);
+        Api::all_with(
+            self.system.clone(),
+            &ApiResource::from_gvk_with_plural(&gvk, plural),
+        )
+    }
+
+    /// Reports `host`'s status on its record.
+    async fn report(&self, name: &str, status: Value) -> Result<(), Error> {
+        let path = format!("/apis/{GROUP}/{VERSION}/hostclusters/{name}/status");
+        let request = http::Request::patch(path)
+            .header("content-type", "application/merge-patch+json")
+            .body(
+                serde_json::to_vec(&json!({"status": status}))
+                    .map_err(|e| Error::Request(e.to_string()))?,
+            )
+            .map_err(|e| Error::Request(e.to_string()))?;
+        self.system
+            .request_text(request)
+            .await
+            .map(|_| ())
+            .map_err(Error::Api)
+    }
+}
+
+/// Starts the watches of VCs and hosts on `tasks`.
+pub fn start(ctx: &Arc<Ctx>, tasks: &mut tokio::task::JoinSet<()>) {
+    tasks.spawn(watch_vcs(ctx.clone()));
+    tasks.spawn(watch_hosts(ctx.clone()));
+}
+
+fn record_of(object: &DynamicObject) -> Option<VcRecord> {
+    let uid = object.metadata.uid.clone()?;
+    let host = object.data["spec"]["hostCluster"]
+        .as_str()
+        .filter(|h| !h.is_empty())
+        .map(str::to_owned);
+    Some(VcRecord {
+        vc: Vc {
+            uid: uid.into(),
+            name: object.name_any().into(),
+        },
+        host,
+    })
+}
+
+async fn watch_vcs(ctx: Arc<Ctx>) {
+    use kube::runtime::WatchStreamExt;
+    let api = ctx.hosts.api("VirtualCluster", "virtualclusters");
+    let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
+    let mut listing: Option<HashMap<Arc<str>, VcRecord>> = None;
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(watcher::Event::Init) => listing = Some(HashMap::new()),
+            Ok(watcher::Event::InitApply(object)) => {
+                if let (Some(listing), Some(record)) = (listing.as_mut(), record_of(&object)) {
+                    listing.insert(record.vc.uid.clone(), record);
+                }
+            }
+            Ok(watcher::Event::InitDone) => {
+                let listed = listing.take().unwrap_or_default();
+                let before = std::mem::replace(
+                    &mut *ctx.hosts.vcs.write().expect("vcs lock"),
+                    listed.clone(),
+                );
+                for (uid, old) in &before {
+                    match listed.get(uid) {
+                        None => ctx.queue.add(Task::Vc(old.vc.clone())),
+                        Some(new) if new.host != old.host => requeue_vc(&ctx, &new.vc),
+                        Some(_) => {}
+                    }
+                }
+                ctx.hosts.vcs_synced.send_replace(true);
+            }
+            Ok(watcher::Event::Apply(object)) => {
+                let Some(record) = record_of(&object) else {
+                    continue;
+                };
+                let old = ctx
+                    .hosts
+                    .vcs
+                    .write()
+                    .expect("vcs lock")
+                    .insert(record.vc.uid.clone(), record.clone());
+                if old.is_none_or(|o| o.host != record.host) {
+                    requeue_vc(&ctx, &record.vc);
+                }
+            }
+            Ok(watcher::Event::Delete(object)) => {
+                if let Some(record) = record_of(&object) {
+                    ctx.hosts
+                        .vcs
+                        .write()
+                        .expect("vcs lock")
+                        .remove(&record.vc.uid);
+                    ctx.queue.add(Task::Vc(record.vc));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "watching virtual clusters failed; retrying"),
+        }
+    }
+}
+
+/// Queues every Pod of `vc` (its placement changed).
+fn requeue_vc(ctx: &Ctx, vc: &Vc) {
+    for pod in ctx.pods.in_vc(vc) {
+        ctx.queue.add(Task::Pod(ObjectKey::new(
+            vc,
+            pod.metadata.namespace.as_deref(),
+            &pod.name_any(),
+        )));
+    }
+}
+
+/// Queues every Pod of every VC (a host came or went).
+fn requeue_all(ctx: &Ctx) {
+    let vcs: Vec<Vc> = ctx
+        .hosts
+        .vcs
+        .read()
+        .expect("vcs lock")
+        .values()
+        .map(|r| r.vc.clone())
+        .collect();
+    for vc in vcs {
+        requeue_vc(ctx, &vc);
+    }
+}
+
+async fn watch_hosts(ctx: Arc<Ctx>) {
+    use kube::runtime::WatchStreamExt;
+    let api = ctx.hosts.api("HostCluster", "hostclusters");
+    let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
+    let mut listing: Option<Vec<DynamicObject>> = None;
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(watcher::Event::Init) => listing = Some(Vec::new()),
+            Ok(watcher::Event::InitApply(object)) => {
+                if let Some(listing) = listing.as_mut() {
+                    listing.push(object);
+                }
+            }
+            Ok(watcher::Event::InitDone) => {
+                let listed = listing.take().unwrap_or_default();
+                let names: Vec<String> = listed.iter().map(ResourceExt::name_any).collect();
+                let gone: Vec<String> = ctx
+                    .hosts
+                    .hosts
+                    .read()
+                    .expect("hosts lock")
+                    .keys()
+                    .filter(|n| !names.contains(n))
+                    .cloned()
+                    .collect();
+                for name in gone {
+                    disconnect(&ctx, &name);
+                }
+                for object in &listed {
+                    host_changed(&ctx, object).await;
+                }
+                ctx.hosts.hosts_synced.send_replace(true);
+                requeue_all(&ctx);
+            }
+            Ok(watcher::Event::Apply(object)) => {
+                host_changed(&ctx, &object).await;
+            }
+            Ok(watcher::Event::Delete(object)) => {
+                disconnect(&ctx, &object.name_any());
+                requeue_all(&ctx);
+            }
+            Err(e) => tracing::warn!(error = %e, "watching host clusters failed; retrying"),
+        }
+    }
+}
+
+fn disconnect(ctx: &Ctx, name: &str) {
+    if ctx
+        .hosts
+        .hosts
+        .write()
+        .expect("hosts lock")
+        .remove(name)
+        .is_some()
+    {
+        tracing::info!(host = name, "host cluster removed; disconnected");
+    }
+    let mut default = ctx.hosts.default_host.write().expect("default lock");
+    if default.as_deref() == Some(name) {
+        *default = None;
+    }
+}
+
+/// A host's record was listed or changed: (re)connect if its kubeconfig
+/// is new, and note whether it is the default.
+async fn host_changed(ctx: &Arc<Ctx>, object: &DynamicObject) {
+    let name = object.name_any();
+    {
+        let mut default = ctx.hosts.default_host.write().expect("default lock");
+        if object.data["spec"]["default"].as_bool() == Some(true) {
+            if default.as_deref() != Some(name.as_str()) {
+                *default = Some(name.clone());
+                drop(default);
+                requeue_all(ctx);
+            }
+        } else if default.as_deref() == Some(name.as_str()) {
+            *default = None;
+        }
+    }
+    let kubeconfig = object.data["spec"]["kubeconfig"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let current = ctx
+        .hosts
+        .hosts
+        .read()
+        .expect("hosts lock")
+        .get(&name)
+        .cloned();
+    if current.is_some_and(|h| h.kubeconfig == kubeconfig) {
+        return;
+    }
+    match connect(ctx, &name, &kubeconfig).await {
+        Ok(host) => {
+            tracing::info!(host = %name, "connected to host cluster");
+            ctx.hosts
+                .hosts
+                .write()
+                .expect("hosts lock")
+                .insert(name, host);
+            requeue_all(ctx);
+        }
+        Err(e) => {
+            tracing::warn!(host = %name, error = %e, "cannot use the host cluster's kubeconfig");
+            let status = json!({"reachable": false, "lastError": e, "conditions": [
+                condition(false, "InvalidKubeconfig", &e)]});
+            let _ = ctx.hosts.report(&name, status).await;
+        }
+    }
+}
+
+fn condition(ok: bool, reason: &str, message: &str) -> Value {
+    json!({
+        "type": "Reachable",
+        "status": if ok { "True" } else { "False" },
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": jiff::Timestamp::now().round(jiff::Unit::Second).map(|t| t.to_string()).unwrap_or_default(),
+    })
+}
+
+/// A connection to host `name`: its client, caches and watches.
+async fn connect(ctx: &Arc<Ctx>, name: &str, kubeconfig: &str) -> Result<Arc<Host>, String> {
+    let parsed = kube::config::Kubeconfig::from_yaml(kubeconfig).map_err(|e| e.to_string())?;
+    let config = kube::Config::from_custom_kubeconfig(parsed, &Default::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let client = kube::Client::try_from(config).map_err(|e| e.to_string())?;
+    let mut host = Host {
+        name: name.to_owned(),
+        client: client.clone(),
+        pods: Arc::new(Cache::new(Origin::Host)),
+        configmaps: Arc::new(Cache::new(Origin::Host)),
+        secrets: Arc::new(Cache::new(Origin::Host)),
+        namespaces: Arc::new(Cache::new(Origin::Host)),
+        nodes: Default::default(),
+        kubeconfig: kubeconfig.to_owned(),
+        tasks: tokio::task::JoinSet::new(),
+    };
+    let labelled = cache::watch_config().labels(&mapping::any_vc_selector());
+    let queue = ctx.queue.clone();
+    host.tasks.spawn(cache::run(
+        Api::<Pod>::all(client.clone()),
+        labelled.clone(),
+        host.pods.clone(),
+        move |change: Change<Pod>| queue.add(Task::Pod(change.key)),
+    ));
+    let queue = ctx.queue.clone();
+    host.tasks.spawn(cache::run(
+        Api::<ConfigMap>::all(client.clone()),
+        labelled.clone(),
+        host.configmaps.clone(),
+        move |change: Change<ConfigMap>| queue.add(Task::Config(ConfigKind::ConfigMap, change.key)),
+    ));
+    let queue = ctx.queue.clone();
+    host.tasks.spawn(cache::run(
+        Api::<Secret>::all(client.clone()),
+        labelled.clone(),
+        host.secrets.clone(),
+        move |change: Change<Secret>| queue.add(Task::Config(ConfigKind::Secret, change.key)),
+    ));
+    let queue = ctx.queue.clone();
+    host.tasks.spawn(cache::run(
+        Api::<Namespace>::all(client.clone()),
+        labelled,
+        host.namespaces.clone(),
+        move |change: Change<Namespace>| queue.add(Task::Vc(change.key.vc)),
+    ));
+    let host = Arc::new(host);
+    // The Node watch and the status reports hold the host weakly: both end
+    // when it is disconnected (its tasks are aborted with it).
+    let weak = Arc::downgrade(&host);
+    let nodes_task = watch_nodes(ctx.clone(), weak.clone(), client.clone());
+    let status_task = report_status(ctx.clone(), weak, name.to_owned(), client);
+    // (JoinSet is only mutable before the Arc; these two live in the
+    // process's runtime and stop once the host is gone.)
+    tokio::spawn(nodes_task);
+    tokio::spawn(status_task);
+    Ok(host)
+}
+
+async fn watch_nodes(ctx: Arc<Ctx>, host: std::sync::Weak<Host>, client: kube::Client) {
+    use kube::runtime::WatchStreamExt;
+    let mut events =
+        std::pin::pin!(watcher(Api::<Node>::all(client), cache::watch_config()).default_backoff());
+    let mut listing: Option<HashMap<String, Arc<Node>>> = None;
+    while let Some(event) = events.next().await {
+        let Some(host) = host.upgrade() else {
+            return;
+        };
+        let mut changed = Vec::new();
+        match event {
+            Ok(watcher::Event::Init) => listing = Some(HashMap::new()),
+            Ok(watcher::Event::InitApply(node)) => {
+                if let Some(listing) = listing.as_mut() {
+                    listing.insert(node.name_any(), Arc::new(node));
+                }
+            }
+            Ok(watcher::Event::InitDone) => {
+                let listed = listing.take().unwrap_or_default();
+                let mut nodes = host.nodes.write().expect("nodes lock");
+                changed.extend(nodes.keys().cloned());
+                changed.extend(listed.keys().cloned());
+                *nodes = listed;
+            }
+            Ok(watcher::Event::Apply(node)) => {
+                changed.push(node.name_any());
+                host.nodes
+                    .write()
+                    .expect("nodes lock")
+                    .insert(node.name_any(), Arc::new(node));
+            }
+            Ok(watcher::Event::Delete(node)) => {
+                changed.push(node.name_any());
+                host.nodes
+                    .write()
+                    .expect("nodes lock")
+                    .remove(&node.name_any());
+            }
+            Err(e) => tracing::debug!(host = %host.name, error = %e, "watching host nodes failed"),
+        }
+        for name in changed {
+            crate::nodes::host_node_changed(&ctx, &host, &name);
+        }
+    }
+}
+
+/// Checks the host every few seconds and reports what changed.
+async fn report_status(
+    ctx: Arc<Ctx>,
+    host: std::sync::Weak<Host>,
+    name: String,
+    client: kube::Client,
+) {
+    let mut last: Option<Value> = None;
+    let mut reachable_since: Option<(bool, Value)> = None;
+    loop {
+        if host.upgrade().is_none() {
+            return;
+        }
+        let status = match client.apiserver_version().await {
+            Ok(version) => {
+                let nodes = host
+                    .upgrade()
+                    .map(|h| h.nodes.read().expect("nodes lock").len())
+                    .unwrap_or(0);
+                (
+                    true,
+                    json!({"reachable": true, "serverVersion": version.git_version,
+                    "nodeCount": nodes, "lastError": ""}),
+                    "Connected".to_owned(),
+                    String::new(),
+                )
+            }
+            Err(e) => (
+                false,
+                json!({"reachable": false, "lastError": e.to_string()}),
+                "Unreachable".to_owned(),
+                e.to_string(),
+            ),
+        };
+        let (ok, mut value, reason, message) = status;
+        // The transition time moves only when reachability flips.
+        let cond = match &reachable_since {
+            Some((was, c)) if *was == ok => c.clone(),
+            _ => {
+                let c = condition(ok, &reason, &message);
+                reachable_since = Some((ok, c.clone()));
+                c
+            }
+        };
+        value["conditions"] = json!([cond]);
+        if last.as_ref() != Some(&value) {
+            match ctx.hosts.report(&name, value.clone()).await {
+                Ok(()) => last = Some(value),
+                Err(e) => tracing::debug!(host = %name, error = %e, "cannot report host status"),
+            }
+        }
+        tokio::time::sleep(STATUS_EVERY).await;
+    }
+}
+
+/// A VC's host namespaces: once the VC is gone, every host namespace
+/// labelled with its UID is deleted (its objects go with it).
+pub async fn reconcile_vc(ctx: &Arc<Ctx>, vc: &Vc) -> Outcome {
+    if ctx.hosts.vc(&vc.uid).is_some() {
+        return Ok(None);
+    }
+    for host in ctx.hosts.all() {
+        for ns in host.namespaces.in_vc(vc) {
+            let name = ns.name_any();
+            if !mapping::owned_by(ns.metadata.labels.as_ref(), &vc.uid) {
+                continue;
+            }
+            if ns.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let api = Api::<Namespace>::all(host.client.clone());
+            match api.delete(&name, &Default::default()).await {
+                Ok(_) => {
+                    tracing::info!(host = %host.name, namespace = %name, vc = %vc.name, "deleted a departed VC's host namespace")
+                }
+                Err(e) if kplex_controllers::client::is_status(&e, 404) => {}
+                Err(e) => return Err(Error::Api(e)),
+            }
+        }
+    }
+    Ok(None)
+}

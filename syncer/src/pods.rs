@@ -1,0 +1,654 @@
+//! Pods: each tenant Pod of a placed VC gets a copy on the VC's host (in
+//! the mapped namespace, its name unchanged, unscheduled so the host's
+//! scheduler places it), held by a finalizer until that copy is gone. What
+//! the host makes of it comes back: its status (phase, conditions, IPs,
+//! container states) and the Node it was bound to.
+//!
+//! On the host copy the Pod's own identity goes: no service account token
+//! of the host (`automountServiceAccountToken: false`, the host's default
+//! ServiceAccount), no host Service environment (`enableServiceLinks:
+//! false`), no priority class or scheduler the host may not have.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, PodCondition, PodSpec, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::ResourceExt;
+use serde_json::json;
+
+use kplex_api::mapping::{self, OBJECT_UID_ANNOTATION};
+use kplex_controllers::cache::{Change, ObjectKey};
+use kplex_controllers::client::{is_status, Vc};
+use kplex_controllers::Error;
+
+use crate::hosts::{Host, Unplaced};
+use crate::{ConfigKind, Ctx, Outcome, Task, FINALIZER};
+
+/// The names a Pod references, by kind.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct References {
+    /// ConfigMaps (volumes, projections, env, envFrom).
+    pub configmaps: BTreeSet<String>,
+    /// Secrets (volumes, projections, env, envFrom, image pull secrets).
+    pub secrets: BTreeSet<String>,
+    /// PersistentVolumeClaims.
+    pub claims: BTreeSet<String>,
+}
+
+/// What `spec` references.
+pub fn references(spec: &PodSpec) -> References {
+    let mut refs = References::default();
+    for volume in spec.volumes.iter().flatten() {
+        if let Some(cm) = volume.config_map.as_ref() {
+            refs.configmaps.insert(cm.name.clone());
+        }
+        if let Some(name) = volume.secret.as_ref().and_then(|s| s.secret_name.clone()) {
+            refs.secrets.insert(name);
+        }
+        if let Some(claim) = volume.persistent_volume_claim.as_ref() {
+            refs.claims.insert(claim.claim_name.clone());
+        }
+        for source in volume
+            .projected
+            .iter()
+            .flat_map(|p| p.sources.iter().flatten())
+        {
+            if let Some(cm) = source.config_map.as_ref() {
+                refs.configmaps.insert(cm.name.clone());
+            }
+            if let Some(secret) = source.secret.as_ref() {
+                refs.secrets.insert(secret.name.clone());
+            }
+        }
+    }
+    let containers = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten());
+    for container in containers {
+        for env in container.env.iter().flatten() {
+            let Some(from) = env.value_from.as_ref() else {
+                continue;
+            };
+            if let Some(key) = from.config_map_key_ref.as_ref() {
+                refs.configmaps.insert(key.name.clone());
+            }
+            if let Some(key) = from.secret_key_ref.as_ref() {
+                refs.secrets.insert(key.name.clone());
+            }
+        }
+        for from in container.env_from.iter().flatten() {
+            if let Some(cm) = from.config_map_ref.as_ref() {
+                refs.configmaps.insert(cm.name.clone());
+            }
+            if let Some(secret) = from.secret_ref.as_ref() {
+                refs.secrets.insert(secret.name.clone());
+            }
+        }
+    }
+    for secret in spec.image_pull_secrets.iter().flatten() {
+        refs.secrets.insert(secret.name.clone());
+    }
+    refs.configmaps.retain(|n| !n.is_empty());
+    refs.secrets.retain(|n| !n.is_empty());
+    refs.claims.retain(|n| !n.is_empty());
+    refs
+}
+
+/// The metadata of a host copy of a tenant object of `vc` in tenant
+/// namespace `ns`: its name, the mapped namespace, its labels and
+/// annotations with kplex's added.
+pub fn host_meta(vc: &Vc, ns: &str, meta: &ObjectMeta) -> ObjectMeta {
+    let mut labels = meta.labels.clone().unwrap_or_default();
+    labels.extend(mapping::host_labels(&vc.name, &vc.uid, Some(ns)));
+    let mut annotations = meta.annotations.clone().unwrap_or_default();
+    annotations.insert(
+        OBJECT_UID_ANNOTATION.to_owned(),
+        meta.uid.clone().unwrap_or_default(),
+    );
+    ObjectMeta {
+        name: meta.name.clone(),
+        namespace: Some(mapping::host_namespace(&vc.name, ns)),
+        labels: Some(labels),
+        annotations: Some(annotations),
+        ..Default::default()
+    }
+}
+
+/// The host copy of tenant Pod `pod` of `vc`.
+pub fn host_pod(vc: &Vc, ns: &str, pod: &Pod) -> Pod {
+    let mut spec = pod.spec.clone().unwrap_or_default();
+    spec.node_name = None;
+    spec.service_account_name = None;
+    spec.service_account = None;
+    spec.automount_service_account_token = Some(false);
+    spec.enable_service_links = Some(false);
+    spec.priority_class_name = None;
+    spec.priority = None;
+    spec.scheduler_name = None;
+    Pod {
+        metadata: host_meta(vc, ns, &pod.metadata),
+        spec: Some(spec),
+        status: None,
+    }
+}
+
+/// Whether a VC's object is itself a syncer's host copy (the VC serves as
+/// a host cluster, as in kplex's own tests): it stays where it is, or
+/// every copy would be copied again.
+pub fn is_host_copy(meta: &ObjectMeta) -> bool {
+    meta.labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(mapping::VC_UID_LABEL))
+}
+
+/// Whether the host object was made from the tenant object with `uid`.
+fn copies(meta: &ObjectMeta, uid: Option<&str>) -> bool {
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(OBJECT_UID_ANNOTATION))
+        .map(String::as_str)
+        == uid
+}
+
+/// Starts the tenant-side watches (Pods, ConfigMaps, Secrets, Nodes of
+/// every VC).
+pub fn watch(ctx: &Arc<Ctx>, tasks: &mut tokio::task::JoinSet<()>) {
+    let config = kplex_controllers::cache::watch_config();
+    let across = ctx.clients.across.clone();
+    let c = ctx.clone();
+    tasks.spawn(kplex_controllers::cache::run(
+        Api::<Pod>::all(across.clone()),
+        config.clone(),
+        ctx.pods.clone(),
+        move |change: Change<Pod>| pod_changed(&c, change),
+    ));
+    let c = ctx.clone();
+    tasks.spawn(kplex_controllers::cache::run(
+        Api::<ConfigMap>::all(across.clone()),
+        config.clone(),
+        ctx.configmaps.clone(),
+        move |change: Change<ConfigMap>| {
+            c.queue.add(Task::Config(ConfigKind::ConfigMap, change.key))
+        },
+    ));
+    let c = ctx.clone();
+    tasks.spawn(kplex_controllers::cache::run(
+        Api::<Secret>::all(across.clone()),
+        config.clone(),
+        ctx.secrets.clone(),
+        move |change: Change<Secret>| c.queue.add(Task::Config(ConfigKind::Secret, change.key)),
+    ));
+    let c = ctx.clone();
+    tasks.spawn(kplex_controllers::cache::run(
+        Api::<k8s_openapi::api::core::v1::Node>::all(across),
+        config,
+        ctx.nodes.clone(),
+        move |change: Change<k8s_openapi::api::core::v1::Node>| c.queue.add(Task::Node(change.key)),
+    ));
+}
+
+/// A tenant Pod changed: its own task, those of what it references (old
+/// and new), and the virtual Nodes it left or reached.
+fn pod_changed(ctx: &Ctx, change: Change<Pod>) {
+    let key = change.key;
+    let copies = change.new.as_ref().or(change.old.as_ref());
+    if copies.is_some_and(|p| is_host_copy(&p.metadata)) {
+        return;
+    }
+    for pod in change.old.iter().chain(change.new.iter()) {
+        if let Some(spec) = pod.spec.as_ref() {
+            let refs = references(spec);
+            for name in refs.configmaps {
+                let k = ObjectKey::new(&key.vc, key.namespace.as_deref(), &name);
+                ctx.queue.add(Task::Config(ConfigKind::ConfigMap, k));
+            }
+            for name in refs.secrets {
+                let k = ObjectKey::new(&key.vc, key.namespace.as_deref(), &name);
+                ctx.queue.add(Task::Config(ConfigKind::Secret, k));
+            }
+            if let Some(node) = spec.node_name.as_deref().filter(|n| !n.is_empty()) {
+                ctx.queue
+                    .add(Task::Node(ObjectKey::new(&key.vc, None, node)));
+            }
+        }
+    }
+    ctx.queue.add(Task::Pod(key));
+}
+
+/// Syncs one tenant Pod with its host copy.
+pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
+    let ns = key.ns().to_owned();
+    let tenant = ctx.pods.get(key);
+    if tenant.as_ref().is_some_and(|p| is_host_copy(&p.metadata)) {
+        return Ok(None);
+    }
+    let host = match ctx.hosts.placement(&key.vc) {
+        Ok(host) => host,
+        Err(unplaced) => {
+            if let Some(pod) = tenant {
+                mark_unplaced(ctx, key, &pod, &unplaced).await?;
+            }
+            // A host that is not listed yet will be: look again then.
+            return Ok(match unplaced {
+                Unplaced::NotReady(_) => Some(std::time::Duration::from_secs(1)),
+                _ => None,
+            });
+        }
+    };
+    let copy = host.pods.get(key);
+    let Some(pod) = tenant else {
+        // The tenant Pod is gone (deleted without the finalizer, or its VC
+        // is going): so goes the copy.
+        if let Some(copy) = copy {
+            delete_copy(&host, &copy).await?;
+        }
+        return Ok(None);
+    };
+    let uid = pod.metadata.uid.as_deref();
+    if pod.metadata.deletion_timestamp.is_some() {
+        if let Some(copy) = copy {
+            delete_copy(&host, &copy).await?;
+            // The host's watch says when it is gone.
+            return Ok(None);
+        }
+        return release(ctx, key, &pod).await;
+    }
+    // A copy of an earlier Pod of this name goes first.
+    if let Some(copy) = copy.as_ref().filter(|c| !copies(&c.metadata, uid)) {
+        delete_copy(&host, copy).await?;
+        return Ok(None);
+    }
+    if !has_finalizer(&pod.metadata) {
+        hold(ctx, key, &pod).await?;
+        // The write comes back through the watch, and with it this task.
+        return Ok(None);
+    }
+    let Some(copy) = copy else {
+        ensure_namespace(&host, &key.vc, &ns).await?;
+        for kind in [ConfigKind::ConfigMap, ConfigKind::Secret] {
+            let refs = pod.spec.as_ref().map(references).unwrap_or_default();
+            let names = match kind {
+                ConfigKind::ConfigMap => refs.configmaps,
+                ConfigKind::Secret => refs.secrets,
+            };
+            for name in names {
+                let k = ObjectKey::new(&key.vc, Some(&ns), &name);
+                crate::configs::reconcile(ctx, kind, &k).await?;
+            }
+        }
+        return create_copy(ctx, &host, key, &pod).await;
+    };
+    repair(&host, key, &pod, &copy).await?;
+    upsync(ctx, key, &pod, &copy).await
+}
+
+fn has_finalizer(meta: &ObjectMeta) -> bool {
+    meta.finalizers.iter().flatten().any(|f| f == FINALIZER)
+}
+
+/// Adds the finalizer to the tenant Pod (guarded by its resourceVersion).
+async fn hold(ctx: &Ctx, key: &ObjectKey, pod: &Pod) -> Result<(), Error> {
+    let mut finalizers = pod.metadata.finalizers.clone().unwrap_or_default();
+    finalizers.push(FINALIZER.to_owned());
+    let patch = json!({"metadata": {
+        "finalizers": finalizers,
+        "resourceVersion": pod.metadata.resource_version,
+    }});
+    let api = ctx.clients.vc::<Pod>(&key.vc, key.namespace.as_deref());
+    match api.merge(&key.name, &patch).await {
+        Ok(written) => {
+            ctx.pods.upsert(&key.vc, written);
+            Ok(())
+        }
+        Err(e) if e.is_status(404) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The copy is gone: the finalizer goes, and with it the tenant Pod.
+async fn release(ctx: &Ctx, key: &ObjectKey, pod: &Pod) -> Outcome {
+    if !has_finalizer(&pod.metadata) {
+        return Ok(None);
+    }
+    let finalizers: Vec<&String> = pod
+        .metadata
+        .finalizers
+        .iter()
+        .flatten()
+        .filter(|f| *f != FINALIZER)
+        .collect();
+    let patch = json!({"metadata": {
+        "finalizers": finalizers,
+        "resourceVersion": pod.metadata.resource_version,
+    }});
+    let api = ctx.clients.vc::<Pod>(&key.vc, key.namespace.as_deref());
+    match api.merge(&key.name, &patch).await {
+        Ok(_) => Ok(None),
+        Err(e) if e.is_status(404) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A tenant Pod that cannot go to a host stays Pending, with a
+/// `PodScheduled` condition that says why.
+async fn mark_unplaced(ctx: &Ctx, key: &ObjectKey, pod: &Pod, why: &Unplaced) -> Result<(), Error> {
+    let scheduled = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .is_some();
+    let status = pod.status.clone().unwrap_or_default();
+    let pending = matches!(status.phase.as_deref(), None | Some("Pending"));
+    if scheduled || !pending || pod.metadata.deletion_timestamp.is_some() {
+        // A Pod on its way out, or already placed, keeps what it has.
+        if pod.metadata.deletion_timestamp.is_some() {
+            release(ctx, key, pod).await?;
+        }
+        return Ok(());
+    }
+    let message = why.message();
+    let current = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "PodScheduled");
+    if current.is_some_and(|c| c.status == "False" && c.message.as_deref() == Some(&message)) {
+        return Ok(());
+    }
+    let mut updated = pod.clone();
+    let status = updated.status.get_or_insert_with(Default::default);
+    status.phase = Some("Pending".into());
+    let conditions = status.conditions.get_or_insert_with(Vec::new);
+    conditions.retain(|c| c.type_ != "PodScheduled");
+    conditions.push(PodCondition {
+        type_: "PodScheduled".into(),
+        status: "False".into(),
+        reason: Some("Unschedulable".into()),
+        message: Some(message),
+        last_transition_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            jiff::Timestamp::now(),
+        )),
+        ..Default::default()
+    });
+    let api = ctx.clients.vc::<Pod>(&key.vc, key.namespace.as_deref());
+    ctx.pods
+        .write_status(&api, &key.vc, &key.name, &updated)
+        .await
+        .map(|_| ())
+}
+
+/// Makes the host namespace of `ns` of `vc`, unless it is there. One
+/// that is there but not labelled for this VC is another's: refused.
+pub async fn ensure_namespace(host: &Host, vc: &Vc, ns: &str) -> Result<(), Error> {
+    let name = mapping::host_namespace(&vc.name, ns);
+    let key = ObjectKey::new(vc, None, &name);
+    if host.namespaces.get(&key).is_some() {
+        return Ok(());
+    }
+    let api = Api::<Namespace>::all(host.client.clone());
+    let namespace = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            labels: Some(mapping::host_labels(&vc.name, &vc.uid, None)),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    match api.create(&post_params(), &namespace).await {
+        Ok(created) => {
+            host.namespaces.upsert_host(created);
+            Ok(())
+        }
+        Err(e) if is_status(&e, 409) => {
+            let existing = api.get(&name).await.map_err(Error::Api)?;
+            if mapping::owned_by(existing.metadata.labels.as_ref(), &vc.uid) {
+                host.namespaces.upsert_host(existing);
+                Ok(())
+            } else {
+                Err(Error::Request(format!(
+                    "host namespace {name} exists and belongs to another owner"
+                )))
+            }
+        }
+        Err(e) => Err(Error::Api(e)),
+    }
+}
+
+/// The syncer's create options on a host.
+pub fn post_params() -> PostParams {
+    PostParams {
+        field_manager: Some(crate::MANAGER.into()),
+        ..Default::default()
+    }
+}
+
+async fn create_copy(ctx: &Ctx, host: &Host, key: &ObjectKey, pod: &Pod) -> Outcome {
+    let copy = host_pod(&key.vc, key.ns(), pod);
+    let ns = copy.metadata.namespace.clone().unwrap_or_default();
+    let api: Api<Pod> = host.api(&ns);
+    match api.create(&post_params(), &copy).await {
+        Ok(created) => {
+            host.pods.upsert_host(created);
+            tracing::debug!(pod = %key, host = %host.name, "pod placed on host");
+            Ok(None)
+        }
+        Err(e) if is_status(&e, 409) => {
+            // Not in the cache: a foreign Pod of that name, or one of ours
+            // the watch has not delivered yet.
+            let existing = api.get(&key.name).await.map_err(Error::Api)?;
+            if mapping::owned_by(existing.metadata.labels.as_ref(), &key.vc.uid) {
+                host.pods.upsert_host(existing);
+                return Ok(None);
+            }
+            let message = format!(
+                "a Pod named {} that kplex did not place exists in host namespace {ns}; it is left alone",
+                key.name
+            );
+            mark_unplaced(ctx, key, pod, &Unplaced::NotReady(message.clone())).await?;
+            tracing::warn!(pod = %key, host = %host.name, "{message}");
+            Ok(Some(std::time::Duration::from_secs(30)))
+        }
+        Err(e) => Err(Error::Api(e)),
+    }
+}
+
+/// Deletes a host copy (only one labelled for its VC, only that object:
+/// the UID precondition).
+async fn delete_copy(host: &Host, copy: &Pod) -> Result<(), Error> {
+    if copy.metadata.deletion_timestamp.is_some() {
+        return Ok(());
+    }
+    let ns = copy.metadata.namespace.clone().unwrap_or_default();
+    let api: Api<Pod> = host.api(&ns);
+    let params = DeleteParams {
+        preconditions: copy
+            .metadata
+            .uid
+            .clone()
+            .map(|uid| kube::api::Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+        ..Default::default()
+    };
+    match api.delete(&copy.name_any(), &params).await {
+        Ok(_) => Ok(()),
+        Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
+        Err(e) => Err(Error::Api(e)),
+    }
+}
+
+/// The tenant's spec wins: labels, annotations and images the host copy
+/// drifted from are put back.
+async fn repair(host: &Host, key: &ObjectKey, pod: &Pod, copy: &Pod) -> Result<(), Error> {
+    let desired = host_pod(&key.vc, key.ns(), pod);
+    let images = |p: &Pod| -> Vec<(String, Option<String>)> {
+        p.spec
+            .iter()
+            .flat_map(|s| {
+                s.containers
+                    .iter()
+                    .chain(s.init_containers.iter().flatten())
+            })
+            .map(|c| (c.name.clone(), c.image.clone()))
+            .collect()
+    };
+    let same = desired.metadata.labels == copy.metadata.labels
+        && desired.metadata.annotations == copy.metadata.annotations
+        && images(&desired) == images(copy);
+    if same {
+        return Ok(());
+    }
+    let mut fixed = copy.clone();
+    fixed.metadata.labels = desired.metadata.labels;
+    fixed.metadata.annotations = desired.metadata.annotations;
+    if let (Some(spec), Some(want)) = (fixed.spec.as_mut(), desired.spec.as_ref()) {
+        for (have, want) in spec
+            .containers
+            .iter_mut()
+            .chain(spec.init_containers.iter_mut().flatten())
+            .zip(
+                want.containers
+                    .iter()
+                    .chain(want.init_containers.iter().flatten()),
+            )
+        {
+            have.image = want.image.clone();
+        }
+    }
+    let ns = copy.metadata.namespace.clone().unwrap_or_default();
+    let api: Api<Pod> = host.api(&ns);
+    match api.replace(&key.name, &post_params(), &fixed).await {
+        Ok(written) => {
+            host.pods.upsert_host(written);
+            Ok(())
+        }
+        Err(e) if is_status(&e, 404) => Ok(()),
+        Err(e) => Err(Error::Api(e)),
+    }
+}
+
+/// The host's status wins: the tenant Pod gets the copy's status, and is
+/// bound to the Node the host bound the copy to.
+async fn upsync(ctx: &Arc<Ctx>, key: &ObjectKey, pod: &Pod, copy: &Pod) -> Outcome {
+    let api = ctx.clients.vc::<Pod>(&key.vc, key.namespace.as_deref());
+    let host_node = copy.spec.as_ref().and_then(|s| s.node_name.clone());
+    let tenant_node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+    if let (Some(node), None) = (&host_node, &tenant_node) {
+        // The virtual Node first, so the tenant never sees a Pod on a
+        // Node it does not have.
+        crate::nodes::reconcile(ctx, &ObjectKey::new(&key.vc, None, node)).await?;
+        let binding = json!({
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": {"name": key.name, "namespace": key.ns()},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+        });
+        match api.create_subresource("binding", &key.name, &binding).await {
+            Ok(()) => {}
+            Err(e) if e.is_status(404) || e.is_status(409) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let Some(status) = copy.status.clone() else {
+        return Ok(None);
+    };
+    if pod.status.as_ref() == Some(&status) {
+        return Ok(None);
+    }
+    let mut updated = pod.clone();
+    updated.status = Some(status);
+    if let (Some(spec), Some(node)) = (updated.spec.as_mut(), host_node) {
+        spec.node_name.get_or_insert(node);
+    }
+    ctx.pods
+        .write_status(&api, &key.vc, &key.name, &updated)
+        .await?;
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(spec: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "shop", "uid": "u-1",
+                "labels": {"app": "web"}, "annotations": {"a": "b"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web", "uid": "rs", "controller": true}],
+                "finalizers": ["x"], "resourceVersion": "7"},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn every_reference_is_found() {
+        let p = pod(json!({
+            "containers": [{"name": "c", "image": "i",
+                "env": [{"name": "A", "valueFrom": {"configMapKeyRef": {"name": "cm-env", "key": "k"}}},
+                        {"name": "B", "valueFrom": {"secretKeyRef": {"name": "s-env", "key": "k"}}},
+                        {"name": "C", "value": "plain"}],
+                "envFrom": [{"configMapRef": {"name": "cm-from"}}, {"secretRef": {"name": "s-from"}}]}],
+            "initContainers": [{"name": "i", "image": "i",
+                "env": [{"name": "D", "valueFrom": {"secretKeyRef": {"name": "s-init", "key": "k"}}}]}],
+            "volumes": [
+                {"name": "v1", "configMap": {"name": "cm-vol"}},
+                {"name": "v2", "secret": {"secretName": "s-vol"}},
+                {"name": "v3", "projected": {"sources": [{"configMap": {"name": "cm-proj"}}, {"secret": {"name": "s-proj"}}]}},
+                {"name": "v4", "persistentVolumeClaim": {"claimName": "data"}},
+                {"name": "v5", "emptyDir": {}}],
+            "imagePullSecrets": [{"name": "pull"}],
+        }));
+        let refs = references(p.spec.as_ref().unwrap());
+        let set = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        assert_eq!(
+            refs.configmaps,
+            set(&["cm-env", "cm-from", "cm-vol", "cm-proj"])
+        );
+        assert_eq!(
+            refs.secrets,
+            set(&["s-env", "s-from", "s-init", "s-vol", "s-proj", "pull"])
+        );
+        assert_eq!(refs.claims, set(&["data"]));
+    }
+
+    #[test]
+    fn the_host_copy_keeps_the_name_and_drops_the_identity() {
+        let vc = Vc {
+            uid: "vc-uid".into(),
+            name: "team-a".into(),
+        };
+        let p = pod(json!({"containers": [{"name": "c", "image": "nginx"}],
+            "nodeName": "virtual", "serviceAccountName": "builder",
+            "priorityClassName": "high", "schedulerName": "mine"}));
+        let copy = host_pod(&vc, "shop", &p);
+        assert_eq!(copy.metadata.name.as_deref(), Some("web"));
+        assert_eq!(
+            copy.metadata.namespace.as_deref(),
+            Some("kplex-team-a-shop")
+        );
+        let labels = copy.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels["app"], "web");
+        assert_eq!(labels[mapping::VC_LABEL], "team-a");
+        assert_eq!(labels[mapping::VC_UID_LABEL], "vc-uid");
+        assert_eq!(labels[mapping::NAMESPACE_LABEL], "shop");
+        assert_eq!(
+            copy.metadata.annotations.as_ref().unwrap()[OBJECT_UID_ANNOTATION],
+            "u-1"
+        );
+        assert!(copy.metadata.owner_references.is_none());
+        assert!(copy.metadata.finalizers.is_none());
+        assert!(copy.metadata.uid.is_none() && copy.metadata.resource_version.is_none());
+        let spec = copy.spec.unwrap();
+        assert_eq!(spec.node_name, None);
+        assert_eq!(spec.service_account_name, None);
+        assert_eq!(spec.automount_service_account_token, Some(false));
+        assert_eq!(spec.enable_service_links, Some(false));
+        assert_eq!(spec.priority_class_name, None);
+        assert_eq!(spec.scheduler_name, None);
+    }
+}
