@@ -190,6 +190,7 @@ mod tests {
             query: String::new(),
             headers,
             body: Bytes::new(),
+            upgrade: Default::default(),
         }
     }
 

@@ -68,9 +68,18 @@ pub struct Request {
     pub headers: HeaderMap,
     /// The body.
     pub body: Bytes,
+    /// The connection's switch to another protocol, when the client asked
+    /// for one (`exec`, `attach`, `port-forward`); taken by whoever answers
+    /// with 101.
+    pub upgrade: Arc<std::sync::Mutex<Option<hyper::upgrade::OnUpgrade>>>,
 }
 
 impl Request {
+    /// Takes the connection's upgrade (once).
+    pub fn take_upgrade(&self) -> Option<hyper::upgrade::OnUpgrade> {
+        self.upgrade.lock().expect("upgrade lock").take()
+    }
+
     /// The query parameters, decoded.
     pub fn query_pairs(&self) -> Vec<(String, String)> {
         form_urlencoded::parse(self.query.as_bytes())
@@ -232,7 +241,7 @@ where
 async fn route<B>(
     ctx: &Context,
     caller: Option<&Identity>,
-    req: hyper::Request<B>,
+    mut req: hyper::Request<B>,
 ) -> Result<Response<Body>, ApiError>
 where
     B: hyper::body::Body<Data = Bytes>,
@@ -244,6 +253,13 @@ where
         return public(ctx, req.method(), &path).await;
     }
     let caller = caller.ok_or_else(ApiError::unauthorized)?;
+    let wants_upgrade = req
+        .headers()
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.to_ascii_lowercase().contains("upgrade"));
+    let upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let body = Limited::new(body, MAX_BODY_BYTES)
         .collect()
@@ -267,6 +283,7 @@ where
         query,
         headers: parts.headers,
         body,
+        upgrade: Arc::new(std::sync::Mutex::new(upgrade)),
     };
     if let Some(rest) = path.strip_prefix("/clusters/") {
         let (name, tenant_path) = rest.split_once('/').unwrap_or((rest, ""));
@@ -354,6 +371,16 @@ async fn tenant(
         ctx.allocations.clone(),
         ctx.watches.clone(),
     );
+    if let Some((ns, pod, sub)) = streamed_pod_path(path) {
+        if !crate::proxy::allowed(sub, &req.method) {
+            return Err(crate::tenant::method_not_allowed(&req.method));
+        }
+        let pods = ctx.catalog.find("", "v1", "pods").expect("catalogued");
+        // The Pod must exist in this VC: nothing else of the host is reached.
+        let object = store.get(pods, Some(ns), pod).await?;
+        let uid = object["metadata"]["uid"].as_str().map(str::to_owned);
+        return crate::proxy::to_host(ctx, &vc, ns, pod, uid, sub, req).await;
+    }
     let span = tracing::debug_span!("tenant", vc = name, method = %req.method, path);
     crate::tenant::handle(
         &ctx.catalog,
@@ -365,6 +392,17 @@ async fn tenant(
     )
     .instrument(span)
     .await
+}
+
+/// `/api/v1/namespaces/<ns>/pods/<name>/<sub>` for a subresource the
+/// host's kubelet serves: (ns, name, sub).
+fn streamed_pod_path(path: &str) -> Option<(&str, &str, &str)> {
+    let rest = path.strip_prefix("/api/v1/namespaces/")?;
+    let segments: Vec<&str> = rest.split('/').collect();
+    match segments.as_slice() {
+        [ns, "pods", name, sub] if crate::proxy::STREAMED.contains(sub) => Some((ns, name, sub)),
+        _ => None,
+    }
 }
 
 async fn public(ctx: &Context, method: &Method, path: &str) -> Result<Response<Body>, ApiError> {
