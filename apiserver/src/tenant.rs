@@ -310,6 +310,8 @@ fn target<'a>(
         Some("status") => t.info.has_status(),
         Some("scale") => t.info.has_scale(),
         Some("binding" | "eviction") => t.info.kind == "Pod" && t.info.group.is_empty(),
+        // kplex's own: the syncer gives a Service the host's addresses.
+        Some("clusterip") => t.info.kind == "Service" && t.info.group.is_empty(),
         Some(_) => false,
     };
     if !served {
@@ -416,6 +418,18 @@ async fn resource(
             )))
         }
     };
+    if let (Some("clusterip"), Some(name)) = (t.sub, t.name) {
+        if !matches!(caller.scope, kplex_certs::Scope::System { .. }) {
+            return Err(ApiError::forbidden(format!(
+                "User \"{}\" cannot set the addresses of services: only kplex's syncer may",
+                caller.user
+            )));
+        }
+        if req.method != Method::PUT {
+            return Err(method_not_allowed(&req.method));
+        }
+        return set_addresses(store, &t, name, req).await;
+    }
     if let (Some(sub @ ("binding" | "eviction")), Some(name)) = (t.sub, t.name) {
         if req.method != Method::POST {
             return Err(method_not_allowed(&req.method));
@@ -763,6 +777,47 @@ async fn bind(
             .await?;
     }
     Ok(created_status())
+}
+
+/// `services/<name>/clusterip` (system credentials only): the syncer gives
+/// a tenant's Service the ClusterIP(s) and node ports its host copy got,
+/// so the address the tenant sees is the one that routes from its Pods.
+/// Body: `{"clusterIP": …, "clusterIPs": […], "nodePorts": [per port]}`.
+async fn set_addresses(
+    store: &GenericStore,
+    t: &Target<'_>,
+    name: &str,
+    req: &Request,
+) -> Result<Response<Body>, ApiError> {
+    let body = req.json_body()?;
+    let ip = body["clusterIP"]
+        .as_str()
+        .filter(|ip| !ip.is_empty())
+        .ok_or_else(|| ApiError::invalid("Service", name, "clusterIP", "Required value"))?
+        .to_owned();
+    let ips = match body.get("clusterIPs") {
+        Some(Value::Array(ips)) if ips.iter().all(Value::is_string) => Value::Array(ips.clone()),
+        _ => json!([ip]),
+    };
+    let node_ports: Vec<Option<i64>> = body["nodePorts"]
+        .as_array()
+        .map(|ports| ports.iter().map(Value::as_i64).collect())
+        .unwrap_or_default();
+    let object = store
+        .server_update(t.info, t.namespace, name, |service| {
+            service["spec"]["clusterIP"] = json!(ip);
+            service["spec"]["clusterIPs"] = ips.clone();
+            if let Some(ports) = service["spec"]["ports"].as_array_mut() {
+                for (port, node_port) in ports.iter_mut().zip(&node_ports) {
+                    if let Some(n) = node_port {
+                        port["nodePort"] = json!(n);
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await?;
+    Ok(ok(object))
 }
 
 /// What a subresource create (binding, eviction) answers.

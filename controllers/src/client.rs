@@ -193,6 +193,21 @@ where
             .map_err(Error::Api)
     }
 
+    /// Puts `body` to subresource `sub` of `name`; the object written.
+    pub async fn put_subresource(
+        &self,
+        sub: &str,
+        name: &str,
+        body: &serde_json::Value,
+    ) -> Result<K, Error> {
+        let data = serde_json::to_vec(body).map_err(Error::json)?;
+        let req = self
+            .request
+            .replace_subresource(sub, name, &Self::post_params(), data)
+            .map_err(Error::request)?;
+        self.client.request(req).await.map_err(Error::Api)
+    }
+
     /// A merge patch of `name`.
     pub async fn merge(&self, name: &str, patch: &serde_json::Value) -> Result<K, Error> {
         let params = PatchParams {

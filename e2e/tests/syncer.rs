@@ -604,3 +604,154 @@ async fn a_restarted_syncer_catches_up_without_duplicates_or_orphans() {
     assert!(!host_pods.contains(&tenant_pods[0]));
     assert!(host_pods.contains(&tenant_pods[1]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_route_from_the_host_address_the_tenant_sees() {
+    let s = setup();
+    let tenant = s.tenant("team-a");
+    let host = s.host.clone();
+    let ns = "kplex-team-a-default";
+    k(
+        &tenant,
+        &[
+            "create",
+            "deployment",
+            "web",
+            "--image=nginx",
+            "--replicas=2",
+        ],
+    );
+    k(
+        &tenant,
+        &[
+            "expose",
+            "deployment",
+            "web",
+            "--port=80",
+            "--target-port=8080",
+        ],
+    );
+    k(
+        &tenant,
+        &["create", "service", "nodeport", "np", "--tcp=80:8080"],
+    );
+    let selectorless = s.dir.path().join("ext.yaml");
+    std::fs::write(
+        &selectorless,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: ext}\nspec:\n  ports: [{port: 5432}]\n---\napiVersion: v1\nkind: Endpoints\nmetadata: {name: ext}\nsubsets:\n- addresses: [{ip: 192.0.2.10}]\n  ports: [{port: 5432}]\n",
+    )
+    .unwrap();
+    k(&tenant, &["create", "-f", selectorless.to_str().unwrap()]);
+
+    // The copy selects the VC's Pods only; its address is the tenant's.
+    let copy = eventually("the Service's copy", || {
+        let o = kplex_e2e::kubectl(&[
+            "--kubeconfig",
+            host.to_str().unwrap(),
+            "-n",
+            ns,
+            "get",
+            "service",
+            "web",
+            "-o",
+            "json",
+        ]);
+        o.status
+            .success()
+            .then(|| serde_json::from_slice::<Value>(&o.stdout).unwrap())
+    });
+    let vc_uid = s.admin_get(&["virtualcluster", "team-a"])["metadata"]["uid"].clone();
+    assert_eq!(copy["spec"]["selector"]["app"], "web");
+    assert_eq!(copy["spec"]["selector"]["tenancy.kplex.dev/vc-uid"], vc_uid);
+    assert_eq!(copy["spec"]["ports"][0]["targetPort"], 8080);
+    let host_ip = copy["spec"]["clusterIP"].as_str().unwrap().to_owned();
+    eventually("the tenant to see the host's ClusterIP", || {
+        let service = get(&tenant, &["service", "web"]);
+        (service["spec"]["clusterIP"] == host_ip.as_str()).then_some(())
+    });
+    let np = eventually("the NodePort's copy", || {
+        let o = kplex_e2e::kubectl(&[
+            "--kubeconfig",
+            host.to_str().unwrap(),
+            "-n",
+            ns,
+            "get",
+            "service",
+            "np",
+            "-o",
+            "json",
+        ]);
+        o.status
+            .success()
+            .then(|| serde_json::from_slice::<Value>(&o.stdout).unwrap())
+    });
+    let node_port = np["spec"]["ports"][0]["nodePort"].clone();
+    eventually("the tenant to see the host's node port", || {
+        let service = get(&tenant, &["service", "np"]);
+        (service["spec"]["ports"][0]["nodePort"] == node_port
+            && service["spec"]["clusterIP"] == np["spec"]["clusterIP"])
+            .then_some(())
+    });
+    // A selector-less Service brings its Endpoints.
+    let endpoints = eventually("the Endpoints' copy", || {
+        let o = kplex_e2e::kubectl(&[
+            "--kubeconfig",
+            host.to_str().unwrap(),
+            "-n",
+            ns,
+            "get",
+            "endpoints",
+            "ext",
+            "-o",
+            "json",
+        ]);
+        o.status
+            .success()
+            .then(|| serde_json::from_slice::<Value>(&o.stdout).unwrap())
+    });
+    assert_eq!(endpoints["subsets"][0]["addresses"][0]["ip"], "192.0.2.10");
+    assert_eq!(
+        endpoints["metadata"]["labels"]["tenancy.kplex.dev/vc"],
+        "team-a"
+    );
+
+    // Only the syncer may set a Service's addresses.
+    let refused = k_fails(
+        &tenant,
+        &[
+            "replace",
+            "--raw",
+            "/clusters/team-a/api/v1/namespaces/default/services/web/clusterip",
+            "-f",
+            selectorless.to_str().unwrap(),
+        ],
+    );
+    assert!(refused.contains("only kplex's syncer"), "{refused}");
+
+    // Drift on the host is put back; a tenant delete reaches the host.
+    k(
+        &host,
+        &[
+            "-n",
+            ns,
+            "patch",
+            "service",
+            "web",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"selector":{"app":"other"}}}"#,
+        ],
+    );
+    eventually("the selector to be put back", || {
+        let copy = get(&host, &["-n", ns, "service", "web"]);
+        (copy["spec"]["selector"]["app"] == "web").then_some(())
+    });
+    k(&tenant, &["delete", "service", "web", "ext", "--wait=true"]);
+    let left = names(&items(&host, &["-n", ns, "services"]));
+    assert_eq!(left, ["np"]);
+    assert!(items(
+        &host,
+        &["-n", ns, "endpoints", "-l", "tenancy.kplex.dev/vc"]
+    )
+    .is_empty());
+}

@@ -13,7 +13,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Node, Pod, Secret, Service};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::watcher;
 use kube::ResourceExt;
@@ -52,6 +52,10 @@ pub struct Host {
     pub configmaps: Arc<Cache<ConfigMap>>,
     /// kplex's Secrets on it, keyed as the tenant's.
     pub secrets: Arc<Cache<Secret>>,
+    /// kplex's Services on it, keyed as the tenant's.
+    pub services: Arc<Cache<Service>>,
+    /// kplex's Endpoints on it, keyed as the tenant's.
+    pub endpoints: Arc<Cache<Endpoints>>,
     /// kplex's namespaces on it (cluster-scoped keys: the host name).
     pub namespaces: Arc<Cache<Namespace>>,
     /// Every Node of the host, by name.
@@ -66,6 +70,8 @@ impl Host {
         self.pods.is_synced()
             && self.configmaps.is_synced()
             && self.secrets.is_synced()
+            && self.services.is_synced()
+            && self.endpoints.is_synced()
             && self.namespaces.is_synced()
     }
 
@@ -317,13 +323,20 @@ async fn watch_vcs(ctx: Arc<Ctx>) {
     }
 }
 
-/// Queues every Pod of `vc` (its placement changed).
+/// Queues every Pod and Service of `vc` (its placement changed).
 fn requeue_vc(ctx: &Ctx, vc: &Vc) {
     for pod in ctx.pods.in_vc(vc) {
         ctx.queue.add(Task::Pod(ObjectKey::new(
             vc,
             pod.metadata.namespace.as_deref(),
             &pod.name_any(),
+        )));
+    }
+    for service in ctx.services.in_vc(vc) {
+        ctx.queue.add(Task::Service(ObjectKey::new(
+            vc,
+            service.metadata.namespace.as_deref(),
+            &service.name_any(),
         )));
     }
 }
@@ -478,6 +491,8 @@ async fn connect(ctx: &Arc<Ctx>, name: &str, kubeconfig: &str) -> Result<Arc<Hos
         pods: Arc::new(Cache::new(Origin::Host)),
         configmaps: Arc::new(Cache::new(Origin::Host)),
         secrets: Arc::new(Cache::new(Origin::Host)),
+        services: Arc::new(Cache::new(Origin::Host)),
+        endpoints: Arc::new(Cache::new(Origin::Host)),
         namespaces: Arc::new(Cache::new(Origin::Host)),
         nodes: Default::default(),
         kubeconfig: kubeconfig.to_owned(),
@@ -504,6 +519,20 @@ async fn connect(ctx: &Arc<Ctx>, name: &str, kubeconfig: &str) -> Result<Arc<Hos
         labelled.clone(),
         host.secrets.clone(),
         move |change: Change<Secret>| queue.add(Task::Config(ConfigKind::Secret, change.key)),
+    ));
+    let queue = ctx.queue.clone();
+    host.tasks.spawn(cache::run(
+        Api::<Service>::all(client.clone()),
+        labelled.clone(),
+        host.services.clone(),
+        move |change: Change<Service>| queue.add(Task::Service(change.key)),
+    ));
+    let queue = ctx.queue.clone();
+    host.tasks.spawn(cache::run(
+        Api::<Endpoints>::all(client.clone()),
+        labelled.clone(),
+        host.endpoints.clone(),
+        move |change: Change<Endpoints>| queue.add(Task::Service(change.key)),
     ));
     let queue = ctx.queue.clone();
     host.tasks.spawn(cache::run(

@@ -21,11 +21,12 @@ pub mod configs;
 pub mod hosts;
 pub mod nodes;
 pub mod pods;
+pub mod services;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Node, Pod, Secret, Service};
 use kplex_controllers::cache::{Cache, ObjectKey};
 use kplex_controllers::client::{Clients, Vc};
 use kplex_controllers::queue::{Work, WorkQueue};
@@ -83,6 +84,9 @@ pub enum Task {
     Pod(ObjectKey),
     /// A ConfigMap or Secret a Pod may reference, and its host copy.
     Config(ConfigKind, ObjectKey),
+    /// A tenant Service (with its Endpoints when it has no selector) and
+    /// its host copy.
+    Service(ObjectKey),
     /// The virtual Node (the key's name) of a VC.
     Node(ObjectKey),
     /// A VC's host namespaces (removed once the VC is gone).
@@ -92,7 +96,7 @@ pub enum Task {
 impl Work for Task {
     fn vc(&self) -> &Vc {
         match self {
-            Task::Pod(k) | Task::Config(_, k) | Task::Node(k) => &k.vc,
+            Task::Pod(k) | Task::Config(_, k) | Task::Service(k) | Task::Node(k) => &k.vc,
             Task::Vc(vc) => vc,
         }
     }
@@ -110,6 +114,10 @@ pub struct Ctx {
     pub configmaps: Arc<Cache<ConfigMap>>,
     /// Secrets of every VC.
     pub secrets: Arc<Cache<Secret>>,
+    /// Services of every VC.
+    pub services: Arc<Cache<Service>>,
+    /// Endpoints of every VC.
+    pub endpoints: Arc<Cache<Endpoints>>,
     /// Nodes of every VC (the virtual ones the syncer keeps, and any a
     /// tenant made).
     pub nodes: Arc<Cache<Node>>,
@@ -132,6 +140,8 @@ impl Ctx {
             pods: Default::default(),
             configmaps: Default::default(),
             secrets: Default::default(),
+            services: Default::default(),
+            endpoints: Default::default(),
             nodes: Default::default(),
             failures: Default::default(),
         }))
@@ -141,10 +151,12 @@ impl Ctx {
     pub fn held(&self) -> String {
         let q = self.queue.stats();
         format!(
-            "pods={} configmaps={} secrets={} nodes={} {} queued={} active={}",
+            "pods={} configmaps={} secrets={} services={} endpoints={} nodes={} {} queued={} active={}",
             self.pods.len(),
             self.configmaps.len(),
             self.secrets.len(),
+            self.services.len(),
+            self.endpoints.len(),
             self.nodes.len(),
             self.hosts.held(),
             q.queued,
@@ -156,6 +168,7 @@ impl Ctx {
         match task {
             Task::Pod(key) => pods::reconcile(self, key).await,
             Task::Config(kind, key) => configs::reconcile(self, *kind, key).await,
+            Task::Service(key) => services::reconcile(self, key).await,
             Task::Node(key) => nodes::reconcile(self, key).await,
             Task::Vc(vc) => hosts::reconcile_vc(self, vc).await,
         }
@@ -178,6 +191,8 @@ pub async fn run_until(
             ctx.pods.wait_synced().await;
             ctx.configmaps.wait_synced().await;
             ctx.secrets.wait_synced().await;
+            ctx.services.wait_synced().await;
+            ctx.endpoints.wait_synced().await;
             ctx.nodes.wait_synced().await;
             ctx.hosts.wait_synced().await;
             tracing::info!(held = ctx.held(), "syncer's caches synced; syncing");

@@ -12,15 +12,17 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, PodCondition, PodSpec, Secret};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Endpoints, Namespace, Pod, PodCondition, PodSpec, Secret, Service,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::ResourceExt;
 use serde_json::json;
 
 use kplex_api::mapping::{self, OBJECT_UID_ANNOTATION};
-use kplex_controllers::cache::{Change, ObjectKey};
-use kplex_controllers::client::{is_status, Vc};
+use kplex_controllers::cache::{Cache, Change, ObjectKey};
+use kplex_controllers::client::{is_status, Vc, VcApi};
 use kplex_controllers::Error;
 
 use crate::hosts::{Host, Unplaced};
@@ -153,8 +155,8 @@ fn copies(meta: &ObjectMeta, uid: Option<&str>) -> bool {
         == uid
 }
 
-/// Starts the tenant-side watches (Pods, ConfigMaps, Secrets, Nodes of
-/// every VC).
+/// Starts the tenant-side watches (Pods, ConfigMaps, Secrets, Services,
+/// Endpoints, Nodes of every VC).
 pub fn watch(ctx: &Arc<Ctx>, tasks: &mut tokio::task::JoinSet<()>) {
     let config = kplex_controllers::cache::watch_config();
     let across = ctx.clients.across.clone();
@@ -180,6 +182,20 @@ pub fn watch(ctx: &Arc<Ctx>, tasks: &mut tokio::task::JoinSet<()>) {
         config.clone(),
         ctx.secrets.clone(),
         move |change: Change<Secret>| c.queue.add(Task::Config(ConfigKind::Secret, change.key)),
+    ));
+    let c = ctx.clone();
+    tasks.spawn(kplex_controllers::cache::run(
+        Api::<Service>::all(across.clone()),
+        config.clone(),
+        ctx.services.clone(),
+        move |change: Change<Service>| c.queue.add(Task::Service(change.key)),
+    ));
+    let c = ctx.clone();
+    tasks.spawn(kplex_controllers::cache::run(
+        Api::<Endpoints>::all(across.clone()),
+        config.clone(),
+        ctx.endpoints.clone(),
+        move |change: Change<Endpoints>| c.queue.add(Task::Service(change.key)),
     ));
     let c = ctx.clone();
     tasks.spawn(kplex_controllers::cache::run(
@@ -254,7 +270,7 @@ pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
             // The host's watch says when it is gone.
             return Ok(None);
         }
-        return release(ctx, key, &pod).await;
+        return release(pod_api(ctx, key), &ctx.pods, key, &*pod).await;
     }
     // A copy of an earlier Pod of this name goes first.
     if let Some(copy) = copy.as_ref().filter(|c| !copies(&c.metadata, uid)) {
@@ -262,7 +278,7 @@ pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
         return Ok(None);
     }
     if !has_finalizer(&pod.metadata) {
-        hold(ctx, key, &pod).await?;
+        hold(pod_api(ctx, key), &ctx.pods, key, &*pod).await?;
         // The write comes back through the watch, and with it this task.
         return Ok(None);
     }
@@ -285,22 +301,31 @@ pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
     upsync(ctx, key, &pod, &copy).await
 }
 
-fn has_finalizer(meta: &ObjectMeta) -> bool {
+/// Whether the tenant object carries the syncer's finalizer.
+pub fn has_finalizer(meta: &ObjectMeta) -> bool {
     meta.finalizers.iter().flatten().any(|f| f == FINALIZER)
 }
 
-/// Adds the finalizer to the tenant Pod (guarded by its resourceVersion).
-async fn hold(ctx: &Ctx, key: &ObjectKey, pod: &Pod) -> Result<(), Error> {
-    let mut finalizers = pod.metadata.finalizers.clone().unwrap_or_default();
+/// Adds the finalizer to a tenant object (guarded by its resourceVersion).
+pub async fn hold<K>(
+    api: VcApi<K>,
+    cache: &Cache<K>,
+    key: &ObjectKey,
+    object: &K,
+) -> Result<(), Error>
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let meta = object.meta();
+    let mut finalizers = meta.finalizers.clone().unwrap_or_default();
     finalizers.push(FINALIZER.to_owned());
     let patch = json!({"metadata": {
         "finalizers": finalizers,
-        "resourceVersion": pod.metadata.resource_version,
+        "resourceVersion": meta.resource_version,
     }});
-    let api = ctx.clients.vc::<Pod>(&key.vc, key.namespace.as_deref());
     match api.merge(&key.name, &patch).await {
         Ok(written) => {
-            ctx.pods.upsert(&key.vc, written);
+            cache.upsert(&key.vc, written);
             Ok(())
         }
         Err(e) if e.is_status(404) => Ok(()),
@@ -308,13 +333,16 @@ async fn hold(ctx: &Ctx, key: &ObjectKey, pod: &Pod) -> Result<(), Error> {
     }
 }
 
-/// The copy is gone: the finalizer goes, and with it the tenant Pod.
-async fn release(ctx: &Ctx, key: &ObjectKey, pod: &Pod) -> Outcome {
-    if !has_finalizer(&pod.metadata) {
+/// The copy is gone: the finalizer goes, and with it the tenant object.
+pub async fn release<K>(api: VcApi<K>, cache: &Cache<K>, key: &ObjectKey, object: &K) -> Outcome
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let meta = object.meta();
+    if !has_finalizer(meta) {
         return Ok(None);
     }
-    let finalizers: Vec<&String> = pod
-        .metadata
+    let finalizers: Vec<&String> = meta
         .finalizers
         .iter()
         .flatten()
@@ -322,11 +350,17 @@ async fn release(ctx: &Ctx, key: &ObjectKey, pod: &Pod) -> Outcome {
         .collect();
     let patch = json!({"metadata": {
         "finalizers": finalizers,
-        "resourceVersion": pod.metadata.resource_version,
+        "resourceVersion": meta.resource_version,
     }});
-    let api = ctx.clients.vc::<Pod>(&key.vc, key.namespace.as_deref());
     match api.merge(&key.name, &patch).await {
-        Ok(_) => Ok(None),
+        // The last finalizer gone, the object is too: the answer is its
+        // final state, which must not go back into the cache. The watch's
+        // DELETED event takes it out (and queues what depended on it).
+        Ok(written) if written.meta().finalizers.iter().flatten().next().is_none() => Ok(None),
+        Ok(written) => {
+            cache.upsert(&key.vc, written);
+            Ok(None)
+        }
         Err(e) if e.is_status(404) => Ok(None),
         Err(e) => Err(e),
     }
@@ -345,7 +379,7 @@ async fn mark_unplaced(ctx: &Ctx, key: &ObjectKey, pod: &Pod, why: &Unplaced) ->
     if scheduled || !pending || pod.metadata.deletion_timestamp.is_some() {
         // A Pod on its way out, or already placed, keeps what it has.
         if pod.metadata.deletion_timestamp.is_some() {
-            release(ctx, key, pod).await?;
+            release(pod_api(ctx, key), &ctx.pods, key, pod).await?;
         }
         return Ok(());
     }
@@ -378,6 +412,10 @@ async fn mark_unplaced(ctx: &Ctx, key: &ObjectKey, pod: &Pod, why: &Unplaced) ->
         .write_status(&api, &key.vc, &key.name, &updated)
         .await
         .map(|_| ())
+}
+
+fn pod_api(ctx: &Ctx, key: &ObjectKey) -> VcApi<Pod> {
+    ctx.clients.vc::<Pod>(&key.vc, key.namespace.as_deref())
 }
 
 /// Makes the host namespace of `ns` of `vc`, unless it is there. One
