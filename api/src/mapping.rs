@@ -25,6 +25,11 @@ pub const OBJECT_UID_ANNOTATION: &str = "tenancy.kplex.dev/object-uid";
 /// On a virtual Node the syncer keeps in a VC: the host cluster whose
 /// Node it mirrors (the syncer changes and deletes only Nodes with it).
 pub const HOST_CLUSTER_LABEL: &str = "tenancy.kplex.dev/host-cluster";
+/// On the host Secret holding a Pod's VC ServiceAccount token: the tenant
+/// Pod's UID (the Secret is the syncer's, not a copy of a tenant Secret).
+pub const TOKEN_FOR_ANNOTATION: &str = "tenancy.kplex.dev/token-for";
+/// On that Secret: when its token expires (seconds since the epoch).
+pub const TOKEN_EXPIRES_ANNOTATION: &str = "tenancy.kplex.dev/token-expires";
 /// How every host namespace of a VC begins.
 pub const HOST_NAMESPACE_PREFIX: &str = "kplex-";
 

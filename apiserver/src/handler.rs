@@ -30,6 +30,8 @@ pub struct Context {
     pub registry: Registry,
     /// The host clusters VCs are placed on.
     pub hosts: crate::hostclusters::HostClusters,
+    /// Signs and verifies ServiceAccount tokens.
+    pub tokens: Arc<crate::tokens::Tokens>,
     /// The CA, for issuing tenant credentials.
     pub authority: Arc<Authority>,
     /// The URL clients reach this server at (`https://host:port`).
@@ -252,7 +254,18 @@ where
     if is_public(&path) {
         return public(ctx, req.method(), &path).await;
     }
-    let caller = caller.ok_or_else(ApiError::unauthorized)?;
+    // No client certificate: a ServiceAccount token may say who it is.
+    let from_token = match (caller, crate::tokens::bearer(req.headers())) {
+        (None, Some(token)) => Some(
+            crate::tokens::authenticate(ctx, token)
+                .await
+                .ok_or_else(ApiError::unauthorized)?,
+        ),
+        _ => None,
+    };
+    let caller = caller
+        .or(from_token.as_ref())
+        .ok_or_else(ApiError::unauthorized)?;
     let wants_upgrade = req
         .headers()
         .get_all(hyper::header::CONNECTION)
@@ -293,6 +306,17 @@ where
         if rest.is_empty() || rest.starts_with('/') {
             return crate::system::system_cluster(ctx, caller, rest, &request).await;
         }
+    }
+    // A VC's credential on a path without `/clusters/<vc>` (an in-cluster
+    // client knows only the bare URL) is served by its VC.
+    if let Scope::VirtualCluster { uid } = &caller.scope {
+        let name = ctx.registry.name_of(uid).ok_or_else(|| {
+            ApiError::forbidden(format!(
+                "User \"{}\" cannot access the admin API: the credential belongs to a virtual cluster",
+                caller.user
+            ))
+        })?;
+        return tenant(ctx, caller, &name, &path, &request).await;
     }
     if caller.scope != Scope::Admin {
         let whose = match caller.scope {
@@ -371,6 +395,18 @@ async fn tenant(
         ctx.allocations.clone(),
         ctx.watches.clone(),
     );
+    if let Some((ns, account)) = token_request_path(path) {
+        return crate::tokens::token_request(
+            &ctx.tokens,
+            vc.uid(),
+            &store,
+            &ctx.catalog,
+            ns,
+            account,
+            req,
+        )
+        .await;
+    }
     if let Some((ns, pod, sub)) = streamed_pod_path(path) {
         if !crate::proxy::allowed(sub, &req.method) {
             return Err(crate::tenant::method_not_allowed(&req.method));
@@ -401,6 +437,15 @@ fn streamed_pod_path(path: &str) -> Option<(&str, &str, &str)> {
     let segments: Vec<&str> = rest.split('/').collect();
     match segments.as_slice() {
         [ns, "pods", name, sub] if crate::proxy::STREAMED.contains(sub) => Some((ns, name, sub)),
+        _ => None,
+    }
+}
+
+/// `/api/v1/namespaces/<ns>/serviceaccounts/<name>/token`: (ns, name).
+fn token_request_path(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/api/v1/namespaces/")?;
+    match rest.split('/').collect::<Vec<_>>().as_slice() {
+        [ns, "serviceaccounts", name, "token"] => Some((ns, name)),
         _ => None,
     }
 }

@@ -20,5 +20,6 @@ pub mod server;
 pub mod storage_config;
 pub mod system;
 pub mod tenant;
+pub mod tokens;
 pub mod virtualclusters;
 pub mod watchstream;

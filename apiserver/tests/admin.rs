@@ -96,20 +96,43 @@ fn a_tenant_credential_reaches_only_its_own_virtual_cluster() {
     assert!(own.status.success(), "{}", stderr(&own));
     let own_health = raw_get(&alice, "/clusters/team-a/readyz");
     assert_eq!(stdout(&own_health), "ok", "{}", stderr(&own_health));
-    // Another VC, a VC that does not exist, the admin API: all 403.
+    // Another VC, a VC that does not exist: all 403.
     for path in [
         "/clusters/team-b/api",
         "/clusters/team-b/readyz",
         "/clusters/no-such-vc/api",
         "/clusters/team-a0/api",
         "/clusters//api",
-        "/apis",
-        "/apis/tenancy.kplex.dev/v1alpha1/virtualclusters",
-        "/metrics",
     ] {
         let o = raw_get(&alice, path);
         assert!(!o.status.success(), "{path} must be refused");
         assert!(stderr(&o).contains("Forbidden"), "{path}: {}", stderr(&o));
+    }
+    // The bare paths are its own VC (in-cluster clients know no other
+    // URL): never the admin API.
+    let bare = raw_get(&alice, "/api/v1/namespaces");
+    let prefixed = raw_get(&alice, "/clusters/team-a/api/v1/namespaces");
+    let names = |o: &std::process::Output| {
+        let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let mut names: Vec<String> = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["metadata"]["name"].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names(&bare), names(&prefixed));
+    let groups = stdout(&raw_get(&alice, "/apis"));
+    assert!(!groups.contains("tenancy.kplex.dev"), "{groups}");
+    for path in [
+        "/apis/tenancy.kplex.dev/v1alpha1/virtualclusters",
+        "/metrics",
+    ] {
+        let o = raw_get(&alice, path);
+        assert!(!o.status.success(), "{path} must not answer");
+        assert!(stderr(&o).contains("NotFound"), "{path}: {}", stderr(&o));
     }
     // An admin credential on a tenant path is refused too.
     let o = admin(&kplex, &["get", "--raw", "/clusters/team-a/api"]);

@@ -174,23 +174,20 @@ where
         self.client.request(req).await.map_err(Error::Api)
     }
 
-    /// Posts `body` to subresource `sub` of `name` (a Pod's `binding`).
+    /// Posts `body` to subresource `sub` of `name` (a Pod's `binding`, a
+    /// ServiceAccount's `token`); the answer.
     pub async fn create_subresource(
         &self,
         sub: &str,
         name: &str,
         body: &serde_json::Value,
-    ) -> Result<(), Error> {
+    ) -> Result<serde_json::Value, Error> {
         let data = serde_json::to_vec(body).map_err(Error::json)?;
         let req = self
             .request
             .create_subresource(sub, name, &Self::post_params(), data)
             .map_err(Error::request)?;
-        self.client
-            .request_text(req)
-            .await
-            .map(|_| ())
-            .map_err(Error::Api)
+        self.client.request(req).await.map_err(Error::Api)
     }
 
     /// Puts `body` to subresource `sub` of `name`; the object written.

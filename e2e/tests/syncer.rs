@@ -755,3 +755,148 @@ async fn services_route_from_the_host_address_the_tenant_sees() {
     )
     .is_empty());
 }
+
+/// A kubeconfig that presents `token` to `server` (an in-cluster client's
+/// view: the bare URL, kplex's CA, a bearer token).
+fn token_kubeconfig(dir: &Path, name: &str, server: &str, ca: &Path, token: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.token.kubeconfig"));
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: c\nclusters:\n- name: c\n  cluster: {{server: '{server}', certificate-authority: '{}'}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\nusers:\n- name: u\n  user: {{token: '{token}'}}\n",
+            ca.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_reach_their_own_vc_with_a_token_the_syncer_keeps() {
+    let s = setup();
+    let tenant = s.tenant("team-a");
+    let ca = s.kplex.data_dir.join("pki").join("ca.crt");
+    let server = s.kplex.server();
+
+    // kubectl create token: a token of the VC, for the bare URL.
+    let token = k(&tenant, &["create", "token", "default"])
+        .trim()
+        .to_owned();
+    let as_sa = token_kubeconfig(s.dir.path(), "sa", &server, &ca, &token);
+    let who = k(&as_sa, &["auth", "whoami"]);
+    assert!(
+        who.contains("system:serviceaccount:default:default"),
+        "{who}"
+    );
+    assert!(who.contains("system:serviceaccounts:default"), "{who}");
+    let namespaces = names(&items(&as_sa, &["namespaces"]));
+    assert_eq!(namespaces, names(&items(&tenant, &["namespaces"])));
+    // Another VC's URL refuses it; so does the admin API.
+    let elsewhere = token_kubeconfig(
+        s.dir.path(),
+        "elsewhere",
+        &format!("{server}/clusters/host"),
+        &ca,
+        &token,
+    );
+    assert!(k_fails(&elsewhere, &["get", "pods"]).contains("Forbidden"));
+    let groups = k(&as_sa, &["get", "--raw", "/apis"]);
+    assert!(!groups.contains("tenancy.kplex.dev"));
+    // Bad requests are refused as kube-apiserver refuses them.
+    assert!(
+        k_fails(&tenant, &["create", "token", "default", "--duration=1m"]).contains("10 minutes")
+    );
+    assert!(k_fails(&tenant, &["create", "token", "nobody"]).contains("not found"));
+    // A forged token is nobody.
+    let mut forged = token.clone();
+    forged.pop();
+    let forged = token_kubeconfig(s.dir.path(), "forged", &server, &ca, &forged);
+    assert!(k_fails(&forged, &["get", "pods"]).contains("Unauthorized"));
+
+    // A Pod's host copy carries a token bound to it, kplex's address and CA.
+    k(&tenant, &["run", "web", "--image=nginx"]);
+    let pod_uid = get(&tenant, &["pod", "web"])["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ns = "kplex-team-a-default";
+    let copy = eventually("the Pod on the host", || {
+        items(&s.host, &["-n", ns, "pods"]).into_iter().next()
+    });
+    let container = &copy["spec"]["containers"][0];
+    let env: Vec<(String, String)> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_owned(),
+                e["value"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        env.contains(&("KUBERNETES_SERVICE_HOST".into(), "127.0.0.1".into())),
+        "{env:?}"
+    );
+    assert!(
+        env.contains(&("KUBERNETES_SERVICE_PORT".into(), s.kplex.port.to_string())),
+        "{env:?}"
+    );
+    let mounts = container["volumeMounts"].to_string();
+    assert!(
+        mounts.contains("/var/run/secrets/kubernetes.io/serviceaccount"),
+        "{mounts}"
+    );
+    assert!(copy["spec"]["hostAliases"]
+        .to_string()
+        .contains("kubernetes.default.svc"));
+    let secret = get(
+        &s.host,
+        &["-n", ns, "secret", &format!("kplex-token-{pod_uid}")],
+    );
+    let decode = |field: &str| {
+        let o = std::process::Command::new("base64")
+            .arg("-d")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        o.stdin
+            .as_ref()
+            .unwrap()
+            .write_all(secret["data"][field].as_str().unwrap().as_bytes())
+            .unwrap();
+        String::from_utf8(o.wait_with_output().unwrap().stdout).unwrap()
+    };
+    assert_eq!(decode("namespace"), "default");
+    assert_eq!(decode("ca.crt"), std::fs::read_to_string(&ca).unwrap());
+    let pod_token = decode("token");
+    // What the Pod's in-cluster client does: its own VC answers.
+    let in_pod = token_kubeconfig(s.dir.path(), "in-pod", &server, &ca, &pod_token);
+    assert_eq!(names(&items(&in_pod, &["pods"])), ["web"]);
+
+    // Once the Pod is gone, so are its token and the Secret holding it.
+    k(&tenant, &["delete", "pod", "web", "--wait=true"]);
+    assert!(k_fails(&in_pod, &["get", "pods"]).contains("Unauthorized"));
+    eventually("the token Secret to go", || {
+        items(
+            &s.host,
+            &["-n", ns, "secrets", "-l", "tenancy.kplex.dev/vc"],
+        )
+        .is_empty()
+        .then_some(())
+    });
+    // And a ServiceAccount's token dies with the ServiceAccount.
+    k(&tenant, &["create", "serviceaccount", "robot"]);
+    let robot = k(&tenant, &["create", "token", "robot"]).trim().to_owned();
+    let as_robot = token_kubeconfig(s.dir.path(), "robot", &server, &ca, &robot);
+    assert!(
+        kplex_e2e::kubectl(&["--kubeconfig", as_robot.to_str().unwrap(), "get", "pods"])
+            .status
+            .success()
+    );
+    k(&tenant, &["delete", "serviceaccount", "robot"]);
+    assert!(k_fails(&as_robot, &["get", "pods"]).contains("Unauthorized"));
+}

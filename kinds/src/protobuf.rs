@@ -146,9 +146,28 @@ fn message_for(api_version: &str, kind: &str) -> Option<&'static Message> {
         .iter()
         .find(|(v, k, _)| *v == api_version && *k == kind)
         .map(|(_, _, m)| (*m).to_owned())
+        .or_else(|| {
+            SUBRESOURCE_KINDS
+                .iter()
+                .find(|(v, k, _)| *v == api_version && *k == kind)
+                .map(|(_, _, m)| (*m).to_owned())
+        })
         .unwrap_or_else(|| format!("apimachinery.pkg.apis.meta.v1.{kind}"));
     find_message(&name)
 }
+
+/// Kinds posted to subresources (not resources of their own, so not in
+/// k8s-pb's resource list): `kubectl create token` sends its TokenRequest
+/// as protobuf.
+const SUBRESOURCE_KINDS: &[(&str, &str, &str)] = &[
+    (
+        "authentication.k8s.io/v1",
+        "TokenRequest",
+        "api.authentication.v1.TokenRequest",
+    ),
+    ("v1", "Binding", "api.core.v1.Binding"),
+    ("policy/v1", "Eviction", "api.policy.v1.Eviction"),
+];
 
 fn find_message(name: &str) -> Option<&'static Message> {
     table::MESSAGES

@@ -98,6 +98,14 @@ pub async fn reconcile(ctx: &Arc<Ctx>, kind: ConfigKind, key: &ObjectKey) -> Out
             sync(&host, key, tenant, &host.configmaps).await
         }
         ConfigKind::Secret => {
+            // A Pod's token Secret is the syncer's own (`token`).
+            if host
+                .secrets
+                .get(key)
+                .is_some_and(|s| crate::token::is_token(&s))
+            {
+                return Ok(None);
+            }
             let tenant = ctx.secrets.get(key).filter(|_| wanted);
             sync(&host, key, tenant, &host.secrets).await
         }

@@ -22,6 +22,7 @@ pub mod hosts;
 pub mod nodes;
 pub mod pods;
 pub mod services;
+pub mod token;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,6 +53,8 @@ pub struct Options {
     pub per_vc: usize,
     /// Who this process is, in the Lease.
     pub identity: String,
+    /// kplex's CA bundle (a Pod's `ca.crt`).
+    pub ca_pem: String,
 }
 
 impl Options {
@@ -64,6 +67,7 @@ impl Options {
             workers: 32,
             per_vc: 4,
             identity: base.identity,
+            ca_pem: base.ca_pem,
         })
     }
 }
@@ -123,6 +127,8 @@ pub struct Ctx {
     pub nodes: Arc<Cache<Node>>,
     /// The VCs, the host clusters, and which VC is placed where.
     pub hosts: hosts::Hosts,
+    /// How Pods on hosts reach their VC.
+    pub access: token::Access,
     /// Consecutive failures per task, while it fails.
     failures: Arc<kplex_controllers::queue::Backoff<Task>>,
 }
@@ -135,6 +141,7 @@ impl Ctx {
         let clients = Clients::new(&options.config).map_err(|e| e.to_string())?;
         Ok(Arc::new(Ctx {
             hosts: hosts::Hosts::new(&options.config)?,
+            access: token::Access::new(&options.config, &options.ca_pem)?,
             clients,
             queue: WorkQueue::new(options.per_vc),
             pods: Default::default(),

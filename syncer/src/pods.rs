@@ -260,6 +260,12 @@ pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
         // is going): so goes the copy.
         if let Some(copy) = copy {
             delete_copy(&host, &copy).await?;
+            let uid = copy
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(OBJECT_UID_ANNOTATION));
+            crate::token::remove(&host, key, uid.map(String::as_str)).await?;
         }
         return Ok(None);
     };
@@ -270,6 +276,7 @@ pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
             // The host's watch says when it is gone.
             return Ok(None);
         }
+        crate::token::remove(&host, key, uid).await?;
         return release(pod_api(ctx, key), &ctx.pods, key, &*pod).await;
     }
     // A copy of an earlier Pod of this name goes first.
@@ -282,6 +289,9 @@ pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
         // The write comes back through the watch, and with it this task.
         return Ok(None);
     }
+    // The Pod's VC token, made before the copy that mounts it, renewed
+    // before it expires.
+    let renew = crate::token::ensure(ctx, &host, key, &pod).await?;
     let Some(copy) = copy else {
         ensure_namespace(&host, &key.vc, &ns).await?;
         for kind in [ConfigKind::ConfigMap, ConfigKind::Secret] {
@@ -298,7 +308,11 @@ pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
         return create_copy(ctx, &host, key, &pod).await;
     };
     repair(&host, key, &pod, &copy).await?;
-    upsync(ctx, key, &pod, &copy).await
+    let after = upsync(ctx, key, &pod, &copy).await?;
+    Ok(match (after, renew) {
+        (Some(a), Some(r)) => Some(a.min(r)),
+        (a, r) => a.or(r),
+    })
 }
 
 /// Whether the tenant object carries the syncer's finalizer.
@@ -464,7 +478,10 @@ pub fn post_params() -> PostParams {
 }
 
 async fn create_copy(ctx: &Ctx, host: &Host, key: &ObjectKey, pod: &Pod) -> Outcome {
-    let copy = host_pod(&key.vc, key.ns(), pod);
+    let mut copy = host_pod(&key.vc, key.ns(), pod);
+    if let Some(spec) = copy.spec.as_mut() {
+        crate::token::Wiring::of(ctx, &key.vc, key.ns(), pod).apply(spec);
+    }
     let ns = copy.metadata.namespace.clone().unwrap_or_default();
     let api: Api<Pod> = host.api(&ns);
     match api.create(&post_params(), &copy).await {
@@ -586,7 +603,7 @@ async fn upsync(ctx: &Arc<Ctx>, key: &ObjectKey, pod: &Pod, copy: &Pod) -> Outco
             "target": {"apiVersion": "v1", "kind": "Node", "name": node},
         });
         match api.create_subresource("binding", &key.name, &binding).await {
-            Ok(()) => {}
+            Ok(_) => {}
             Err(e) if e.is_status(404) || e.is_status(409) => {}
             Err(e) => return Err(e),
         }

@@ -275,7 +275,18 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .current_revision()
         .await
         .map_err(|e| format!("storage does not answer: {e}"))?;
-    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    // In-cluster clients of a VC (Pods on hosts) know the API server by
+    // the names a cluster gives it.
+    let mut names: Vec<String> = [
+        "localhost",
+        "127.0.0.1",
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+    ]
+    .map(str::to_owned)
+    .to_vec();
     names.push(args.advertise_address.clone());
     names.extend(args.tls_sans.iter().cloned());
     let url = format!("https://{}:{}", args.advertise_address, args.port);
@@ -290,12 +301,16 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let store: Arc<dyn kplex_storage::Store> = Arc::new(
         kplex_apiserver::metrics::MeteredStore::new(store, metrics.clone()),
     );
+    let tokens = kplex_apiserver::tokens::Tokens::load_or_create(&store)
+        .await
+        .map_err(|e| format!("cannot prepare the token signing key: {e}"))?;
     let store = kplex_registry::watchcache::WatchCache::start(store).await;
     let catalog = kplex_kinds::catalog::shared();
     let ctx = Arc::new(Context {
         metrics,
         registry: kplex_apiserver::virtualclusters::Registry::indexed(store.clone()).await,
         hosts: kplex_apiserver::hostclusters::HostClusters::new(store.clone()),
+        tokens: Arc::new(tokens),
         store,
         authority: Arc::new(boot.authority),
         url,

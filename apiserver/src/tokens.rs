@@ -1,0 +1,454 @@
+//! ServiceAccount tokens: JWTs kplex signs (ES256) for a VC's
+//! ServiceAccounts (`serviceaccounts/<name>/token`, TokenRequest, what
+//! `kubectl create token` asks for), and their verification when a client
+//! presents one as a bearer token.
+//!
+//! A token names its VC by UID (`kplex.dev/vc`), its namespace and
+//! ServiceAccount (by name and UID) and, when bound, its Pod (by name and
+//! UID). It is accepted by that VC only, and only while the VC, the
+//! ServiceAccount and the bound Pod still exist with those UIDs.
+//!
+//! The signing key lives in the system keyspace, created by the first
+//! kplex to start, so every replica on one etcd signs and verifies alike.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use bytes::Bytes;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use kplex_storage::{Store, StoreError, SystemKeyspace};
+use serde::{Deserialize, Serialize};
+
+/// The issuer kplex names, and the audience of a token that names none
+/// (kubeadm's and kind's default, which in-cluster clients expect).
+pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
+/// Default lifetime of a requested token (kube-apiserver's).
+pub const DEFAULT_EXPIRATION: u64 = 3600;
+/// Shortest lifetime a TokenRequest may ask for.
+pub const MIN_EXPIRATION: u64 = 600;
+/// Longest lifetime kplex grants (kube-apiserver caps at its
+/// `--service-account-max-token-expiration`).
+pub const MAX_EXPIRATION: u64 = 48 * 3600;
+
+/// `kubernetes.io.serviceaccount` / `.pod` in the claims.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Ref {
+    /// Name.
+    pub name: String,
+    /// UID.
+    pub uid: String,
+}
+
+/// The `kubernetes.io` claim.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KubernetesClaim {
+    /// The ServiceAccount's namespace.
+    pub namespace: String,
+    /// The ServiceAccount.
+    pub serviceaccount: Ref,
+    /// The Pod the token is bound to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<Ref>,
+}
+
+/// What a kplex ServiceAccount token says.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    /// Issuer.
+    pub iss: String,
+    /// `system:serviceaccount:<ns>:<name>`.
+    pub sub: String,
+    /// Audiences.
+    pub aud: Vec<String>,
+    /// Expiry (seconds since the epoch).
+    pub exp: u64,
+    /// Issued at.
+    pub iat: u64,
+    /// Not before.
+    pub nbf: u64,
+    /// Namespace, ServiceAccount, Pod.
+    #[serde(rename = "kubernetes.io")]
+    pub kubernetes: KubernetesClaim,
+    /// The VC's UID.
+    #[serde(rename = "kplex.dev/vc")]
+    pub vc: String,
+}
+
+/// Signs and verifies tokens.
+pub struct Tokens {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+impl Tokens {
+    /// The signer with the key stored in `store` (made and stored if there
+    /// is none yet).
+    pub async fn load_or_create(store: &Arc<dyn Store>) -> Result<Tokens, String> {
+        let key =
+            SystemKeyspace::key(&["serviceaccounts", "signing-key"]).map_err(|e| e.to_string())?;
+        let pkcs8 = match store.get(&key).await.map_err(|e| e.to_string())? {
+            Some(kv) => kv.value.to_vec(),
+            None => {
+                let rng = ring::rand::SystemRandom::new();
+                let fresh = ring::signature::EcdsaKeyPair::generate_pkcs8(
+                    &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                    &rng,
+                )
+                .map_err(|_| "cannot generate the token signing key".to_owned())?;
+                match store
+                    .create(&key, Bytes::copy_from_slice(fresh.as_ref()))
+                    .await
+                {
+                    Ok(_) => fresh.as_ref().to_vec(),
+                    // Another replica made one first: use it.
+                    Err(StoreError::AlreadyExists { current }) => current.value.to_vec(),
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        };
+        Tokens::from_pkcs8(&pkcs8)
+    }
+
+    /// The signer with this PKCS#8 P-256 key.
+    pub fn from_pkcs8(pkcs8: &[u8]) -> Result<Tokens, String> {
+        let rng = ring::rand::SystemRandom::new();
+        let pair = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            pkcs8,
+            &rng,
+        )
+        .map_err(|e| format!("the token signing key is unusable: {e}"))?;
+        use ring::signature::KeyPair;
+        Ok(Tokens {
+            encoding: EncodingKey::from_ec_der(pkcs8),
+            decoding: DecodingKey::from_ec_der(pair.public_key().as_ref()),
+        })
+    }
+
+    /// A token with these claims' subject, for `lifetime` seconds from now.
+    pub fn issue(
+        &self,
+        vc_uid: &str,
+        kubernetes: KubernetesClaim,
+        audiences: Vec<String>,
+        lifetime: u64,
+    ) -> Result<(String, u64), String> {
+        let iat = now();
+        let claims = Claims {
+            iss: ISSUER.to_owned(),
+            sub: format!(
+                "system:serviceaccount:{}:{}",
+                kubernetes.namespace, kubernetes.serviceaccount.name
+            ),
+            aud: if audiences.is_empty() {
+                vec![ISSUER.to_owned()]
+            } else {
+                audiences
+            },
+            exp: iat + lifetime,
+            iat,
+            nbf: iat,
+            kubernetes,
+            vc: vc_uid.to_owned(),
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &self.encoding)
+            .map_err(|e| e.to_string())?;
+        Ok((token, claims.exp))
+    }
+
+    /// The claims of `token` if kplex signed it, it is current and meant
+    /// for kplex (its audience includes the issuer).
+    pub fn verify(&self, token: &str) -> Result<Claims, String> {
+        let mut validation = Validation::new(Algorithm::ES256);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_audience(&[ISSUER]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.leeway = 5;
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
+            .map(|data| data.claims)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The bearer token of an `Authorization` header, if it carries one.
+pub fn bearer(headers: &hyper::HeaderMap) -> Option<&str> {
+    headers
+        .get(hyper::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// A token's payload, unverified (for tests and diagnostics).
+pub fn payload(token: &str) -> Option<serde_json::Value> {
+    let part = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// `POST serviceaccounts/<name>/token` (TokenRequest) in a VC: a token for
+/// the ServiceAccount, optionally bound to one of its namespace's Pods.
+pub async fn token_request(
+    tokens: &Tokens,
+    vc_uid: &str,
+    store: &kplex_registry::generic::GenericStore,
+    catalog: &kplex_registry::Catalog,
+    ns: &str,
+    name: &str,
+    req: &crate::handler::Request,
+) -> Result<hyper::Response<crate::response::Body>, kplex_registry::ApiError> {
+    use kplex_registry::ApiError;
+    use serde_json::{json, Value};
+    const KIND: &str = "TokenRequest.authentication.k8s.io";
+    if req.method != hyper::Method::POST {
+        return Err(crate::tenant::method_not_allowed(&req.method));
+    }
+    let body = req.json_body()?;
+    if body["kind"].as_str().is_some_and(|k| k != "TokenRequest") {
+        return Err(ApiError::bad_request("the body is not a TokenRequest"));
+    }
+    let spec = &body["spec"];
+    let audiences: Vec<String> = match &spec["audiences"] {
+        Value::Null => Vec::new(),
+        Value::Array(items) => items
+            .iter()
+            .map(|a| a.as_str().map(str::to_owned))
+            .collect::<Option<_>>()
+            .ok_or_else(|| ApiError::invalid(KIND, name, "spec.audiences", "must be strings"))?,
+        _ => {
+            return Err(ApiError::invalid(
+                KIND,
+                name,
+                "spec.audiences",
+                "must be a list",
+            ))
+        }
+    };
+    let lifetime = match &spec["expirationSeconds"] {
+        Value::Null => DEFAULT_EXPIRATION,
+        v => match v.as_u64() {
+            Some(s) if s >= MIN_EXPIRATION => s.min(MAX_EXPIRATION),
+            _ => {
+                return Err(ApiError::invalid(
+                    KIND,
+                    name,
+                    "spec.expirationSeconds",
+                    "may not specify a duration less than 10 minutes",
+                ))
+            }
+        },
+    };
+    let find = |plural: &str| catalog.find("", "v1", plural).expect("catalogued");
+    let account = store.get(find("serviceaccounts"), Some(ns), name).await?;
+    let pod = match &spec["boundObjectRef"] {
+        Value::Null => None,
+        bound => {
+            if bound["kind"].as_str() != Some("Pod") {
+                return Err(ApiError::invalid(
+                    KIND,
+                    name,
+                    "spec.boundObjectRef.kind",
+                    "Unsupported value: only Pod is supported",
+                ));
+            }
+            let pod_name = bound["name"].as_str().unwrap_or_default();
+            let pod = store.get(find("pods"), Some(ns), pod_name).await?;
+            let uid = pod["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            if bound["uid"]
+                .as_str()
+                .is_some_and(|u| !u.is_empty() && u != uid)
+            {
+                return Err(ApiError {
+                    code: hyper::StatusCode::CONFLICT,
+                    reason: "Conflict",
+                    message: format!(
+                        "the UID in the bound object reference ({}) does not match the UID in record. The object might have been deleted and then recreated",
+                        bound["uid"].as_str().unwrap_or_default()
+                    ),
+                    details: None,
+                });
+            }
+            Some(Ref {
+                name: pod_name.to_owned(),
+                uid,
+            })
+        }
+    };
+    let claim = KubernetesClaim {
+        namespace: ns.to_owned(),
+        serviceaccount: Ref {
+            name: name.to_owned(),
+            uid: account["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        },
+        pod: pod.clone(),
+    };
+    let (token, expires) = tokens
+        .issue(vc_uid, claim, audiences.clone(), lifetime)
+        .map_err(ApiError::internal)?;
+    let expiration = time::OffsetDateTime::from_unix_timestamp(expires as i64)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default();
+    let mut answer = json!({
+        "kind": "TokenRequest",
+        "apiVersion": "authentication.k8s.io/v1",
+        "metadata": {"name": name, "namespace": ns, "creationTimestamp": null},
+        "spec": {
+            "audiences": if audiences.is_empty() { vec![ISSUER.to_owned()] } else { audiences },
+            "expirationSeconds": lifetime,
+            "boundObjectRef": spec["boundObjectRef"],
+        },
+        "status": {"token": token, "expirationTimestamp": expiration},
+    });
+    if pod.is_none() {
+        answer["spec"]["boundObjectRef"] = Value::Null;
+    }
+    Ok(crate::response::json_response(
+        hyper::StatusCode::CREATED,
+        &answer,
+    ))
+}
+
+/// Who presents `token`: its ServiceAccount, in its VC — if kplex signed
+/// it, it is current, and its VC, ServiceAccount and bound Pod still exist
+/// with the UIDs it names. Anything else is `None` (401).
+pub async fn authenticate(
+    ctx: &crate::handler::Context,
+    token: &str,
+) -> Option<kplex_certs::Identity> {
+    let claims = ctx.tokens.verify(token).ok()?;
+    let name = ctx.registry.name_of(&claims.vc)?;
+    let vc = ctx.registry.get(&name).await.ok()??;
+    if vc.uid() != claims.vc {
+        return None;
+    }
+    let store = kplex_registry::generic::GenericStore::new(
+        ctx.store.clone(),
+        vc.keyspace().ok()?,
+        ctx.catalog.clone(),
+        ctx.allocations.clone(),
+        ctx.watches.clone(),
+    );
+    let k = &claims.kubernetes;
+    let find = |plural: &str| ctx.catalog.find("", "v1", plural).expect("catalogued");
+    let still =
+        |object: serde_json::Value, uid: &str| object["metadata"]["uid"].as_str() == Some(uid);
+    let account = store
+        .get(
+            find("serviceaccounts"),
+            Some(&k.namespace),
+            &k.serviceaccount.name,
+        )
+        .await
+        .ok()?;
+    if !still(account, &k.serviceaccount.uid) {
+        return None;
+    }
+    if let Some(pod) = &k.pod {
+        let object = store
+            .get(find("pods"), Some(&k.namespace), &pod.name)
+            .await
+            .ok()?;
+        if !still(object, &pod.uid) {
+            return None;
+        }
+    }
+    Some(kplex_certs::Identity {
+        user: claims.sub,
+        groups: vec![
+            "system:serviceaccounts".to_owned(),
+            format!("system:serviceaccounts:{}", k.namespace),
+        ],
+        scope: kplex_certs::Scope::VirtualCluster { uid: claims.vc },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signer() -> Tokens {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &rng,
+        )
+        .unwrap();
+        Tokens::from_pkcs8(pkcs8.as_ref()).unwrap()
+    }
+
+    fn claim() -> KubernetesClaim {
+        KubernetesClaim {
+            namespace: "shop".into(),
+            serviceaccount: Ref {
+                name: "default".into(),
+                uid: "sa-uid".into(),
+            },
+            pod: Some(Ref {
+                name: "web".into(),
+                uid: "pod-uid".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_token_verifies_with_its_signer_only() {
+        let (a, b) = (signer(), signer());
+        let (token, exp) = a.issue("vc-1", claim(), vec![], 600).unwrap();
+        let claims = a.verify(&token).unwrap();
+        assert_eq!(claims.sub, "system:serviceaccount:shop:default");
+        assert_eq!(claims.vc, "vc-1");
+        assert_eq!(claims.exp, exp);
+        assert_eq!(claims.kubernetes, claim());
+        assert!(b.verify(&token).is_err(), "another key's token is refused");
+        assert_eq!(
+            payload(&token).unwrap()["kubernetes.io"]["pod"]["uid"],
+            "pod-uid"
+        );
+    }
+
+    #[test]
+    fn tampered_expired_or_foreign_audience_tokens_are_refused() {
+        let a = signer();
+        let (token, _) = a.issue("vc-1", claim(), vec![], 600).unwrap();
+        // A payload edited to another VC: the signature no longer holds.
+        let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+        let mut body = payload(&token).unwrap();
+        body["kplex.dev/vc"] = "vc-2".into();
+        parts[1] = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(body.to_string());
+        assert!(a.verify(&parts.join(".")).is_err());
+        // Expired.
+        let claims = Claims {
+            exp: now() - 60,
+            ..a.verify(&token).unwrap()
+        };
+        let old =
+            jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &a.encoding).unwrap();
+        assert!(a.verify(&old).is_err());
+        // Meant for someone else.
+        let (other, _) = a.issue("vc-1", claim(), vec!["vault".into()], 600).unwrap();
+        assert!(a.verify(&other).is_err());
+        assert!(a.verify("not.a.token").is_err());
+    }
+}
