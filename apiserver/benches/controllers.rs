@@ -21,11 +21,14 @@
 #[path = "../../storage/benches/support/mod.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{
+    client_at, cpu_seconds, create_vcs, percentile, requests, rss, Component, CLIENTS, LEAN,
+};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
@@ -35,52 +38,6 @@ use support::{scale, Profile};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-const CLIENTS: usize = 64;
-
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .expect("VmRSS")
-        * 1024
-}
-
-/// CPU time (user + system) a process has used, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / 100.0
-}
-
-/// Requests the server has answered, by (verb, resource), from `/metrics`.
-async fn requests(admin: &kube::Client) -> std::collections::BTreeMap<(String, String), u64> {
-    let req = hyper::Request::get("/metrics").body(Vec::new()).unwrap();
-    let text = admin.request_text(req).await.unwrap();
-    let mut out = std::collections::BTreeMap::new();
-    for line in text
-        .lines()
-        .filter(|l| l.starts_with("kplex_apiserver_requests_total{"))
-    {
-        let field = |name: &str| {
-            line.split(&format!("{name}=\""))
-                .nth(1)
-                .and_then(|r| r.split('"').next())
-                .unwrap_or("")
-                .to_owned()
-        };
-        let n: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-        *out.entry((field("verb"), field("resource"))).or_default() += n;
-    }
-    out
-}
 
 /// Returns once `want` root CA ConfigMaps exist (the controllers' work for
 /// new VCs is done), polling every second.
@@ -108,91 +65,6 @@ async fn root_cas_settled(across: &kube::Client, want: usize) {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-}
-
-/// A `kplex controllers` process, killed when dropped.
-struct Controllers(Child);
-
-/// mimalloc settings for a long-lived process whose bursts are freed at
-/// once: commit memory as used, give freed pages back without delay.
-const LEAN: &[(&str, &str)] = &[
-    ("MIMALLOC_ARENA_EAGER_COMMIT", "0"),
-    ("MIMALLOC_PURGE_DELAY", "0"),
-];
-
-impl Controllers {
-    /// Starts it and waits until its caches are synced.
-    fn start(bin: &Path, kubeconfig: &Path) -> Controllers {
-        Controllers::start_with(bin, kubeconfig, &[])
-    }
-
-    /// [`Controllers::start`] with more environment.
-    fn start_with(bin: &Path, kubeconfig: &Path, env: &[(&str, &str)]) -> Controllers {
-        let mut child = Command::new(bin)
-            .args(["controllers", "--kubeconfig", kubeconfig.to_str().unwrap()])
-            .envs(env.iter().copied())
-            .env("RUST_LOG", "kplex_controllers=info,warn")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = BufReader::new(child.stdout.take().unwrap());
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in out.lines().map_while(Result::ok) {
-                if line.contains("caches synced") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        rx.recv_timeout(Duration::from_secs(600))
-            .expect("the controllers synced");
-        Controllers(child)
-    }
-
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-}
-
-impl Drop for Controllers {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A client of `kubeconfig` based at `path` below its server.
-async fn client_at(kubeconfig: &Path, path: &str) -> kube::Client {
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
-    let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-        .await
-        .unwrap();
-    config.cluster_url = format!(
-        "{}{path}",
-        config.cluster_url.to_string().trim_end_matches('/')
-    )
-    .parse()
-    .unwrap();
-    kube::Client::try_from(config).unwrap()
-}
-
-async fn create_vcs(admin: &kube::Client, names: Vec<String>) {
-    futures::stream::iter(names)
-        .map(|name| {
-            let admin = admin.clone();
-            async move {
-                let body = json!({"apiVersion": "tenancy.kplex.dev/v1alpha1", "kind": "VirtualCluster", "metadata": {"name": name}});
-                let req = hyper::Request::post("/apis/tenancy.kplex.dev/v1alpha1/virtualclusters")
-                    .header("content-type", "application/json")
-                    .body(serde_json::to_vec(&body).unwrap())
-                    .unwrap();
-                admin.request_text(req).await.unwrap();
-            }
-        })
-        .buffer_unordered(CLIENTS)
-        .collect::<Vec<_>>()
-        .await;
 }
 
 fn pod(name: &str) -> Pod {
@@ -298,11 +170,6 @@ async fn time_to_pods(system_kc: &Path, vc: &str, name: &str, replicas: usize) -
     took
 }
 
-fn percentile(samples: &mut [Duration], p: f64) -> Duration {
-    samples.sort();
-    samples[((samples.len() as f64 - 1.0) * p).round() as usize]
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let bin = Path::new(env!("CARGO_BIN_EXE_kplex"));
@@ -335,7 +202,7 @@ async fn main() {
     let measure = |env: &'static [(&'static str, &'static str)]| {
         let system_kc = system_kc.clone();
         async move {
-            let controllers = Controllers::start_with(bin, &system_kc, env);
+            let controllers = Component::start_with(bin, "controllers", &system_kc, env);
             tokio::time::sleep(settle).await;
             rss(controllers.pid())
         }
@@ -346,7 +213,7 @@ async fn main() {
     create_vcs(&admin, (0..idle).map(|i| format!("idle-{i}")).collect()).await;
     // Their root CA ConfigMaps are the controllers' work: wait for all of
     // them (made by a controllers process running meanwhile).
-    let filling = Controllers::start(bin, &system_kc);
+    let filling = Component::start(bin, "controllers", &system_kc);
     root_cas_settled(&across, idle * 4).await;
     let filled = started.elapsed();
     drop(filling);
@@ -373,7 +240,7 @@ async fn main() {
     );
 
     // Fairness: a victim's Deployment alone, then beside a flood.
-    let controllers = Controllers::start(bin, &system_kc);
+    let controllers = Component::start(bin, "controllers", &system_kc);
     create_vcs(&admin, vec!["victim".into(), "noisy".into()]).await;
     // Let the start's own work (the root CA ConfigMaps of every VC
     // checked) pass first.
@@ -430,7 +297,7 @@ async fn main() {
     drop(controllers);
 
     // Throughput: the same Pods directly, then through Deployments.
-    let loaded = Controllers::start(bin, &system_kc);
+    let loaded = Component::start(bin, "controllers", &system_kc);
     create_vcs(&admin, (0..vcs).map(|i| format!("d-{i}")).collect()).await;
     create_vcs(&admin, (0..vcs).map(|i| format!("c-{i}")).collect()).await;
     // The new VCs' root CA ConfigMaps first: not part of what is measured.

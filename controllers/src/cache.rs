@@ -381,10 +381,14 @@ impl<K: Resource + Clone> Inner<K> {
     fn put(
         &mut self,
         key: ObjectKey,
-        object: K,
+        mut object: K,
         epoch: u64,
         written: Option<std::time::Instant>,
     ) -> Change<K> {
+        // Field ownership is the server's business: no reconcile reads it,
+        // a write without it keeps the stored entries, and it is often the
+        // larger part of an object.
+        object.meta_mut().managed_fields = None;
         let vc = &key.vc.clone();
         // A controller's own write may come back after the watch delivered
         // a newer version of the object: the newer one stays.

@@ -30,6 +30,8 @@ struct State<T> {
     /// Added again while active: queued once the work is done.
     again: HashSet<T>,
     in_flight: HashMap<Vc, usize>,
+    /// Items waiting for a delay ([`WorkQueue::add_after`]): when due.
+    delayed: HashMap<T, tokio::time::Instant>,
     closed: bool,
 }
 
@@ -62,6 +64,7 @@ impl<T: Work> WorkQueue<T> {
                 active: HashSet::new(),
                 again: HashSet::new(),
                 in_flight: HashMap::new(),
+                delayed: HashMap::new(),
                 closed: false,
             }),
             ready: tokio::sync::Notify::new(),
@@ -95,11 +98,30 @@ impl<T: Work> WorkQueue<T> {
         if delay.is_zero() {
             return self.add(item);
         }
+        let due = tokio::time::Instant::now() + delay;
+        {
+            // One timer per item: one due sooner already covers this.
+            let mut state = self.state.lock().expect("queue lock");
+            if state.closed || state.delayed.get(&item).is_some_and(|d| *d <= due) {
+                return;
+            }
+            state.delayed.insert(item.clone(), due);
+        }
         let queue = Arc::downgrade(self);
         tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
+            tokio::time::sleep_until(due).await;
             if let Some(queue) = queue.upgrade() {
-                queue.add(item);
+                let mine = {
+                    let mut state = queue.state.lock().expect("queue lock");
+                    let mine = state.delayed.get(&item) == Some(&due);
+                    if mine {
+                        state.delayed.remove(&item);
+                    }
+                    mine
+                };
+                if mine {
+                    queue.add(item);
+                }
             }
         });
     }

@@ -158,7 +158,12 @@ fn copies(meta: &ObjectMeta, uid: Option<&str>) -> bool {
 /// Starts the tenant-side watches (Pods, ConfigMaps, Secrets, Services,
 /// Endpoints, Nodes of every VC).
 pub fn watch(ctx: &Arc<Ctx>, tasks: &mut tokio::task::JoinSet<()>) {
-    let config = kplex_controllers::cache::watch_config();
+    // Objects that are themselves host copies (a VC serving as a host)
+    // are never synced: the server leaves them out.
+    let nodes_config = kplex_controllers::cache::watch_config();
+    let config = nodes_config
+        .clone()
+        .labels(&format!("!{}", mapping::VC_UID_LABEL));
     let across = ctx.clients.across.clone();
     let c = ctx.clone();
     tasks.spawn(kplex_controllers::cache::run(
@@ -200,7 +205,7 @@ pub fn watch(ctx: &Arc<Ctx>, tasks: &mut tokio::task::JoinSet<()>) {
     let c = ctx.clone();
     tasks.spawn(kplex_controllers::cache::run(
         Api::<k8s_openapi::api::core::v1::Node>::all(across),
-        config,
+        nodes_config,
         ctx.nodes.clone(),
         move |change: Change<k8s_openapi::api::core::v1::Node>| c.queue.add(Task::Node(change.key)),
     ));
