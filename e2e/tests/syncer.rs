@@ -900,3 +900,132 @@ async fn pods_reach_their_own_vc_with_a_token_the_syncer_keeps() {
     k(&tenant, &["delete", "serviceaccount", "robot"]);
     assert!(k_fails(&as_robot, &["get", "pods"]).contains("Unauthorized"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_follows_its_first_pod_to_the_host_and_outlives_it() {
+    let s = setup();
+    let tenant = s.tenant("team-a");
+    let ns = "kplex-team-a-default";
+    let manifest = s.dir.path().join("claim.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: data}\nspec:\n  accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 1Gi}}\n  storageClassName: fast\n---\napiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: unused}\nspec:\n  accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 1Gi}}\n",
+    )
+    .unwrap();
+    k(&tenant, &["create", "-f", manifest.to_str().unwrap()]);
+    k(
+        &tenant,
+        &[
+            "run",
+            "db",
+            "--image=postgres",
+            "--overrides",
+            r#"{"spec":{"volumes":[{"name":"d","persistentVolumeClaim":{"claimName":"data"}}],"containers":[{"name":"db","image":"postgres","volumeMounts":[{"name":"d","mountPath":"/data"}]}]}}"#,
+        ],
+    );
+    let copy = eventually("the claim on the host", || {
+        let o = kplex_e2e::kubectl(&[
+            "--kubeconfig",
+            s.host.to_str().unwrap(),
+            "-n",
+            ns,
+            "get",
+            "pvc",
+            "data",
+            "-o",
+            "json",
+        ]);
+        o.status
+            .success()
+            .then(|| serde_json::from_slice::<Value>(&o.stdout).unwrap())
+    });
+    assert_eq!(copy["spec"]["storageClassName"], "fast");
+    assert_eq!(copy["spec"]["resources"]["requests"]["storage"], "1Gi");
+    assert_eq!(copy["metadata"]["labels"]["tenancy.kplex.dev/vc"], "team-a");
+    // Only claims a Pod uses go to the host.
+    let on_host = names(&items(&s.host, &["-n", ns, "pvc"]));
+    assert_eq!(on_host, ["data"]);
+    // The host binds it; the tenant sees it bound.
+    k(
+        &s.host,
+        &[
+            "-n",
+            ns,
+            "patch",
+            "pvc",
+            "data",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"phase":"Bound","accessModes":["ReadWriteOnce"],"capacity":{"storage":"1Gi"}}}"#,
+        ],
+    );
+    eventually("the tenant's claim to be Bound", || {
+        let claim = get(&tenant, &["pvc", "data"]);
+        (claim["status"]["phase"] == "Bound").then_some(())
+    });
+    // The Pod goes; the data stays.
+    k(&tenant, &["delete", "pod", "db", "--wait=true"]);
+    assert_eq!(names(&items(&s.host, &["-n", ns, "pvc"])), ["data"]);
+    // The claim goes: so does its copy, then the tenant's claim.
+    k(&tenant, &["delete", "pvc", "data", "--wait=true"]);
+    assert!(items(&s.host, &["-n", ns, "pvc"]).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_host_says_about_a_pod_the_tenant_reads_in_its_events() {
+    let s = setup();
+    let tenant = s.tenant("team-a");
+    let ns = "kplex-team-a-default";
+    k(&tenant, &["run", "web", "--image=nginx"]);
+    let copy = eventually("the Pod on the host", || {
+        items(&s.host, &["-n", ns, "pods"]).into_iter().next()
+    });
+    // The host's kubelet reports on its Pod.
+    let event = s.dir.path().join("event.json");
+    std::fs::write(
+        &event,
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": "web.pulling", "namespace": ns},
+            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": "web", "namespace": ns,
+                "uid": copy["metadata"]["uid"], "fieldPath": "spec.containers{web}"},
+            "reason": "Pulling", "message": "Pulling image \"nginx\"", "type": "Normal", "count": 1,
+            "firstTimestamp": "2026-01-01T00:00:00Z", "lastTimestamp": "2026-01-01T00:00:00Z",
+            "source": {"component": "kubelet", "host": "node-1"},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    k(&s.host, &["create", "-f", event.to_str().unwrap()]);
+    let pod_uid = get(&tenant, &["pod", "web"])["metadata"]["uid"].clone();
+    let seen = eventually("the tenant's Event", || {
+        items(&tenant, &["events"])
+            .into_iter()
+            .find(|e| e["reason"] == "Pulling")
+    });
+    assert_eq!(seen["involvedObject"]["name"], "web");
+    assert_eq!(seen["involvedObject"]["namespace"], "default");
+    assert_eq!(seen["involvedObject"]["uid"], pod_uid);
+    assert_eq!(seen["source"]["component"], "kubelet");
+    let described = k(&tenant, &["describe", "pod", "web"]);
+    assert!(described.contains("Pulling image \"nginx\""), "{described}");
+    // A later count follows.
+    k(
+        &s.host,
+        &[
+            "-n",
+            ns,
+            "patch",
+            "event",
+            "web.pulling",
+            "--type=merge",
+            "-p",
+            r#"{"count":3}"#,
+        ],
+    );
+    eventually("the count to follow", || {
+        let e = get(&tenant, &["event", "web.pulling"]);
+        (e["count"] == 3).then_some(())
+    });
+}

@@ -13,7 +13,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Node, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Endpoints, Namespace, Node, PersistentVolumeClaim, Pod, Secret, Service,
+};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::watcher;
 use kube::ResourceExt;
@@ -56,10 +58,17 @@ pub struct Host {
     pub services: Arc<Cache<Service>>,
     /// kplex's Endpoints on it, keyed as the tenant's.
     pub endpoints: Arc<Cache<Endpoints>>,
+    /// kplex's PersistentVolumeClaims on it, keyed as the tenant's.
+    pub claims: Arc<Cache<PersistentVolumeClaim>>,
     /// kplex's namespaces on it (cluster-scoped keys: the host name).
     pub namespaces: Arc<Cache<Namespace>>,
     /// Every Node of the host, by name.
     pub nodes: RwLock<HashMap<String, Arc<Node>>>,
+    /// kplex's host namespaces by name: whose, and which tenant namespace.
+    pub namespace_owners: Arc<RwLock<HashMap<String, (Vc, String)>>>,
+    /// Host Events about kplex's Pods, waiting to be copied to their VC.
+    pub pending_events:
+        std::sync::Mutex<HashMap<ObjectKey, Arc<k8s_openapi::api::core::v1::Event>>>,
     kubeconfig: String,
     tasks: tokio::task::JoinSet<()>,
 }
@@ -72,6 +81,7 @@ impl Host {
             && self.secrets.is_synced()
             && self.services.is_synced()
             && self.endpoints.is_synced()
+            && self.claims.is_synced()
             && self.namespaces.is_synced()
     }
 
@@ -323,7 +333,7 @@ async fn watch_vcs(ctx: Arc<Ctx>) {
     }
 }
 
-/// Queues every Pod and Service of `vc` (its placement changed).
+/// Queues every Pod, Service and claim of `vc` (its placement changed).
 fn requeue_vc(ctx: &Ctx, vc: &Vc) {
     for pod in ctx.pods.in_vc(vc) {
         ctx.queue.add(Task::Pod(ObjectKey::new(
@@ -337,6 +347,13 @@ fn requeue_vc(ctx: &Ctx, vc: &Vc) {
             vc,
             service.metadata.namespace.as_deref(),
             &service.name_any(),
+        )));
+    }
+    for claim in ctx.claims.in_vc(vc) {
+        ctx.queue.add(Task::Claim(ObjectKey::new(
+            vc,
+            claim.metadata.namespace.as_deref(),
+            &claim.name_any(),
         )));
     }
 }
@@ -493,8 +510,11 @@ async fn connect(ctx: &Arc<Ctx>, name: &str, kubeconfig: &str) -> Result<Arc<Hos
         secrets: Arc::new(Cache::new(Origin::Host)),
         services: Arc::new(Cache::new(Origin::Host)),
         endpoints: Arc::new(Cache::new(Origin::Host)),
+        claims: Arc::new(Cache::new(Origin::Host)),
         namespaces: Arc::new(Cache::new(Origin::Host)),
         nodes: Default::default(),
+        namespace_owners: Default::default(),
+        pending_events: Default::default(),
         kubeconfig: kubeconfig.to_owned(),
         tasks: tokio::task::JoinSet::new(),
     };
@@ -536,21 +556,53 @@ async fn connect(ctx: &Arc<Ctx>, name: &str, kubeconfig: &str) -> Result<Arc<Hos
     ));
     let queue = ctx.queue.clone();
     host.tasks.spawn(cache::run(
+        Api::<PersistentVolumeClaim>::all(client.clone()),
+        labelled.clone(),
+        host.claims.clone(),
+        move |change: Change<PersistentVolumeClaim>| queue.add(Task::Claim(change.key)),
+    ));
+    let queue = ctx.queue.clone();
+    let owners = host.namespace_owners.clone();
+    host.tasks.spawn(cache::run(
         Api::<Namespace>::all(client.clone()),
         labelled,
         host.namespaces.clone(),
-        move |change: Change<Namespace>| queue.add(Task::Vc(change.key.vc)),
+        move |change: Change<Namespace>| {
+            let mut owners = owners.write().expect("owners lock");
+            match &change.new {
+                Some(ns) => {
+                    let tenant_ns = ns
+                        .metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(mapping::NAMESPACE_LABEL))
+                        .cloned();
+                    if let Some(tenant_ns) = tenant_ns {
+                        owners.insert(change.key.name.clone(), (change.key.vc.clone(), tenant_ns));
+                    }
+                }
+                None => {
+                    owners.remove(&change.key.name);
+                }
+            }
+            queue.add(Task::Vc(change.key.vc))
+        },
     ));
     let host = Arc::new(host);
     // The Node watch and the status reports hold the host weakly: both end
     // when it is disconnected (its tasks are aborted with it).
     let weak = Arc::downgrade(&host);
     let nodes_task = watch_nodes(ctx.clone(), weak.clone(), client.clone());
-    let status_task = report_status(ctx.clone(), weak, name.to_owned(), client);
+    let status_task = report_status(ctx.clone(), weak, name.to_owned(), client.clone());
     // (JoinSet is only mutable before the Arc; these two live in the
     // process's runtime and stop once the host is gone.)
     tokio::spawn(nodes_task);
     tokio::spawn(status_task);
+    tokio::spawn(crate::events::watch(
+        ctx.clone(),
+        Arc::downgrade(&host),
+        client.clone(),
+    ));
     Ok(host)
 }
 

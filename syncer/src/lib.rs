@@ -17,7 +17,9 @@
 //! never changed or deleted. With several kplex processes, one runs the
 //! syncer at a time (a Lease, as the controllers).
 
+pub mod claims;
 pub mod configs;
+pub mod events;
 pub mod hosts;
 pub mod nodes;
 pub mod pods;
@@ -27,7 +29,9 @@ pub mod token;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Node, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Endpoints, Node, PersistentVolumeClaim, Pod, Secret, Service,
+};
 use kplex_controllers::cache::{Cache, ObjectKey};
 use kplex_controllers::client::{Clients, Vc};
 use kplex_controllers::queue::{Work, WorkQueue};
@@ -91,6 +95,11 @@ pub enum Task {
     /// A tenant Service (with its Endpoints when it has no selector) and
     /// its host copy.
     Service(ObjectKey),
+    /// A tenant PersistentVolumeClaim and its host copy.
+    Claim(ObjectKey),
+    /// A host Event about a kplex Pod, to be copied to the Pod's VC (the
+    /// key: VC, tenant namespace, the Event's name).
+    Event(ObjectKey),
     /// The virtual Node (the key's name) of a VC.
     Node(ObjectKey),
     /// A VC's host namespaces (removed once the VC is gone).
@@ -100,7 +109,12 @@ pub enum Task {
 impl Work for Task {
     fn vc(&self) -> &Vc {
         match self {
-            Task::Pod(k) | Task::Config(_, k) | Task::Service(k) | Task::Node(k) => &k.vc,
+            Task::Pod(k)
+            | Task::Config(_, k)
+            | Task::Service(k)
+            | Task::Claim(k)
+            | Task::Event(k)
+            | Task::Node(k) => &k.vc,
             Task::Vc(vc) => vc,
         }
     }
@@ -122,6 +136,8 @@ pub struct Ctx {
     pub services: Arc<Cache<Service>>,
     /// Endpoints of every VC.
     pub endpoints: Arc<Cache<Endpoints>>,
+    /// PersistentVolumeClaims of every VC.
+    pub claims: Arc<Cache<PersistentVolumeClaim>>,
     /// Nodes of every VC (the virtual ones the syncer keeps, and any a
     /// tenant made).
     pub nodes: Arc<Cache<Node>>,
@@ -149,6 +165,7 @@ impl Ctx {
             secrets: Default::default(),
             services: Default::default(),
             endpoints: Default::default(),
+            claims: Default::default(),
             nodes: Default::default(),
             failures: Default::default(),
         }))
@@ -176,6 +193,8 @@ impl Ctx {
             Task::Pod(key) => pods::reconcile(self, key).await,
             Task::Config(kind, key) => configs::reconcile(self, *kind, key).await,
             Task::Service(key) => services::reconcile(self, key).await,
+            Task::Claim(key) => claims::reconcile(self, key).await,
+            Task::Event(key) => events::reconcile(self, key).await,
             Task::Node(key) => nodes::reconcile(self, key).await,
             Task::Vc(vc) => hosts::reconcile_vc(self, vc).await,
         }
@@ -200,6 +219,7 @@ pub async fn run_until(
             ctx.secrets.wait_synced().await;
             ctx.services.wait_synced().await;
             ctx.endpoints.wait_synced().await;
+            ctx.claims.wait_synced().await;
             ctx.nodes.wait_synced().await;
             ctx.hosts.wait_synced().await;
             tracing::info!(held = ctx.held(), "syncer's caches synced; syncing");

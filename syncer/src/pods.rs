@@ -13,7 +13,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Endpoints, Namespace, Pod, PodCondition, PodSpec, Secret, Service,
+    ConfigMap, Endpoints, Namespace, PersistentVolumeClaim, Pod, PodCondition, PodSpec, Secret,
+    Service,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, PostParams};
@@ -197,6 +198,13 @@ pub fn watch(ctx: &Arc<Ctx>, tasks: &mut tokio::task::JoinSet<()>) {
     ));
     let c = ctx.clone();
     tasks.spawn(kplex_controllers::cache::run(
+        Api::<PersistentVolumeClaim>::all(across.clone()),
+        config.clone(),
+        ctx.claims.clone(),
+        move |change: Change<PersistentVolumeClaim>| c.queue.add(Task::Claim(change.key)),
+    ));
+    let c = ctx.clone();
+    tasks.spawn(kplex_controllers::cache::run(
         Api::<Endpoints>::all(across.clone()),
         config.clone(),
         ctx.endpoints.clone(),
@@ -229,6 +237,10 @@ fn pod_changed(ctx: &Ctx, change: Change<Pod>) {
             for name in refs.secrets {
                 let k = ObjectKey::new(&key.vc, key.namespace.as_deref(), &name);
                 ctx.queue.add(Task::Config(ConfigKind::Secret, k));
+            }
+            for name in refs.claims {
+                let k = ObjectKey::new(&key.vc, key.namespace.as_deref(), &name);
+                ctx.queue.add(Task::Claim(k));
             }
             if let Some(node) = spec.node_name.as_deref().filter(|n| !n.is_empty()) {
                 ctx.queue
@@ -309,6 +321,10 @@ pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
                 let k = ObjectKey::new(&key.vc, Some(&ns), &name);
                 crate::configs::reconcile(ctx, kind, &k).await?;
             }
+        }
+        let claims = pod.spec.as_ref().map(references).unwrap_or_default().claims;
+        for name in claims {
+            crate::claims::reconcile(ctx, &ObjectKey::new(&key.vc, Some(&ns), &name)).await?;
         }
         return create_copy(ctx, &host, key, &pod).await;
     };
@@ -449,7 +465,7 @@ pub async fn ensure_namespace(host: &Host, vc: &Vc, ns: &str) -> Result<(), Erro
     let namespace = Namespace {
         metadata: ObjectMeta {
             name: Some(name.clone()),
-            labels: Some(mapping::host_labels(&vc.name, &vc.uid, None)),
+            labels: Some(mapping::host_labels(&vc.name, &vc.uid, Some(ns))),
             ..Default::default()
         },
         ..Default::default()
