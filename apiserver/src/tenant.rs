@@ -838,7 +838,8 @@ fn conflict_binding(name: &str, message: &str) -> ApiError {
 }
 
 /// `pods/<name>/eviction`: the Pod is deleted, with the Eviction's delete
-/// options. (kplex serves no PodDisruptionBudgets yet, so none refuses it.)
+/// options. (PodDisruptionBudgets are not consulted yet: an eviction they
+/// would refuse with 429 goes through.)
 async fn evict(
     store: &GenericStore,
     t: &Target<'_>,

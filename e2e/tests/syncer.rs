@@ -1029,3 +1029,141 @@ async fn what_the_host_says_about_a_pod_the_tenant_reads_in_its_events() {
         (e["count"] == 3).then_some(())
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingresses_and_budgets_go_to_the_host_with_their_secrets() {
+    let s = setup();
+    let tenant = s.tenant("team-a");
+    let ns = "kplex-team-a-default";
+    let manifest = s.dir.path().join("edge.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: web-tls}\ntype: kubernetes.io/tls\ndata: {tls.crt: Y2VydA==, tls.key: a2V5}\n---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: web}\nspec:\n  ingressClassName: nginx\n  tls: [{hosts: [shop.example], secretName: web-tls}]\n  rules:\n  - host: shop.example\n    http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]}\n---\napiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: web}\nspec:\n  minAvailable: 1\n  selector: {matchLabels: {app: web}}\n",
+    )
+    .unwrap();
+    k(&tenant, &["create", "-f", manifest.to_str().unwrap()]);
+    let ingress = eventually("the Ingress on the host", || {
+        let o = kplex_e2e::kubectl(&[
+            "--kubeconfig",
+            s.host.to_str().unwrap(),
+            "-n",
+            ns,
+            "get",
+            "ingress",
+            "web",
+            "-o",
+            "json",
+        ]);
+        o.status
+            .success()
+            .then(|| serde_json::from_slice::<Value>(&o.stdout).unwrap())
+    });
+    let backend = &ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"];
+    assert_eq!(backend["name"], "web");
+    assert_eq!(ingress["spec"]["ingressClassName"], "nginx");
+    // Its TLS Secret went with it.
+    let secret = eventually("the TLS Secret on the host", || {
+        let o = kplex_e2e::kubectl(&[
+            "--kubeconfig",
+            s.host.to_str().unwrap(),
+            "-n",
+            ns,
+            "get",
+            "secret",
+            "web-tls",
+            "-o",
+            "json",
+        ]);
+        o.status
+            .success()
+            .then(|| serde_json::from_slice::<Value>(&o.stdout).unwrap())
+    });
+    assert_eq!(secret["data"]["tls.key"], "a2V5");
+    let budget = eventually("the budget on the host", || {
+        let o = kplex_e2e::kubectl(&[
+            "--kubeconfig",
+            s.host.to_str().unwrap(),
+            "-n",
+            ns,
+            "get",
+            "pdb",
+            "web",
+            "-o",
+            "json",
+        ]);
+        o.status
+            .success()
+            .then(|| serde_json::from_slice::<Value>(&o.stdout).unwrap())
+    });
+    let vc_uid = s.admin_get(&["virtualcluster", "team-a"])["metadata"]["uid"].clone();
+    assert_eq!(
+        budget["spec"]["selector"]["matchLabels"]["tenancy.kplex.dev/vc-uid"],
+        vc_uid
+    );
+    assert_eq!(budget["spec"]["minAvailable"], 1);
+    // The host's load balancer and budget status come back.
+    k(
+        &s.host,
+        &[
+            "-n",
+            ns,
+            "patch",
+            "ingress",
+            "web",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"loadBalancer":{"ingress":[{"ip":"203.0.113.7"}]}}}"#,
+        ],
+    );
+    k(
+        &s.host,
+        &[
+            "-n",
+            ns,
+            "patch",
+            "pdb",
+            "web",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"currentHealthy":2,"desiredHealthy":1,"disruptionsAllowed":1,"expectedPods":2}}"#,
+        ],
+    );
+    eventually("the tenant to see the host's status", || {
+        let ingress = get(&tenant, &["ingress", "web"]);
+        let budget = get(&tenant, &["pdb", "web"]);
+        (ingress["status"]["loadBalancer"]["ingress"][0]["ip"] == "203.0.113.7"
+            && budget["status"]["disruptionsAllowed"] == 1)
+            .then_some(())
+    });
+    // Drift is put back; deletes reach the host.
+    k(
+        &s.host,
+        &[
+            "-n",
+            ns,
+            "patch",
+            "pdb",
+            "web",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"minAvailable":0}}"#,
+        ],
+    );
+    eventually("the budget to be put back", || {
+        (get(&s.host, &["-n", ns, "pdb", "web"])["spec"]["minAvailable"] == 1).then_some(())
+    });
+    k(&tenant, &["delete", "ingress", "web", "--wait=true"]);
+    k(&tenant, &["delete", "pdb", "web", "--wait=true"]);
+    assert!(items(&s.host, &["-n", ns, "ingresses"]).is_empty());
+    assert!(items(&s.host, &["-n", ns, "pdb"]).is_empty());
+    eventually("the TLS Secret to go with its Ingress", || {
+        items(
+            &s.host,
+            &["-n", ns, "secrets", "-l", "tenancy.kplex.dev/vc"],
+        )
+        .is_empty()
+        .then_some(())
+    });
+}

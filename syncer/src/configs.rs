@@ -68,8 +68,18 @@ impl Copied for Secret {
     }
 }
 
-/// Whether a Pod of `key`'s VC and namespace references `key`'s name.
+/// Whether a Pod of `key`'s VC and namespace references `key`'s name (or,
+/// for a Secret, an Ingress's TLS section does).
 fn referenced(ctx: &Ctx, kind: ConfigKind, key: &ObjectKey) -> bool {
+    if kind == ConfigKind::Secret
+        && ctx
+            .ingresses
+            .in_namespace(&key.vc, key.namespace.as_deref())
+            .iter()
+            .any(|i| crate::pods::tls_secrets(i).contains(&key.name))
+    {
+        return true;
+    }
     ctx.pods
         .in_namespace(&key.vc, key.namespace.as_deref())
         .iter()

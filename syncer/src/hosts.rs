@@ -60,6 +60,10 @@ pub struct Host {
     pub endpoints: Arc<Cache<Endpoints>>,
     /// kplex's PersistentVolumeClaims on it, keyed as the tenant's.
     pub claims: Arc<Cache<PersistentVolumeClaim>>,
+    /// kplex's Ingresses on it, keyed as the tenant's.
+    pub ingresses: Arc<Cache<k8s_openapi::api::networking::v1::Ingress>>,
+    /// kplex's PodDisruptionBudgets on it, keyed as the tenant's.
+    pub budgets: Arc<Cache<k8s_openapi::api::policy::v1::PodDisruptionBudget>>,
     /// kplex's namespaces on it (cluster-scoped keys: the host name).
     pub namespaces: Arc<Cache<Namespace>>,
     /// Every Node of the host, by name.
@@ -82,6 +86,8 @@ impl Host {
             && self.services.is_synced()
             && self.endpoints.is_synced()
             && self.claims.is_synced()
+            && self.ingresses.is_synced()
+            && self.budgets.is_synced()
             && self.namespaces.is_synced()
     }
 
@@ -349,6 +355,22 @@ fn requeue_vc(ctx: &Ctx, vc: &Vc) {
             &service.name_any(),
         )));
     }
+    for ingress in ctx.ingresses.in_vc(vc) {
+        ctx.queue.add(Task::Mirror(
+            crate::mirror::MirrorKind::Ingress,
+            ObjectKey::new(
+                vc,
+                ingress.metadata.namespace.as_deref(),
+                &ingress.name_any(),
+            ),
+        ));
+    }
+    for budget in ctx.budgets.in_vc(vc) {
+        ctx.queue.add(Task::Mirror(
+            crate::mirror::MirrorKind::Budget,
+            ObjectKey::new(vc, budget.metadata.namespace.as_deref(), &budget.name_any()),
+        ));
+    }
     for claim in ctx.claims.in_vc(vc) {
         ctx.queue.add(Task::Claim(ObjectKey::new(
             vc,
@@ -511,6 +533,8 @@ async fn connect(ctx: &Arc<Ctx>, name: &str, kubeconfig: &str) -> Result<Arc<Hos
         services: Arc::new(Cache::new(Origin::Host)),
         endpoints: Arc::new(Cache::new(Origin::Host)),
         claims: Arc::new(Cache::new(Origin::Host)),
+        ingresses: Arc::new(Cache::new(Origin::Host)),
+        budgets: Arc::new(Cache::new(Origin::Host)),
         namespaces: Arc::new(Cache::new(Origin::Host)),
         nodes: Default::default(),
         namespace_owners: Default::default(),
@@ -560,6 +584,24 @@ async fn connect(ctx: &Arc<Ctx>, name: &str, kubeconfig: &str) -> Result<Arc<Hos
         labelled.clone(),
         host.claims.clone(),
         move |change: Change<PersistentVolumeClaim>| queue.add(Task::Claim(change.key)),
+    ));
+    let queue = ctx.queue.clone();
+    host.tasks.spawn(cache::run(
+        Api::<k8s_openapi::api::networking::v1::Ingress>::all(client.clone()),
+        labelled.clone(),
+        host.ingresses.clone(),
+        move |change: Change<k8s_openapi::api::networking::v1::Ingress>| {
+            queue.add(Task::Mirror(crate::mirror::MirrorKind::Ingress, change.key))
+        },
+    ));
+    let queue = ctx.queue.clone();
+    host.tasks.spawn(cache::run(
+        Api::<k8s_openapi::api::policy::v1::PodDisruptionBudget>::all(client.clone()),
+        labelled.clone(),
+        host.budgets.clone(),
+        move |change: Change<k8s_openapi::api::policy::v1::PodDisruptionBudget>| {
+            queue.add(Task::Mirror(crate::mirror::MirrorKind::Budget, change.key))
+        },
     ));
     let queue = ctx.queue.clone();
     let owners = host.namespace_owners.clone();

@@ -21,6 +21,7 @@ pub mod claims;
 pub mod configs;
 pub mod events;
 pub mod hosts;
+pub mod mirror;
 pub mod nodes;
 pub mod pods;
 pub mod services;
@@ -97,6 +98,8 @@ pub enum Task {
     Service(ObjectKey),
     /// A tenant PersistentVolumeClaim and its host copy.
     Claim(ObjectKey),
+    /// A tenant Ingress or PodDisruptionBudget and its host copy.
+    Mirror(mirror::MirrorKind, ObjectKey),
     /// A host Event about a kplex Pod, to be copied to the Pod's VC (the
     /// key: VC, tenant namespace, the Event's name).
     Event(ObjectKey),
@@ -113,6 +116,7 @@ impl Work for Task {
             | Task::Config(_, k)
             | Task::Service(k)
             | Task::Claim(k)
+            | Task::Mirror(_, k)
             | Task::Event(k)
             | Task::Node(k) => &k.vc,
             Task::Vc(vc) => vc,
@@ -138,6 +142,10 @@ pub struct Ctx {
     pub endpoints: Arc<Cache<Endpoints>>,
     /// PersistentVolumeClaims of every VC.
     pub claims: Arc<Cache<PersistentVolumeClaim>>,
+    /// Ingresses of every VC.
+    pub ingresses: Arc<Cache<k8s_openapi::api::networking::v1::Ingress>>,
+    /// PodDisruptionBudgets of every VC.
+    pub budgets: Arc<Cache<k8s_openapi::api::policy::v1::PodDisruptionBudget>>,
     /// Nodes of every VC (the virtual ones the syncer keeps, and any a
     /// tenant made).
     pub nodes: Arc<Cache<Node>>,
@@ -166,6 +174,8 @@ impl Ctx {
             services: Default::default(),
             endpoints: Default::default(),
             claims: Default::default(),
+            ingresses: Default::default(),
+            budgets: Default::default(),
             nodes: Default::default(),
             failures: Default::default(),
         }))
@@ -194,6 +204,7 @@ impl Ctx {
             Task::Config(kind, key) => configs::reconcile(self, *kind, key).await,
             Task::Service(key) => services::reconcile(self, key).await,
             Task::Claim(key) => claims::reconcile(self, key).await,
+            Task::Mirror(kind, key) => mirror::reconcile(self, *kind, key).await,
             Task::Event(key) => events::reconcile(self, key).await,
             Task::Node(key) => nodes::reconcile(self, key).await,
             Task::Vc(vc) => hosts::reconcile_vc(self, vc).await,
@@ -220,6 +231,8 @@ pub async fn run_until(
             ctx.services.wait_synced().await;
             ctx.endpoints.wait_synced().await;
             ctx.claims.wait_synced().await;
+            ctx.ingresses.wait_synced().await;
+            ctx.budgets.wait_synced().await;
             ctx.nodes.wait_synced().await;
             ctx.hosts.wait_synced().await;
             tracing::info!(held = ctx.held(), "syncer's caches synced; syncing");

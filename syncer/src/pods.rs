@@ -21,8 +21,12 @@ use kube::api::{Api, DeleteParams, PostParams};
 use kube::ResourceExt;
 use serde_json::json;
 
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kplex_api::mapping::{self, OBJECT_UID_ANNOTATION};
 use kplex_controllers::cache::{Cache, Change, ObjectKey};
+
+use crate::mirror::MirrorKind;
 use kplex_controllers::client::{is_status, Vc, VcApi};
 use kplex_controllers::Error;
 
@@ -98,6 +102,17 @@ pub fn references(spec: &PodSpec) -> References {
     refs.secrets.retain(|n| !n.is_empty());
     refs.claims.retain(|n| !n.is_empty());
     refs
+}
+
+/// The Secrets an Ingress's TLS sections name.
+pub fn tls_secrets(ingress: &Ingress) -> Vec<String> {
+    ingress
+        .spec
+        .iter()
+        .flat_map(|s| s.tls.iter().flatten())
+        .filter_map(|t| t.secret_name.clone())
+        .filter(|n| !n.is_empty())
+        .collect()
 }
 
 /// The metadata of a host copy of a tenant object of `vc` in tenant
@@ -202,6 +217,31 @@ pub fn watch(ctx: &Arc<Ctx>, tasks: &mut tokio::task::JoinSet<()>) {
         config.clone(),
         ctx.claims.clone(),
         move |change: Change<PersistentVolumeClaim>| c.queue.add(Task::Claim(change.key)),
+    ));
+    let c = ctx.clone();
+    tasks.spawn(kplex_controllers::cache::run(
+        Api::<Ingress>::all(across.clone()),
+        config.clone(),
+        ctx.ingresses.clone(),
+        move |change: Change<Ingress>| {
+            // Its TLS Secrets go to the host with it.
+            for ingress in change.old.iter().chain(change.new.iter()) {
+                for name in tls_secrets(ingress) {
+                    let k = ObjectKey::new(&change.key.vc, change.key.namespace.as_deref(), &name);
+                    c.queue.add(Task::Config(ConfigKind::Secret, k));
+                }
+            }
+            c.queue.add(Task::Mirror(MirrorKind::Ingress, change.key))
+        },
+    ));
+    let c = ctx.clone();
+    tasks.spawn(kplex_controllers::cache::run(
+        Api::<PodDisruptionBudget>::all(across.clone()),
+        config.clone(),
+        ctx.budgets.clone(),
+        move |change: Change<PodDisruptionBudget>| {
+            c.queue.add(Task::Mirror(MirrorKind::Budget, change.key))
+        },
     ));
     let c = ctx.clone();
     tasks.spawn(kplex_controllers::cache::run(

@@ -1,0 +1,268 @@
+//! Ingresses and PodDisruptionBudgets: copied to the host as they are
+//! (their names, the mapped namespace, kplex's labels), behind the
+//! finalizer; drift on the host put back; the host's status brought back.
+//! An Ingress's backends name Services of its own namespace, which keep
+//! their names on the host, so they route to the VC's Services there; its
+//! TLS Secrets go with it (`configs`). A budget's selector is pinned to the
+//! VC's UID label, so it counts only the VC's Pods.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, DeleteParams};
+use kube::Resource;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use kplex_api::mapping::{self, OBJECT_UID_ANNOTATION};
+use kplex_controllers::cache::{Cache, ObjectKey};
+use kplex_controllers::client::{is_status, Vc};
+use kplex_controllers::Error;
+
+use crate::hosts::Host;
+use crate::pods::{ensure_namespace, has_finalizer, hold, host_meta, post_params, release};
+use crate::{Ctx, Outcome};
+
+/// Which kind a [`crate::Task::Mirror`] is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MirrorKind {
+    /// An Ingress.
+    Ingress,
+    /// A PodDisruptionBudget.
+    Budget,
+}
+
+/// A kind the syncer mirrors to the host.
+pub trait Mirrored:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + Serialize
+    + DeserializeOwned
+    + std::fmt::Debug
+    + PartialEq
+    + Send
+    + Sync
+    + 'static
+{
+    /// The host copy of `object` of `vc` in tenant namespace `ns`.
+    fn copy_of(vc: &Vc, ns: &str, object: &Self) -> Self;
+    /// `copy` with what the syncer owns taken from `desired` (the rest —
+    /// what the host filled in — kept).
+    fn repaired(copy: &Self, desired: &Self) -> Self;
+    /// `tenant` with `copy`'s status, if that differs from its own.
+    fn with_status_of(tenant: &Self, copy: &Self) -> Option<Self>;
+}
+
+impl Mirrored for Ingress {
+    fn copy_of(vc: &Vc, ns: &str, object: &Self) -> Self {
+        Ingress {
+            metadata: host_meta(vc, ns, &object.metadata),
+            spec: object.spec.clone(),
+            status: None,
+        }
+    }
+
+    fn repaired(copy: &Self, desired: &Self) -> Self {
+        let mut fixed = copy.clone();
+        fixed.metadata.labels = desired.metadata.labels.clone();
+        fixed.metadata.annotations = desired.metadata.annotations.clone();
+        fixed.spec = desired.spec.clone();
+        fixed
+    }
+
+    fn with_status_of(tenant: &Self, copy: &Self) -> Option<Self> {
+        let status = copy.status.clone()?;
+        (tenant.status.as_ref() != Some(&status)).then(|| Ingress {
+            status: Some(status),
+            ..tenant.clone()
+        })
+    }
+}
+
+impl Mirrored for PodDisruptionBudget {
+    fn copy_of(vc: &Vc, ns: &str, object: &Self) -> Self {
+        let mut spec = object.spec.clone().unwrap_or_default();
+        let selector = spec.selector.get_or_insert_with(Default::default);
+        selector
+            .match_labels
+            .get_or_insert_with(Default::default)
+            .insert(mapping::VC_UID_LABEL.to_owned(), vc.uid.to_string());
+        PodDisruptionBudget {
+            metadata: host_meta(vc, ns, &object.metadata),
+            spec: Some(spec),
+            status: None,
+        }
+    }
+
+    fn repaired(copy: &Self, desired: &Self) -> Self {
+        let mut fixed = copy.clone();
+        fixed.metadata.labels = desired.metadata.labels.clone();
+        fixed.metadata.annotations = desired.metadata.annotations.clone();
+        fixed.spec = desired.spec.clone();
+        fixed
+    }
+
+    fn with_status_of(tenant: &Self, copy: &Self) -> Option<Self> {
+        let mut status = copy.status.clone()?;
+        // The host's generation is not the tenant's.
+        status.observed_generation = tenant.metadata.generation;
+        (tenant.status.as_ref() != Some(&status)).then(|| PodDisruptionBudget {
+            status: Some(status),
+            ..tenant.clone()
+        })
+    }
+}
+
+/// Syncs one mirrored object of `kind`.
+pub async fn reconcile(ctx: &Arc<Ctx>, kind: MirrorKind, key: &ObjectKey) -> Outcome {
+    let host = ctx.hosts.placement(&key.vc).ok();
+    match kind {
+        MirrorKind::Ingress => {
+            let copies = host.as_ref().map(|h| h.ingresses.clone());
+            sync(ctx, host.as_deref(), key, &ctx.ingresses, copies.as_deref()).await
+        }
+        MirrorKind::Budget => {
+            let copies = host.as_ref().map(|h| h.budgets.clone());
+            sync(ctx, host.as_deref(), key, &ctx.budgets, copies.as_deref()).await
+        }
+    }
+}
+
+async fn sync<K: Mirrored>(
+    ctx: &Ctx,
+    host: Option<&Host>,
+    key: &ObjectKey,
+    tenants: &Cache<K>,
+    copies: Option<&Cache<K>>,
+) -> Outcome {
+    let tenant = tenants.get(key);
+    let api = ctx.clients.vc::<K>(&key.vc, key.namespace.as_deref());
+    let (Some(host), Some(copies)) = (host, copies) else {
+        if let Some(object) = tenant.filter(|o| o.meta().deletion_timestamp.is_some()) {
+            release(api, tenants, key, &*object).await?;
+        }
+        return Ok(None);
+    };
+    let host_api: Api<K> = Api::namespaced(
+        host.client.clone(),
+        &mapping::host_namespace(&key.vc.name, key.ns()),
+    );
+    let copy = copies.get(key);
+    let Some(object) = tenant else {
+        if let Some(copy) = copy {
+            delete(&host_api, copy.meta()).await?;
+        }
+        return Ok(None);
+    };
+    if object.meta().deletion_timestamp.is_some() {
+        if let Some(copy) = copy {
+            delete(&host_api, copy.meta()).await?;
+            return Ok(None);
+        }
+        return release(api, tenants, key, &*object).await;
+    }
+    if !has_finalizer(object.meta()) {
+        hold(api, tenants, key, &*object).await?;
+        return Ok(None);
+    }
+    let desired = K::copy_of(&key.vc, key.ns(), &object);
+    let Some(copy) = copy else {
+        ensure_namespace(host, &key.vc, key.ns()).await?;
+        return match host_api.create(&post_params(), &desired).await {
+            Ok(created) => {
+                copies.upsert_host(created);
+                Ok(None)
+            }
+            Err(e) if is_status(&e, 409) => {
+                tracing::warn!(object = %key, host = %host.name, "a host object of that name was not placed by kplex (or is not seen yet); left alone");
+                Ok(Some(std::time::Duration::from_secs(30)))
+            }
+            Err(e) => Err(Error::Api(e)),
+        };
+    };
+    let from_tenant = copy
+        .meta()
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(OBJECT_UID_ANNOTATION))
+        == object.meta().uid.as_ref();
+    if !from_tenant {
+        delete(&host_api, copy.meta()).await?;
+        return Ok(None);
+    }
+    if drifted(&*copy, &desired) {
+        let fixed = K::repaired(&copy, &desired);
+        match host_api.replace(&key.name, &post_params(), &fixed).await {
+            Ok(written) => {
+                copies.upsert_host(written);
+            }
+            Err(e) if is_status(&e, 404) || is_status(&e, 409) => {
+                return Ok(Some(std::time::Duration::ZERO))
+            }
+            Err(e) => return Err(Error::Api(e)),
+        }
+    }
+    if let Some(updated) = K::with_status_of(&object, &copy) {
+        tenants
+            .write_status(&api, &key.vc, &key.name, &updated)
+            .await?;
+    }
+    Ok(None)
+}
+
+/// Whether the host copy lost what the syncer put there: its spec, labels
+/// and annotations must hold all of the desired ones (what the host added
+/// — defaults, its own annotations — may stay).
+fn drifted<K: Mirrored>(copy: &K, desired: &K) -> bool {
+    let (have, want) = (
+        serde_json::to_value(copy).unwrap_or_default(),
+        serde_json::to_value(desired).unwrap_or_default(),
+    );
+    !(covers(&have["spec"], &want["spec"])
+        && covers(&have["metadata"]["labels"], &want["metadata"]["labels"])
+        && covers(
+            &have["metadata"]["annotations"],
+            &want["metadata"]["annotations"],
+        ))
+}
+
+/// Whether `have` holds everything `want` says (objects key by key, lists
+/// item by item, everything else equal).
+fn covers(have: &serde_json::Value, want: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (have, want) {
+        (_, Value::Null) => true,
+        (Value::Object(h), Value::Object(w)) => w
+            .iter()
+            .all(|(k, v)| covers(h.get(k).unwrap_or(&Value::Null), v)),
+        (Value::Array(h), Value::Array(w)) => {
+            h.len() == w.len() && h.iter().zip(w).all(|(h, w)| covers(h, w))
+        }
+        (h, w) => h == w,
+    }
+}
+
+async fn delete<K: Mirrored>(
+    api: &Api<K>,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Result<(), Error> {
+    if meta.deletion_timestamp.is_some() {
+        return Ok(());
+    }
+    let params = DeleteParams {
+        preconditions: meta.uid.clone().map(|uid| kube::api::Preconditions {
+            uid: Some(uid),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match api
+        .delete(meta.name.as_deref().unwrap_or_default(), &params)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
+        Err(e) => Err(Error::Api(e)),
+    }
+}
