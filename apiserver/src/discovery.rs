@@ -32,15 +32,45 @@ pub fn group_list(catalog: &Catalog) -> Value {
 /// Verbs of the `status` and `scale` subresources.
 const SUBRESOURCE_VERBS: &[&str] = &["get", "patch", "update"];
 
-/// A resource's subresources: name, and the group, version and kind they
-/// answer with.
-fn subresources(r: &ResourceInfo) -> Vec<(&'static str, [&str; 3])> {
+/// Verbs of the subresources clients post to.
+const CREATE: &[&str] = &["create"];
+/// Verbs of the streamed Pod subresources (exec, attach, port-forward).
+const STREAM_VERBS: &[&str] = &["create", "get"];
+
+/// A resource's subresources: name, the group, version and kind they
+/// answer with, and their verbs. (kubectl drain looks for `pods/eviction`
+/// before it evicts instead of deleting.)
+fn subresources(r: &ResourceInfo) -> Vec<(&'static str, [&str; 3], &'static [&'static str])> {
     let mut out = Vec::new();
     if r.has_status() {
-        out.push(("status", [r.group.as_str(), &r.version, &r.kind]));
+        out.push((
+            "status",
+            [r.group.as_str(), &r.version, &r.kind],
+            SUBRESOURCE_VERBS,
+        ));
     }
     if r.has_scale() {
-        out.push(("scale", ["autoscaling", "v1", "Scale"]));
+        out.push(("scale", ["autoscaling", "v1", "Scale"], SUBRESOURCE_VERBS));
+    }
+    match (r.group.as_str(), r.kind.as_str()) {
+        ("", "Pod") => out.extend([
+            ("binding", ["", "v1", "Binding"], CREATE),
+            ("eviction", ["policy", "v1", "Eviction"], CREATE),
+            ("log", ["", "v1", "Pod"], &["get"][..]),
+            ("exec", ["", "v1", "PodExecOptions"], STREAM_VERBS),
+            ("attach", ["", "v1", "PodAttachOptions"], STREAM_VERBS),
+            (
+                "portforward",
+                ["", "v1", "PodPortForwardOptions"],
+                STREAM_VERBS,
+            ),
+        ]),
+        ("", "ServiceAccount") => out.push((
+            "token",
+            ["authentication.k8s.io", "v1", "TokenRequest"],
+            CREATE,
+        )),
+        _ => {}
     }
     out
 }
@@ -61,13 +91,13 @@ pub fn resource_list(catalog: &Catalog, group: &str, version: &str) -> Value {
             "shortNames": r.short_names,
             "categories": r.categories,
         }));
-        for (sub, [g, v, kind]) in subresources(r) {
+        for (sub, [g, v, kind], verbs) in subresources(r) {
             let mut entry = json!({
                 "name": format!("{}/{sub}", r.plural),
                 "singularName": "",
                 "namespaced": r.namespaced,
                 "kind": kind,
-                "verbs": SUBRESOURCE_VERBS,
+                "verbs": verbs,
             });
             if g != r.group {
                 entry["group"] = json!(g);
@@ -137,11 +167,11 @@ pub fn group_document(catalog: &Catalog, core: bool) -> Value {
             .map(|r| {
                 let subresources: Vec<Value> = subresources(r)
                     .into_iter()
-                    .map(|(sub, [g, v, kind])| {
+                    .map(|(sub, [g, v, kind], verbs)| {
                         json!({
                             "subresource": sub,
                             "responseKind": {"group": g, "version": v, "kind": kind},
-                            "verbs": SUBRESOURCE_VERBS,
+                            "verbs": verbs,
                         })
                     })
                     .collect();

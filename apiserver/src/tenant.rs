@@ -436,7 +436,7 @@ async fn resource(
         }
         return match sub {
             "binding" => bind(store, &t, name, req, dry_run).await,
-            _ => evict(store, &t, name, req, dry_run).await,
+            _ => evict(catalog, store, &t, name, req, dry_run).await,
         };
     }
     if t.sub.is_some() && !matches!(req.method, Method::GET | Method::PUT | Method::PATCH) {
@@ -838,9 +838,11 @@ fn conflict_binding(name: &str, message: &str) -> ApiError {
 }
 
 /// `pods/<name>/eviction`: the Pod is deleted, with the Eviction's delete
-/// options. (PodDisruptionBudgets are not consulted yet: an eviction they
-/// would refuse with 429 goes through.)
+/// options, unless a PodDisruptionBudget selecting it allows no disruption
+/// now (429, as kube-apiserver answers; the budget's allowance is taken
+/// down by one when it does allow). A finished Pod is not guarded.
 async fn evict(
+    catalog: &Catalog,
     store: &GenericStore,
     t: &Target<'_>,
     name: &str,
@@ -861,8 +863,92 @@ async fn evict(
         ));
     }
     let options = DeleteOptions::from_body(body.get("deleteOptions"), dry_run)?;
+    let pod = store.get(t.info, t.namespace, name).await?;
+    let finished = matches!(
+        pod["status"]["phase"].as_str(),
+        Some("Succeeded" | "Failed")
+    );
+    if let Some(budgets) = catalog
+        .find("policy", "v1", "poddisruptionbudgets")
+        .filter(|_| !finished)
+    {
+        let page = store
+            .list(budgets, t.namespace, &ListOptions::default())
+            .await?;
+        let guarding: Vec<&Value> = page
+            .items
+            .iter()
+            .filter(|b| selector_takes(&b["spec"]["selector"], &pod["metadata"]["labels"]))
+            .collect();
+        if guarding.len() > 1 {
+            return Err(ApiError::internal(
+                "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.",
+            ));
+        }
+        if let Some(budget) = guarding.first() {
+            let budget_name = budget["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let refused = || ApiError {
+                code: StatusCode::TOO_MANY_REQUESTS,
+                reason: "TooManyRequests",
+                message: "Cannot evict pod as it would violate the pod's disruption budget.".into(),
+                details: Some(Box::new(json!({"causes": [{"reason": "DisruptionBudget",
+                    "message": format!("The disruption budget {budget_name} needs {} healthy pods and has {} currently",
+                        budget["status"]["desiredHealthy"].as_i64().unwrap_or(0),
+                        budget["status"]["currentHealthy"].as_i64().unwrap_or(0))}]}))),
+            };
+            if budget["status"]["disruptionsAllowed"].as_i64().unwrap_or(0) < 1 {
+                return Err(refused());
+            }
+            if !dry_run {
+                store
+                    .server_update(budgets, t.namespace, &budget_name, |b| {
+                        let allowed = b["status"]["disruptionsAllowed"].as_i64().unwrap_or(0);
+                        if allowed < 1 {
+                            return Err(refused());
+                        }
+                        b["status"]["disruptionsAllowed"] = json!(allowed - 1);
+                        b["status"]["disruptedPods"][name] = json!(crate::virtualclusters::now());
+                        Ok(())
+                    })
+                    .await?;
+            }
+        }
+    }
     store.delete(t.info, t.namespace, name, &options).await?;
     Ok(created_status())
+}
+
+/// Whether a `metav1.LabelSelector` takes an object with `labels`: all of
+/// `matchLabels` and `matchExpressions` hold. An empty selector takes
+/// every object, a missing one none (policy/v1's reading for budgets).
+fn selector_takes(selector: &Value, labels: &Value) -> bool {
+    if !selector.is_object() {
+        return false;
+    }
+    let label = |key: &str| labels.get(key).and_then(Value::as_str);
+    let by_labels = selector["matchLabels"]
+        .as_object()
+        .is_none_or(|m| m.iter().all(|(k, v)| label(k) == v.as_str()));
+    let by_expressions = selector["matchExpressions"].as_array().is_none_or(|exprs| {
+        exprs.iter().all(|e| {
+            let key = e["key"].as_str().unwrap_or_default();
+            let values: Vec<&str> = e["values"]
+                .as_array()
+                .map(|v| v.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            match e["operator"].as_str() {
+                Some("In") => label(key).is_some_and(|l| values.contains(&l)),
+                Some("NotIn") => label(key).is_none_or(|l| !values.contains(&l)),
+                Some("Exists") => label(key).is_some(),
+                Some("DoesNotExist") => label(key).is_none(),
+                _ => false,
+            }
+        })
+    });
+    by_labels && by_expressions
 }
 
 /// The `scale` subresource: an `autoscaling/v1` Scale view of `spec.replicas`.

@@ -1766,3 +1766,154 @@ fn watches_share_one_feed_and_idle_vcs_hold_none() {
     drop(wb);
     wait_for_gauge(&s.kplex, "kplex_watch_cache_watchers", base);
 }
+
+#[test]
+fn kubectl_drain_evicts_within_disruption_budgets() {
+    let dir = tempfile::tempdir().unwrap();
+    let kplex = Kplex::start_api_only(&dir.path().join("data"));
+    create_vc(&kplex, dir.path(), "team-a");
+    let kc = tenant_kubeconfig(&kplex, dir.path(), "team-a", "alice");
+    let node = write(
+        dir.path(),
+        "node.yaml",
+        "apiVersion: v1\nkind: Node\nmetadata: {name: node-1}\n",
+    );
+    ok(&kc, &["create", "-f", &node]);
+    for pod in ["web-1", "web-2", "solo"] {
+        let app = if pod == "solo" { "solo" } else { "web" };
+        ok(
+            &kc,
+            &["run", pod, "--image=nginx", &format!("--labels=app={app}")],
+        );
+        // The scheduler's part: bound to node-1.
+        let binding = write(
+            dir.path(),
+            "binding.json",
+            &format!(
+                r#"{{"apiVersion":"v1","kind":"Binding","metadata":{{"name":"{pod}"}},"target":{{"kind":"Node","name":"node-1"}}}}"#
+            ),
+        );
+        ok(
+            &kc,
+            &[
+                "create",
+                "--raw",
+                &format!("/clusters/team-a/api/v1/namespaces/default/pods/{pod}/binding"),
+                "-f",
+                &binding,
+            ],
+        );
+    }
+    // Bound once only.
+    let again = write(
+        dir.path(),
+        "again.json",
+        r#"{"apiVersion":"v1","kind":"Binding","metadata":{"name":"solo"},"target":{"kind":"Node","name":"node-2"}}"#,
+    );
+    fails_with(
+        &kc,
+        &[
+            "create",
+            "--raw",
+            "/clusters/team-a/api/v1/namespaces/default/pods/solo/binding",
+            "-f",
+            &again,
+        ],
+        "already assigned",
+    );
+    let bound = ok(
+        &kc,
+        &["get", "pod", "solo", "-o", "jsonpath={.spec.nodeName}"],
+    );
+    assert_eq!(bound, "node-1");
+
+    // A Pod no budget guards is evicted at once.
+    let eviction = write(
+        dir.path(),
+        "eviction.json",
+        r#"{"apiVersion":"policy/v1","kind":"Eviction","metadata":{"name":"solo"}}"#,
+    );
+    ok(
+        &kc,
+        &[
+            "create",
+            "--raw",
+            "/clusters/team-a/api/v1/namespaces/default/pods/solo/eviction",
+            "-f",
+            &eviction,
+        ],
+    );
+    fails_with(&kc, &["get", "pod", "solo"], "NotFound");
+
+    // A budget that allows no disruption (none computed yet) holds both.
+    ok(
+        &kc,
+        &[
+            "create",
+            "poddisruptionbudget",
+            "web",
+            "--selector=app=web",
+            "--min-available=1",
+        ],
+    );
+    fails_with(
+        &kc,
+        &[
+            "drain",
+            "node-1",
+            "--timeout=1s",
+            "--force",
+            "--pod-selector=app=web",
+        ],
+        "violate the pod's disruption budget",
+    );
+    assert!(ok(
+        &kc,
+        &[
+            "get",
+            "node",
+            "node-1",
+            "-o",
+            "jsonpath={.spec.unschedulable}"
+        ]
+    )
+    .contains("true"));
+    assert_eq!(ok(&kc, &["get", "pods", "-o", "name"]).lines().count(), 2);
+    // It allows one (what the disruption controller would say): one goes,
+    // the other stays.
+    ok(
+        &kc,
+        &[
+            "patch",
+            "pdb",
+            "web",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"disruptionsAllowed":1,"currentHealthy":2,"desiredHealthy":1,"expectedPods":2}}"#,
+        ],
+    );
+    let o = k(
+        &kc,
+        &[
+            "drain",
+            "node-1",
+            "--timeout=1s",
+            "--force",
+            "--pod-selector=app=web",
+        ],
+    );
+    assert!(!o.status.success());
+    assert_eq!(ok(&kc, &["get", "pods", "-o", "name"]).lines().count(), 1);
+    let allowed = ok(
+        &kc,
+        &[
+            "get",
+            "pdb",
+            "web",
+            "-o",
+            "jsonpath={.status.disruptionsAllowed}",
+        ],
+    );
+    assert_eq!(allowed, "0");
+}

@@ -1167,3 +1167,52 @@ async fn ingresses_and_budgets_go_to_the_host_with_their_secrets() {
         .then_some(())
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_host_is_reported_on_its_record_and_on_the_pods_that_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let kplex = Kplex::start(&dir.path().join("data"));
+    create_vc(&kplex, dir.path(), "team-a");
+    let tenant = tenant_kubeconfig(&kplex, dir.path(), "team-a", "admin");
+    // A host whose API server is not there (a port nothing listens on).
+    let port = kplex_e2e::free_port();
+    let kubeconfig = format!(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\nclusters:\n- name: c\n  cluster: {{server: 'http://127.0.0.1:{port}'}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\nusers:\n- name: u\n  user: {{token: t}}\n"
+    );
+    let file = dir.path().join("gone.kubeconfig");
+    std::fs::write(&file, kubeconfig).unwrap();
+    let o = std::process::Command::new(kplex_bin())
+        .args(["host", "add", "gone", "--default", "--kubeconfig"])
+        .arg(&file)
+        .arg("--admin-kubeconfig")
+        .arg(kplex.kubeconfig())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let host = eventually("the host's record to say it is unreachable", || {
+        let o = admin(&kplex, &["get", "hostcluster", "gone", "-o", "json"]);
+        let host: Value = serde_json::from_slice(&o.stdout).ok()?;
+        (host["status"]["reachable"] == false
+            && host["status"]["lastError"]
+                .as_str()
+                .is_some_and(|e| !e.is_empty()))
+        .then_some(host)
+    });
+    assert_eq!(host["status"]["conditions"][0]["type"], "Reachable");
+    assert_eq!(host["status"]["conditions"][0]["status"], "False");
+    // A Pod meanwhile waits, and says for what; nothing is lost.
+    k(&tenant, &["run", "web", "--image=nginx"]);
+    let message = eventually("the Pod to say its host is unreachable", || {
+        let pod = get(&tenant, &["pod", "web"]);
+        let conditions = pod["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        conditions
+            .iter()
+            .find(|c| c["type"] == "PodScheduled" && c["status"] == "False")
+            .and_then(|c| c["message"].as_str().map(str::to_owned))
+    });
+    assert!(message.contains("\"gone\" is not reachable"), "{message}");
+    assert_eq!(get(&tenant, &["pod", "web"])["status"]["phase"], "Pending");
+}

@@ -68,6 +68,8 @@ pub struct Host {
     pub namespaces: Arc<Cache<Namespace>>,
     /// Every Node of the host, by name.
     pub nodes: RwLock<HashMap<String, Arc<Node>>>,
+    /// Whether the last check reached the host with kplex's credentials.
+    pub reachable: std::sync::atomic::AtomicBool,
     /// kplex's host namespaces by name: whose, and which tenant namespace.
     pub namespace_owners: Arc<RwLock<HashMap<String, (Vc, String)>>>,
     /// Host Events about kplex's Pods, waiting to be copied to their VC.
@@ -207,7 +209,7 @@ impl Hosts {
             .get(&name)
             .cloned()
             .ok_or_else(|| Unplaced::UnknownHost(name.clone()))?;
-        if !host.synced() {
+        if !host.synced() || !host.reachable.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(Unplaced::NotReady(name));
         }
         Ok(host)
@@ -537,6 +539,7 @@ async fn connect(ctx: &Arc<Ctx>, name: &str, kubeconfig: &str) -> Result<Arc<Hos
         budgets: Arc::new(Cache::new(Origin::Host)),
         namespaces: Arc::new(Cache::new(Origin::Host)),
         nodes: Default::default(),
+        reachable: std::sync::atomic::AtomicBool::new(true),
         namespace_owners: Default::default(),
         pending_events: Default::default(),
         kubeconfig: kubeconfig.to_owned(),
@@ -707,7 +710,25 @@ async fn report_status(
         if host.upgrade().is_none() {
             return;
         }
-        let status = match client.apiserver_version().await {
+        // The version answers anyone; a list proves the credentials too.
+        let checked = match client.apiserver_version().await {
+            Ok(version) => Api::<Namespace>::all(client.clone())
+                .list_metadata(&kube::api::ListParams::default().limit(1))
+                .await
+                .map(|_| version)
+                .map_err(|e| match e {
+                    kube::Error::Api(s) if s.code == 401 || s.code == 403 => {
+                        format!("the host refuses kplex's credentials: {}", s.message)
+                    }
+                    other => other.to_string(),
+                }),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Some(h) = host.upgrade() {
+            h.reachable
+                .store(checked.is_ok(), std::sync::atomic::Ordering::Relaxed);
+        }
+        let status = match checked {
             Ok(version) => {
                 let nodes = host
                     .upgrade()
@@ -723,9 +744,9 @@ async fn report_status(
             }
             Err(e) => (
                 false,
-                json!({"reachable": false, "lastError": e.to_string()}),
+                json!({"reachable": false, "lastError": e}),
                 "Unreachable".to_owned(),
-                e.to_string(),
+                e,
             ),
         };
         let (ok, mut value, reason, message) = status;
