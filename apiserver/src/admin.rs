@@ -14,6 +14,9 @@ use kplex_registry::ApiError;
 
 type Response = hyper::Response<Body>;
 
+/// Longest a VC deletion waits for its host namespaces to be deleted.
+const HOST_CLEAR_WAIT: Duration = Duration::from_secs(10);
+
 /// Default and longest lifetime of an issued tenant credential.
 const DEFAULT_CREDENTIAL_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 const MAX_CREDENTIAL_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -129,7 +132,26 @@ pub async fn virtualclusters(
             })
         }
         (Method::DELETE, [name]) => {
-            let vc = ctx.registry.delete(name).await?;
+            // The VC's host namespaces go before its storage (bounded: an
+            // unreachable host is left to the syncer's sweep).
+            let vc = ctx
+                .registry
+                .delete_clearing(name, |vc| async move {
+                    let cleared = tokio::time::timeout(
+                        HOST_CLEAR_WAIT,
+                        crate::proxy::clear_host(ctx, &vc),
+                    )
+                    .await;
+                    match cleared {
+                        Ok(Ok(n)) if n > 0 => {
+                            tracing::info!(vc = vc.name(), namespaces = n, "host namespaces deleted")
+                        }
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => tracing::warn!(vc = vc.name(), error = %e.message, "cannot clear the host now; the syncer will"),
+                        Err(_) => tracing::warn!(vc = vc.name(), "the host did not answer in time; the syncer will clear it"),
+                    }
+                })
+                .await?;
             tracing::info!(vc = name, uid = vc.uid(), "virtual cluster deleted");
             Ok(ok(json!({
                 "kind": "Status",

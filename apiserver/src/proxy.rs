@@ -320,6 +320,60 @@ pub async fn to_host(
     Ok(relay(response, req))
 }
 
+/// Deletes every namespace of `vc` on its host (labelled with its UID);
+/// how many. Nothing to do for a VC placed nowhere.
+pub async fn clear_host(ctx: &Context, vc: &VirtualCluster) -> Result<usize, ApiError> {
+    let Some(kubeconfig) = placement(ctx, vc).await? else {
+        return Ok(0);
+    };
+    let target = HostTarget::from_kubeconfig(&kubeconfig)?;
+    let list = format!(
+        "{}/api/v1/namespaces?labelSelector={}%3D{}",
+        target.base_path,
+        kplex_api::mapping::VC_UID_LABEL.replace('/', "%2F"),
+        vc.uid()
+    );
+    let answer = target
+        .call(Method::GET, &list, &hyper::HeaderMap::new(), Bytes::new())
+        .await?;
+    if answer.status() != StatusCode::OK {
+        return Err(unreachable(&format!(
+            "listing namespaces: {}",
+            answer.status()
+        )));
+    }
+    let body = answer
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| unreachable(&e))?
+        .to_bytes();
+    let list: Value = serde_json::from_slice(&body).map_err(|e| unreachable(&e))?;
+    let mut deleted = 0;
+    for item in list["items"].as_array().into_iter().flatten() {
+        // Only the VC's own, whatever the host's selector support.
+        if item["metadata"]["labels"][kplex_api::mapping::VC_UID_LABEL].as_str() != Some(vc.uid()) {
+            continue;
+        }
+        let Some(name) = item["metadata"]["name"].as_str() else {
+            continue;
+        };
+        let path = format!("{}/api/v1/namespaces/{name}", target.base_path);
+        let answer = target
+            .call(
+                Method::DELETE,
+                &path,
+                &hyper::HeaderMap::new(),
+                Bytes::new(),
+            )
+            .await?;
+        if answer.status().is_success() {
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
+}
+
 fn unreachable(e: &dyn std::fmt::Display) -> ApiError {
     ApiError::unavailable(format!("the host cluster is unreachable: {e}"))
 }

@@ -371,6 +371,21 @@ impl Registry {
     /// Deletes the VC: its record, then its whole key range. Returns the
     /// record as it was.
     pub async fn delete(&self, name: &str) -> Result<VirtualCluster, ApiError> {
+        self.delete_clearing(name, |_| async {}).await
+    }
+
+    /// [`Registry::delete`], running `clear` (the VC's objects elsewhere:
+    /// its host namespaces) after the record is gone and before the key
+    /// range goes.
+    pub async fn delete_clearing<F, Fut>(
+        &self,
+        name: &str,
+        clear: F,
+    ) -> Result<VirtualCluster, ApiError>
+    where
+        F: FnOnce(VirtualCluster) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
         let key = Self::key(name)?;
         let Some(kv) = self.store.get(&key).await.map_err(store_error)? else {
             return Err(ApiError::not_found_object(KIND, GROUP, name));
@@ -385,6 +400,7 @@ impl Registry {
             }
             Err(e) => return Err(store_error(e)),
         }
+        clear(vc.clone()).await;
         // A write authorized just before the record went may still be on
         // its way to storage: let it land, then delete it with the rest.
         self.writes_drained(vc.uid()).await;

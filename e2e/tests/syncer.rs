@@ -427,9 +427,26 @@ async fn two_vcs_share_a_host_apart_and_a_deleted_vc_leaves_nothing_there() {
         .unwrap_err();
     assert!(again.to_string().contains("already assigned"), "{again}");
 
-    // Deleting VC a clears its host namespace; b's stays.
+    // Deleting VC a clears its host namespace — before the delete returns
+    // (while its storage still exists); b's stays.
     let o = admin(&s.kplex, &["delete", "virtualcluster", "a"]);
     assert!(o.status.success(), "{}", stderr(&o));
+    let left = kplex_e2e::kubectl(&[
+        "--kubeconfig",
+        s.host.to_str().unwrap(),
+        "get",
+        "namespace",
+        "kplex-a-shop",
+        "-o",
+        "json",
+    ]);
+    if left.status.success() {
+        let ns: Value = serde_json::from_slice(&left.stdout).unwrap();
+        assert!(
+            ns["metadata"]["deletionTimestamp"].is_string(),
+            "still there: {ns}"
+        );
+    }
     eventually("a's host namespace to go", || {
         let namespaces = names(&items(&s.host, &["namespaces"]));
         (!namespaces.contains(&"kplex-a-shop".to_owned())).then_some(())
@@ -577,6 +594,24 @@ async fn a_restarted_syncer_catches_up_without_duplicates_or_orphans() {
     assert!(admin(&kplex, &["delete", "virtualcluster", "b"])
         .status
         .success());
+    // With no syncer running, the server itself cleared b's host namespace
+    // before b's storage went.
+    let left = kplex_e2e::kubectl(&[
+        "--kubeconfig",
+        host.to_str().unwrap(),
+        "get",
+        "namespace",
+        "kplex-b-default",
+        "-o",
+        "json",
+    ]);
+    if left.status.success() {
+        let ns: Value = serde_json::from_slice(&left.stdout).unwrap();
+        assert!(
+            ns["metadata"]["deletionTimestamp"].is_string(),
+            "still there: {ns}"
+        );
+    }
     eventually("the ReplicaSet's replacement", || {
         let live: Vec<Value> = items(&a, &["pods"])
             .into_iter()
