@@ -1251,3 +1251,66 @@ async fn an_unreachable_host_is_reported_on_its_record_and_on_the_pods_that_wait
     assert!(message.contains("\"gone\" is not reachable"), "{message}");
     assert_eq!(get(&tenant, &["pod", "web"])["status"]["phase"], "Pending");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_waits_for_a_missing_secret_and_gets_it_once_it_exists() {
+    let s = setup();
+    let tenant = s.tenant("team-a");
+    let ns = "kplex-team-a-default";
+    // The Secret does not exist yet: the Pod still goes to the host (its
+    // kubelet holds it in ContainerCreating, as any cluster does).
+    k(
+        &tenant,
+        &[
+            "run",
+            "app",
+            "--image=nginx",
+            "--overrides",
+            r#"{"spec":{"containers":[{"name":"app","image":"nginx","env":[{"name":"PASSWORD","valueFrom":{"secretKeyRef":{"name":"late","key":"password"}}}]}]}}"#,
+        ],
+    );
+    eventually("the Pod on the host", || {
+        (items(&s.host, &["-n", ns, "pods"]).len() == 1).then_some(())
+    });
+    assert!(items(
+        &s.host,
+        &[
+            "-n",
+            ns,
+            "secrets",
+            "-l",
+            "tenancy.kplex.dev/vc",
+            "--field-selector=metadata.name=late"
+        ]
+    )
+    .is_empty());
+    assert_eq!(get(&tenant, &["pod", "app"])["status"]["phase"], "Pending");
+    // Once the tenant makes it, the host has it too.
+    k(
+        &tenant,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "late",
+            "--from-literal=password=s3cret",
+        ],
+    );
+    let secret = eventually("the Secret on the host", || {
+        let o = kplex_e2e::kubectl(&[
+            "--kubeconfig",
+            s.host.to_str().unwrap(),
+            "-n",
+            ns,
+            "get",
+            "secret",
+            "late",
+            "-o",
+            "json",
+        ]);
+        o.status
+            .success()
+            .then(|| serde_json::from_slice::<Value>(&o.stdout).unwrap())
+    });
+    assert_eq!(secret["data"]["password"], "czNjcmV0");
+}

@@ -212,6 +212,38 @@ fn pull_policy(image: &str) -> &'static str {
     }
 }
 
+/// A Pod's QoS class: `Guaranteed` when every container (init containers
+/// too) limits CPU and memory and requests what it limits, `BestEffort`
+/// when none requests or limits either, `Burstable` otherwise.
+pub fn qos_class(spec: &Value) -> &'static str {
+    let containers: Vec<&Value> = ["containers", "initContainers"]
+        .iter()
+        .filter_map(|list| spec[*list].as_array())
+        .flatten()
+        .collect();
+    let compute = ["cpu", "memory"];
+    let mut any = false;
+    let mut guaranteed = !containers.is_empty();
+    for container in &containers {
+        let requests = &container["resources"]["requests"];
+        let limits = &container["resources"]["limits"];
+        for resource in compute {
+            let (request, limit) = (&requests[resource], &limits[resource]);
+            any |= !request.is_null() || !limit.is_null();
+            // An unset request is the limit (kube's defaulting).
+            let request = if request.is_null() { limit } else { request };
+            if limit.is_null() || request != limit {
+                guaranteed = false;
+            }
+        }
+    }
+    match (any, guaranteed) {
+        (false, _) => "BestEffort",
+        (true, true) => "Guaranteed",
+        (true, false) => "Burstable",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,5 +341,28 @@ mod tests {
         );
         assert_eq!(c["spec"]["concurrencyPolicy"], "Allow");
         assert_eq!(c["spec"]["jobTemplate"]["spec"]["backoffLimit"], 6);
+    }
+
+    #[test]
+    fn a_pods_qos_class_follows_its_resources() {
+        let spec =
+            |resources: Value| json!({"containers": [{"name": "c", "resources": resources}]});
+        assert_eq!(qos_class(&spec(json!({}))), "BestEffort");
+        assert_eq!(
+            qos_class(&spec(json!({"requests": {"cpu": "1"}}))),
+            "Burstable"
+        );
+        let same = json!({"cpu": "1", "memory": "1Gi"});
+        assert_eq!(
+            qos_class(&spec(json!({"requests": same, "limits": same}))),
+            "Guaranteed"
+        );
+        assert_eq!(qos_class(&spec(json!({"limits": same}))), "Guaranteed");
+        assert_eq!(
+            qos_class(&spec(
+                json!({"requests": {"cpu": "1", "memory": "512Mi"}, "limits": same})
+            )),
+            "Burstable"
+        );
     }
 }

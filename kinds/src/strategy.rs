@@ -101,6 +101,12 @@ where
                 object["status"] = json!({"phase": "Active"});
             }
             ("batch", "Job") => crate::defaults::job_selector(object),
+            // A new Pod is Pending, with the QoS class its resources give
+            // it (kube-apiserver's pod strategy).
+            ("", "Pod") => {
+                let qos = crate::defaults::qos_class(&object["spec"]);
+                object["status"] = json!({"phase": "Pending", "qosClass": qos});
+            }
             _ => {}
         }
     }
