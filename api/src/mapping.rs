@@ -14,6 +14,8 @@
 
 use std::collections::BTreeMap;
 
+/// How every label and annotation key kplex sets on host objects begins.
+pub const KEY_PREFIX: &str = "tenancy.kplex.dev/";
 /// On every host object: the name of the VC it belongs to.
 pub const VC_LABEL: &str = "tenancy.kplex.dev/vc";
 /// On every host object: the UID of the VC it belongs to.

@@ -119,9 +119,14 @@ pub fn tls_secrets(ingress: &Ingress) -> Vec<String> {
 /// namespace `ns`: its name, the mapped namespace, its labels and
 /// annotations with kplex's added.
 pub fn host_meta(vc: &Vc, ns: &str, meta: &ObjectMeta) -> ObjectMeta {
+    // kplex's own keys on a tenant object say nothing on the host: only
+    // the syncer's do.
+    let ours = |key: &String| key.starts_with(mapping::KEY_PREFIX);
     let mut labels = meta.labels.clone().unwrap_or_default();
+    labels.retain(|k, _| !ours(k));
     labels.extend(mapping::host_labels(&vc.name, &vc.uid, Some(ns)));
     let mut annotations = meta.annotations.clone().unwrap_or_default();
+    annotations.retain(|k, _| !ours(k));
     annotations.insert(
         OBJECT_UID_ANNOTATION.to_owned(),
         meta.uid.clone().unwrap_or_default(),
@@ -759,6 +764,19 @@ mod tests {
         assert!(copy.metadata.owner_references.is_none());
         assert!(copy.metadata.finalizers.is_none());
         assert!(copy.metadata.uid.is_none() && copy.metadata.resource_version.is_none());
+        // A tenant's claim to be kplex's is dropped.
+        let mut forged = p.clone();
+        forged.metadata.annotations =
+            Some([(mapping::TOKEN_FOR_ANNOTATION.to_owned(), "x".to_owned())].into());
+        forged.metadata.labels =
+            Some([(mapping::VC_UID_LABEL.to_owned(), "another-vc".to_owned())].into());
+        let copied = host_pod(&vc, "shop", &forged);
+        let annotations = copied.metadata.annotations.unwrap();
+        assert!(!annotations.contains_key(mapping::TOKEN_FOR_ANNOTATION));
+        assert_eq!(
+            copied.metadata.labels.unwrap()[mapping::VC_UID_LABEL],
+            "vc-uid"
+        );
         let spec = copy.spec.unwrap();
         assert_eq!(spec.node_name, None);
         assert_eq!(spec.service_account_name, None);

@@ -514,12 +514,12 @@ async fn host(kubeconfig: &std::path::Path, command: HostCommand) -> Result<(), 
         }
         HostCommand::List => {
             println!(
-                "{:<20} {:<40} {:<8} {:<10} {:<10} NODES",
+                "{:<20} {:<40} {:<8} {:<10} {:<22} NODES",
                 "NAME", "SERVER", "DEFAULT", "REACHABLE", "VERSION"
             );
             for host in client.hosts().await? {
                 println!(
-                    "{:<20} {:<40} {:<8} {:<10} {:<10} {}",
+                    "{:<20} {:<40} {:<8} {:<10} {:<22} {}",
                     host["metadata"]["name"].as_str().unwrap_or(""),
                     host["spec"]["server"].as_str().unwrap_or(""),
                     host["spec"]["default"].as_bool().unwrap_or(false),
