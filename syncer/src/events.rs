@@ -77,10 +77,17 @@ pub async fn watch(ctx: Arc<Ctx>, host: Weak<Host>, client: kube::Client) {
 
 /// Copies one host Event to the VC, about the tenant's Pod.
 pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
+    // Taken from whichever host holds it (a VC may have moved meanwhile).
+    let mut pending = None;
+    for host in ctx.hosts.all() {
+        if let Some(event) = host.pending_events.lock().expect("events lock").remove(key) {
+            pending = Some(event);
+        }
+    }
     let Ok(host) = ctx.hosts.placement(&key.vc) else {
         return Ok(None);
     };
-    let Some(event) = host.pending_events.lock().expect("events lock").remove(key) else {
+    let Some(event) = pending else {
         return Ok(None);
     };
     let involved = &event.involved_object;

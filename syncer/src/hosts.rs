@@ -185,6 +185,17 @@ impl Hosts {
             .map(|r| r.vc.clone())
     }
 
+    /// The name of the host `vc` is placed on, reachable or not.
+    pub fn intended(&self, vc: &Vc) -> Option<String> {
+        let named = self
+            .vcs
+            .read()
+            .expect("vcs lock")
+            .get(&vc.uid)
+            .and_then(|r| r.host.clone());
+        named.or_else(|| self.default_host.read().expect("default lock").clone())
+    }
+
     /// The host `vc` is placed on, connected and listed.
     pub fn placement(&self, vc: &Vc) -> Result<Arc<Host>, Unplaced> {
         let named = self
@@ -341,8 +352,10 @@ async fn watch_vcs(ctx: Arc<Ctx>) {
     }
 }
 
-/// Queues every Pod, Service and claim of `vc` (its placement changed).
+/// Queues every Pod, Service and claim of `vc` (its placement changed),
+/// and the sweep of the host it left.
 fn requeue_vc(ctx: &Ctx, vc: &Vc) {
+    ctx.queue.add(Task::Vc(vc.clone()));
     for pod in ctx.pods.in_vc(vc) {
         ctx.queue.add(Task::Pod(ObjectKey::new(
             vc,
@@ -771,12 +784,23 @@ async fn report_status(
 }
 
 /// A VC's host namespaces: once the VC is gone, every host namespace
-/// labelled with its UID is deleted (its objects go with it).
+/// labelled with its UID is deleted (its objects go with it); while it
+/// exists, those on hosts other than its own.
 pub async fn reconcile_vc(ctx: &Arc<Ctx>, vc: &Vc) -> Outcome {
-    if ctx.hosts.vc(&vc.uid).is_some() {
-        return Ok(None);
-    }
+    // A VC that exists keeps its namespaces on its host only: those on a
+    // host it left (a new default host, another `spec.hostCluster`) go.
+    let keep = match ctx.hosts.vc(&vc.uid) {
+        Some(_) => match ctx.hosts.intended(vc) {
+            Some(host) => Some(host),
+            // Placed nowhere: nothing is known to be stale.
+            None => return Ok(None),
+        },
+        None => None,
+    };
     for host in ctx.hosts.all() {
+        if keep.as_deref() == Some(host.name.as_str()) {
+            continue;
+        }
         for ns in host.namespaces.in_vc(vc) {
             let name = ns.name_any();
             if !mapping::owned_by(ns.metadata.labels.as_ref(), &vc.uid) {

@@ -56,8 +56,14 @@ pub trait Mirrored:
 
 impl Mirrored for Ingress {
     fn copy_of(vc: &Vc, ns: &str, object: &Self) -> Self {
+        let mut metadata = host_meta(vc, ns, &object.metadata);
+        // Configuration snippets run in a shared ingress controller (with
+        // its access to every Secret of the host): never a tenant's.
+        if let Some(annotations) = metadata.annotations.as_mut() {
+            annotations.retain(|k, _| !k.to_ascii_lowercase().contains("snippet"));
+        }
         Ingress {
-            metadata: host_meta(vc, ns, &object.metadata),
+            metadata,
             spec: object.spec.clone(),
             status: None,
         }

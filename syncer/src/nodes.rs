@@ -64,10 +64,14 @@ pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
     let tenant = ctx.nodes.get(key);
     let api = ctx.clients.vc::<Node>(&key.vc, None);
     let host = ctx.hosts.placement(&key.vc).ok();
-    let runs_here =
-        ctx.pods.in_vc(&key.vc).iter().any(|p| {
+    // Where the host runs the VC's Pods (not where a tenant says they
+    // run: a Pod's nodeName is the tenant's to write, the host's Nodes are
+    // not the tenant's to see).
+    let runs_here = host.as_ref().is_some_and(|h| {
+        h.pods.in_vc(&key.vc).iter().any(|p| {
             p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(key.name.as_str())
-        });
+        })
+    });
     let source = host
         .as_ref()
         .and_then(|h| h.node(&key.name).map(|n| (h.clone(), n)));

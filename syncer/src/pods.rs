@@ -9,7 +9,7 @@
 //! ServiceAccount), no host Service environment (`enableServiceLinks:
 //! false`), no priority class or scheduler the host may not have.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{
@@ -151,6 +151,15 @@ pub fn host_pod(vc: &Vc, ns: &str, pod: &Pod) -> Pod {
     spec.priority_class_name = None;
     spec.priority = None;
     spec.scheduler_name = None;
+    // A projected ServiceAccount token would be the host's, for the host's
+    // ServiceAccount: never the tenant's to have.
+    for volume in spec.volumes.iter_mut().flatten() {
+        if let Some(projected) = volume.projected.as_mut() {
+            if let Some(sources) = projected.sources.as_mut() {
+                sources.retain(|s| s.service_account_token.is_none());
+            }
+        }
+    }
     Pod {
         metadata: host_meta(vc, ns, &pod.metadata),
         spec: Some(spec),
@@ -165,6 +174,16 @@ pub fn is_host_copy(meta: &ObjectMeta) -> bool {
     meta.labels
         .as_ref()
         .is_some_and(|l| l.contains_key(mapping::VC_UID_LABEL))
+}
+
+/// Whether `have` holds every entry of `want`.
+pub fn holds(
+    have: &Option<BTreeMap<String, String>>,
+    want: &Option<BTreeMap<String, String>>,
+) -> bool {
+    want.iter()
+        .flatten()
+        .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
 }
 
 /// Whether the host object was made from the tenant object with `uid`.
@@ -498,6 +517,20 @@ fn pod_api(ctx: &Ctx, key: &ObjectKey) -> VcApi<Pod> {
     ctx.clients.vc::<Pod>(&key.vc, key.namespace.as_deref())
 }
 
+/// The labels of a VC's host namespace: whose it is, and the host's Pod
+/// Security admission at `baseline` (no privileged containers, host
+/// namespaces, hostPath or host ports, no added capabilities beyond the
+/// default set), so no tenant Pod reaches its node even before kplex's own
+/// isolation policy (the next issue) is in place.
+pub fn host_namespace_labels(vc: &Vc, ns: &str) -> BTreeMap<String, String> {
+    let mut labels = mapping::host_labels(&vc.name, &vc.uid, Some(ns));
+    labels.insert(
+        "pod-security.kubernetes.io/enforce".to_owned(),
+        "baseline".to_owned(),
+    );
+    labels
+}
+
 /// Makes the host namespace of `ns` of `vc`, unless it is there. One
 /// that is there but not labelled for this VC is another's: refused.
 pub async fn ensure_namespace(host: &Host, vc: &Vc, ns: &str) -> Result<(), Error> {
@@ -510,7 +543,7 @@ pub async fn ensure_namespace(host: &Host, vc: &Vc, ns: &str) -> Result<(), Erro
     let namespace = Namespace {
         metadata: ObjectMeta {
             name: Some(name.clone()),
-            labels: Some(mapping::host_labels(&vc.name, &vc.uid, Some(ns))),
+            labels: Some(host_namespace_labels(vc, ns)),
             ..Default::default()
         },
         ..Default::default()
@@ -617,15 +650,25 @@ async fn repair(host: &Host, key: &ObjectKey, pod: &Pod, copy: &Pod) -> Result<(
             .map(|c| (c.name.clone(), c.image.clone()))
             .collect()
     };
-    let same = desired.metadata.labels == copy.metadata.labels
-        && desired.metadata.annotations == copy.metadata.annotations
+    // What the host's own controllers add (their labels, annotations) may
+    // stay: only what the syncer put there is put back.
+    let same = holds(&copy.metadata.labels, &desired.metadata.labels)
+        && holds(&copy.metadata.annotations, &desired.metadata.annotations)
         && images(&desired) == images(copy);
     if same {
         return Ok(());
     }
     let mut fixed = copy.clone();
-    fixed.metadata.labels = desired.metadata.labels;
-    fixed.metadata.annotations = desired.metadata.annotations;
+    let merge = |have: &mut Option<BTreeMap<String, String>>,
+                 want: Option<BTreeMap<String, String>>| {
+        have.get_or_insert_with(BTreeMap::new)
+            .extend(want.unwrap_or_default());
+    };
+    merge(&mut fixed.metadata.labels, desired.metadata.labels);
+    merge(
+        &mut fixed.metadata.annotations,
+        desired.metadata.annotations,
+    );
     if let (Some(spec), Some(want)) = (fixed.spec.as_mut(), desired.spec.as_ref()) {
         for (have, want) in spec
             .containers

@@ -100,8 +100,6 @@ fn owned_part(service: &Service) -> serde_json::Value {
         }
     }
     json!({
-        "labels": service.metadata.labels,
-        "annotations": service.metadata.annotations,
         "selector": spec.get("selector"),
         "ports": spec.get("ports"),
         "externalName": spec.get("externalName"),
@@ -193,10 +191,25 @@ pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
                 Err(e) => return Err(Error::Api(e)),
             }
         }
-        Some(copy) if owned_part(&copy) != owned_part(&desired) => {
+        Some(copy)
+            if owned_part(&copy) != owned_part(&desired)
+                || !crate::pods::holds(&copy.metadata.labels, &desired.metadata.labels)
+                || !crate::pods::holds(
+                    &copy.metadata.annotations,
+                    &desired.metadata.annotations,
+                ) =>
+        {
             let mut fixed = (*copy).clone();
-            fixed.metadata.labels = desired.metadata.labels.clone();
-            fixed.metadata.annotations = desired.metadata.annotations.clone();
+            fixed
+                .metadata
+                .labels
+                .get_or_insert_with(Default::default)
+                .extend(desired.metadata.labels.clone().unwrap_or_default());
+            fixed
+                .metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .extend(desired.metadata.annotations.clone().unwrap_or_default());
             if let (Some(spec), Some(want)) = (fixed.spec.as_mut(), desired.spec.as_ref()) {
                 spec.selector = want.selector.clone();
                 spec.external_name = want.external_name.clone();
@@ -291,7 +304,14 @@ async fn sync_endpoints(
         host.client.clone(),
         &mapping::host_namespace(&key.vc.name, key.ns()),
     );
-    let copy = host.endpoints.get(key);
+    // Only Endpoints the syncer made: the host's endpoints controller makes
+    // its own for Services with a selector (with their labels).
+    let copy = host.endpoints.get(key).filter(|e| {
+        e.metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(OBJECT_UID_ANNOTATION))
+    });
     match (tenant, copy) {
         (None, Some(copy)) => delete_endpoints(&api, &copy).await,
         (None, None) => Ok(()),

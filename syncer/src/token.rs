@@ -363,7 +363,9 @@ pub async fn ensure(
             host.secrets.upsert_host(written);
         }
         // Ours, not yet in the cache (or raced): the next look settles it.
-        Err(e) if is_status(&e, 409) => return Ok(Some(std::time::Duration::ZERO)),
+        // (Not at once: a foreign Secret of that name would make it a loop
+        // of TokenRequests.)
+        Err(e) if is_status(&e, 409) => return Ok(Some(std::time::Duration::from_secs(5))),
         Err(e) => return Err(Error::Api(e)),
     }
     Ok(Some(std::time::Duration::from_secs(
