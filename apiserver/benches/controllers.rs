@@ -27,7 +27,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{
-    client_at, cpu_seconds, create_vcs, percentile, requests, rss, Component, CLIENTS, LEAN,
+    bare_server, client_at, cpu_seconds, create_vcs, list_rv, percentile, requests, rss, Component,
+    CLIENTS, LEAN,
 };
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -122,16 +123,6 @@ async fn count_pods(across: kube::Client, prefix: String, want: usize, from: Str
     }
 }
 
-async fn current_rv(across: &kube::Client) -> String {
-    let pods: Api<Pod> = Api::all(across.clone());
-    pods.list_metadata(&ListParams::default().limit(1))
-        .await
-        .unwrap()
-        .metadata
-        .resource_version
-        .unwrap()
-}
-
 /// Time until VC `vc`'s Deployment `name` of `replicas` has its Pods.
 async fn time_to_pods(system_kc: &Path, vc: &str, name: &str, replicas: usize) -> Duration {
     let client = client_at(system_kc, &format!("/clusters/{vc}")).await;
@@ -174,19 +165,7 @@ async fn time_to_pods(system_kc: &Path, vc: &str, name: &str, replicas: usize) -
 async fn main() {
     let bin = Path::new(env!("CARGO_BIN_EXE_kplex"));
     let dir = tempfile::tempdir().unwrap();
-    let system_kc = dir.path().join("system.kubeconfig");
-    let flag = format!("controllers={}", system_kc.display());
-    let server = kplex_e2e::Kplex::start_bin(
-        bin,
-        &dir.path().join("kplex-data"),
-        "kplex=info,warn",
-        &[
-            "--controllers=false",
-            "--syncer=false",
-            "--write-system-kubeconfig",
-            &flag,
-        ],
-    );
+    let (server, system_kc) = bare_server(bin, dir.path(), "controllers");
     let admin = client_at(&server.kubeconfig(), "").await;
     let across = client_at(&system_kc, "/clusters/*").await;
     let idle = scale(10_000);
@@ -326,7 +305,7 @@ async fn main() {
         .await;
     let direct = direct_started.elapsed();
     let direct_server_cpu = cpu_server() - server_before;
-    let rv = current_rv(&across).await;
+    let rv = list_rv(&Api::<Pod>::all(across.clone())).await;
     let before = requests(&admin).await;
     let (server_before, controllers_before) = (cpu_server(), cpu_seconds(loaded.pid()));
     let waiting = tokio::spawn(count_pods(across.clone(), "c-".into(), vcs * per_vc, rv));

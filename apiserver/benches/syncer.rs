@@ -26,7 +26,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{client_at, cpu_seconds, create_vcs, percentile, requests, rss, Component, CLIENTS};
+use common::{
+    bare_server, client_at, cpu_seconds, create_vcs, list_rv, percentile, requests, rss, Component,
+    CLIENTS,
+};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
@@ -85,35 +88,11 @@ async fn host_copies(host: kube::Client, want: usize, rv: String) -> Instant {
     }
 }
 
-async fn list_rv<K>(api: &Api<K>) -> String
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    api.list_metadata(&ListParams::default().limit(1))
-        .await
-        .unwrap()
-        .metadata
-        .resource_version
-        .unwrap()
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let bin = Path::new(env!("CARGO_BIN_EXE_kplex"));
     let dir = tempfile::tempdir().unwrap();
-    let system_kc = dir.path().join("system.kubeconfig");
-    let flag = format!("syncer={}", system_kc.display());
-    let server = kplex_e2e::Kplex::start_bin(
-        bin,
-        &dir.path().join("kplex-data"),
-        "kplex=info,warn",
-        &[
-            "--controllers=false",
-            "--syncer=false",
-            "--write-system-kubeconfig",
-            &flag,
-        ],
-    );
+    let (server, system_kc) = bare_server(bin, dir.path(), "syncer");
     let admin = client_at(&server.kubeconfig(), "").await;
     let vcs = scale(100);
     let per_vc = scale(100).max(1);

@@ -58,6 +58,17 @@ impl Setup {
     }
 }
 
+/// `kubectl get <args> -o json` as `kc`, if it exists.
+fn found(kc: &Path, args: &[&str]) -> Option<Value> {
+    let mut all = vec!["--kubeconfig", kc.to_str().unwrap(), "get"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["-o", "json"]);
+    let o = kplex_e2e::kubectl(&all);
+    o.status
+        .success()
+        .then(|| serde_json::from_slice(&o.stdout).unwrap())
+}
+
 /// A host Node, as a host's kubelet registers one.
 fn host_node(host: &Path, name: &str) {
     let node = format!(
@@ -218,16 +229,11 @@ async fn a_deployment_runs_on_the_host_and_the_tenant_sees_it_run() {
         &["-n", "kplex-team-a-shop", "delete", "configmap", "settings"],
     );
     eventually("the ConfigMap copy to come back", || {
-        let o = kplex_e2e::kubectl(&[
-            "--kubeconfig",
-            host_kc.to_str().unwrap(),
-            "-n",
-            "kplex-team-a-shop",
-            "get",
-            "configmap",
-            "settings",
-        ]);
-        o.status.success().then_some(())
+        found(
+            &host_kc,
+            &["-n", "kplex-team-a-shop", "configmap", "settings"],
+        )
+        .map(|_| ())
     });
     let first = names(&host_pods)[0].clone();
     k(
@@ -437,17 +443,7 @@ async fn two_vcs_share_a_host_apart_and_a_deleted_vc_leaves_nothing_there() {
     // (while its storage still exists); b's stays.
     let o = admin(&s.kplex, &["delete", "virtualcluster", "a"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let left = kplex_e2e::kubectl(&[
-        "--kubeconfig",
-        s.host.to_str().unwrap(),
-        "get",
-        "namespace",
-        "kplex-a-shop",
-        "-o",
-        "json",
-    ]);
-    if left.status.success() {
-        let ns: Value = serde_json::from_slice(&left.stdout).unwrap();
+    if let Some(ns) = found(&s.host, &["namespace", "kplex-a-shop"]) {
         assert!(
             ns["metadata"]["deletionTimestamp"].is_string(),
             "still there: {ns}"
@@ -602,17 +598,7 @@ async fn a_restarted_syncer_catches_up_without_duplicates_or_orphans() {
         .success());
     // With no syncer running, the server itself cleared b's host namespace
     // before b's storage went.
-    let left = kplex_e2e::kubectl(&[
-        "--kubeconfig",
-        host.to_str().unwrap(),
-        "get",
-        "namespace",
-        "kplex-b-default",
-        "-o",
-        "json",
-    ]);
-    if left.status.success() {
-        let ns: Value = serde_json::from_slice(&left.stdout).unwrap();
+    if let Some(ns) = found(&host, &["namespace", "kplex-b-default"]) {
         assert!(
             ns["metadata"]["deletionTimestamp"].is_string(),
             "still there: {ns}"
@@ -686,20 +672,7 @@ async fn services_route_from_the_host_address_the_tenant_sees() {
 
     // The copy selects the VC's Pods only; its address is the tenant's.
     let copy = eventually("the Service's copy", || {
-        let o = kplex_e2e::kubectl(&[
-            "--kubeconfig",
-            host.to_str().unwrap(),
-            "-n",
-            ns,
-            "get",
-            "service",
-            "web",
-            "-o",
-            "json",
-        ]);
-        o.status
-            .success()
-            .then(|| serde_json::from_slice::<Value>(&o.stdout).unwrap())
+        found(&host, &["-n", ns, "service", "web"])
     });
     let vc_uid = s.admin_get(&["virtualcluster", "team-a"])["metadata"]["uid"].clone();
     assert_eq!(copy["spec"]["selector"]["app"], "web");
@@ -711,20 +684,7 @@ async fn services_route_from_the_host_address_the_tenant_sees() {
         (service["spec"]["clusterIP"] == host_ip.as_str()).then_some(())
     });
     let np = eventually("the NodePort's copy", || {
-        let o = kplex_e2e::kubectl(&[
-            "--kubeconfig",
-            host.to_str().unwrap(),
-            "-n",
-            ns,
-            "get",
-            "service",
-            "np",
-            "-o",
-            "json",
-        ]);
-        o.status
-            .success()
-            .then(|| serde_json::from_slice::<Value>(&o.stdout).unwrap())
+        found(&host, &["-n", ns, "service", "np"])
     });
     let node_port = np["spec"]["ports"][0]["nodePort"].clone();
     eventually("the tenant to see the host's node port", || {
@@ -735,20 +695,7 @@ async fn services_route_from_the_host_address_the_tenant_sees() {
     });
     // A selector-less Service brings its Endpoints.
     let endpoints = eventually("the Endpoints' copy", || {
-        let o = kplex_e2e::kubectl(&[
-            "--kubeconfig",
-            host.to_str().unwrap(),
-            "-n",
-            ns,
-            "get",
-            "endpoints",
-            "ext",
-            "-o",
-            "json",
-        ]);
-        o.status
-            .success()
-            .then(|| serde_json::from_slice::<Value>(&o.stdout).unwrap())
+        found(&host, &["-n", ns, "endpoints", "ext"])
     });
     assert_eq!(endpoints["subsets"][0]["addresses"][0]["ip"], "192.0.2.10");
     assert_eq!(
@@ -965,20 +912,7 @@ async fn a_claim_follows_its_first_pod_to_the_host_and_outlives_it() {
         ],
     );
     let copy = eventually("the claim on the host", || {
-        let o = kplex_e2e::kubectl(&[
-            "--kubeconfig",
-            s.host.to_str().unwrap(),
-            "-n",
-            ns,
-            "get",
-            "pvc",
-            "data",
-            "-o",
-            "json",
-        ]);
-        o.status
-            .success()
-            .then(|| serde_json::from_slice::<Value>(&o.stdout).unwrap())
+        found(&s.host, &["-n", ns, "pvc", "data"])
     });
     assert_eq!(copy["spec"]["storageClassName"], "fast");
     assert_eq!(copy["spec"]["resources"]["requests"]["storage"], "1Gi");
@@ -1084,20 +1018,7 @@ async fn ingresses_and_budgets_go_to_the_host_with_their_secrets() {
     .unwrap();
     k(&tenant, &["create", "-f", manifest.to_str().unwrap()]);
     let ingress = eventually("the Ingress on the host", || {
-        let o = kplex_e2e::kubectl(&[
-            "--kubeconfig",
-            s.host.to_str().unwrap(),
-            "-n",
-            ns,
-            "get",
-            "ingress",
-            "web",
-            "-o",
-            "json",
-        ]);
-        o.status
-            .success()
-            .then(|| serde_json::from_slice::<Value>(&o.stdout).unwrap())
+        found(&s.host, &["-n", ns, "ingress", "web"])
     });
     let backend = &ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"];
     assert_eq!(backend["name"], "web");
@@ -1110,37 +1031,11 @@ async fn ingresses_and_budgets_go_to_the_host_with_their_secrets() {
     assert_eq!(annotations["team"], "shop");
     // Its TLS Secret went with it.
     let secret = eventually("the TLS Secret on the host", || {
-        let o = kplex_e2e::kubectl(&[
-            "--kubeconfig",
-            s.host.to_str().unwrap(),
-            "-n",
-            ns,
-            "get",
-            "secret",
-            "web-tls",
-            "-o",
-            "json",
-        ]);
-        o.status
-            .success()
-            .then(|| serde_json::from_slice::<Value>(&o.stdout).unwrap())
+        found(&s.host, &["-n", ns, "secret", "web-tls"])
     });
     assert_eq!(secret["data"]["tls.key"], "a2V5");
     let budget = eventually("the budget on the host", || {
-        let o = kplex_e2e::kubectl(&[
-            "--kubeconfig",
-            s.host.to_str().unwrap(),
-            "-n",
-            ns,
-            "get",
-            "pdb",
-            "web",
-            "-o",
-            "json",
-        ]);
-        o.status
-            .success()
-            .then(|| serde_json::from_slice::<Value>(&o.stdout).unwrap())
+        found(&s.host, &["-n", ns, "pdb", "web"])
     });
     let vc_uid = s.admin_get(&["virtualcluster", "team-a"])["metadata"]["uid"].clone();
     assert_eq!(
@@ -1309,20 +1204,7 @@ async fn a_pod_waits_for_a_missing_secret_and_gets_it_once_it_exists() {
         ],
     );
     let secret = eventually("the Secret on the host", || {
-        let o = kplex_e2e::kubectl(&[
-            "--kubeconfig",
-            s.host.to_str().unwrap(),
-            "-n",
-            ns,
-            "get",
-            "secret",
-            "late",
-            "-o",
-            "json",
-        ]);
-        o.status
-            .success()
-            .then(|| serde_json::from_slice::<Value>(&o.stdout).unwrap())
+        found(&s.host, &["-n", ns, "secret", "late"])
     });
     assert_eq!(secret["data"]["password"], "czNjcmV0");
 }

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, PersistentVolumeClaimSpec, Pod};
-use kube::api::{Api, DeleteParams};
+use kube::api::Api;
 
 use kplex_api::mapping::{self, OBJECT_UID_ANNOTATION};
 use kplex_controllers::cache::ObjectKey;
@@ -16,7 +16,8 @@ use kplex_controllers::client::{is_status, Vc};
 use kplex_controllers::Error;
 
 use crate::pods::{
-    ensure_namespace, has_finalizer, hold, host_meta, post_params, references, release,
+    delete_owned, ensure_namespace, has_finalizer, hold, host_meta, post_params, references,
+    release,
 };
 use crate::{Ctx, Outcome};
 
@@ -67,13 +68,13 @@ pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
     );
     let Some(claim) = tenant else {
         if let Some(copy) = copy {
-            delete(&host_api, &copy).await?;
+            delete_owned(&host_api, &copy.metadata).await?;
         }
         return Ok(None);
     };
     if claim.metadata.deletion_timestamp.is_some() {
         if let Some(copy) = copy {
-            delete(&host_api, &copy).await?;
+            delete_owned(&host_api, &copy.metadata).await?;
             return Ok(None);
         }
         return release(api, &ctx.claims, key, &*claim).await;
@@ -113,7 +114,7 @@ pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
         == uid;
     if !from_tenant {
         // An earlier claim's copy: it goes with the claim it copied.
-        delete(&host_api, &copy).await?;
+        delete_owned(&host_api, &copy.metadata).await?;
         return Ok(None);
     }
     // The host's binding wins.
@@ -127,32 +128,4 @@ pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
         }
     }
     Ok(None)
-}
-
-async fn delete(
-    api: &Api<PersistentVolumeClaim>,
-    copy: &PersistentVolumeClaim,
-) -> Result<(), Error> {
-    if copy.metadata.deletion_timestamp.is_some() {
-        return Ok(());
-    }
-    let params = DeleteParams {
-        preconditions: copy
-            .metadata
-            .uid
-            .clone()
-            .map(|uid| kube::api::Preconditions {
-                uid: Some(uid),
-                resource_version: None,
-            }),
-        ..Default::default()
-    };
-    match api
-        .delete(copy.metadata.name.as_deref().unwrap_or_default(), &params)
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
-        Err(e) => Err(Error::Api(e)),
-    }
 }

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
-use kube::api::{Api, DeleteParams};
+use kube::api::Api;
 use kube::Resource;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -133,7 +133,7 @@ async fn sync<K: Copied>(
     let api: Api<K> = Api::namespaced(host.client.clone(), &ns);
     let Some(tenant) = tenant else {
         if let Some(copy) = current {
-            delete(&api, copy.meta()).await?;
+            crate::pods::delete_owned(&api, copy.meta()).await?;
         }
         return Ok(None);
     };
@@ -166,7 +166,7 @@ async fn sync<K: Copied>(
         == tenant.meta().uid.as_ref();
     if !from_tenant {
         // A copy of an earlier object of this name: replaced after it goes.
-        delete(&api, copy.meta()).await?;
+        crate::pods::delete_owned(&api, copy.meta()).await?;
         return Ok(None);
     }
     let same = K::same_content(&desired, &copy)
@@ -183,27 +183,6 @@ async fn sync<K: Copied>(
             Ok(None)
         }
         Err(e) if is_status(&e, 404) => Ok(Some(std::time::Duration::ZERO)),
-        Err(e) => Err(Error::Api(e)),
-    }
-}
-
-async fn delete<K: Copied>(
-    api: &Api<K>,
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-) -> Result<(), Error> {
-    let params = DeleteParams {
-        preconditions: meta.uid.clone().map(|uid| kube::api::Preconditions {
-            uid: Some(uid),
-            resource_version: None,
-        }),
-        ..Default::default()
-    };
-    match api
-        .delete(meta.name.as_deref().unwrap_or_default(), &params)
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
         Err(e) => Err(Error::Api(e)),
     }
 }

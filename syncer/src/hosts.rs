@@ -559,66 +559,70 @@ async fn connect(ctx: &Arc<Ctx>, name: &str, kubeconfig: &str) -> Result<Arc<Hos
         tasks: tokio::task::JoinSet::new(),
     };
     let labelled = cache::watch_config().labels(&mapping::any_vc_selector());
-    let queue = ctx.queue.clone();
-    host.tasks.spawn(cache::run(
-        Api::<Pod>::all(client.clone()),
-        labelled.clone(),
-        host.pods.clone(),
-        move |change: Change<Pod>| queue.add(Task::Pod(change.key)),
-    ));
-    let queue = ctx.queue.clone();
-    host.tasks.spawn(cache::run(
-        Api::<ConfigMap>::all(client.clone()),
-        labelled.clone(),
-        host.configmaps.clone(),
-        move |change: Change<ConfigMap>| queue.add(Task::Config(ConfigKind::ConfigMap, change.key)),
-    ));
-    let queue = ctx.queue.clone();
-    host.tasks.spawn(cache::run(
-        Api::<Secret>::all(client.clone()),
-        labelled.clone(),
-        host.secrets.clone(),
-        move |change: Change<Secret>| queue.add(Task::Config(ConfigKind::Secret, change.key)),
-    ));
-    let queue = ctx.queue.clone();
-    host.tasks.spawn(cache::run(
-        Api::<Service>::all(client.clone()),
-        labelled.clone(),
-        host.services.clone(),
-        move |change: Change<Service>| queue.add(Task::Service(change.key)),
-    ));
-    let queue = ctx.queue.clone();
-    host.tasks.spawn(cache::run(
-        Api::<Endpoints>::all(client.clone()),
-        labelled.clone(),
-        host.endpoints.clone(),
-        move |change: Change<Endpoints>| queue.add(Task::Service(change.key)),
-    ));
-    let queue = ctx.queue.clone();
-    host.tasks.spawn(cache::run(
-        Api::<PersistentVolumeClaim>::all(client.clone()),
-        labelled.clone(),
-        host.claims.clone(),
-        move |change: Change<PersistentVolumeClaim>| queue.add(Task::Claim(change.key)),
-    ));
-    let queue = ctx.queue.clone();
-    host.tasks.spawn(cache::run(
-        Api::<k8s_openapi::api::networking::v1::Ingress>::all(client.clone()),
-        labelled.clone(),
-        host.ingresses.clone(),
-        move |change: Change<k8s_openapi::api::networking::v1::Ingress>| {
-            queue.add(Task::Mirror(crate::mirror::MirrorKind::Ingress, change.key))
-        },
-    ));
-    let queue = ctx.queue.clone();
-    host.tasks.spawn(cache::run(
-        Api::<k8s_openapi::api::policy::v1::PodDisruptionBudget>::all(client.clone()),
-        labelled.clone(),
-        host.budgets.clone(),
-        move |change: Change<k8s_openapi::api::policy::v1::PodDisruptionBudget>| {
-            queue.add(Task::Mirror(crate::mirror::MirrorKind::Budget, change.key))
-        },
-    ));
+    crate::follow::<Pod>(
+        &mut host.tasks,
+        &client,
+        &labelled,
+        &host.pods,
+        ctx,
+        Task::Pod,
+    );
+    crate::follow::<ConfigMap>(
+        &mut host.tasks,
+        &client,
+        &labelled,
+        &host.configmaps,
+        ctx,
+        |key| Task::Config(ConfigKind::ConfigMap, key),
+    );
+    crate::follow::<Secret>(
+        &mut host.tasks,
+        &client,
+        &labelled,
+        &host.secrets,
+        ctx,
+        |key| Task::Config(ConfigKind::Secret, key),
+    );
+    crate::follow::<Service>(
+        &mut host.tasks,
+        &client,
+        &labelled,
+        &host.services,
+        ctx,
+        Task::Service,
+    );
+    crate::follow::<Endpoints>(
+        &mut host.tasks,
+        &client,
+        &labelled,
+        &host.endpoints,
+        ctx,
+        Task::Service,
+    );
+    crate::follow::<PersistentVolumeClaim>(
+        &mut host.tasks,
+        &client,
+        &labelled,
+        &host.claims,
+        ctx,
+        Task::Claim,
+    );
+    crate::follow::<k8s_openapi::api::networking::v1::Ingress>(
+        &mut host.tasks,
+        &client,
+        &labelled,
+        &host.ingresses,
+        ctx,
+        |key| Task::Mirror(crate::mirror::MirrorKind::Ingress, key),
+    );
+    crate::follow::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(
+        &mut host.tasks,
+        &client,
+        &labelled,
+        &host.budgets,
+        ctx,
+        |key| Task::Mirror(crate::mirror::MirrorKind::Budget, key),
+    );
     let queue = ctx.queue.clone();
     let owners = host.namespace_owners.clone();
     host.tasks.spawn(cache::run(

@@ -212,6 +212,33 @@ impl Ctx {
     }
 }
 
+/// Watches kind `K` through `client` (across VCs, or on a host) into
+/// `cache`, queueing `task` of each changed key.
+pub(crate) fn follow<K>(
+    tasks: &mut tokio::task::JoinSet<()>,
+    client: &kube::Client,
+    config: &kube::runtime::watcher::Config,
+    cache: &Arc<Cache<K>>,
+    ctx: &Ctx,
+    task: fn(ObjectKey) -> Task,
+) where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let queue = ctx.queue.clone();
+    tasks.spawn(kplex_controllers::cache::run(
+        kube::Api::<K>::all(client.clone()),
+        config.clone(),
+        cache.clone(),
+        move |change: kplex_controllers::cache::Change<K>| queue.add(task(change.key)),
+    ));
+}
+
 /// Runs the syncer until `stop` resolves.
 pub async fn run_until(
     options: &Options,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, DeleteParams};
+use kube::api::Api;
 use kube::Resource;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -157,13 +157,13 @@ async fn sync<K: Mirrored>(
     let copy = copies.get(key);
     let Some(object) = tenant else {
         if let Some(copy) = copy {
-            delete(&host_api, copy.meta()).await?;
+            crate::pods::delete_owned(&host_api, copy.meta()).await?;
         }
         return Ok(None);
     };
     if object.meta().deletion_timestamp.is_some() {
         if let Some(copy) = copy {
-            delete(&host_api, copy.meta()).await?;
+            crate::pods::delete_owned(&host_api, copy.meta()).await?;
             return Ok(None);
         }
         return release(api, tenants, key, &*object).await;
@@ -194,7 +194,7 @@ async fn sync<K: Mirrored>(
         .and_then(|a| a.get(OBJECT_UID_ANNOTATION))
         == object.meta().uid.as_ref();
     if !from_tenant {
-        delete(&host_api, copy.meta()).await?;
+        crate::pods::delete_owned(&host_api, copy.meta()).await?;
         return Ok(None);
     }
     if drifted(&*copy, &desired) {
@@ -246,29 +246,5 @@ fn covers(have: &serde_json::Value, want: &serde_json::Value) -> bool {
             h.len() == w.len() && h.iter().zip(w).all(|(h, w)| covers(h, w))
         }
         (h, w) => h == w,
-    }
-}
-
-async fn delete<K: Mirrored>(
-    api: &Api<K>,
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-) -> Result<(), Error> {
-    if meta.deletion_timestamp.is_some() {
-        return Ok(());
-    }
-    let params = DeleteParams {
-        preconditions: meta.uid.clone().map(|uid| kube::api::Preconditions {
-            uid: Some(uid),
-            resource_version: None,
-        }),
-        ..Default::default()
-    };
-    match api
-        .delete(meta.name.as_deref().unwrap_or_default(), &params)
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
-        Err(e) => Err(Error::Api(e)),
     }
 }

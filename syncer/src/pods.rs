@@ -18,7 +18,6 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, PostParams};
-use kube::ResourceExt;
 use serde_json::json;
 
 use k8s_openapi::api::networking::v1::Ingress;
@@ -212,36 +211,14 @@ pub fn watch(ctx: &Arc<Ctx>, tasks: &mut tokio::task::JoinSet<()>) {
         ctx.pods.clone(),
         move |change: Change<Pod>| pod_changed(&c, change),
     ));
-    let c = ctx.clone();
-    tasks.spawn(kplex_controllers::cache::run(
-        Api::<ConfigMap>::all(across.clone()),
-        config.clone(),
-        ctx.configmaps.clone(),
-        move |change: Change<ConfigMap>| {
-            c.queue.add(Task::Config(ConfigKind::ConfigMap, change.key))
-        },
-    ));
-    let c = ctx.clone();
-    tasks.spawn(kplex_controllers::cache::run(
-        Api::<Secret>::all(across.clone()),
-        config.clone(),
-        ctx.secrets.clone(),
-        move |change: Change<Secret>| c.queue.add(Task::Config(ConfigKind::Secret, change.key)),
-    ));
-    let c = ctx.clone();
-    tasks.spawn(kplex_controllers::cache::run(
-        Api::<Service>::all(across.clone()),
-        config.clone(),
-        ctx.services.clone(),
-        move |change: Change<Service>| c.queue.add(Task::Service(change.key)),
-    ));
-    let c = ctx.clone();
-    tasks.spawn(kplex_controllers::cache::run(
-        Api::<PersistentVolumeClaim>::all(across.clone()),
-        config.clone(),
-        ctx.claims.clone(),
-        move |change: Change<PersistentVolumeClaim>| c.queue.add(Task::Claim(change.key)),
-    ));
+    crate::follow::<ConfigMap>(tasks, &across, &config, &ctx.configmaps, ctx, |key| {
+        Task::Config(ConfigKind::ConfigMap, key)
+    });
+    crate::follow::<Secret>(tasks, &across, &config, &ctx.secrets, ctx, |key| {
+        Task::Config(ConfigKind::Secret, key)
+    });
+    crate::follow::<Service>(tasks, &across, &config, &ctx.services, ctx, Task::Service);
+    crate::follow::<PersistentVolumeClaim>(tasks, &across, &config, &ctx.claims, ctx, Task::Claim);
     let c = ctx.clone();
     tasks.spawn(kplex_controllers::cache::run(
         Api::<Ingress>::all(across.clone()),
@@ -258,29 +235,18 @@ pub fn watch(ctx: &Arc<Ctx>, tasks: &mut tokio::task::JoinSet<()>) {
             c.queue.add(Task::Mirror(MirrorKind::Ingress, change.key))
         },
     ));
-    let c = ctx.clone();
-    tasks.spawn(kplex_controllers::cache::run(
-        Api::<PodDisruptionBudget>::all(across.clone()),
-        config.clone(),
-        ctx.budgets.clone(),
-        move |change: Change<PodDisruptionBudget>| {
-            c.queue.add(Task::Mirror(MirrorKind::Budget, change.key))
-        },
-    ));
-    let c = ctx.clone();
-    tasks.spawn(kplex_controllers::cache::run(
-        Api::<Endpoints>::all(across.clone()),
-        config.clone(),
-        ctx.endpoints.clone(),
-        move |change: Change<Endpoints>| c.queue.add(Task::Service(change.key)),
-    ));
-    let c = ctx.clone();
-    tasks.spawn(kplex_controllers::cache::run(
-        Api::<k8s_openapi::api::core::v1::Node>::all(across),
-        nodes_config,
-        ctx.nodes.clone(),
-        move |change: Change<k8s_openapi::api::core::v1::Node>| c.queue.add(Task::Node(change.key)),
-    ));
+    crate::follow::<PodDisruptionBudget>(tasks, &across, &config, &ctx.budgets, ctx, |key| {
+        Task::Mirror(MirrorKind::Budget, key)
+    });
+    crate::follow::<Endpoints>(tasks, &across, &config, &ctx.endpoints, ctx, Task::Service);
+    crate::follow::<k8s_openapi::api::core::v1::Node>(
+        tasks,
+        &across,
+        &nodes_config,
+        &ctx.nodes,
+        ctx,
+        Task::Node,
+    );
 }
 
 /// A tenant Pod changed: its own task, those of what it references (old
@@ -612,23 +578,31 @@ async fn create_copy(ctx: &Ctx, host: &Host, key: &ObjectKey, pod: &Pod) -> Outc
 /// Deletes a host copy (only one labelled for its VC, only that object:
 /// the UID precondition).
 async fn delete_copy(host: &Host, copy: &Pod) -> Result<(), Error> {
-    if copy.metadata.deletion_timestamp.is_some() {
+    let api: Api<Pod> = host.api(copy.metadata.namespace.as_deref().unwrap_or_default());
+    delete_owned(&api, &copy.metadata).await
+}
+
+/// Deletes the host object `meta` describes, that object only (a UID
+/// precondition: a newer object of the name stays); one already going or
+/// gone, or replaced meanwhile, is not an error.
+pub async fn delete_owned<K>(api: &Api<K>, meta: &ObjectMeta) -> Result<(), Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    if meta.deletion_timestamp.is_some() {
         return Ok(());
     }
-    let ns = copy.metadata.namespace.clone().unwrap_or_default();
-    let api: Api<Pod> = host.api(&ns);
     let params = DeleteParams {
-        preconditions: copy
-            .metadata
-            .uid
-            .clone()
-            .map(|uid| kube::api::Preconditions {
-                uid: Some(uid),
-                resource_version: None,
-            }),
+        preconditions: meta.uid.clone().map(|uid| kube::api::Preconditions {
+            uid: Some(uid),
+            resource_version: None,
+        }),
         ..Default::default()
     };
-    match api.delete(&copy.name_any(), &params).await {
+    match api
+        .delete(meta.name.as_deref().unwrap_or_default(), &params)
+        .await
+    {
         Ok(_) => Ok(()),
         Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
         Err(e) => Err(Error::Api(e)),

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Endpoints, Service, ServiceSpec};
-use kube::api::{Api, DeleteParams};
+use kube::api::Api;
 use serde_json::json;
 
 use kplex_api::mapping::{self, OBJECT_UID_ANNOTATION};
@@ -132,7 +132,7 @@ pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
     let copy = host.services.get(key);
     let Some(service) = tenant else {
         if let Some(copy) = copy {
-            delete(&host, &copy.metadata).await?;
+            crate::pods::delete_owned(&host_api_of(&host, key), &copy.metadata).await?;
         }
         return Ok(None);
     };
@@ -140,7 +140,7 @@ pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
     let uid = service.metadata.uid.as_deref();
     if service.metadata.deletion_timestamp.is_some() {
         if let Some(copy) = copy {
-            delete(&host, &copy.metadata).await?;
+            crate::pods::delete_owned(&host_api_of(&host, key), &copy.metadata).await?;
             return Ok(None);
         }
         sync_endpoints(&host, key, None).await?;
@@ -154,7 +154,7 @@ pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
             .map(String::as_str)
             != uid
     }) {
-        delete(&host, &copy.metadata).await?;
+        crate::pods::delete_owned(&host_api_of(&host, key), &copy.metadata).await?;
         return Ok(None);
     }
     if !crate::pods::has_finalizer(&service.metadata) {
@@ -167,10 +167,7 @@ pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
         .as_ref()
         .and_then(|s| s.selector.as_ref())
         .is_none_or(|s| s.is_empty());
-    let host_api: Api<Service> = Api::namespaced(
-        host.client.clone(),
-        &mapping::host_namespace(&key.vc.name, key.ns()),
-    );
+    let host_api = host_api_of(&host, key);
     let copy = match copy {
         None => {
             ensure_namespace(&host, &key.vc, key.ns()).await?;
@@ -313,7 +310,7 @@ async fn sync_endpoints(
             .is_some_and(|a| a.contains_key(OBJECT_UID_ANNOTATION))
     });
     match (tenant, copy) {
-        (None, Some(copy)) => delete_endpoints(&api, &copy).await,
+        (None, Some(copy)) => crate::pods::delete_owned(&api, &copy.metadata).await,
         (None, None) => Ok(()),
         (Some(tenant), None) => {
             let desired = host_endpoints(&key.vc, key.ns(), tenant);
@@ -346,50 +343,10 @@ async fn sync_endpoints(
     }
 }
 
-async fn delete_endpoints(api: &Api<Endpoints>, copy: &Endpoints) -> Result<(), Error> {
-    match api
-        .delete(
-            copy.metadata.name.as_deref().unwrap_or_default(),
-            &uid_guarded(copy.metadata.uid.clone()),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
-        Err(e) => Err(Error::Api(e)),
-    }
-}
-
-fn uid_guarded(uid: Option<String>) -> DeleteParams {
-    DeleteParams {
-        preconditions: uid.map(|uid| kube::api::Preconditions {
-            uid: Some(uid),
-            resource_version: None,
-        }),
-        ..Default::default()
-    }
-}
-
-async fn delete(
-    host: &Host,
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-) -> Result<(), Error> {
-    if meta.deletion_timestamp.is_some() {
-        return Ok(());
-    }
-    let api: Api<Service> = Api::namespaced(
+/// The host API of Services in `key`'s mapped namespace.
+fn host_api_of(host: &Host, key: &ObjectKey) -> Api<Service> {
+    Api::namespaced(
         host.client.clone(),
-        meta.namespace.as_deref().unwrap_or_default(),
-    );
-    match api
-        .delete(
-            meta.name.as_deref().unwrap_or_default(),
-            &uid_guarded(meta.uid.clone()),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
-        Err(e) => Err(Error::Api(e)),
-    }
+        &mapping::host_namespace(&key.vc.name, key.ns()),
+    )
 }

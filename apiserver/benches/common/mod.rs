@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -157,4 +157,37 @@ pub async fn create_vcs(admin: &kube::Client, names: Vec<String>) {
 pub fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples.sort();
     samples[((samples.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// The release `kplex serve` on embedded storage in `dir`, without its
+/// controllers and syncer, and the system kubeconfig it wrote for
+/// `component` (which the benchmark runs as its own process).
+pub fn bare_server(bin: &Path, dir: &Path, component: &str) -> (kplex_e2e::Kplex, PathBuf) {
+    let system_kc = dir.join("system.kubeconfig");
+    let flag = format!("{component}={}", system_kc.display());
+    let server = kplex_e2e::Kplex::start_bin(
+        bin,
+        &dir.join("kplex-data"),
+        "kplex=info,warn",
+        &[
+            "--controllers=false",
+            "--syncer=false",
+            "--write-system-kubeconfig",
+            &flag,
+        ],
+    );
+    (server, system_kc)
+}
+
+/// The resourceVersion a list of `api` is at (to watch from).
+pub async fn list_rv<K>(api: &kube::Api<K>) -> String
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.list_metadata(&kube::api::ListParams::default().limit(1))
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap()
 }
