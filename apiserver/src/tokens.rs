@@ -10,13 +10,17 @@
 //!
 //! The signing key lives in the system keyspace, created by the first
 //! kplex to start, so every replica on one etcd signs and verifies alike.
+//!
+//! The JWS (RFC 7515 compact form, `alg: ES256`) is made and checked here
+//! with ring's P-256, the crypto provider kplex already uses for TLS: one
+//! signature per TokenRequest is on the path of every synced Pod.
 
 use std::sync::Arc;
 
 use base64::Engine;
 use bytes::Bytes;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use kplex_storage::{Store, StoreError, SystemKeyspace};
+use ring::signature::{EcdsaKeyPair, KeyPair, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
 
 /// The issuer kplex names, and the audience of a token that names none
@@ -75,10 +79,29 @@ pub struct Claims {
     pub vc: String,
 }
 
+/// The JOSE header of every token kplex signs (fixed, so it is encoded
+/// once).
+const HEADER: &str = r#"{"alg":"ES256","typ":"JWT"}"#;
+
+/// Seconds of clock skew allowed on `exp` and `nbf`.
+const LEEWAY: u64 = 5;
+
 /// Signs and verifies tokens.
 pub struct Tokens {
-    encoding: EncodingKey,
-    decoding: DecodingKey,
+    pair: EcdsaKeyPair,
+    rng: ring::rand::SystemRandom,
+    /// `HEADER`, base64url.
+    header: String,
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn unb64(text: &str) -> Result<Vec<u8>, String> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .map_err(|_| "malformed token".to_owned())
 }
 
 fn now() -> u64 {
@@ -98,7 +121,7 @@ impl Tokens {
             Some(kv) => kv.value.to_vec(),
             None => {
                 let rng = ring::rand::SystemRandom::new();
-                let fresh = ring::signature::EcdsaKeyPair::generate_pkcs8(
+                let fresh = EcdsaKeyPair::generate_pkcs8(
                     &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
                     &rng,
                 )
@@ -120,17 +143,30 @@ impl Tokens {
     /// The signer with this PKCS#8 P-256 key.
     pub fn from_pkcs8(pkcs8: &[u8]) -> Result<Tokens, String> {
         let rng = ring::rand::SystemRandom::new();
-        let pair = ring::signature::EcdsaKeyPair::from_pkcs8(
+        let pair = EcdsaKeyPair::from_pkcs8(
             &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
             pkcs8,
             &rng,
         )
         .map_err(|e| format!("the token signing key is unusable: {e}"))?;
-        use ring::signature::KeyPair;
         Ok(Tokens {
-            encoding: EncodingKey::from_ec_der(pkcs8),
-            decoding: DecodingKey::from_ec_der(pair.public_key().as_ref()),
+            pair,
+            rng,
+            header: b64(HEADER.as_bytes()),
         })
+    }
+
+    /// The compact JWS of `claims`.
+    fn sign(&self, claims: &Claims) -> Result<String, String> {
+        let body = serde_json::to_vec(claims).map_err(|e| e.to_string())?;
+        let mut token = format!("{}.{}", self.header, b64(&body));
+        let signature = self
+            .pair
+            .sign(&self.rng, token.as_bytes())
+            .map_err(|_| "cannot sign the token".to_owned())?;
+        token.push('.');
+        token.push_str(&b64(signature.as_ref()));
+        Ok(token)
     }
 
     /// A token with these claims' subject, for `lifetime` seconds from now.
@@ -159,22 +195,48 @@ impl Tokens {
             kubernetes,
             vc: vc_uid.to_owned(),
         };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &self.encoding)
-            .map_err(|e| e.to_string())?;
+        let token = self.sign(&claims)?;
         Ok((token, claims.exp))
     }
 
     /// The claims of `token` if kplex signed it, it is current and meant
     /// for kplex (its audience includes the issuer).
     pub fn verify(&self, token: &str) -> Result<Claims, String> {
-        let mut validation = Validation::new(Algorithm::ES256);
-        validation.set_issuer(&[ISSUER]);
-        validation.set_audience(&[ISSUER]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        validation.leeway = 5;
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
-            .map(|data| data.claims)
-            .map_err(|e| e.to_string())
+        let mut parts = token.split('.');
+        let (Some(header), Some(body), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err("malformed token".into());
+        };
+        // The algorithm is ours to choose, never the token's: only ES256.
+        let header: serde_json::Value =
+            serde_json::from_slice(&unb64(header)?).map_err(|_| "malformed token header")?;
+        if header["alg"] != "ES256" {
+            return Err("token algorithm is not ES256".into());
+        }
+        let signed = &token[..token.len() - signature.len() - 1];
+        UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P256_SHA256_FIXED,
+            self.pair.public_key().as_ref(),
+        )
+        .verify(signed.as_bytes(), &unb64(signature)?)
+        .map_err(|_| "invalid token signature".to_owned())?;
+        let claims: Claims =
+            serde_json::from_slice(&unb64(body)?).map_err(|e| format!("token claims: {e}"))?;
+        let now = now();
+        if claims.iss != ISSUER {
+            return Err("token issuer is not kplex".into());
+        }
+        if !claims.aud.iter().any(|a| a == ISSUER) {
+            return Err("token audience does not include kplex".into());
+        }
+        if claims.exp + LEEWAY <= now {
+            return Err("token has expired".into());
+        }
+        if claims.nbf > now + LEEWAY {
+            return Err("token is not valid yet".into());
+        }
+        Ok(claims)
     }
 }
 
@@ -390,11 +452,9 @@ mod tests {
 
     fn signer() -> Tokens {
         let rng = ring::rand::SystemRandom::new();
-        let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(
-            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-            &rng,
-        )
-        .unwrap();
+        let pkcs8 =
+            EcdsaKeyPair::generate_pkcs8(&ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+                .unwrap();
         Tokens::from_pkcs8(pkcs8.as_ref()).unwrap()
     }
 
@@ -443,9 +503,21 @@ mod tests {
             exp: now() - 60,
             ..a.verify(&token).unwrap()
         };
-        let old =
-            jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &a.encoding).unwrap();
+        let old = a.sign(&claims).unwrap();
         assert!(a.verify(&old).is_err());
+        // Not yet valid.
+        let early = Claims {
+            nbf: now() + 600,
+            ..a.verify(&token).unwrap()
+        };
+        assert!(a.verify(&a.sign(&early).unwrap()).is_err());
+        // Another algorithm named in the header (alg: none and friends).
+        let mut unsigned: Vec<String> = token.split('.').map(str::to_owned).collect();
+        unsigned[0] = b64(br#"{"alg":"none"}"#);
+        assert!(a.verify(&unsigned.join(".")).is_err());
+        unsigned[2] = String::new();
+        assert!(a.verify(&unsigned.join(".")).is_err());
+        assert!(a.verify(&format!("{token}.extra")).is_err());
         // Meant for someone else.
         let (other, _) = a.issue("vc-1", claim(), vec!["vault".into()], 600).unwrap();
         assert!(a.verify(&other).is_err());
