@@ -1,9 +1,13 @@
 //! Names and rules shared by every kplex crate that speaks about virtual
 //! clusters: well-known annotations and paths (`names`), resource
-//! quantities (`quantity`), what an object uses of a quota (`quota`) and
-//! where a tenant's objects live on a host cluster (`mapping`).
+//! quantities (`quantity`), what an object uses of a quota (`quota`),
+//! where a tenant's objects live on a host cluster (`mapping`), a VC's
+//! isolation policy (`isolation`) and the rules it sets for Pods
+//! (`podsecurity`).
 
+pub mod isolation;
 pub mod mapping;
 pub mod names;
+pub mod podsecurity;
 pub mod quantity;
 pub mod quota;
