@@ -381,9 +381,26 @@ impl Isolation {
         })
     }
 
-    /// The policy's quota as parsed amounts.
-    pub fn quota_amounts(&self) -> BTreeMap<String, quantity::Milli> {
+    /// The policy's quota under the names ResourceQuotas count by: huge
+    /// pages (`hugepages-1Gi`, as the policy may say) are
+    /// `requests.hugepages-1Gi`.
+    pub fn quota_hard(&self) -> BTreeMap<String, String> {
         self.quota
+            .iter()
+            .map(|(k, v)| {
+                let name = if k.starts_with("hugepages-") {
+                    format!("requests.{k}")
+                } else {
+                    k.clone()
+                };
+                (name, v.clone())
+            })
+            .collect()
+    }
+
+    /// [`Isolation::quota_hard`] as parsed amounts.
+    pub fn quota_amounts(&self) -> BTreeMap<String, quantity::Milli> {
+        self.quota_hard()
             .iter()
             .filter_map(|(k, v)| Some((k.clone(), quantity::parse(v)?)))
             .collect()

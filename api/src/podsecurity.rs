@@ -436,7 +436,8 @@ fn restricted(spec: &Value, user_namespaces: bool, out: &mut Vec<Violation>) {
 
 /// Huge pages: kube-apiserver's rules (a container's huge page requests
 /// equal its limits, and it asks for CPU or memory too; `HugePages`
-/// volumes name a size the Pod asks for) and the sizes the VC may use.
+/// volumes name a size the Pod asks for) and the sizes the VC may use
+/// (any, for a `privileged` VC).
 /// Each break as `(field, message)`, for a 422.
 pub fn huge_pages(policy: &Isolation, spec: &Value) -> Vec<(String, String)> {
     let mut errors = Vec::new();
@@ -456,7 +457,9 @@ pub fn huge_pages(policy: &Isolation, spec: &Value) -> Vec<(String, String)> {
                     };
                     uses = true;
                     sizes_used.insert(size.to_owned());
-                    if !policy.huge_page_sizes.iter().any(|s| s == size) {
+                    let allowed = policy.pod_security == Level::Privileged
+                        || policy.huge_page_sizes.iter().any(|s| s == size);
+                    if !allowed {
                         errors.push((
                             format!("{at}.{kind}[{key}]"),
                             format!(
@@ -609,9 +612,14 @@ pub fn networks(policy: &Isolation, pod: &Value) -> Result<Option<String>, Viola
 }
 
 /// Every rule `pod` breaks under `policy` that is a refusal (403): pod
-/// security and network attachments.
+/// security and network attachments. A `privileged` VC (the admin trusts
+/// its Pods with the node) may name any network here; what reaches a host
+/// is still only what [`networks`] makes of the granted aliases.
 pub fn violations(policy: &Isolation, pod: &Value) -> Vec<Violation> {
     let mut out = check(policy, pod);
+    if policy.pod_security == Level::Privileged {
+        return out;
+    }
     if let Err(v) = networks(policy, pod) {
         out.push(v);
     }
@@ -880,6 +888,12 @@ mod tests {
         let items: Value =
             serde_json::from_str(&networks(&telco(), &json_form).unwrap().unwrap()).unwrap();
         assert_eq!(items[1]["ips"][0], "10.0.0.5/24");
+        // A privileged VC's Pods are not refused for their networks.
+        let trusted = Isolation {
+            pod_security: Level::Privileged,
+            ..telco()
+        };
+        assert!(violations(&trusted, &annotated("telco/sriov-a")).is_empty());
         // Only the defaults when the Pod asks for none; nothing without them.
         assert!(networks(&telco(), &nginx()).unwrap().is_some());
         assert_eq!(networks(&Isolation::default(), &nginx()).unwrap(), None);

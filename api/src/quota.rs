@@ -172,6 +172,17 @@ pub fn unstated(pod: &Value, hard: &BTreeMap<String, Milli>) -> Vec<(String, Vec
     out
 }
 
+/// Why a quota named `quota` refuses a Pod that leaves resources
+/// unstated (`unstated` non-empty), as kube's quota admission words it:
+/// `failed quota: <quota>: must specify limits.cpu for: a,b; …`.
+pub fn unstated_refusal(quota: &str, unstated: &[(String, Vec<String>)]) -> String {
+    let parts: Vec<String> = unstated
+        .iter()
+        .map(|(resource, containers)| format!("{resource} for: {}", containers.join(",")))
+        .collect();
+    format!("failed quota: {quota}: must specify {}", parts.join("; "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,8 +27,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
-    bare_server, client_at, cpu_seconds, create_vcs, list_rv, percentile, requests, rss, Component,
-    CLIENTS,
+    bare_server, client_at, cpu_seconds, create_vcs, create_vcs_with, list_rv, percentile,
+    requests, rss, Component, CLIENTS,
 };
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
@@ -100,7 +100,13 @@ async fn main() {
     let upsync_samples = scale(500).min(pods_total);
 
     // The host: a VC of this kplex, registered as the default host.
-    create_vcs(&admin, vec!["host".into()]).await;
+    // A real host enforces no VC's policy of its own: neither does this one.
+    create_vcs_with(
+        &admin,
+        vec!["host".into()],
+        json!({"isolation": {"podSecurity": "privileged", "userNamespaces": false, "quota": {"hard": {}}}}),
+    )
+    .await;
     let host_kc = kplex_e2e::tenant_kubeconfig(&server, dir.path(), "host", "platform");
     let host_text = std::fs::read_to_string(&host_kc).unwrap();
     let body = json!({"apiVersion": "tenancy.kplex.dev/v1alpha1", "kind": "HostCluster",

@@ -59,7 +59,7 @@ pub async fn handle(ctx: &Context, req: Request) -> Result<Response, ApiError> {
                     "singularName": "virtualcluster",
                     "namespaced": false,
                     "kind": KIND,
-                    "verbs": ["create", "delete", "get", "list", "watch"],
+                    "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
                     "shortNames": ["vc"],
                 },
                 {
@@ -118,6 +118,7 @@ pub async fn virtualclusters(
     match (method, rest) {
         (Method::GET, []) => list(ctx, &req).await,
         (Method::POST, []) => create(ctx, req).await,
+        (Method::PUT | Method::PATCH, [name]) => update(ctx, name, req).await,
         (Method::GET, [name]) => {
             let vc = ctx
                 .registry
@@ -173,24 +174,10 @@ async fn create(ctx: &Context, req: Request) -> Result<Response, ApiError> {
         .ok_or_else(|| ApiError::invalid(KIND, "", "metadata.name", "name is required"))?
         .to_owned();
     check_kind(&body, KIND)?;
-    let spec = body.get("spec").cloned().unwrap_or_else(|| json!({}));
-    if !spec.is_object() {
-        return Err(ApiError::invalid(
-            KIND,
-            &name,
-            "spec",
-            "spec must be an object",
-        ));
-    }
+    let spec = stored_spec(&name, body.get("spec"))?;
     let vc = ctx.registry.create(&name, spec).await?;
     // Every new VC has the four namespaces a cluster starts with.
-    let objects = kplex_registry::generic::GenericStore::new(
-        ctx.store.clone(),
-        vc.keyspace()?,
-        ctx.catalog.clone(),
-        ctx.allocations.clone(),
-        ctx.watches.clone(),
-    );
+    let objects = ctx.vc_store(&vc)?;
     let namespaces = ctx
         .catalog
         .find("", "v1", "namespaces")
@@ -210,6 +197,88 @@ async fn create(ctx: &Context, req: Request) -> Result<Response, ApiError> {
         StatusCode::CREATED,
         &present(ctx, &vc, false).await?,
     ))
+}
+
+/// A VC's spec as stored: an object whose isolation policy is valid, with
+/// the policy's defaults written out (so `get -o yaml` and `describe` show
+/// what is enforced).
+fn stored_spec(name: &str, spec: Option<&Value>) -> Result<Value, ApiError> {
+    let qualified = format!("{KIND}.{GROUP}");
+    let mut spec = match spec {
+        None | Some(Value::Null) => json!({}),
+        Some(spec @ Value::Object(_)) => spec.clone(),
+        Some(_) => {
+            return Err(ApiError::field(
+                &qualified,
+                name,
+                "spec",
+                "Invalid value: must be an object",
+            ))
+        }
+    };
+    let policy = kplex_api::isolation::Isolation::from_spec(&spec).map_err(|errors| {
+        let errors: Vec<(String, String)> =
+            errors.into_iter().map(|e| (e.field, e.message)).collect();
+        ApiError::fields(&qualified, name, &errors)
+    })?;
+    spec["isolation"] = policy.to_value();
+    Ok(spec)
+}
+
+/// `PUT` or `PATCH` (JSON, merge, strategic merge — a merge here, the
+/// record has no list keys — or server-side apply) of a VC: its spec
+/// (policy included) and metadata change at run time; name and UID do not.
+async fn update(ctx: &Context, name: &str, req: Request) -> Result<Response, ApiError> {
+    use kplex_registry::patch::{self, PatchType};
+    enum Change {
+        Replace(Value),
+        Patch(PatchType),
+        Apply { manager: String, force: bool },
+    }
+    let params = req.params();
+    let change = if req.method == Method::PUT {
+        let body = req.json_body()?;
+        check_kind(&body, KIND)?;
+        if let Some(named) = body["metadata"]["name"].as_str().filter(|n| *n != name) {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({named}) does not match the name on the URL ({name})"
+            )));
+        }
+        Change::Replace(body)
+    } else if req.media_type() == patch::APPLY_MEDIA_TYPE {
+        let Some(manager) = params.get("fieldManager").filter(|m| !m.is_empty()) else {
+            return Err(ApiError::bad_request(
+                "PATCH, application/apply-patch+yaml requests require a fieldManager",
+            ));
+        };
+        Change::Apply {
+            manager: manager.to_owned(),
+            force: params.get("force") == Some("true"),
+        }
+    } else {
+        Change::Patch(match PatchType::from_media_type(&req.media_type())? {
+            PatchType::Strategic => PatchType::Merge,
+            kind => kind,
+        })
+    };
+    let vc = ctx
+        .registry
+        .update(name, |current| {
+            let mut next = match &change {
+                Change::Replace(body) => body.clone(),
+                Change::Patch(kind) => patch::apply(current, *kind, &req.body)?,
+                Change::Apply { manager, force } => {
+                    let config = kplex_registry::yaml::parse_object(&req.body)?;
+                    check_kind(&config, KIND)?;
+                    kplex_registry::managed::apply(current, &config, manager, *force, None)?.0
+                }
+            };
+            next["spec"] = stored_spec(name, next.get("spec"))?;
+            Ok(next)
+        })
+        .await?;
+    tracing::info!(vc = name, "virtual cluster updated");
+    Ok(ok(present(ctx, &vc, true).await?))
 }
 
 async fn list(ctx: &Context, req: &Request) -> Result<Response, ApiError> {
@@ -243,13 +312,69 @@ async fn list(ctx: &Context, req: &Request) -> Result<Response, ApiError> {
     Ok(ok(list))
 }
 
-/// The VC as served: the record plus its status.
+/// The VC as served: the record plus its status (with `count`, as one VC
+/// is read: its object count and its quota's use).
 async fn present(ctx: &Context, vc: &VirtualCluster, count: bool) -> Result<Value, ApiError> {
     let mut object = with_status(&ctx.url, vc.object.clone());
     if count {
         object["status"]["objectCount"] = json!(ctx.registry.object_count(vc).await?);
+        if let Some(quota) = quota_status(ctx, vc).await? {
+            object["status"]["quota"] = quota;
+        }
     }
     Ok(object)
+}
+
+/// The kind a quota's resource name is counted from (`None` for names no
+/// kplex kind produces).
+fn counted_from(name: &str) -> Option<(String, String)> {
+    let core = |plural: &str| Some((String::new(), plural.to_owned()));
+    match name {
+        "pods" | "cpu" | "memory" => core("pods"),
+        "services" | "services.nodeports" | "services.loadbalancers" => core("services"),
+        "requests.storage" | "persistentvolumeclaims" => core("persistentvolumeclaims"),
+        "configmaps" | "secrets" | "replicationcontrollers" | "resourcequotas" => core(name),
+        _ if name.starts_with("requests.") || name.starts_with("limits.") => core("pods"),
+        _ => {
+            let counted = name.strip_prefix("count/")?;
+            match counted.split_once('.') {
+                Some((plural, group)) => Some((group.to_owned(), plural.to_owned())),
+                None => core(counted),
+            }
+        }
+    }
+}
+
+/// The VC's quota, `hard` and what its objects `used` of it now (counted
+/// as its admission counts).
+async fn quota_status(ctx: &Context, vc: &VirtualCluster) -> Result<Option<Value>, ApiError> {
+    use kplex_api::quantity::{self, Milli};
+    let hard = vc.policy.quota_amounts();
+    if hard.is_empty() {
+        return Ok(None);
+    }
+    let store = ctx.vc_store(vc)?;
+    let mut used: std::collections::BTreeMap<&String, Milli> =
+        hard.keys().map(|k| (k, Milli::default())).collect();
+    let kinds: std::collections::BTreeSet<(String, String)> =
+        hard.keys().filter_map(|k| counted_from(k)).collect();
+    for (group, plural) in kinds {
+        let Some(info) = ctx.catalog.find_resource(&group, &plural) else {
+            continue;
+        };
+        let all = store.list(info, None, &Default::default()).await?;
+        for item in &all.items {
+            let usage = kplex_api::quota::usage(&group, &plural, item);
+            for (name, total) in used.iter_mut() {
+                total.0 += usage.get(*name).map_or(0, |q| q.0);
+            }
+        }
+    }
+    let used: std::collections::BTreeMap<&String, String> = used
+        .into_iter()
+        .map(|(k, q)| (k, quantity::format(q)))
+        .collect();
+    Ok(Some(json!({"hard": vc.policy.quota_hard(), "used": used})))
 }
 
 /// A VC record with the status every VC has while it exists.
@@ -272,8 +397,12 @@ fn table(objects: &[Value]) -> Value {
         .iter()
         .map(|o| {
             let created = o["metadata"]["creationTimestamp"].as_str().unwrap_or("");
+            let policy = &o["spec"]["isolation"];
+            let host = o["spec"]["hostCluster"].as_str().unwrap_or("<default>");
+            let runtime = policy["runtimeClassName"].as_str().filter(|r| !r.is_empty()).unwrap_or("<none>");
             json!({
-                "cells": [o["metadata"]["name"], o["status"]["phase"], o["status"]["endpoint"], kplex_registry::table::age(created)],
+                "cells": [o["metadata"]["name"], o["status"]["phase"], o["status"]["endpoint"], kplex_registry::table::age(created),
+                    host, policy["podSecurity"].as_str().unwrap_or("restricted"), policy["userNamespaces"].as_bool().unwrap_or(true), runtime],
                 "object": {
                     "kind": "PartialObjectMetadata",
                     "apiVersion": "meta.k8s.io/v1",
@@ -291,6 +420,10 @@ fn table(objects: &[Value]) -> Value {
             {"name": "Phase", "type": "string", "format": "", "description": "Lifecycle phase", "priority": 0},
             {"name": "Endpoint", "type": "string", "format": "", "description": "URL tenants point kubectl at", "priority": 0},
             {"name": "Age", "type": "string", "format": "", "description": "Time since creation", "priority": 0},
+            {"name": "Host", "type": "string", "format": "", "description": "Host cluster the VC's Pods run on", "priority": 1},
+            {"name": "Pod Security", "type": "string", "format": "", "description": "Pod Security Standards level of the VC's Pods", "priority": 1},
+            {"name": "User Namespaces", "type": "boolean", "format": "", "description": "Whether every Pod runs in a user namespace", "priority": 1},
+            {"name": "Runtime Class", "type": "string", "format": "", "description": "RuntimeClass forced on every Pod", "priority": 1},
         ],
         "rows": rows,
     })

@@ -83,15 +83,9 @@ pub async fn admit_create(
             if (info.group.as_str(), info.plural.as_str()) == ("", "pods") {
                 let unstated = kplex_api::quota::unstated(object, &hard);
                 if !unstated.is_empty() {
-                    let parts: Vec<String> = unstated
-                        .iter()
-                        .map(|(resource, containers)| {
-                            format!("{resource} for: {}", containers.join(","))
-                        })
-                        .collect();
-                    return Err(forbidden(format!(
-                        "failed quota: {quota_name}: must specify {}",
-                        parts.join("; ")
+                    return Err(forbidden(kplex_api::quota::unstated_refusal(
+                        &quota_name,
+                        &unstated,
                     )));
                 }
             }

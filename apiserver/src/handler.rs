@@ -51,6 +51,21 @@ pub struct Context {
 }
 
 impl Context {
+    /// The store of `vc`'s objects (no admission: the caller's own reads
+    /// and writes).
+    pub fn vc_store(
+        &self,
+        vc: &crate::virtualclusters::VirtualCluster,
+    ) -> Result<kplex_registry::generic::GenericStore, ApiError> {
+        Ok(kplex_registry::generic::GenericStore::new(
+            self.store.clone(),
+            vc.keyspace()?,
+            self.catalog.clone(),
+            self.allocations.clone(),
+            self.watches.clone(),
+        ))
+    }
+
     /// The URL of one VC.
     pub fn vc_url(&self, name: &str) -> String {
         format!("{}/clusters/{name}", self.url)
@@ -388,13 +403,11 @@ async fn tenant(
     if is_public(path) {
         return public(ctx, &req.method, path).await;
     }
-    let store = kplex_registry::generic::GenericStore::new(
-        ctx.store.clone(),
-        vc.keyspace()?,
-        ctx.catalog.clone(),
-        ctx.allocations.clone(),
-        ctx.watches.clone(),
-    );
+    // Every write into the VC, whoever makes it (a tenant, the shared
+    // controllers), meets the VC's isolation policy.
+    let store = ctx
+        .vc_store(&vc)?
+        .with_admission(crate::policy::VcPolicy::new(vc.name(), vc.policy.clone()));
     if let Some((ns, account)) = token_request_path(path) {
         return crate::tokens::token_request(
             &ctx.tokens,

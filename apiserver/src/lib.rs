@@ -13,6 +13,7 @@ pub mod handler;
 pub mod hostclusters;
 pub mod metrics;
 pub mod openapi;
+pub mod policy;
 pub mod proxy;
 pub mod response;
 pub mod reviews;

@@ -405,13 +405,7 @@ pub async fn authenticate(
     if vc.uid() != claims.vc {
         return None;
     }
-    let store = kplex_registry::generic::GenericStore::new(
-        ctx.store.clone(),
-        vc.keyspace().ok()?,
-        ctx.catalog.clone(),
-        ctx.allocations.clone(),
-        ctx.watches.clone(),
-    );
+    let store = ctx.vc_store(&vc).ok()?;
     let k = &claims.kubernetes;
     let find = |plural: &str| ctx.catalog.find("", "v1", plural).expect("catalogued");
     let still =

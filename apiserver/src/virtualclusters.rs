@@ -111,6 +111,9 @@ const INDEX_WAIT: Duration = Duration::from_secs(5);
 pub struct VirtualCluster {
     /// The object (`apiVersion`, `kind`, `metadata`, `spec`, `status`).
     pub object: Value,
+    /// Its isolation policy, read once (the safe default if the record
+    /// holds none or one that does not parse).
+    pub policy: Arc<kplex_api::isolation::Isolation>,
 }
 
 impl VirtualCluster {
@@ -285,6 +288,62 @@ impl Registry {
                 name,
             )),
             Err(e) => Err(store_error(e)),
+        }
+    }
+
+    /// Changes the VC named `name` to what `change` makes of it (the
+    /// record as stored, with its resourceVersion), guarded by the record's
+    /// revision: retried when another write came between, unless the new
+    /// object pins a resourceVersion, which must then be current (409
+    /// otherwise, as kube-apiserver answers a stale update). Name, UID and
+    /// creation time are the record's whatever `change` says.
+    pub async fn update<F>(&self, name: &str, change: F) -> Result<VirtualCluster, ApiError>
+    where
+        F: Fn(&Value) -> Result<Value, ApiError>,
+    {
+        let key = Self::key(name)?;
+        loop {
+            let Some(kv) = self.store.get(&key).await.map_err(store_error)? else {
+                return Err(ApiError::not_found_object(KIND, GROUP, name));
+            };
+            let current = decode(&kv)?.object;
+            let mut next = change(&current)?;
+            let pinned = next["metadata"]["resourceVersion"]
+                .as_str()
+                .filter(|rv| !rv.is_empty())
+                .map(str::to_owned);
+            if pinned
+                .as_deref()
+                .is_some_and(|rv| rv != current["metadata"]["resourceVersion"])
+            {
+                return Err(ApiError::conflict(&format!("{RECORDS}.{GROUP}"), name));
+            }
+            for field in ["name", "uid", "creationTimestamp"] {
+                next["metadata"][field] = current["metadata"][field].clone();
+            }
+            next["apiVersion"] = json!(format!("{GROUP}/{VERSION}"));
+            next["kind"] = json!(KIND);
+            if let Some(meta) = next["metadata"].as_object_mut() {
+                meta.remove("resourceVersion");
+            }
+            if let Some(object) = next.as_object_mut() {
+                object.remove("status");
+            }
+            let bytes = Bytes::from(next.to_string());
+            match self.store.update(&key, bytes, kv.mod_revision).await {
+                Ok(written) => {
+                    self.indexed_at(written.mod_revision).await;
+                    return Ok(with_revision(next, written.mod_revision));
+                }
+                Err(StoreError::Conflict { .. }) if pinned.is_none() => continue,
+                Err(StoreError::Conflict { .. }) => {
+                    return Err(ApiError::conflict(&format!("{RECORDS}.{GROUP}"), name))
+                }
+                Err(StoreError::NotFound { .. }) => {
+                    return Err(ApiError::not_found_object(KIND, GROUP, name))
+                }
+                Err(e) => return Err(store_error(e)),
+            }
         }
     }
 
@@ -497,7 +556,11 @@ async fn maintain(store: Arc<dyn Store>, index: std::sync::Weak<Index>) {
 
 fn with_revision(mut object: Value, revision: kplex_storage::Revision) -> VirtualCluster {
     object["metadata"]["resourceVersion"] = Value::String(revision.to_string());
-    VirtualCluster { object }
+    let policy = kplex_api::isolation::Isolation::from_spec(&object["spec"]).unwrap_or_default();
+    VirtualCluster {
+        object,
+        policy: Arc::new(policy),
+    }
 }
 
 fn decode(kv: &kplex_storage::KeyValue) -> Result<VirtualCluster, ApiError> {

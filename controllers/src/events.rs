@@ -13,7 +13,7 @@ use crate::client::Clients;
 /// Events waiting to be written.
 const QUEUED: usize = 1024;
 
-/// The component the events come from.
+/// The component the controllers' events come from.
 const COMPONENT: &str = "kplex-controllers";
 
 struct Pending {
@@ -34,10 +34,15 @@ pub struct Recorder {
 impl Recorder {
     /// A recorder writing through `clients` (one task, started here).
     pub fn new(clients: Clients) -> Recorder {
+        Recorder::of(clients, COMPONENT)
+    }
+
+    /// A recorder whose events name `component` as their source.
+    pub fn of(clients: Clients, component: &'static str) -> Recorder {
         let (tx, mut rx) = mpsc::channel::<Pending>(QUEUED);
         tokio::spawn(async move {
             while let Some(p) = rx.recv().await {
-                write(&clients, p).await;
+                write(&clients, component, p).await;
             }
         });
         Recorder { tx }
@@ -84,7 +89,7 @@ fn api_version_of(kind: &str) -> &'static str {
     }
 }
 
-async fn write(clients: &Clients, p: Pending) {
+async fn write(clients: &Clients, component: &'static str, p: Pending) {
     let now = crate::pods::now();
     // Events of cluster-scoped objects live in `default`, as kube's.
     let ns = p.key.namespace.clone().unwrap_or_else(|| "default".into());
@@ -106,14 +111,14 @@ async fn write(clients: &Clients, p: Pending) {
         message: Some(p.message),
         type_: Some(p.type_.into()),
         source: Some(EventSource {
-            component: Some(COMPONENT.into()),
+            component: Some(component.into()),
             host: None,
         }),
         first_timestamp: Some(crate::pods::time(now)),
         last_timestamp: Some(crate::pods::time(now)),
         count: Some(1),
-        reporting_component: Some(COMPONENT.into()),
-        reporting_instance: Some(COMPONENT.into()),
+        reporting_component: Some(component.into()),
+        reporting_instance: Some(component.into()),
         ..Default::default()
     };
     if let Err(e) = clients

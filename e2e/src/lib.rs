@@ -272,14 +272,30 @@ pub fn admin(kplex: &Kplex, args: &[&str]) -> std::process::Output {
 }
 
 pub fn create_vc(kplex: &Kplex, dir: &Path, name: &str) {
+    create_vc_with(kplex, dir, name, "{}");
+}
+
+/// Creates a VC with `spec` (YAML flow or block text, indented under `spec:`).
+pub fn create_vc_with(kplex: &Kplex, dir: &Path, name: &str, spec: &str) {
     let file = dir.join(format!("{name}.yaml"));
     std::fs::write(
         &file,
-        format!("apiVersion: tenancy.kplex.dev/v1alpha1\nkind: VirtualCluster\nmetadata:\n  name: {name}\n"),
+        format!("apiVersion: tenancy.kplex.dev/v1alpha1\nkind: VirtualCluster\nmetadata:\n  name: {name}\nspec: {spec}\n"),
     )
     .unwrap();
     let o = admin(kplex, &["create", "-f", file.to_str().unwrap()]);
     assert!(o.status.success(), "create {name}: {}", stderr(&o));
+}
+
+/// The spec of a VC that stands in for a host cluster in tests: a real
+/// host takes whatever Pods the syncer writes (the tenant VC's policy was
+/// applied before), so this one enforces nothing of its own.
+pub const HOST_VC_SPEC: &str =
+    "{isolation: {podSecurity: privileged, userNamespaces: false, quota: {hard: {}}}}";
+
+/// Creates a VC that stands in for a host cluster ([`HOST_VC_SPEC`]).
+pub fn create_host_vc(kplex: &Kplex, dir: &Path, name: &str) {
+    create_vc_with(kplex, dir, name, HOST_VC_SPEC);
 }
 
 /// Issues a tenant kubeconfig through the admin API's kubeconfig subresource.
@@ -395,5 +411,57 @@ pub fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
             "timed out waiting for {what}"
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// A kplex with one of its VCs, `host`, registered as the default host
+/// cluster (the stand-in for a real host in the syncer's and the
+/// isolation policy's tests).
+pub struct Hosted {
+    /// Scratch space (kubeconfigs, manifests).
+    pub dir: tempfile::TempDir,
+    /// The server.
+    pub kplex: Kplex,
+    /// A kubeconfig of the host.
+    pub host: PathBuf,
+}
+
+impl Hosted {
+    /// Starts kplex and registers its VC `host` as the default host.
+    pub fn start() -> Hosted {
+        let dir = tempfile::tempdir().unwrap();
+        let kplex = Kplex::start(&dir.path().join("data"));
+        create_host_vc(&kplex, dir.path(), "host");
+        let host = tenant_kubeconfig(&kplex, dir.path(), "host", "platform");
+        let o = Command::new(kplex_bin())
+            .args(["host", "add", "default", "--default", "--kubeconfig"])
+            .arg(&host)
+            .arg("--admin-kubeconfig")
+            .arg(kplex.kubeconfig())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "kplex host add: {}", stderr(&o));
+        Hosted { dir, kplex, host }
+    }
+
+    /// A tenant VC `vc` with the default spec; its admin's kubeconfig.
+    pub fn tenant(&self, vc: &str) -> PathBuf {
+        self.tenant_with(vc, "{}")
+    }
+
+    /// A tenant VC with `spec` (YAML flow text); its admin's kubeconfig.
+    pub fn tenant_with(&self, vc: &str, spec: &str) -> PathBuf {
+        create_vc_with(&self.kplex, self.dir.path(), vc, spec);
+        tenant_kubeconfig(&self.kplex, self.dir.path(), vc, "admin")
+    }
+
+    /// `kubectl get <args> -o json` through the admin API.
+    pub fn admin_get(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["get"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["-o", "json"]);
+        let o = admin(&self.kplex, &all);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
     }
 }

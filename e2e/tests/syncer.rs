@@ -14,48 +14,16 @@ use std::path::{Path, PathBuf};
 
 use kplex_e2e::kubelet::{client_of, FakeKubelet, Fate};
 use kplex_e2e::{
-    admin, create_vc, eventually, get, items, k, k_fails, kplex_bin, stderr, stdout,
-    tenant_kubeconfig, Kplex,
+    admin, create_host_vc, create_vc, eventually, get, items, k, k_fails, kplex_bin, stderr,
+    stdout, tenant_kubeconfig, Kplex,
 };
 use serde_json::Value;
 
 /// A kplex with a VC `host` registered as the default host cluster.
-struct Setup {
-    dir: tempfile::TempDir,
-    kplex: Kplex,
-    host: PathBuf,
-}
+type Setup = kplex_e2e::Hosted;
 
 fn setup() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let kplex = Kplex::start(&dir.path().join("data"));
-    create_vc(&kplex, dir.path(), "host");
-    let host = tenant_kubeconfig(&kplex, dir.path(), "host", "platform");
-    let o = std::process::Command::new(kplex_bin())
-        .args(["host", "add", "default", "--default", "--kubeconfig"])
-        .arg(&host)
-        .arg("--admin-kubeconfig")
-        .arg(kplex.kubeconfig())
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "kplex host add: {}", stderr(&o));
-    Setup { dir, kplex, host }
-}
-
-impl Setup {
-    fn tenant(&self, vc: &str) -> PathBuf {
-        create_vc(&self.kplex, self.dir.path(), vc);
-        tenant_kubeconfig(&self.kplex, self.dir.path(), vc, "admin")
-    }
-
-    fn admin_get(&self, args: &[&str]) -> Value {
-        let mut all = vec!["get"];
-        all.extend_from_slice(args);
-        all.extend_from_slice(&["-o", "json"]);
-        let o = admin(&self.kplex, &all);
-        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
-        serde_json::from_slice(&o.stdout).unwrap()
-    }
+    Setup::start()
 }
 
 /// `kubectl get <args> -o json` as `kc`, if it exists.
@@ -495,7 +463,7 @@ async fn without_a_host_pods_wait_with_a_reason_and_a_used_host_cannot_go() {
     );
 
     // A host with VCs placed on it cannot be removed.
-    create_vc(&kplex, dir.path(), "host");
+    create_host_vc(&kplex, dir.path(), "host");
     let host = tenant_kubeconfig(&kplex, dir.path(), "host", "platform");
     let kplex_cmd = |args: &[&str]| {
         std::process::Command::new(kplex_bin())
@@ -635,7 +603,11 @@ async fn a_restarted_syncer_catches_up_without_duplicates_or_orphans() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_route_from_the_host_address_the_tenant_sees() {
     let s = setup();
-    let tenant = s.tenant("team-a");
+    // Node ports are closed by default; this VC's admin opened one.
+    let tenant = s.tenant_with(
+        "team-a",
+        r#"{isolation: {quota: {hard: {services.nodeports: "1"}}}}"#,
+    );
     let host = s.host.clone();
     let ns = "kplex-team-a-default";
     k(

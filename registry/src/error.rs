@@ -115,29 +115,34 @@ impl ApiError {
     /// `Required value`, `Forbidden: …`), and `details` naming the object
     /// and the field.
     pub fn field(kind: &str, name: &str, field: &str, detail: &str) -> ApiError {
+        ApiError::fields(kind, name, &[(field.to_owned(), detail.to_owned())])
+    }
+
+    /// 422 for several fields at once (each `(field, detail)` as in
+    /// [`ApiError::field`]); kube-apiserver lists them in brackets:
+    /// `<Kind> "<name>" is invalid: [<field>: <detail>, …]`.
+    pub fn fields(kind: &str, name: &str, errors: &[(String, String)]) -> ApiError {
         let (bare_kind, group) = kind.split_once('.').unwrap_or((kind, ""));
-        let cause_type = [
-            ("Invalid value", "FieldValueInvalid"),
-            ("Required value", "FieldValueRequired"),
-            ("Forbidden", "FieldValueForbidden"),
-            ("Unsupported value", "FieldValueNotSupported"),
-            ("Duplicate value", "FieldValueDuplicate"),
-            ("Too long", "FieldValueTooLong"),
-            ("Too many", "FieldValueTooMany"),
-            ("Not found", "FieldValueNotFound"),
-        ]
-        .iter()
-        .find(|(prefix, _)| detail.starts_with(prefix))
-        .map_or("FieldValueInvalid", |(_, t)| t);
+        let causes: Vec<serde_json::Value> = errors
+            .iter()
+            .map(|(field, detail)| {
+                json!({"reason": cause_type(detail), "message": detail, "field": field})
+            })
+            .collect();
+        let listed: Vec<String> = errors.iter().map(|(f, d)| format!("{f}: {d}")).collect();
+        let message = match listed.as_slice() {
+            [one] => format!("{kind} \"{name}\" is invalid: {one}"),
+            many => format!("{kind} \"{name}\" is invalid: [{}]", many.join(", ")),
+        };
         ApiError {
             code: StatusCode::UNPROCESSABLE_ENTITY,
             reason: "Invalid",
-            message: format!("{kind} \"{name}\" is invalid: {field}: {detail}"),
+            message,
             details: Some(Box::new(json!({
                 "name": name,
                 "group": group,
                 "kind": bare_kind,
-                "causes": [{"reason": cause_type, "message": detail, "field": field}],
+                "causes": causes,
             }))),
         }
     }
@@ -210,6 +215,24 @@ impl ApiError {
             .as_ref()
             .and_then(|d| d["retryAfterSeconds"].as_u64())
     }
+}
+
+/// The `reason` of a field error's cause, from the type its detail starts
+/// with.
+fn cause_type(detail: &str) -> &'static str {
+    [
+        ("Invalid value", "FieldValueInvalid"),
+        ("Required value", "FieldValueRequired"),
+        ("Forbidden", "FieldValueForbidden"),
+        ("Unsupported value", "FieldValueNotSupported"),
+        ("Duplicate value", "FieldValueDuplicate"),
+        ("Too long", "FieldValueTooLong"),
+        ("Too many", "FieldValueTooMany"),
+        ("Not found", "FieldValueNotFound"),
+    ]
+    .iter()
+    .find(|(prefix, _)| detail.starts_with(prefix))
+    .map_or("FieldValueInvalid", |(_, t)| t)
 }
 
 /// A value's JSON text. (`Value`'s `Display` writes the same bytes through the

@@ -229,7 +229,30 @@ pub struct GenericStore {
     catalog: Arc<Catalog>,
     allocations: Arc<crate::allocation::AllocationLocks>,
     watches: Arc<crate::quota::WatchLimits>,
+    admission: Option<Arc<dyn Admission>>,
 }
+
+/// A rule of the cluster a write must pass before it is stored (the VC's
+/// isolation policy and quota, as kube-apiserver's validating admission):
+/// given the store, the object as it is to be stored and, for an update,
+/// the stored one. An error refuses the write and nothing is stored. Not
+/// asked for status writes (they change no spec).
+#[async_trait::async_trait]
+pub trait Admission: Send + Sync {
+    /// `Ok` to let the write through, with whatever must be held until
+    /// the write is done (a quota's turn, so that two writes cannot both
+    /// take its last unit).
+    async fn admit(
+        &self,
+        store: &GenericStore,
+        info: &ResourceInfo,
+        old: Option<&Value>,
+        object: &Value,
+    ) -> Result<Admitted, ApiError>;
+}
+
+/// What an admission holds until the write it admitted is done.
+pub type Admitted = Option<Box<dyn std::any::Any + Send>>;
 
 /// The namespace a request addresses, if the resource is namespaced.
 pub type Namespace<'a> = Option<&'a str>;
@@ -278,7 +301,33 @@ impl GenericStore {
             catalog,
             allocations,
             watches,
+            admission: None,
         }
+    }
+
+    /// This store, with `admission` asked before every create and update.
+    pub fn with_admission(mut self, admission: Arc<dyn Admission>) -> GenericStore {
+        self.admission = Some(admission);
+        self
+    }
+
+    async fn admit(
+        &self,
+        info: &ResourceInfo,
+        old: Option<&Value>,
+        object: &Value,
+    ) -> Result<Admitted, ApiError> {
+        match &self.admission {
+            Some(admission) => admission.admit(self, info, old, object).await,
+            None => Ok(None),
+        }
+    }
+
+    /// The VC's turn to charge its quota (one write at a time per VC
+    /// while one is counted; a lock apart from the allocators').
+    pub async fn quota_turn(&self) -> crate::allocation::AllocationTurn {
+        let key = format!("{}#quota", self.keyspace.prefix().as_str());
+        self.allocations.turn(&key).await
     }
 
     /// A slot for one more open watch of this VC (429 at its limit).
@@ -542,6 +591,7 @@ impl GenericStore {
             set_or_remove(&mut object, "status", None);
         }
         info.strategy.prepare_for_create(&mut object);
+        let _admitted = self.admit(info, None, &object).await?;
         crate::managed::track(
             None,
             &mut object,
@@ -918,6 +968,13 @@ impl GenericStore {
             write.status.then_some("status"),
             &now_rfc3339(),
         );
+        // Admission before the allocators' turn, as on create (one order
+        // of the two locks).
+        let _admitted = if write.status {
+            None
+        } else {
+            self.admit(info, Some(&old), &object).await?
+        };
         let _turn = match info.strategy.allocator().filter(|_| !write.status) {
             Some(allocator) => {
                 let turn = self.allocation_turn().await;

@@ -89,7 +89,7 @@ pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
             hold(api, &ctx.claims, key, &*claim).await?;
             return Ok(None);
         }
-        ensure_namespace(&host, &key.vc, key.ns()).await?;
+        ensure_namespace(ctx, &host, &key.vc, key.ns()).await?;
         return match host_api
             .create(&post_params(), &host_claim(&key.vc, key.ns(), &claim))
             .await

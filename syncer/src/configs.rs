@@ -105,7 +105,7 @@ pub async fn reconcile(ctx: &Arc<Ctx>, kind: ConfigKind, key: &ObjectKey) -> Out
     match kind {
         ConfigKind::ConfigMap => {
             let tenant = ctx.configmaps.get(key).filter(|_| wanted);
-            sync(&host, key, tenant, &host.configmaps).await
+            sync(ctx, &host, key, tenant, &host.configmaps).await
         }
         ConfigKind::Secret => {
             // A Pod's token Secret is the syncer's own (`token`).
@@ -117,12 +117,13 @@ pub async fn reconcile(ctx: &Arc<Ctx>, kind: ConfigKind, key: &ObjectKey) -> Out
                 return Ok(None);
             }
             let tenant = ctx.secrets.get(key).filter(|_| wanted);
-            sync(&host, key, tenant, &host.secrets).await
+            sync(ctx, &host, key, tenant, &host.secrets).await
         }
     }
 }
 
 async fn sync<K: Copied>(
+    ctx: &Ctx,
     host: &Host,
     key: &ObjectKey,
     tenant: Option<Arc<K>>,
@@ -139,7 +140,7 @@ async fn sync<K: Copied>(
     };
     let desired = K::copy_of(&key.vc, key.ns(), &tenant);
     let Some(copy) = current else {
-        ensure_namespace(host, &key.vc, key.ns()).await?;
+        ensure_namespace(ctx, host, &key.vc, key.ns()).await?;
         return match api.create(&post_params(), &desired).await {
             Ok(created) => {
                 copies.upsert_host(created);

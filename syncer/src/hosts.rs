@@ -21,6 +21,7 @@ use kube::runtime::watcher;
 use kube::ResourceExt;
 use serde_json::{json, Value};
 
+use kplex_api::isolation::Isolation;
 use kplex_api::mapping;
 use kplex_controllers::cache::{self, Cache, Change, ObjectKey, Origin};
 use kplex_controllers::client::Vc;
@@ -40,6 +41,8 @@ struct VcRecord {
     vc: Vc,
     /// `spec.hostCluster`, if set.
     host: Option<String>,
+    /// `spec.isolation` (the safe default if it does not parse).
+    policy: Arc<Isolation>,
 }
 
 /// A host cluster the syncer is connected to.
@@ -116,6 +119,9 @@ pub enum Unplaced {
     UnknownHost(String),
     /// The host's watches have not listed yet (or cannot reach it).
     NotReady(String),
+    /// The VC's isolation policy refuses the Pod (it got past the VC's
+    /// admission some other way): why.
+    Refused(String),
 }
 
 impl Unplaced {
@@ -125,6 +131,15 @@ impl Unplaced {
             Unplaced::NoHost => "the virtual cluster is placed on no host cluster (spec.hostCluster is unset and there is no default host)".into(),
             Unplaced::UnknownHost(h) => format!("the virtual cluster's host cluster \"{h}\" is not registered"),
             Unplaced::NotReady(h) => format!("the host cluster \"{h}\" is not reachable yet"),
+            Unplaced::Refused(why) => format!("not placed on a host: {why}"),
+        }
+    }
+
+    /// The reason of the tenant Pod's condition.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Unplaced::Refused(_) => "PolicyViolation",
+            _ => "Unschedulable",
         }
     }
 }
@@ -174,6 +189,16 @@ impl Hosts {
             self.vcs.read().expect("vcs lock").len(),
             self.hosts.read().expect("hosts lock").len()
         )
+    }
+
+    /// The isolation policy of `vc` (the safe default if it is unknown).
+    pub fn policy(&self, vc: &Vc) -> Arc<Isolation> {
+        self.vcs
+            .read()
+            .expect("vcs lock")
+            .get(&vc.uid)
+            .map(|r| r.policy.clone())
+            .unwrap_or_default()
     }
 
     /// The VC with `uid`, if it exists.
@@ -286,12 +311,14 @@ fn record_of(object: &DynamicObject) -> Option<VcRecord> {
         .as_str()
         .filter(|h| !h.is_empty())
         .map(str::to_owned);
+    let policy = Isolation::from_spec(&object.data["spec"]).unwrap_or_default();
     Some(VcRecord {
         vc: Vc {
             uid: uid.into(),
             name: object.name_any().into(),
         },
         host,
+        policy: Arc::new(policy),
     })
 }
 
@@ -317,7 +344,9 @@ async fn watch_vcs(ctx: Arc<Ctx>) {
                 for (uid, old) in &before {
                     match listed.get(uid) {
                         None => ctx.queue.add(Task::Vc(old.vc.clone())),
-                        Some(new) if new.host != old.host => requeue_vc(&ctx, &new.vc),
+                        Some(new) if new.host != old.host || new.policy != old.policy => {
+                            requeue_vc(&ctx, &new.vc)
+                        }
                         Some(_) => {}
                     }
                 }
@@ -333,7 +362,7 @@ async fn watch_vcs(ctx: Arc<Ctx>) {
                     .write()
                     .expect("vcs lock")
                     .insert(record.vc.uid.clone(), record.clone());
-                if old.is_none_or(|o| o.host != record.host) {
+                if old.is_none_or(|o| o.host != record.host || o.policy != record.policy) {
                     requeue_vc(&ctx, &record.vc);
                 }
             }
@@ -803,6 +832,9 @@ pub async fn reconcile_vc(ctx: &Arc<Ctx>, vc: &Vc) -> Outcome {
     };
     for host in ctx.hosts.all() {
         if keep.as_deref() == Some(host.name.as_str()) {
+            // Where it stays, its namespaces are guarded as its policy
+            // says now.
+            regard(ctx, &host, vc).await?;
             continue;
         }
         for ns in host.namespaces.in_vc(vc) {
@@ -824,4 +856,42 @@ pub async fn reconcile_vc(ctx: &Arc<Ctx>, vc: &Vc) -> Outcome {
         }
     }
     Ok(None)
+}
+
+/// Puts the VC's current policy on each of its namespaces on `host`: the
+/// host's PodSecurity level and the guards ([`crate::isolation::guard`]).
+async fn regard(ctx: &Ctx, host: &Host, vc: &Vc) -> Result<(), Error> {
+    let policy = ctx.hosts.policy(vc);
+    for ns in host.namespaces.in_vc(vc) {
+        if !mapping::owned_by(ns.metadata.labels.as_ref(), &vc.uid)
+            || ns.metadata.deletion_timestamp.is_some()
+        {
+            continue;
+        }
+        let Some(tenant_ns) = ns
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(mapping::NAMESPACE_LABEL))
+            .cloned()
+        else {
+            continue;
+        };
+        let want = crate::pods::host_namespace_labels(vc, &tenant_ns, &policy);
+        if !crate::pods::holds(&ns.metadata.labels, &Some(want.clone())) {
+            let api = Api::<Namespace>::all(host.client.clone());
+            let patch = json!({"metadata": {"labels": want}});
+            let written = api
+                .patch(
+                    &ns.name_any(),
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&patch),
+                )
+                .await
+                .map_err(Error::Api)?;
+            host.namespaces.upsert_host(written);
+        }
+        crate::isolation::guard(host, vc, &tenant_ns, &policy).await?;
+    }
+    Ok(())
 }

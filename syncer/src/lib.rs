@@ -21,6 +21,7 @@ pub mod claims;
 pub mod configs;
 pub mod events;
 pub mod hosts;
+pub mod isolation;
 pub mod mirror;
 pub mod nodes;
 pub mod pods;
@@ -155,6 +156,11 @@ pub struct Ctx {
     pub access: token::Access,
     /// Consecutive failures per task, while it fails.
     failures: Arc<kplex_controllers::queue::Backoff<Task>>,
+    /// Events about tenant objects.
+    pub events: kplex_controllers::events::Recorder,
+    /// Placed Pods a policy change now refuses, by UID, with why (each is
+    /// reported once).
+    violators: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 /// What a reconcile asks for next: nothing, or another look after a while.
@@ -164,6 +170,8 @@ impl Ctx {
     fn new(options: &Options) -> Result<Arc<Ctx>, String> {
         let clients = Clients::new(&options.config).map_err(|e| e.to_string())?;
         Ok(Arc::new(Ctx {
+            events: kplex_controllers::events::Recorder::of(clients.clone(), MANAGER),
+            violators: Default::default(),
             hosts: hosts::Hosts::new(&options.config)?,
             access: token::Access::new(&options.config, &options.ca_pem)?,
             clients,
@@ -179,6 +187,18 @@ impl Ctx {
             nodes: Default::default(),
             failures: Default::default(),
         }))
+    }
+
+    /// Whether the placed Pod `uid`'s violation `why` is news (true once
+    /// per Pod and reason; forgotten when the Pod is).
+    pub fn reported(&self, uid: &str, why: &str) -> bool {
+        let mut violators = self.violators.lock().expect("violators lock");
+        violators.insert(uid.to_owned(), why.to_owned()).as_deref() != Some(why)
+    }
+
+    /// Forgets the Pod `uid` (gone).
+    pub fn forget(&self, uid: &str) {
+        self.violators.lock().expect("violators lock").remove(uid);
     }
 
     /// What the syncer holds, for logs.

@@ -174,7 +174,7 @@ async fn sync<K: Mirrored>(
     }
     let desired = K::copy_of(&key.vc, key.ns(), &object);
     let Some(copy) = copy else {
-        ensure_namespace(host, &key.vc, key.ns()).await?;
+        ensure_namespace(ctx, host, &key.vc, key.ns()).await?;
         return match host_api.create(&post_params(), &desired).await {
             Ok(created) => {
                 copies.upsert_host(created);

@@ -22,6 +22,7 @@ use serde_json::json;
 
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kplex_api::isolation::Isolation;
 use kplex_api::mapping::{self, OBJECT_UID_ANNOTATION};
 use kplex_controllers::cache::{Cache, Change, ObjectKey};
 
@@ -125,7 +126,14 @@ pub fn host_meta(vc: &Vc, ns: &str, meta: &ObjectMeta) -> ObjectMeta {
     labels.retain(|k, _| !ours(k));
     labels.extend(mapping::host_labels(&vc.name, &vc.uid, Some(ns)));
     let mut annotations = meta.annotations.clone().unwrap_or_default();
-    annotations.retain(|k, _| !ours(k));
+    // Nor do a tenant's network-plugin annotations: they would name the
+    // host's networks. The syncer writes the granted ones itself.
+    let steers_network = |key: &String| {
+        kplex_api::podsecurity::NETWORK_ANNOTATION_PREFIXES
+            .iter()
+            .any(|p| key.starts_with(p))
+    };
+    annotations.retain(|k, _| !ours(k) && !steers_network(k));
     annotations.insert(
         OBJECT_UID_ANNOTATION.to_owned(),
         meta.uid.clone().unwrap_or_default(),
@@ -313,6 +321,9 @@ pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
                 .as_ref()
                 .and_then(|a| a.get(OBJECT_UID_ANNOTATION));
             crate::token::remove(&host, key, uid.map(String::as_str)).await?;
+            if let Some(uid) = uid {
+                ctx.forget(uid);
+            }
         }
         return Ok(None);
     };
@@ -336,11 +347,38 @@ pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
         // The write comes back through the watch, and with it this task.
         return Ok(None);
     }
+    // The VC's policy, again: a Pod that got past its admission (written
+    // before the policy changed, or by a way around the API) is not
+    // placed; one already placed keeps running and is reported.
+    if let Some(why) = crate::isolation::refusal(&ctx.hosts.policy(&key.vc), &pod) {
+        let uid = uid.unwrap_or_default();
+        if copy.is_none() {
+            if mark_unplaced(ctx, key, &pod, &Unplaced::Refused(why.clone())).await? {
+                ctx.events.warning(
+                    key,
+                    "Pod",
+                    uid,
+                    "PolicyViolation",
+                    &format!("not placed on a host: {why}"),
+                );
+            }
+            return Ok(None);
+        }
+        if ctx.reported(uid, &why) {
+            ctx.events.warning(
+                key,
+                "Pod",
+                uid,
+                "PolicyViolation",
+                &format!("placed before the virtual cluster's policy changed; it keeps running, but {why}"),
+            );
+        }
+    }
     // The Pod's VC token, made before the copy that mounts it, renewed
     // before it expires.
     let renew = crate::token::ensure(ctx, &host, key, &pod).await?;
     let Some(copy) = copy else {
-        ensure_namespace(&host, &key.vc, &ns).await?;
+        ensure_namespace(ctx, &host, &key.vc, &ns).await?;
         for kind in [ConfigKind::ConfigMap, ConfigKind::Secret] {
             let refs = pod.spec.as_ref().map(references).unwrap_or_default();
             let names = match kind {
@@ -433,7 +471,15 @@ where
 
 /// A tenant Pod that cannot go to a host stays Pending, with a
 /// `PodScheduled` condition that says why.
-async fn mark_unplaced(ctx: &Ctx, key: &ObjectKey, pod: &Pod, why: &Unplaced) -> Result<(), Error> {
+/// Says on the tenant Pod why it is not placed: its `PodScheduled`
+/// condition (`False`, with the reason); true if that was news (the
+/// condition written now).
+async fn mark_unplaced(
+    ctx: &Ctx,
+    key: &ObjectKey,
+    pod: &Pod,
+    why: &Unplaced,
+) -> Result<bool, Error> {
     let scheduled = pod
         .spec
         .as_ref()
@@ -446,7 +492,7 @@ async fn mark_unplaced(ctx: &Ctx, key: &ObjectKey, pod: &Pod, why: &Unplaced) ->
         if pod.metadata.deletion_timestamp.is_some() {
             release(pod_api(ctx, key), &ctx.pods, key, pod).await?;
         }
-        return Ok(());
+        return Ok(false);
     }
     let message = why.message();
     let current = status
@@ -455,7 +501,7 @@ async fn mark_unplaced(ctx: &Ctx, key: &ObjectKey, pod: &Pod, why: &Unplaced) ->
         .flatten()
         .find(|c| c.type_ == "PodScheduled");
     if current.is_some_and(|c| c.status == "False" && c.message.as_deref() == Some(&message)) {
-        return Ok(());
+        return Ok(false);
     }
     let mut updated = pod.clone();
     let status = updated.status.get_or_insert_with(Default::default);
@@ -465,7 +511,7 @@ async fn mark_unplaced(ctx: &Ctx, key: &ObjectKey, pod: &Pod, why: &Unplaced) ->
     conditions.push(PodCondition {
         type_: "PodScheduled".into(),
         status: "False".into(),
-        reason: Some("Unschedulable".into()),
+        reason: Some(why.reason().into()),
         message: Some(message),
         last_transition_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
             jiff::Timestamp::now(),
@@ -476,52 +522,58 @@ async fn mark_unplaced(ctx: &Ctx, key: &ObjectKey, pod: &Pod, why: &Unplaced) ->
     ctx.pods
         .write_status(&api, &key.vc, &key.name, &updated)
         .await
-        .map(|_| ())
+        .map(|_| true)
 }
 
 fn pod_api(ctx: &Ctx, key: &ObjectKey) -> VcApi<Pod> {
     ctx.clients.vc::<Pod>(&key.vc, key.namespace.as_deref())
 }
 
+/// The Pod Security label key of the host's admission.
+const ENFORCE_LABEL: &str = "pod-security.kubernetes.io/enforce";
+
 /// The labels of a VC's host namespace: whose it is, and the host's Pod
-/// Security admission at `baseline` (no privileged containers, host
-/// namespaces, hostPath or host ports, no added capabilities beyond the
-/// default set), so no tenant Pod reaches its node even before kplex's own
-/// isolation policy (the next issue) is in place.
-pub fn host_namespace_labels(vc: &Vc, ns: &str) -> BTreeMap<String, String> {
+/// Security admission at the level the VC's policy sets there
+/// ([`crate::isolation::host_level`]), so no tenant Pod reaches its node
+/// past the host's own check either.
+pub fn host_namespace_labels(vc: &Vc, ns: &str, policy: &Isolation) -> BTreeMap<String, String> {
     let mut labels = mapping::host_labels(&vc.name, &vc.uid, Some(ns));
     labels.insert(
-        "pod-security.kubernetes.io/enforce".to_owned(),
-        "baseline".to_owned(),
+        ENFORCE_LABEL.to_owned(),
+        crate::isolation::host_level(policy).to_owned(),
     );
     labels
 }
 
-/// Makes the host namespace of `ns` of `vc`, unless it is there. One
-/// that is there but not labelled for this VC is another's: refused.
-pub async fn ensure_namespace(host: &Host, vc: &Vc, ns: &str) -> Result<(), Error> {
+/// Makes the host namespace of `ns` of `vc`, unless it is there, guarded
+/// before anything runs in it ([`crate::isolation::guard`]). One that is
+/// there but not labelled for this VC is another's: refused.
+pub async fn ensure_namespace(ctx: &Ctx, host: &Host, vc: &Vc, ns: &str) -> Result<(), Error> {
     let name = mapping::host_namespace(&vc.name, ns);
     let key = ObjectKey::new(vc, None, &name);
     if host.namespaces.get(&key).is_some() {
         return Ok(());
     }
+    let policy = ctx.hosts.policy(vc);
     let api = Api::<Namespace>::all(host.client.clone());
     let namespace = Namespace {
         metadata: ObjectMeta {
             name: Some(name.clone()),
-            labels: Some(host_namespace_labels(vc, ns)),
+            labels: Some(host_namespace_labels(vc, ns, &policy)),
             ..Default::default()
         },
         ..Default::default()
     };
     match api.create(&post_params(), &namespace).await {
         Ok(created) => {
+            crate::isolation::guard(host, vc, ns, &policy).await?;
             host.namespaces.upsert_host(created);
             Ok(())
         }
         Err(e) if is_status(&e, 409) => {
             let existing = api.get(&name).await.map_err(Error::Api)?;
             if mapping::owned_by(existing.metadata.labels.as_ref(), &vc.uid) {
+                crate::isolation::guard(host, vc, ns, &policy).await?;
                 host.namespaces.upsert_host(existing);
                 Ok(())
             } else {
@@ -547,6 +599,7 @@ async fn create_copy(ctx: &Ctx, host: &Host, key: &ObjectKey, pod: &Pod) -> Outc
     if let Some(spec) = copy.spec.as_mut() {
         crate::token::Wiring::of(ctx, &key.vc, key.ns(), pod).apply(spec);
     }
+    crate::isolation::harden(&ctx.hosts.policy(&key.vc), pod, &mut copy);
     let ns = copy.metadata.namespace.clone().unwrap_or_default();
     let api: Api<Pod> = host.api(&ns);
     match api.create(&post_params(), &copy).await {

@@ -170,7 +170,7 @@ pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
     let host_api = host_api_of(&host, key);
     let copy = match copy {
         None => {
-            ensure_namespace(&host, &key.vc, key.ns()).await?;
+            ensure_namespace(ctx, &host, &key.vc, key.ns()).await?;
             match host_api.create(&post_params(), &desired).await {
                 Ok(created) => {
                     host.services.upsert_host(created.clone());

@@ -345,7 +345,7 @@ pub async fn ensure(
         type_: Some("Opaque".into()),
         ..Default::default()
     };
-    crate::pods::ensure_namespace(host, &key.vc, key.ns()).await?;
+    crate::pods::ensure_namespace(ctx, host, &key.vc, key.ns()).await?;
     let secrets: Api<Secret> = Api::namespaced(
         host.client.clone(),
         &mapping::host_namespace(&key.vc.name, key.ns()),

@@ -136,11 +136,17 @@ pub async fn client_at(kubeconfig: &Path, path: &str) -> kube::Client {
 
 /// Makes the VCs `names` through the admin API, [`CLIENTS`] at a time.
 pub async fn create_vcs(admin: &kube::Client, names: Vec<String>) {
+    create_vcs_with(admin, names, json!({})).await
+}
+
+/// Creates VCs with `spec` through the admin API, several at once.
+pub async fn create_vcs_with(admin: &kube::Client, names: Vec<String>, spec: serde_json::Value) {
     futures::stream::iter(names)
         .map(|name| {
             let admin = admin.clone();
+            let spec = spec.clone();
             async move {
-                let body = json!({"apiVersion": "tenancy.kplex.dev/v1alpha1", "kind": "VirtualCluster", "metadata": {"name": name}});
+                let body = json!({"apiVersion": "tenancy.kplex.dev/v1alpha1", "kind": "VirtualCluster", "metadata": {"name": name}, "spec": spec});
                 let req = hyper::Request::post("/apis/tenancy.kplex.dev/v1alpha1/virtualclusters")
                     .header("content-type", "application/json")
                     .body(serde_json::to_vec(&body).unwrap())

@@ -1,0 +1,840 @@
+//! A VC's isolation policy (`spec.isolation`), through kubectl: every
+//! escape a tenant tries is refused at `kubectl apply` with the rule
+//! named and nothing stored (the attack list below: pod security, network
+//! attachments, huge pages, quota evasion); a compliant Pod's host copy
+//! runs hardened in the VC's pool with its granted networks; the VC's
+//! quota counts across all its namespaces and through updates; the host
+//! namespaces are walled and carry the quota; the admin changes the
+//! policy at run time, new Pods meet the new policy, Pods already placed
+//! keep running and are reported, and a Pod that got past admission is
+//! not placed and says why.
+//!
+//! The host is a VC of the same kplex, as in the syncer's tests.
+
+use std::path::{Path, PathBuf};
+
+use kplex_e2e::{
+    admin, create_vc_with, eventually, get, items, k, k_fails, stderr, tenant_kubeconfig, Hosted,
+    Kplex,
+};
+use serde_json::{json, Value};
+
+/// Writes `object` as a JSON manifest in `dir`.
+fn manifest(dir: &Path, name: &str, object: &Value) -> PathBuf {
+    let file = dir.join(format!("{name}.json"));
+    std::fs::write(&file, serde_json::to_vec_pretty(object).unwrap()).unwrap();
+    file
+}
+
+fn pod(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec})
+}
+
+fn annotated_pod(name: &str, annotations: Value, spec: Value) -> Value {
+    let mut p = pod(name, spec);
+    p["metadata"]["annotations"] = annotations;
+    p
+}
+
+fn c(security: Value) -> Value {
+    json!([{"name": "c", "image": "nginx", "securityContext": security}])
+}
+
+/// The policy of the VC the attacks run in: the defaults, plus one granted
+/// network (so there is something to misuse) and one huge page size.
+const ATTACKED: &str = r#"{isolation: {networks: [{alias: data, namespace: telco, name: sriov-a}], hugePageSizes: [2Mi]}}"#;
+
+/// The attack list: what a tenant tries, and the rule the refusal names.
+fn attacks() -> Vec<(&'static str, Value, &'static str)> {
+    let plain = || json!([{"name": "c", "image": "nginx"}]);
+    vec![
+        (
+            "host-network",
+            pod("a1", json!({"hostNetwork": true, "containers": plain()})),
+            "host namespaces (hostNetwork=true)",
+        ),
+        (
+            "host-pid",
+            pod("a2", json!({"hostPID": true, "containers": plain()})),
+            "host namespaces (hostPID=true)",
+        ),
+        (
+            "host-ipc",
+            pod("a3", json!({"hostIPC": true, "containers": plain()})),
+            "host namespaces (hostIPC=true)",
+        ),
+        (
+            "host-users",
+            pod("a4", json!({"hostUsers": true, "containers": plain()})),
+            "hostUsers (pod must not set hostUsers=true",
+        ),
+        (
+            "privileged",
+            pod("a5", json!({"containers": c(json!({"privileged": true}))})),
+            "privileged (container \"c\" must not set securityContext.privileged=true)",
+        ),
+        (
+            "privileged-init",
+            pod(
+                "a6",
+                json!({"initContainers": [{"name": "init", "image": "busybox", "securityContext": {"privileged": true}}], "containers": plain()}),
+            ),
+            "privileged (container \"init\"",
+        ),
+        (
+            "cap-sys-admin",
+            pod(
+                "a7",
+                json!({"containers": c(json!({"capabilities": {"add": ["SYS_ADMIN"]}}))}),
+            ),
+            "non-default capabilities (container \"c\" must not include \"SYS_ADMIN\"",
+        ),
+        (
+            "cap-net-raw",
+            pod(
+                "a8",
+                json!({"containers": c(json!({"capabilities": {"add": ["NET_RAW"]}}))}),
+            ),
+            "non-default capabilities",
+        ),
+        (
+            "cap-chown",
+            pod(
+                "a9",
+                json!({"containers": c(json!({"capabilities": {"add": ["CHOWN"]}}))}),
+            ),
+            "unrestricted capabilities",
+        ),
+        (
+            "cap-all",
+            pod(
+                "a10",
+                json!({"containers": c(json!({"capabilities": {"add": ["ALL"]}}))}),
+            ),
+            "non-default capabilities",
+        ),
+        (
+            "host-path-root",
+            pod(
+                "a11",
+                json!({"volumes": [{"name": "root", "hostPath": {"path": "/"}}], "containers": plain()}),
+            ),
+            "hostPath volumes (volume \"root\")",
+        ),
+        (
+            "host-path-runtime-socket",
+            pod(
+                "a12",
+                json!({"volumes": [{"name": "sock", "hostPath": {"path": "/run/containerd/containerd.sock"}}], "containers": plain()}),
+            ),
+            "hostPath volumes",
+        ),
+        (
+            "host-port",
+            pod(
+                "a13",
+                json!({"containers": [{"name": "c", "image": "nginx", "ports": [{"containerPort": 80, "hostPort": 80}]}]}),
+            ),
+            "hostPort (container \"c\" uses hostPort 80)",
+        ),
+        (
+            "apparmor-unconfined",
+            pod(
+                "a14",
+                json!({"securityContext": {"appArmorProfile": {"type": "Unconfined"}}, "containers": plain()}),
+            ),
+            "forbidden AppArmor profile",
+        ),
+        (
+            "apparmor-annotation",
+            annotated_pod(
+                "a15",
+                json!({"container.apparmor.security.beta.kubernetes.io/c": "unconfined"}),
+                json!({"containers": plain()}),
+            ),
+            "forbidden AppArmor profile",
+        ),
+        (
+            "selinux-type",
+            pod(
+                "a16",
+                json!({"containers": c(json!({"seLinuxOptions": {"type": "spc_t"}}))}),
+            ),
+            "seLinuxOptions",
+        ),
+        (
+            "selinux-user",
+            pod(
+                "a17",
+                json!({"securityContext": {"seLinuxOptions": {"user": "system_u"}}, "containers": plain()}),
+            ),
+            "seLinuxOptions",
+        ),
+        (
+            "proc-unmasked",
+            pod(
+                "a18",
+                json!({"containers": c(json!({"procMount": "Unmasked"}))}),
+            ),
+            "procMount",
+        ),
+        (
+            "seccomp-unconfined-pod",
+            pod(
+                "a19",
+                json!({"securityContext": {"seccompProfile": {"type": "Unconfined"}}, "containers": plain()}),
+            ),
+            "seccompProfile (pod must not set",
+        ),
+        (
+            "seccomp-unconfined-container",
+            pod(
+                "a20",
+                json!({"containers": c(json!({"seccompProfile": {"type": "Unconfined"}}))}),
+            ),
+            "seccompProfile (container \"c\"",
+        ),
+        (
+            "sysctl-kernel",
+            pod(
+                "a21",
+                json!({"securityContext": {"sysctls": [{"name": "kernel.msgmax", "value": "65536"}]}, "containers": plain()}),
+            ),
+            "forbidden sysctls (kernel.msgmax)",
+        ),
+        (
+            "sysctl-net-core",
+            pod(
+                "a22",
+                json!({"securityContext": {"sysctls": [{"name": "net.core.somaxconn", "value": "1024"}]}, "containers": plain()}),
+            ),
+            "forbidden sysctls",
+        ),
+        (
+            "windows-host-process",
+            pod(
+                "a23",
+                json!({"containers": c(json!({"windowsOptions": {"hostProcess": true}}))}),
+            ),
+            "hostProcess",
+        ),
+        (
+            "nfs-volume",
+            pod(
+                "a24",
+                json!({"volumes": [{"name": "n", "nfs": {"server": "10.0.0.1", "path": "/"}}], "containers": plain()}),
+            ),
+            "restricted volume types (volume \"n\" uses restricted volume type \"nfs\")",
+        ),
+        (
+            "iscsi-volume",
+            pod(
+                "a25",
+                json!({"volumes": [{"name": "i", "iscsi": {"targetPortal": "10.0.0.1:3260", "iqn": "iqn.2001-04.com.example:storage", "lun": 0}}], "containers": plain()}),
+            ),
+            "restricted volume types",
+        ),
+        (
+            "escalation",
+            pod(
+                "a26",
+                json!({"containers": c(json!({"allowPrivilegeEscalation": true}))}),
+            ),
+            "allowPrivilegeEscalation != false",
+        ),
+        (
+            "ungranted-network",
+            annotated_pod(
+                "a27",
+                json!({"k8s.v1.cni.cncf.io/networks": "other"}),
+                json!({"containers": plain()}),
+            ),
+            "network \"other\" is not granted",
+        ),
+        (
+            "host-nad-by-namespace",
+            annotated_pod(
+                "a28",
+                json!({"k8s.v1.cni.cncf.io/networks": "telco/sriov-a"}),
+                json!({"containers": plain()}),
+            ),
+            "without a namespace",
+        ),
+        (
+            "another-vcs-network",
+            annotated_pod(
+                "a29",
+                json!({"k8s.v1.cni.cncf.io/networks": "kplex-b-default/data@net1"}),
+                json!({"containers": plain()}),
+            ),
+            "without a namespace",
+        ),
+        (
+            "network-json-namespace",
+            annotated_pod(
+                "a30",
+                json!({"k8s.v1.cni.cncf.io/networks": "[{\"name\": \"sriov-a\", \"namespace\": \"telco\"}]"}),
+                json!({"containers": plain()}),
+            ),
+            "without a namespace",
+        ),
+        (
+            "network-malformed",
+            annotated_pod(
+                "a31",
+                json!({"k8s.v1.cni.cncf.io/networks": "[{\"name\": "}),
+                json!({"containers": plain()}),
+            ),
+            "network attachments",
+        ),
+        (
+            "huge-pages-size",
+            pod(
+                "a32",
+                json!({"containers": [{"name": "c", "image": "x", "resources": {"limits": {"hugepages-1Gi": "1Gi", "memory": "1Gi"}}}]}),
+            ),
+            "huge pages of size 1Gi are not allowed",
+        ),
+        (
+            "huge-pages-alone",
+            pod(
+                "a33",
+                json!({"containers": [{"name": "c", "image": "x", "resources": {"limits": {"hugepages-2Mi": "4Mi"}}}]}),
+            ),
+            "HugePages require cpu or memory",
+        ),
+        (
+            "node-port",
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "np"}, "spec": {"type": "NodePort", "selector": {"app": "x"}, "ports": [{"port": 80}]}}),
+            "exceeded quota: virtual cluster \"attacked\", requested: services.nodeports=1",
+        ),
+        (
+            "load-balancer",
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "lb"}, "spec": {"type": "LoadBalancer", "selector": {"app": "x"}, "ports": [{"port": 80}]}}),
+            "exceeded quota",
+        ),
+    ]
+}
+
+#[test]
+fn every_escape_is_refused_at_apply_with_the_rule_named_and_nothing_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    // With the shared controllers: a Deployment's Pods meet the policy too.
+    let kplex = Kplex::start(&dir.path().join("data"));
+    create_vc_with(&kplex, dir.path(), "attacked", ATTACKED);
+    let tenant = tenant_kubeconfig(&kplex, dir.path(), "attacked", "admin");
+    let list = attacks();
+    assert!(
+        list.len() >= 30,
+        "the attack list holds {} attempts",
+        list.len()
+    );
+    let mut through = Vec::new();
+    for (name, object, rule) in &list {
+        let file = manifest(dir.path(), name, object);
+        let mut args = vec!["--kubeconfig", tenant.to_str().unwrap(), "apply", "-f"];
+        args.push(file.to_str().unwrap());
+        let o = kplex_e2e::kubectl(&args);
+        if o.status.success() {
+            through.push(*name);
+            continue;
+        }
+        let err = stderr(&o);
+        assert!(
+            err.contains(rule),
+            "{name}: refused, but not naming {rule:?}: {err}"
+        );
+    }
+    assert!(through.is_empty(), "attempts that got through: {through:?}");
+    assert!(items(&tenant, &["pods"]).is_empty(), "nothing was stored");
+    assert!(
+        items(&tenant, &["services"])
+            .iter()
+            .all(|s| s["metadata"]["name"] == "kubernetes"),
+        "no Service was stored"
+    );
+    // Pod security is refused as kube-apiserver's PodSecurity words it.
+    let file = manifest(
+        dir.path(),
+        "both",
+        &pod(
+            "both",
+            json!({
+        "volumes": [{"name": "root", "hostPath": {"path": "/"}}],
+        "containers": c(json!({"privileged": true}))}),
+        ),
+    );
+    let err = k_fails(&tenant, &["create", "-f", file.to_str().unwrap()]);
+    assert!(
+        err.contains("pods \"both\" is forbidden: violates PodSecurity \"restricted\": privileged (container \"c\" must not set securityContext.privileged=true), hostPath volumes (volume \"root\")"),
+        "{err}"
+    );
+    // An update cannot sneak a node port in either.
+    k(
+        &tenant,
+        &["create", "service", "clusterip", "web", "--tcp=80:8080"],
+    );
+    let err = k_fails(
+        &tenant,
+        &[
+            "patch",
+            "service",
+            "web",
+            "-p",
+            r#"{"spec":{"type":"NodePort"}}"#,
+        ],
+    );
+    assert!(err.contains("exceeded quota"), "{err}");
+    assert_eq!(
+        get(&tenant, &["service", "web"])["spec"]["type"],
+        "ClusterIP"
+    );
+    // A Deployment whose Pods would escape gets none.
+    let file = manifest(
+        dir.path(),
+        "deploy",
+        &json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "escape"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "escape"}},
+            "template": {"metadata": {"labels": {"app": "escape"}},
+                "spec": {"hostPID": true, "containers": [{"name": "c", "image": "nginx"}]}}}}),
+    );
+    k(&tenant, &["apply", "-f", file.to_str().unwrap()]);
+    let failed = eventually("the ReplicaSet's FailedCreate event", || {
+        items(
+            &tenant,
+            &["events", "--field-selector", "reason=FailedCreate"],
+        )
+        .into_iter()
+        .next()
+    });
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap()
+            .contains("violates PodSecurity \"restricted\": host namespaces (hostPID=true)"),
+        "{failed}"
+    );
+    assert!(items(&tenant, &["pods"]).is_empty());
+    // And what the default policy is for passes it as it is.
+    k(&tenant, &["run", "web", "--image=nginx"]);
+    k(&tenant, &["get", "pod", "web"]);
+}
+
+#[test]
+fn the_vc_quota_counts_across_namespaces_and_is_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let kplex = Kplex::start_api_only(&dir.path().join("data"));
+    create_vc_with(
+        &kplex,
+        dir.path(),
+        "q",
+        r#"{isolation: {quota: {hard: {pods: "2", requests.memory: "1Gi"}}}}"#,
+    );
+    let tenant = tenant_kubeconfig(&kplex, dir.path(), "q", "admin");
+    let sized = |name: &str, memory: &str| {
+        pod(
+            name,
+            json!({"containers": [{"name": "c", "image": "nginx",
+            "resources": {"requests": {"memory": memory}}}]}),
+        )
+    };
+    // A Pod that leaves a limited resource unstated is refused.
+    let file = manifest(
+        dir.path(),
+        "bare",
+        &pod(
+            "bare",
+            json!({"containers": [{"name": "c", "image": "nginx"}]}),
+        ),
+    );
+    let err = k_fails(&tenant, &["create", "-f", file.to_str().unwrap()]);
+    assert!(
+        err.contains("failed quota: virtual cluster \"q\": must specify requests.memory for: c"),
+        "{err}"
+    );
+    k(&tenant, &["create", "namespace", "second"]);
+    k(&tenant, &["create", "namespace", "third"]);
+    let one = manifest(dir.path(), "one", &sized("one", "256Mi"));
+    k(&tenant, &["create", "-f", one.to_str().unwrap()]);
+    let two = manifest(dir.path(), "two", &sized("two", "256Mi"));
+    k(
+        &tenant,
+        &["create", "-n", "second", "-f", two.to_str().unwrap()],
+    );
+    // A third Pod, in a third namespace: the VC's quota, not a namespace's.
+    let three = manifest(dir.path(), "three", &sized("three", "256Mi"));
+    let err = k_fails(
+        &tenant,
+        &["create", "-n", "third", "-f", three.to_str().unwrap()],
+    );
+    assert!(
+        err.contains("pods \"three\" is forbidden: exceeded quota: virtual cluster \"q\", requested: pods=1, used: pods=2, limited: pods=2"),
+        "{err}"
+    );
+    // Memory counts the same way.
+    k(&tenant, &["delete", "pod", "one"]);
+    let big = manifest(dir.path(), "big", &sized("big", "900Mi"));
+    let err = k_fails(
+        &tenant,
+        &["create", "-n", "third", "-f", big.to_str().unwrap()],
+    );
+    assert!(err.contains("requested: requests.memory=900Mi, used: requests.memory=256Mi, limited: requests.memory=1Gi"), "{err}");
+    k(
+        &tenant,
+        &["create", "-n", "third", "-f", three.to_str().unwrap()],
+    );
+    let vc = serde_json::from_slice::<Value>(
+        &admin(&kplex, &["get", "virtualcluster", "q", "-o", "json"]).stdout,
+    )
+    .unwrap();
+    assert_eq!(vc["status"]["quota"]["hard"]["pods"], "2");
+    assert_eq!(vc["status"]["quota"]["used"]["pods"], "2");
+    assert_eq!(vc["status"]["quota"]["used"]["requests.memory"], "512Mi");
+    // This VC's admin opened node ports by leaving them out of its quota.
+    k(
+        &tenant,
+        &["create", "service", "nodeport", "np", "--tcp=80:8080"],
+    );
+}
+
+#[test]
+fn the_admin_changes_policy_at_run_time_and_bad_policies_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let kplex = Kplex::start_api_only(&dir.path().join("data"));
+    create_vc_with(&kplex, dir.path(), "p", "{}");
+    let vc = |args: &[&str]| admin(&kplex, args);
+    // The defaults are written out, and shown wide.
+    let o = vc(&["get", "virtualcluster", "p", "-o", "json"]);
+    let object: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let policy = &object["spec"]["isolation"];
+    assert_eq!(policy["podSecurity"], "restricted");
+    assert_eq!(policy["userNamespaces"], true);
+    assert_eq!(policy["quota"]["hard"]["services.nodeports"], "0");
+    let wide = String::from_utf8(vc(&["get", "vc", "p", "-o", "wide"]).stdout).unwrap();
+    assert!(
+        wide.contains("POD SECURITY") && wide.contains("restricted"),
+        "{wide}"
+    );
+    // Wrong and unknown fields: 422 naming each, nothing changed.
+    let o = vc(&[
+        "patch",
+        "vc",
+        "p",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"isolation":{"podSecurity":"lax","userNamespace":false}}}"#,
+    ]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("spec.isolation.podSecurity: Unsupported value: \"lax\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("spec.isolation.userNamespace: field not declared in schema"),
+        "{err}"
+    );
+    let o = vc(&["get", "virtualcluster", "p", "-o", "json"]);
+    let unchanged: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(unchanged["spec"], object["spec"]);
+    // A merge patch, a JSON patch, a server-side apply.
+    let o = vc(&[
+        "patch",
+        "vc",
+        "p",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"isolation":{"podSecurity":"baseline"}}}"#,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = vc(&[
+        "patch",
+        "vc",
+        "p",
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/isolation/runtimeClassName","value":"kata"}]"#,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let applied = dir.path().join("p.yaml");
+    std::fs::write(&applied, "apiVersion: tenancy.kplex.dev/v1alpha1\nkind: VirtualCluster\nmetadata:\n  name: p\nspec:\n  isolation:\n    podSecurity: privileged\n    userNamespaces: false\n").unwrap();
+    let o = vc(&["apply", "--server-side", "-f", applied.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let now: Value =
+        serde_json::from_slice(&vc(&["get", "virtualcluster", "p", "-o", "json"]).stdout).unwrap();
+    assert_eq!(now["spec"]["isolation"]["podSecurity"], "privileged");
+    assert_eq!(now["spec"]["isolation"]["userNamespaces"], false);
+    assert_eq!(now["metadata"]["uid"], object["metadata"]["uid"]);
+    // The tenant's next Pod meets the new policy at once.
+    let tenant = tenant_kubeconfig(&kplex, dir.path(), "p", "admin");
+    let file = manifest(
+        dir.path(),
+        "hostpid",
+        &pod(
+            "hostpid",
+            json!({"hostPID": true, "containers": [{"name": "c", "image": "x"}]}),
+        ),
+    );
+    k(&tenant, &["create", "-f", file.to_str().unwrap()]);
+    // A stale write loses: 409, as any stale update.
+    let o = vc(&[
+        "patch",
+        "vc",
+        "p",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"resourceVersion":"1"},"spec":{"isolation":{"podSecurity":"baseline"}}}"#,
+    ]);
+    assert!(
+        stderr(&o).contains("the object has been modified"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// The host copy of `name` in the VC's default namespace.
+fn copy_of(host: &Path, vc: &str, name: &str) -> Value {
+    let ns = format!("kplex-{vc}-default");
+    eventually(&format!("the host copy of {name}"), || {
+        let o = kplex_e2e::kubectl(&[
+            "--kubeconfig",
+            host.to_str().unwrap(),
+            "get",
+            "pod",
+            "-n",
+            &ns,
+            name,
+            "-o",
+            "json",
+        ]);
+        o.status
+            .success()
+            .then(|| serde_json::from_slice(&o.stdout).unwrap())
+    })
+}
+
+#[test]
+fn a_compliant_pod_runs_hardened_in_its_pool_with_its_networks_behind_walls() {
+    let s = Hosted::start();
+    let tenant = s.tenant_with(
+        "telco",
+        r#"{isolation: {runtimeClassName: kata, nodeSelector: {pool: telco}, tolerations: [{key: dedicated, operator: Equal, value: telco, effect: NoSchedule}], networks: [{alias: data, namespace: telco-nets, name: sriov-a}, {alias: oam, namespace: telco-nets, name: oam-vrf}], defaultNetworks: [oam], quota: {hard: {pods: "5", limits.memory: "1Gi", services.nodeports: "0"}}}}"#,
+    );
+    let file = manifest(
+        s.dir.path(),
+        "cnf",
+        &json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "cnf",
+            "labels": {"app": "cnf", "tenancy.kplex.dev/vc": "other", "tenancy.kplex.dev/namespace": "kube-system"},
+            "annotations": {"k8s.v1.cni.cncf.io/networks": "data@net1",
+                "v1.multus-cni.io/default-network": "kplex-other-default/net",
+                "tenancy.kplex.dev/object-uid": "forged"}},
+        "spec": {"nodeSelector": {"pool": "general", "disk": "ssd"},
+            "containers": [{"name": "c", "image": "nginx", "resources": {"limits": {"memory": "64Mi"}}}]}}),
+    );
+    k(&tenant, &["create", "-f", file.to_str().unwrap()]);
+    let uid = get(&tenant, &["pod", "cnf"])["metadata"]["uid"].clone();
+    let copy = copy_of(&s.host, "telco", "cnf");
+    let spec = &copy["spec"];
+    assert_eq!(spec["hostUsers"], false);
+    assert_eq!(
+        spec["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    assert_eq!(
+        spec["containers"][0]["securityContext"]["allowPrivilegeEscalation"],
+        false
+    );
+    assert_eq!(spec["runtimeClassName"], "kata");
+    assert_eq!(
+        spec["nodeSelector"],
+        json!({"pool": "telco", "disk": "ssd"}),
+        "the pool wins"
+    );
+    assert!(spec["tolerations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["key"] == "dedicated" && t["value"] == "telco"));
+    let meta = &copy["metadata"];
+    let networks: Value = serde_json::from_str(
+        meta["annotations"]["k8s.v1.cni.cncf.io/networks"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        networks,
+        json!([{"name": "oam-vrf", "namespace": "telco-nets"},
+               {"name": "sriov-a", "namespace": "telco-nets", "interface": "net1"}])
+    );
+    assert!(
+        meta["annotations"]
+            .get("v1.multus-cni.io/default-network")
+            .is_none(),
+        "{meta}"
+    );
+    assert_eq!(
+        meta["annotations"]["tenancy.kplex.dev/object-uid"], uid,
+        "the real UID, not the forged one"
+    );
+    assert_eq!(meta["labels"]["tenancy.kplex.dev/vc"], "telco");
+    assert_eq!(meta["labels"]["tenancy.kplex.dev/namespace"], "default");
+    assert_eq!(meta["labels"]["app"], "cnf");
+    // The host namespace: walled, the quota and the limits, PodSecurity.
+    let host_ns = "kplex-telco-default";
+    let on_host = |what: &[&str]| {
+        let mut args = vec!["-n", host_ns];
+        args.extend_from_slice(what);
+        get(&s.host, &args)
+    };
+    let wall = on_host(&["networkpolicy", "kplex-isolation"]);
+    assert_eq!(wall["spec"]["podSelector"], json!({}));
+    let vc_uid = s.admin_get(&["virtualcluster", "telco"])["metadata"]["uid"].clone();
+    let from = &wall["spec"]["ingress"][0]["from"];
+    assert_eq!(
+        from[0]["namespaceSelector"]["matchLabels"]["tenancy.kplex.dev/vc-uid"],
+        vc_uid
+    );
+    assert_eq!(
+        from[1]["namespaceSelector"]["matchExpressions"][0]["operator"],
+        "DoesNotExist"
+    );
+    let quota = on_host(&["resourcequota", "kplex-quota"]);
+    assert_eq!(quota["spec"]["hard"]["pods"], "5");
+    assert_eq!(quota["spec"]["hard"]["services.nodeports"], "0");
+    let limits = on_host(&["limitrange", "kplex-limits"]);
+    assert_eq!(limits["spec"]["limits"][0]["max"]["memory"], "1Gi");
+    let ns = get(&s.host, &["namespace", host_ns]);
+    assert_eq!(
+        ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "baseline"
+    );
+    // The default policy, as it is: an ordinary root image runs, hardened.
+    let plain = s.tenant("plain");
+    k(&plain, &["create", "deployment", "web", "--image=nginx"]);
+    let pods = eventually("the Deployment's Pod", || {
+        let pods = items(&plain, &["pods", "-l", "app=web"]);
+        (!pods.is_empty()).then_some(pods)
+    });
+    let name = pods[0]["metadata"]["name"].as_str().unwrap().to_owned();
+    let copy = copy_of(&s.host, "plain", &name);
+    assert_eq!(copy["spec"]["hostUsers"], false);
+    assert!(copy["spec"].get("runtimeClassName").is_none());
+}
+
+#[test]
+fn a_pod_past_admission_is_not_placed_and_placed_ones_are_reported_after_a_change() {
+    let s = Hosted::start();
+    // A VC that may run host-PID Pods, and one placed on a host that is
+    // not registered yet (its Pods wait).
+    let free = s.tenant_with(
+        "free",
+        "{isolation: {podSecurity: privileged, userNamespaces: false}}",
+    );
+    let waiting = s.tenant_with(
+        "waiting",
+        "{hostCluster: later, isolation: {podSecurity: privileged, userNamespaces: false}}",
+    );
+    let hostpid = |name: &str| {
+        pod(
+            name,
+            json!({"hostPID": true, "containers": [{"name": "c", "image": "x"}]}),
+        )
+    };
+    let early = manifest(s.dir.path(), "early", &hostpid("early"));
+    k(&free, &["create", "-f", early.to_str().unwrap()]);
+    let copy = copy_of(&s.host, "free", "early");
+    assert_eq!(copy["spec"]["hostPID"], true);
+    let ns = get(&s.host, &["namespace", "kplex-free-default"]);
+    assert_eq!(
+        ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "privileged"
+    );
+    let sneaky = manifest(s.dir.path(), "sneaky", &hostpid("sneaky"));
+    k(&waiting, &["create", "-f", sneaky.to_str().unwrap()]);
+
+    // The admin tightens both.
+    let restrict = r#"{"spec":{"isolation":{"podSecurity":"restricted","userNamespaces":true}}}"#;
+    let o = admin(
+        &s.kplex,
+        &["patch", "vc", "free", "--type=merge", "-p", restrict],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = admin(
+        &s.kplex,
+        &[
+            "patch",
+            "vc",
+            "waiting",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"hostCluster":null,"isolation":{"podSecurity":"restricted","userNamespaces":true}}}"#,
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // New Pods meet the new policy at once.
+    let late = manifest(s.dir.path(), "late", &hostpid("late"));
+    let err = k_fails(&free, &["create", "-f", late.to_str().unwrap()]);
+    assert!(err.contains("host namespaces (hostPID=true)"), "{err}");
+    // The Pod already placed keeps running, and is reported.
+    let event = eventually("the placed Pod's PolicyViolation event", || {
+        items(
+            &free,
+            &["events", "--field-selector", "involvedObject.name=early"],
+        )
+        .into_iter()
+        .find(|e| e["reason"] == "PolicyViolation")
+    });
+    assert!(
+        event["message"].as_str().unwrap().contains("keeps running"),
+        "{event}"
+    );
+    assert_eq!(event["type"], "Warning");
+    copy_of(&s.host, "free", "early");
+    // The Pod that got in under the old policy is not placed, and says why.
+    let condition = eventually("the refused Pod's condition", || {
+        get(&waiting, &["pod", "sneaky"])["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "PodScheduled" && c["reason"] == "PolicyViolation")
+            .cloned()
+    });
+    assert_eq!(condition["status"], "False");
+    assert!(
+        condition["message"]
+            .as_str()
+            .unwrap()
+            .contains("host namespaces (hostPID=true)"),
+        "{condition}"
+    );
+    eventually("the refused Pod's event", || {
+        items(
+            &waiting,
+            &["events", "--field-selector", "involvedObject.name=sneaky"],
+        )
+        .into_iter()
+        .find(|e| e["reason"] == "PolicyViolation")
+    });
+    let o = kplex_e2e::kubectl(&[
+        "--kubeconfig",
+        s.host.to_str().unwrap(),
+        "get",
+        "pod",
+        "-n",
+        "kplex-waiting-default",
+        "sneaky",
+    ]);
+    assert!(!o.status.success(), "the refused Pod reached the host");
+    // The host namespace follows the VC's level.
+    eventually("the host namespace's PodSecurity level", || {
+        let ns = get(&s.host, &["namespace", "kplex-free-default"]);
+        (ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "baseline").then_some(())
+    });
+    // The refused Pod can still be deleted (no finalizer left behind).
+    k(&waiting, &["delete", "pod", "sneaky", "--wait=true"]);
+}

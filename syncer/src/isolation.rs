@@ -1,0 +1,422 @@
+//! A VC's isolation policy on its host: checked again before a Pod is
+//! placed (a Pod that got past the VC's admission some other way is not
+//! synced: it gets a condition and an Event), the host copy hardened (user
+//! namespace, seccomp, no escalation, the forced RuntimeClass, the node
+//! pool, the granted networks), and every host namespace of the VC
+//! guarded: a NetworkPolicy that lets in the VC's own Pods and the host's
+//! (its ingress controllers, its DNS) and nothing of another VC, the VC's
+//! quota as a ResourceQuota and its largest amounts as a LimitRange (the
+//! backstop behind kplex's VC-wide quota), and the host's Pod Security
+//! admission at the VC's level.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    LimitRange, LimitRangeItem, LimitRangeSpec, Pod, ResourceQuota, ResourceQuotaSpec,
+    SeccompProfile, SecurityContext, Toleration,
+};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicySpec,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, LabelSelectorRequirement, ObjectMeta,
+};
+use kplex_api::isolation::{Isolation, Level};
+use kplex_api::mapping;
+use kplex_api::podsecurity;
+use kplex_controllers::client::{is_status, Vc};
+use kplex_controllers::Error;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+
+use crate::hosts::Host;
+
+/// The NetworkPolicy that walls a VC's host namespace.
+pub const WALL: &str = "kplex-isolation";
+/// The ResourceQuota that carries a VC's quota into each host namespace.
+pub const QUOTA: &str = "kplex-quota";
+/// The LimitRange that caps one container at the VC's whole quota.
+pub const LIMITS: &str = "kplex-limits";
+
+/// Why `pod` may not be placed under `policy`, if it may not: the same
+/// words the VC's admission would have refused it with.
+pub fn refusal(policy: &Isolation, pod: &Pod) -> Option<String> {
+    let object = serde_json::to_value(pod).ok()?;
+    let violations = podsecurity::violations(policy, &object);
+    if !violations.is_empty() {
+        return Some(podsecurity::message(policy, &violations));
+    }
+    let huge = podsecurity::huge_pages(policy, &object["spec"]);
+    if !huge.is_empty() {
+        let errors: Vec<String> = huge.iter().map(|(f, m)| format!("{f}: {m}")).collect();
+        return Some(format!("invalid huge pages: {}", errors.join(", ")));
+    }
+    None
+}
+
+/// The host copy as `policy` wants it on the node (`pod` is the tenant's
+/// Pod, for its network annotation).
+pub fn harden(policy: &Isolation, tenant: &Pod, copy: &mut Pod) {
+    let Some(spec) = copy.spec.as_mut() else {
+        return;
+    };
+    if policy.user_namespaces {
+        spec.host_users = Some(false);
+    }
+    if policy.pod_security == Level::Restricted {
+        let context = spec.security_context.get_or_insert_with(Default::default);
+        let containers_choose = spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .all(|c| {
+                c.security_context
+                    .as_ref()
+                    .is_some_and(|s| s.seccomp_profile.is_some())
+            });
+        if context.seccomp_profile.is_none() && !containers_choose {
+            context.seccomp_profile = Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            });
+        }
+        for c in spec
+            .containers
+            .iter_mut()
+            .chain(spec.init_containers.iter_mut().flatten())
+        {
+            let context: &mut SecurityContext =
+                c.security_context.get_or_insert_with(Default::default);
+            if context.allow_privilege_escalation.is_none() {
+                context.allow_privilege_escalation = Some(false);
+            }
+        }
+    }
+    if let Some(class) = &policy.runtime_class_name {
+        spec.runtime_class_name = Some(class.clone());
+    }
+    if !policy.node_selector.is_empty() {
+        spec.node_selector
+            .get_or_insert_with(BTreeMap::new)
+            .extend(policy.node_selector.clone());
+    }
+    let granted: Vec<Toleration> = policy
+        .tolerations
+        .iter()
+        .filter_map(|t| serde_json::from_value(t.clone()).ok())
+        .collect();
+    if !granted.is_empty() {
+        spec.tolerations
+            .get_or_insert_with(Vec::new)
+            .extend(granted);
+    }
+    let networks = serde_json::to_value(tenant)
+        .ok()
+        .and_then(|p| podsecurity::networks(policy, &p).ok().flatten());
+    if let Some(networks) = networks {
+        copy.metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(podsecurity::NETWORKS_ANNOTATION.to_owned(), networks);
+    }
+}
+
+/// The Pod Security admission level of a VC's host namespaces: the host
+/// checks `baseline` for `restricted` and `baseline` VCs (kplex checks the
+/// rest, with user namespaces in mind, which the host's PodSecurity may
+/// not), nothing for a `privileged` one.
+pub fn host_level(policy: &Isolation) -> &'static str {
+    match policy.pod_security {
+        Level::Privileged => "privileged",
+        Level::Baseline | Level::Restricted => "baseline",
+    }
+}
+
+fn meta(vc: &Vc, ns: &str, name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: Some(mapping::host_namespace(&vc.name, ns)),
+        labels: Some(mapping::host_labels(&vc.name, &vc.uid, Some(ns))),
+        ..Default::default()
+    }
+}
+
+/// The wall: Pods of this VC's host namespaces and of namespaces that
+/// belong to no VC (the host's own) may connect; no other VC's may.
+pub fn wall(vc: &Vc, ns: &str) -> NetworkPolicy {
+    let same_vc = NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(
+                mapping::VC_UID_LABEL.to_owned(),
+                vc.uid.to_string(),
+            )])),
+            match_expressions: None,
+        }),
+        ..Default::default()
+    };
+    let hosts_own = NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector {
+            match_labels: None,
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: mapping::VC_UID_LABEL.to_owned(),
+                operator: "DoesNotExist".into(),
+                values: None,
+            }]),
+        }),
+        ..Default::default()
+    };
+    NetworkPolicy {
+        metadata: meta(vc, ns, WALL),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector::default()),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                from: Some(vec![same_vc, hosts_own]),
+                ports: None,
+            }]),
+            egress: None,
+        }),
+    }
+}
+
+/// The VC's quota in one host namespace (`None` when it limits nothing).
+pub fn quota(policy: &Isolation, vc: &Vc, ns: &str) -> Option<ResourceQuota> {
+    if policy.quota.is_empty() {
+        return None;
+    }
+    let hard = policy
+        .quota_hard()
+        .iter()
+        .map(|(k, v)| (k.clone(), Quantity(v.clone())))
+        .collect();
+    Some(ResourceQuota {
+        metadata: meta(vc, ns, QUOTA),
+        spec: Some(ResourceQuotaSpec {
+            hard: Some(hard),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+/// The most one container may ask for: the VC's whole quota of CPU,
+/// memory, ephemeral storage and huge pages (`None` when the quota caps
+/// none of them).
+pub fn limits(policy: &Isolation, vc: &Vc, ns: &str) -> Option<LimitRange> {
+    let mut max = BTreeMap::new();
+    for (name, amount) in &policy.quota_hard() {
+        let resource = name
+            .strip_prefix("limits.")
+            .or_else(|| name.strip_prefix("requests."))
+            .unwrap_or(name);
+        let capped = matches!(resource, "cpu" | "memory" | "ephemeral-storage")
+            || resource.starts_with("hugepages-");
+        if !capped {
+            continue;
+        }
+        // The smallest of the quota's amounts for the resource.
+        let smaller = match max.get(resource) {
+            Some(Quantity(have)) => {
+                let parse = |q: &str| kplex_api::quantity::parse(q);
+                parse(amount) < parse(have)
+            }
+            None => true,
+        };
+        if smaller {
+            max.insert(resource.to_owned(), Quantity(amount.clone()));
+        }
+    }
+    if max.is_empty() {
+        return None;
+    }
+    Some(LimitRange {
+        metadata: meta(vc, ns, LIMITS),
+        spec: Some(LimitRangeSpec {
+            limits: vec![LimitRangeItem {
+                type_: "Container".into(),
+                max: Some(max),
+                ..Default::default()
+            }],
+        }),
+    })
+}
+
+fn apply_params() -> PatchParams {
+    PatchParams::apply(crate::MANAGER).force()
+}
+
+/// Puts `object` in place (server-side apply by the syncer), or removes
+/// the syncer's one of that name when `object` is `None`.
+async fn put<K>(api: &Api<K>, name: &str, object: Option<K>, vc: &Vc) -> Result<(), Error>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    match object {
+        Some(object) => api
+            .patch(name, &apply_params(), &Patch::Apply(&object))
+            .await
+            .map(|_| ())
+            .map_err(Error::Api),
+        None => match api.get_opt(name).await.map_err(Error::Api)? {
+            Some(existing) if mapping::owned_by(existing.meta().labels.as_ref(), &vc.uid) => {
+                match api.delete(name, &DeleteParams::default()).await {
+                    Ok(_) => Ok(()),
+                    Err(e) if is_status(&e, 404) => Ok(()),
+                    Err(e) => Err(Error::Api(e)),
+                }
+            }
+            _ => Ok(()),
+        },
+    }
+}
+
+/// Guards the host namespace of tenant namespace `ns` of `vc` as `policy`
+/// says: the wall, the quota and limits, the PodSecurity level.
+pub async fn guard(host: &Host, vc: &Vc, ns: &str, policy: &Isolation) -> Result<(), Error> {
+    let name = mapping::host_namespace(&vc.name, ns);
+    let client = host.client.clone();
+    put(
+        &Api::<NetworkPolicy>::namespaced(client.clone(), &name),
+        WALL,
+        Some(wall(vc, ns)),
+        vc,
+    )
+    .await?;
+    put(
+        &Api::<ResourceQuota>::namespaced(client.clone(), &name),
+        QUOTA,
+        quota(policy, vc, ns),
+        vc,
+    )
+    .await?;
+    put(
+        &Api::<LimitRange>::namespaced(client.clone(), &name),
+        LIMITS,
+        limits(policy, vc, ns),
+        vc,
+    )
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn vc() -> Vc {
+        Vc {
+            uid: "uid-a".into(),
+            name: "a".into(),
+        }
+    }
+
+    fn pod(spec: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": spec})).unwrap()
+    }
+
+    #[test]
+    fn the_default_policy_hardens_the_copy() {
+        let tenant = pod(json!({"containers": [{"name": "c", "image": "nginx"}]}));
+        let mut copy = tenant.clone();
+        harden(&Isolation::default(), &tenant, &mut copy);
+        let spec = copy.spec.unwrap();
+        assert_eq!(spec.host_users, Some(false));
+        assert_eq!(
+            spec.security_context
+                .unwrap()
+                .seccomp_profile
+                .unwrap()
+                .type_,
+            "RuntimeDefault"
+        );
+        let c = spec.containers[0].security_context.clone().unwrap();
+        assert_eq!(c.allow_privilege_escalation, Some(false));
+        assert_eq!(spec.runtime_class_name, None);
+    }
+
+    #[test]
+    fn the_pool_runtime_and_networks_are_forced() {
+        let policy = Isolation::from_spec(&json!({"isolation": {
+            "runtimeClassName": "kata",
+            "nodeSelector": {"pool": "a"},
+            "tolerations": [{"key": "pool", "operator": "Equal", "value": "a", "effect": "NoSchedule"}],
+            "networks": [{"alias": "data", "namespace": "telco", "name": "sriov-a"}],
+        }}))
+        .unwrap();
+        let mut tenant = pod(json!({
+            "nodeSelector": {"pool": "b", "disk": "ssd"},
+            "runtimeClassName": "runc",
+            "containers": [{"name": "c", "image": "x"}]}));
+        tenant.metadata.annotations = Some(BTreeMap::from([(
+            podsecurity::NETWORKS_ANNOTATION.to_owned(),
+            "data".to_owned(),
+        )]));
+        let mut copy = tenant.clone();
+        copy.metadata.annotations = None;
+        harden(&policy, &tenant, &mut copy);
+        let spec = copy.spec.clone().unwrap();
+        assert_eq!(spec.runtime_class_name.as_deref(), Some("kata"));
+        let selector = spec.node_selector.unwrap();
+        assert_eq!(selector["pool"], "a", "the pool wins over the tenant's");
+        assert_eq!(selector["disk"], "ssd");
+        assert_eq!(spec.tolerations.unwrap()[0].value.as_deref(), Some("a"));
+        let networks = &copy.metadata.annotations.unwrap()[podsecurity::NETWORKS_ANNOTATION];
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(networks).unwrap(),
+            json!([{"name": "sriov-a", "namespace": "telco"}])
+        );
+    }
+
+    #[test]
+    fn a_pod_past_admission_is_refused_here_too() {
+        let escape = pod(json!({"hostPID": true, "containers": [{"name": "c"}]}));
+        let why = refusal(&Isolation::default(), &escape).unwrap();
+        assert!(why.contains("host namespaces (hostPID=true)"), "{why}");
+        let fine = pod(json!({"containers": [{"name": "c", "image": "nginx"}]}));
+        assert_eq!(refusal(&Isolation::default(), &fine), None);
+    }
+
+    #[test]
+    fn the_wall_admits_the_vc_and_the_host_only() {
+        let wall = serde_json::to_value(wall(&vc(), "shop")).unwrap();
+        assert_eq!(wall["metadata"]["namespace"], "kplex-a-shop");
+        assert_eq!(wall["spec"]["podSelector"], json!({}));
+        assert_eq!(wall["spec"]["policyTypes"], json!(["Ingress"]));
+        let from = &wall["spec"]["ingress"][0]["from"];
+        assert_eq!(
+            from[0]["namespaceSelector"]["matchLabels"][mapping::VC_UID_LABEL],
+            "uid-a"
+        );
+        assert_eq!(
+            from[1]["namespaceSelector"]["matchExpressions"][0]["operator"],
+            "DoesNotExist"
+        );
+        assert_eq!(from.as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn quota_and_limits_carry_the_vcs_amounts() {
+        let policy = Isolation::from_spec(&json!({"isolation": {"quota": {"hard": {
+            "pods": "10", "requests.cpu": "2", "limits.cpu": "4", "memory": "8Gi"}}}}))
+        .unwrap();
+        let q = quota(&policy, &vc(), "shop").unwrap();
+        assert_eq!(q.spec.unwrap().hard.unwrap()["pods"], Quantity("10".into()));
+        let l = limits(&policy, &vc(), "shop").unwrap();
+        let max = l.spec.unwrap().limits[0].max.clone().unwrap();
+        assert_eq!(
+            max["cpu"],
+            Quantity("2".into()),
+            "the smaller of the CPU amounts"
+        );
+        assert_eq!(max["memory"], Quantity("8Gi".into()));
+        assert!(!max.contains_key("pods"));
+        let open = Isolation::from_spec(&json!({"isolation": {"quota": {"hard": {}}}})).unwrap();
+        assert!(quota(&open, &vc(), "shop").is_none());
+        assert!(limits(&Isolation::default(), &vc(), "shop").is_none());
+    }
+}
