@@ -1602,6 +1602,20 @@ fn kubectl_create_generators_and_run_make_the_objects_they_describe() {
         "{}",
         stderr(&o)
     );
+    // Node ports are closed by a VC's default quota; this VC's admin
+    // opens them.
+    let o = kplex_e2e::admin(
+        &s.kplex,
+        &[
+            "patch",
+            "vc",
+            "team-a",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"isolation":{"quota":{"hard":{"services.nodeports":null}}}}}"#,
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
     // A node port is one service's: asking for a held one is refused.
     run(&[
         "create",
