@@ -166,11 +166,12 @@ impl AdminClient {
     }
 
     /// Creates a VC.
-    pub async fn create(&self, name: &str) -> Result<Value, String> {
+    pub async fn create(&self, name: &str, spec: Value) -> Result<Value, String> {
         let body = json!({
             "apiVersion": "tenancy.kplex.dev/v1alpha1",
             "kind": "VirtualCluster",
             "metadata": {"name": name},
+            "spec": spec,
         });
         self.ok(Method::POST, VCS, Some(body)).await
     }

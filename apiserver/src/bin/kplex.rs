@@ -110,6 +110,10 @@ enum VcCommand {
         /// Write a kubeconfig for the VC's first user (group system:masters) here.
         #[arg(short = 'o', long = "output")]
         output: Option<PathBuf>,
+        /// The VC's isolation policy (`spec.isolation`, JSON or YAML flow
+        /// text); the safe defaults when unset.
+        #[arg(long)]
+        isolation: Option<String>,
     },
     /// Lists virtual clusters.
     List,
@@ -443,8 +447,17 @@ async fn vc(kubeconfig: &std::path::Path, command: VcCommand) -> Result<(), Stri
         kplex_certs::write_private(path, text.as_bytes()).map_err(|e| e.to_string())
     };
     match command {
-        VcCommand::Create { name, output } => {
-            let vc = client.create(&name).await?;
+        VcCommand::Create {
+            name,
+            output,
+            isolation,
+        } => {
+            let mut spec = serde_json::json!({});
+            if let Some(text) = isolation {
+                spec["isolation"] = kplex_registry::yaml::to_json(text.as_bytes())
+                    .map_err(|e| format!("--isolation: {e}"))?;
+            }
+            let vc = client.create(&name, spec).await?;
             println!("virtualcluster.tenancy.kplex.dev/{name} created");
             println!(
                 "endpoint: {}",
