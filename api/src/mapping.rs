@@ -54,6 +54,32 @@ pub fn host_namespace(vc: &str, ns: &str) -> String {
     format!("{head}-{}", &digits[..HASH_DIGITS])
 }
 
+/// The label prefix under which a tenant namespace's labels are copied
+/// onto its host namespace, so the VC's NetworkPolicies can select them
+/// there (and nothing else: a host namespace's own labels are kplex's).
+pub const NAMESPACE_LABELS_PREFIX: &str = "ns.tenancy.kplex.dev";
+
+/// The host namespace's key for tenant namespace label `key`: `name` →
+/// `ns.tenancy.kplex.dev/name`, `prefix/name` →
+/// `prefix.ns.tenancy.kplex.dev/name` (distinct keys stay distinct, and
+/// none is one of kplex's own); `None` when the prefix would grow past
+/// what a label prefix may be (253 characters).
+pub fn namespace_label_key(key: &str) -> Option<String> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (format!("{prefix}.{NAMESPACE_LABELS_PREFIX}"), name),
+        None => (NAMESPACE_LABELS_PREFIX.to_owned(), key),
+    };
+    (prefix.len() <= 253).then(|| format!("{prefix}/{name}"))
+}
+
+/// Whether a host namespace's label key is a copied tenant label.
+pub fn is_namespace_label_copy(key: &str) -> bool {
+    key.split_once('/').is_some_and(|(prefix, _)| {
+        prefix == NAMESPACE_LABELS_PREFIX
+            || prefix.ends_with(&format!(".{NAMESPACE_LABELS_PREFIX}"))
+    })
+}
+
 /// The labels every host object of VC (`vc`, `vc_uid`) carries; with
 /// `ns`, also its tenant namespace.
 pub fn host_labels(vc: &str, vc_uid: &str, ns: Option<&str>) -> BTreeMap<String, String> {
@@ -148,6 +174,25 @@ mod tests {
         "[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
     }
 
+    #[test]
+    fn namespace_labels_keep_their_names_under_kplexs_prefix() {
+        assert_eq!(
+            namespace_label_key("team").unwrap(),
+            "ns.tenancy.kplex.dev/team"
+        );
+        assert_eq!(
+            namespace_label_key("kubernetes.io/metadata.name").unwrap(),
+            "kubernetes.io.ns.tenancy.kplex.dev/metadata.name"
+        );
+        assert_eq!(
+            namespace_label_key("tenancy.kplex.dev/vc-uid").unwrap(),
+            "tenancy.kplex.dev.ns.tenancy.kplex.dev/vc-uid",
+            "a tenant's key never becomes kplex's"
+        );
+        assert!(namespace_label_key(&format!("{}/x", "a".repeat(240))).is_none());
+        assert!(!is_namespace_label_copy(VC_UID_LABEL));
+    }
+
     proptest! {
         #[test]
         fn every_pair_maps_to_a_namespace_name(vc in label(), ns in label()) {
@@ -155,6 +200,19 @@ mod tests {
             prop_assert!(is_dns_label(&mapped), "{} from {}/{}", mapped, vc, ns);
             prop_assert!(mapped.starts_with(HOST_NAMESPACE_PREFIX));
             prop_assert_eq!(&mapped, &host_namespace(&vc, &ns));
+        }
+
+        #[test]
+        fn tenant_namespace_labels_map_apart_from_kplexs_own(
+            a in "([a-z]{1,8}(\\.[a-z]{1,8}){0,2}/)?[a-z][a-z0-9.-]{0,20}",
+            b in "([a-z]{1,8}(\\.[a-z]{1,8}){0,2}/)?[a-z][a-z0-9.-]{0,20}",
+        ) {
+            let (ma, mb) = (namespace_label_key(&a).unwrap(), namespace_label_key(&b).unwrap());
+            prop_assert!(is_namespace_label_copy(&ma));
+            prop_assert!(!ma.starts_with(KEY_PREFIX), "{} is one of kplex's keys", ma);
+            if a != b {
+                prop_assert_ne!(ma, mb, "{} and {} map to one key", a, b);
+            }
         }
 
         #[test]

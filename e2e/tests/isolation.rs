@@ -838,3 +838,196 @@ fn a_pod_past_admission_is_not_placed_and_placed_ones_are_reported_after_a_chang
     // The refused Pod can still be deleted (no finalizer left behind).
     k(&waiting, &["delete", "pod", "sneaky", "--wait=true"]);
 }
+
+#[test]
+fn tenant_network_policies_reach_the_host_confined_to_their_vc() {
+    let s = Hosted::start();
+    let tenant = s.tenant("np");
+    let vc_uid = s.admin_get(&["virtualcluster", "np"])["metadata"]["uid"].clone();
+    k(&tenant, &["create", "namespace", "shop"]);
+    k(&tenant, &["label", "namespace", "shop", "team=web"]);
+    let file = manifest(
+        s.dir.path(),
+        "allow",
+        &json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "allow", "namespace": "shop"},
+        "spec": {
+            "podSelector": {"matchLabels": {"app": "web"}},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"from": [
+                {"namespaceSelector": {"matchLabels": {"team": "web"}}, "podSelector": {"matchLabels": {"role": "fe"}}},
+                {"namespaceSelector": {}},
+                {"podSelector": {}},
+                {"ipBlock": {"cidr": "10.0.0.0/8"}},
+            ]}],
+            "egress": [{"to": [{"namespaceSelector": {"matchExpressions": [
+                {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["shop", "default"]}]}}]}],
+        }}),
+    );
+    k(&tenant, &["apply", "-f", file.to_str().unwrap()]);
+    let host_ns = "kplex-np-shop";
+    let on_host = |args: &[&str]| {
+        let mut all = vec![
+            "--kubeconfig",
+            s.host.to_str().unwrap(),
+            "get",
+            "-n",
+            host_ns,
+        ];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["-o", "json"]);
+        let o = kplex_e2e::kubectl(&all);
+        o.status
+            .success()
+            .then(|| serde_json::from_slice::<Value>(&o.stdout).unwrap())
+    };
+    let copy = eventually("the NetworkPolicy's copy", || {
+        on_host(&["networkpolicy", "allow"])
+    });
+    let from = &copy["spec"]["ingress"][0]["from"];
+    // A selector of the tenant's namespaces selects them only, by their
+    // labels as copied onto their host namespaces.
+    assert_eq!(
+        from[0]["namespaceSelector"]["matchLabels"],
+        json!({"ns.tenancy.kplex.dev/team": "web", "tenancy.kplex.dev/vc-uid": vc_uid})
+    );
+    assert_eq!(
+        from[0]["podSelector"],
+        json!({"matchLabels": {"role": "fe"}})
+    );
+    // "Every namespace" is every namespace of the VC.
+    assert_eq!(
+        from[1]["namespaceSelector"],
+        json!({"matchLabels": {"tenancy.kplex.dev/vc-uid": vc_uid}})
+    );
+    assert_eq!(from[2], json!({"podSelector": {}}));
+    assert_eq!(from[3]["ipBlock"]["cidr"], "10.0.0.0/8");
+    let egress = &copy["spec"]["egress"][0]["to"][0]["namespaceSelector"];
+    assert_eq!(
+        egress["matchExpressions"][0]["key"],
+        "kubernetes.io.ns.tenancy.kplex.dev/metadata.name"
+    );
+    assert_eq!(egress["matchLabels"]["tenancy.kplex.dev/vc-uid"], vc_uid);
+    assert_eq!(
+        copy["spec"]["podSelector"],
+        json!({"matchLabels": {"app": "web"}})
+    );
+    // The host namespace carries the tenant namespace's labels under
+    // kplex's prefix, and follows them.
+    let labels = |want: &str| {
+        eventually(&format!("the host namespace's labels to {want}"), || {
+            let o = kplex_e2e::kubectl(&[
+                "--kubeconfig",
+                s.host.to_str().unwrap(),
+                "get",
+                "namespace",
+                host_ns,
+                "-o",
+                "json",
+            ]);
+            let ns: Value = serde_json::from_slice(&o.stdout).ok()?;
+            let team = ns["metadata"]["labels"]["ns.tenancy.kplex.dev/team"]
+                .as_str()
+                .unwrap_or("<none>")
+                .to_owned();
+            (team == want).then_some(ns)
+        })
+    };
+    let ns = labels("web");
+    assert_eq!(
+        ns["metadata"]["labels"]["kubernetes.io.ns.tenancy.kplex.dev/metadata.name"],
+        "shop"
+    );
+    assert_eq!(ns["metadata"]["labels"]["tenancy.kplex.dev/vc-uid"], vc_uid);
+    k(
+        &tenant,
+        &["label", "namespace", "shop", "team=api", "--overwrite"],
+    );
+    labels("api");
+    k(&tenant, &["label", "namespace", "shop", "team-"]);
+    labels("<none>");
+    // A tenant's label cannot pose as kplex's.
+    k(
+        &tenant,
+        &["label", "namespace", "shop", "tenancy.kplex.dev/vc=other"],
+    );
+    let ns = eventually("the forged label, copied under kplex's prefix only", || {
+        let ns = on_host_ns(&s.host, host_ns);
+        (ns["metadata"]["labels"]["tenancy.kplex.dev.ns.tenancy.kplex.dev/vc"] == "other")
+            .then_some(ns)
+    });
+    assert_eq!(ns["metadata"]["labels"]["tenancy.kplex.dev/vc"], "np");
+    assert_eq!(ns["metadata"]["labels"]["tenancy.kplex.dev/vc-uid"], vc_uid);
+    // Drift on the host is put back.
+    let o = kplex_e2e::kubectl(&[
+        "--kubeconfig",
+        s.host.to_str().unwrap(),
+        "patch",
+        "networkpolicy",
+        "allow",
+        "-n",
+        host_ns,
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/ingress/0/from/1/namespaceSelector","value":{}}]"#,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    eventually("the confined selector back", || {
+        let copy = on_host(&["networkpolicy", "allow"])?;
+        (copy["spec"]["ingress"][0]["from"][1]["namespaceSelector"]["matchLabels"]
+            ["tenancy.kplex.dev/vc-uid"]
+            == vc_uid)
+            .then_some(())
+    });
+    // A tenant policy named as the wall does not replace it.
+    let wall_file = manifest(
+        s.dir.path(),
+        "wall",
+        &json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "kplex-isolation", "namespace": "shop"},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"], "ingress": [{}]}}),
+    );
+    k(&tenant, &["apply", "-f", wall_file.to_str().unwrap()]);
+    eventually("the tenant told the name is reserved", || {
+        items(
+            &tenant,
+            &[
+                "events",
+                "-n",
+                "shop",
+                "--field-selector",
+                "reason=NameReserved",
+            ],
+        )
+        .into_iter()
+        .next()
+    });
+    let wall = on_host(&["networkpolicy", "kplex-isolation"]).unwrap();
+    assert_eq!(
+        wall["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"]
+            ["tenancy.kplex.dev/vc-uid"],
+        vc_uid
+    );
+    assert!(wall["metadata"]["annotations"]
+        .get("tenancy.kplex.dev/object-uid")
+        .is_none());
+    // Deleting the tenant's policy deletes its copy.
+    k(&tenant, &["delete", "networkpolicy", "allow", "-n", "shop"]);
+    eventually("the copy gone", || {
+        on_host(&["networkpolicy", "allow"]).is_none().then_some(())
+    });
+    k(
+        &tenant,
+        &["delete", "networkpolicy", "kplex-isolation", "-n", "shop"],
+    );
+    assert!(
+        on_host(&["networkpolicy", "kplex-isolation"]).is_some(),
+        "the wall stays"
+    );
+}
+
+fn on_host_ns(host: &Path, name: &str) -> Value {
+    get(host, &["namespace", name])
+}

@@ -31,6 +31,18 @@ fn merge_string_data(secret: &mut Value) {
 
 /// Fills in the kind's defaults.
 pub fn apply(group: &str, kind: &str, object: &mut Value) {
+    if (group, kind) == ("", "Namespace") {
+        // Every namespace is labelled with its name, as kube-apiserver
+        // labels it (NetworkPolicies select namespaces by it).
+        if let Some(name) = object["metadata"]["name"]
+            .as_str()
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+        {
+            object["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
+        }
+        return;
+    }
     if (group, kind) == ("", "Secret") {
         set(object, "type", json!("Opaque"));
         merge_string_data(object);

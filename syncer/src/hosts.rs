@@ -67,6 +67,9 @@ pub struct Host {
     pub ingresses: Arc<Cache<k8s_openapi::api::networking::v1::Ingress>>,
     /// kplex's PodDisruptionBudgets on it, keyed as the tenant's.
     pub budgets: Arc<Cache<k8s_openapi::api::policy::v1::PodDisruptionBudget>>,
+    /// Its copies of the VCs' NetworkPolicies (and the walls, which no
+    /// tenant object names).
+    pub policies: Arc<Cache<k8s_openapi::api::networking::v1::NetworkPolicy>>,
     /// kplex's namespaces on it (cluster-scoped keys: the host name).
     pub namespaces: Arc<Cache<Namespace>>,
     /// Every Node of the host, by name.
@@ -93,6 +96,7 @@ impl Host {
             && self.claims.is_synced()
             && self.ingresses.is_synced()
             && self.budgets.is_synced()
+            && self.policies.is_synced()
             && self.namespaces.is_synced()
     }
 
@@ -415,6 +419,12 @@ fn requeue_vc(ctx: &Ctx, vc: &Vc) {
             ObjectKey::new(vc, budget.metadata.namespace.as_deref(), &budget.name_any()),
         ));
     }
+    for policy in ctx.policies.in_vc(vc) {
+        ctx.queue.add(Task::Mirror(
+            crate::mirror::MirrorKind::NetworkPolicy,
+            ObjectKey::new(vc, policy.metadata.namespace.as_deref(), &policy.name_any()),
+        ));
+    }
     for claim in ctx.claims.in_vc(vc) {
         ctx.queue.add(Task::Claim(ObjectKey::new(
             vc,
@@ -579,6 +589,7 @@ async fn connect(ctx: &Arc<Ctx>, name: &str, kubeconfig: &str) -> Result<Arc<Hos
         claims: Arc::new(Cache::new(Origin::Host)),
         ingresses: Arc::new(Cache::new(Origin::Host)),
         budgets: Arc::new(Cache::new(Origin::Host)),
+        policies: Arc::new(Cache::new(Origin::Host)),
         namespaces: Arc::new(Cache::new(Origin::Host)),
         nodes: Default::default(),
         reachable: std::sync::atomic::AtomicBool::new(true),
@@ -651,6 +662,14 @@ async fn connect(ctx: &Arc<Ctx>, name: &str, kubeconfig: &str) -> Result<Arc<Hos
         &host.budgets,
         ctx,
         |key| Task::Mirror(crate::mirror::MirrorKind::Budget, key),
+    );
+    crate::follow::<k8s_openapi::api::networking::v1::NetworkPolicy>(
+        &mut host.tasks,
+        &client,
+        &labelled,
+        &host.policies,
+        ctx,
+        |key| Task::Mirror(crate::mirror::MirrorKind::NetworkPolicy, key),
     );
     let queue = ctx.queue.clone();
     let owners = host.namespace_owners.clone();
@@ -877,20 +896,7 @@ async fn regard(ctx: &Ctx, host: &Host, vc: &Vc) -> Result<(), Error> {
         else {
             continue;
         };
-        let want = crate::pods::host_namespace_labels(vc, &tenant_ns, &policy);
-        if !crate::pods::holds(&ns.metadata.labels, &Some(want.clone())) {
-            let api = Api::<Namespace>::all(host.client.clone());
-            let patch = json!({"metadata": {"labels": want}});
-            let written = api
-                .patch(
-                    &ns.name_any(),
-                    &kube::api::PatchParams::default(),
-                    &kube::api::Patch::Merge(&patch),
-                )
-                .await
-                .map_err(Error::Api)?;
-            host.namespaces.upsert_host(written);
-        }
+        crate::pods::relabel(ctx, host, vc, &tenant_ns, &ns).await?;
         crate::isolation::guard(host, vc, &tenant_ns, &policy).await?;
     }
     Ok(())

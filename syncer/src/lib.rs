@@ -99,8 +99,12 @@ pub enum Task {
     Service(ObjectKey),
     /// A tenant PersistentVolumeClaim and its host copy.
     Claim(ObjectKey),
-    /// A tenant Ingress or PodDisruptionBudget and its host copy.
+    /// A tenant Ingress, PodDisruptionBudget or NetworkPolicy and its host
+    /// copy.
     Mirror(mirror::MirrorKind, ObjectKey),
+    /// A tenant namespace's labels, copied onto its host namespace (the
+    /// key: VC, no namespace, the tenant namespace's name).
+    Namespace(ObjectKey),
     /// A host Event about a kplex Pod, to be copied to the Pod's VC (the
     /// key: VC, tenant namespace, the Event's name).
     Event(ObjectKey),
@@ -118,6 +122,7 @@ impl Work for Task {
             | Task::Service(k)
             | Task::Claim(k)
             | Task::Mirror(_, k)
+            | Task::Namespace(k)
             | Task::Event(k)
             | Task::Node(k) => &k.vc,
             Task::Vc(vc) => vc,
@@ -147,6 +152,10 @@ pub struct Ctx {
     pub ingresses: Arc<Cache<k8s_openapi::api::networking::v1::Ingress>>,
     /// PodDisruptionBudgets of every VC.
     pub budgets: Arc<Cache<k8s_openapi::api::policy::v1::PodDisruptionBudget>>,
+    /// NetworkPolicies of every VC.
+    pub policies: Arc<Cache<k8s_openapi::api::networking::v1::NetworkPolicy>>,
+    /// Namespaces of every VC (their labels go onto host namespaces).
+    pub namespaces: Arc<Cache<k8s_openapi::api::core::v1::Namespace>>,
     /// Nodes of every VC (the virtual ones the syncer keeps, and any a
     /// tenant made).
     pub nodes: Arc<Cache<Node>>,
@@ -184,6 +193,8 @@ impl Ctx {
             claims: Default::default(),
             ingresses: Default::default(),
             budgets: Default::default(),
+            policies: Default::default(),
+            namespaces: Default::default(),
             nodes: Default::default(),
             failures: Default::default(),
         }))
@@ -225,6 +236,7 @@ impl Ctx {
             Task::Service(key) => services::reconcile(self, key).await,
             Task::Claim(key) => claims::reconcile(self, key).await,
             Task::Mirror(kind, key) => mirror::reconcile(self, *kind, key).await,
+            Task::Namespace(key) => pods::namespace_changed(self, key).await,
             Task::Event(key) => events::reconcile(self, key).await,
             Task::Node(key) => nodes::reconcile(self, key).await,
             Task::Vc(vc) => hosts::reconcile_vc(self, vc).await,
@@ -280,6 +292,8 @@ pub async fn run_until(
             ctx.claims.wait_synced().await;
             ctx.ingresses.wait_synced().await;
             ctx.budgets.wait_synced().await;
+            ctx.policies.wait_synced().await;
+            ctx.namespaces.wait_synced().await;
             ctx.nodes.wait_synced().await;
             ctx.hosts.wait_synced().await;
             tracing::info!(held = ctx.held(), "syncer's caches synced; syncing");

@@ -1,15 +1,24 @@
-//! Ingresses and PodDisruptionBudgets: copied to the host as they are
-//! (their names, the mapped namespace, kplex's labels), behind the
-//! finalizer; drift on the host put back; the host's status brought back.
-//! An Ingress's backends name Services of its own namespace, which keep
-//! their names on the host, so they route to the VC's Services there; its
-//! TLS Secrets go with it (`configs`). A budget's selector is pinned to the
-//! VC's UID label, so it counts only the VC's Pods.
+//! Ingresses, PodDisruptionBudgets and NetworkPolicies: copied to the
+//! host as they are (their names, the mapped namespace, kplex's labels),
+//! behind the finalizer; drift on the host put back; the host's status
+//! brought back. An Ingress's backends name Services of its own
+//! namespace, which keep their names on the host, so they route to the
+//! VC's Services there; its TLS Secrets go with it (`configs`). A budget's
+//! selector is pinned to the VC's UID label, so it counts only the VC's
+//! Pods. A NetworkPolicy's namespace selectors are confined to the VC's
+//! host namespaces (the tenant namespaces' labels are copied onto them
+//! under kplex's prefix, and the VC's UID label is required): a tenant's
+//! policy can open its Pods to its own namespaces, never select another
+//! VC's. (Its `ipBlock`s are kept: they name addresses, as on any
+//! cluster; the other VCs' walls still keep their Pods closed.)
 
 use std::sync::Arc;
 
-use k8s_openapi::api::networking::v1::Ingress;
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy, NetworkPolicyPeer};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 use kube::api::Api;
 use kube::Resource;
 use serde::de::DeserializeOwned;
@@ -31,6 +40,8 @@ pub enum MirrorKind {
     Ingress,
     /// A PodDisruptionBudget.
     Budget,
+    /// A NetworkPolicy.
+    NetworkPolicy,
 }
 
 /// A kind the syncer mirrors to the host.
@@ -47,9 +58,18 @@ pub trait Mirrored:
 {
     /// The host copy of `object` of `vc` in tenant namespace `ns`.
     fn copy_of(vc: &Vc, ns: &str, object: &Self) -> Self;
-    /// `copy` with what the syncer owns taken from `desired` (the rest —
-    /// what the host filled in — kept).
-    fn repaired(copy: &Self, desired: &Self) -> Self;
+    /// `copy` with what the syncer owns (spec, labels, annotations) taken
+    /// from `desired`; the rest — what the host filled in — kept.
+    fn repaired(copy: &Self, desired: &Self) -> Self {
+        let (Ok(mut fixed), Ok(want)) = (serde_json::to_value(copy), serde_json::to_value(desired))
+        else {
+            return desired.clone();
+        };
+        fixed["spec"] = want["spec"].clone();
+        fixed["metadata"]["labels"] = want["metadata"]["labels"].clone();
+        fixed["metadata"]["annotations"] = want["metadata"]["annotations"].clone();
+        serde_json::from_value(fixed).unwrap_or_else(|_| desired.clone())
+    }
     /// `tenant` with `copy`'s status, if that differs from its own.
     fn with_status_of(tenant: &Self, copy: &Self) -> Option<Self>;
 }
@@ -67,14 +87,6 @@ impl Mirrored for Ingress {
             spec: object.spec.clone(),
             status: None,
         }
-    }
-
-    fn repaired(copy: &Self, desired: &Self) -> Self {
-        let mut fixed = copy.clone();
-        fixed.metadata.labels = desired.metadata.labels.clone();
-        fixed.metadata.annotations = desired.metadata.annotations.clone();
-        fixed.spec = desired.spec.clone();
-        fixed
     }
 
     fn with_status_of(tenant: &Self, copy: &Self) -> Option<Self> {
@@ -101,14 +113,6 @@ impl Mirrored for PodDisruptionBudget {
         }
     }
 
-    fn repaired(copy: &Self, desired: &Self) -> Self {
-        let mut fixed = copy.clone();
-        fixed.metadata.labels = desired.metadata.labels.clone();
-        fixed.metadata.annotations = desired.metadata.annotations.clone();
-        fixed.spec = desired.spec.clone();
-        fixed
-    }
-
     fn with_status_of(tenant: &Self, copy: &Self) -> Option<Self> {
         let mut status = copy.status.clone()?;
         // The host's generation is not the tenant's.
@@ -118,6 +122,72 @@ impl Mirrored for PodDisruptionBudget {
             ..tenant.clone()
         })
     }
+}
+
+impl Mirrored for NetworkPolicy {
+    fn copy_of(vc: &Vc, ns: &str, object: &Self) -> Self {
+        let mut spec = object.spec.clone().unwrap_or_default();
+        for rule in spec.ingress.iter_mut().flatten() {
+            for peer in rule.from.iter_mut().flatten() {
+                confine(vc, peer);
+            }
+        }
+        for rule in spec.egress.iter_mut().flatten() {
+            for peer in rule.to.iter_mut().flatten() {
+                confine(vc, peer);
+            }
+        }
+        NetworkPolicy {
+            metadata: host_meta(vc, ns, &object.metadata),
+            spec: Some(spec),
+        }
+    }
+
+    fn with_status_of(_: &Self, _: &Self) -> Option<Self> {
+        None
+    }
+}
+
+/// A peer's namespace selector, confined to the VC's host namespaces: its
+/// keys as the tenant namespaces' labels are copied there, and the VC's
+/// UID label required. (A peer without one selects in the policy's own
+/// namespace, which is the VC's already.) A key no host namespace can
+/// carry makes the selector match nothing.
+pub fn confine(vc: &Vc, peer: &mut NetworkPolicyPeer) {
+    let Some(selector) = peer.namespace_selector.as_mut() else {
+        return;
+    };
+    let mut unmatchable = false;
+    let mut labels = BTreeMap::new();
+    for (key, value) in selector.match_labels.take().unwrap_or_default() {
+        match mapping::namespace_label_key(&key) {
+            Some(copied) => {
+                labels.insert(copied, value);
+            }
+            None => unmatchable = true,
+        }
+    }
+    let mut expressions = Vec::new();
+    for mut e in selector.match_expressions.take().unwrap_or_default() {
+        match mapping::namespace_label_key(&e.key) {
+            Some(copied) => {
+                e.key = copied;
+                expressions.push(e);
+            }
+            None => unmatchable = true,
+        }
+    }
+    labels.insert(mapping::VC_UID_LABEL.to_owned(), vc.uid.to_string());
+    if unmatchable {
+        // The UID label both required and absent: no namespace.
+        expressions.push(LabelSelectorRequirement {
+            key: mapping::VC_UID_LABEL.to_owned(),
+            operator: "DoesNotExist".into(),
+            values: None,
+        });
+    }
+    selector.match_labels = Some(labels);
+    selector.match_expressions = (!expressions.is_empty()).then_some(expressions);
 }
 
 /// Syncs one mirrored object of `kind`.
@@ -131,6 +201,34 @@ pub async fn reconcile(ctx: &Arc<Ctx>, kind: MirrorKind, key: &ObjectKey) -> Out
         MirrorKind::Budget => {
             let copies = host.as_ref().map(|h| h.budgets.clone());
             sync(ctx, host.as_deref(), key, &ctx.budgets, copies.as_deref()).await
+        }
+        // The wall of a host namespace is kplex's: a tenant policy of its
+        // name is not copied (it would replace the wall), and the wall
+        // itself is no copy to sync.
+        MirrorKind::NetworkPolicy if key.name == crate::isolation::WALL => {
+            if let Some(object) = ctx.policies.get(key) {
+                ctx.events.warning(
+                    key,
+                    "NetworkPolicy",
+                    object.metadata.uid.as_deref().unwrap_or_default(),
+                    "NameReserved",
+                    &format!(
+                        "not copied to the host: the name {} is the isolation wall's there",
+                        crate::isolation::WALL
+                    ),
+                );
+                if object.metadata.deletion_timestamp.is_some() {
+                    let api = ctx
+                        .clients
+                        .vc::<NetworkPolicy>(&key.vc, key.namespace.as_deref());
+                    return release(api, &ctx.policies, key, &*object).await;
+                }
+            }
+            Ok(None)
+        }
+        MirrorKind::NetworkPolicy => {
+            let copies = host.as_ref().map(|h| h.policies.clone());
+            sync(ctx, host.as_deref(), key, &ctx.policies, copies.as_deref()).await
         }
     }
 }
@@ -246,5 +344,61 @@ fn covers(have: &serde_json::Value, want: &serde_json::Value) -> bool {
             h.len() == w.len() && h.iter().zip(w).all(|(h, w)| covers(h, w))
         }
         (h, w) => h == w,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn confined(peer: serde_json::Value) -> serde_json::Value {
+        let vc = Vc {
+            uid: "uid-a".into(),
+            name: "a".into(),
+        };
+        let mut peer: NetworkPolicyPeer = serde_json::from_value(peer).unwrap();
+        confine(&vc, &mut peer);
+        serde_json::to_value(peer).unwrap()
+    }
+
+    #[test]
+    fn a_namespace_selector_selects_the_vcs_namespaces_only() {
+        assert_eq!(
+            confined(json!({"namespaceSelector": {}})),
+            json!({"namespaceSelector": {"matchLabels": {"tenancy.kplex.dev/vc-uid": "uid-a"}}})
+        );
+        let peer = confined(json!({"namespaceSelector": {
+            "matchLabels": {"team": "web", "tenancy.kplex.dev/vc-uid": "uid-b"},
+            "matchExpressions": [{"key": "env", "operator": "NotIn", "values": ["prod"]}]}}));
+        assert_eq!(
+            peer["namespaceSelector"]["matchLabels"],
+            json!({"ns.tenancy.kplex.dev/team": "web",
+                   "tenancy.kplex.dev.ns.tenancy.kplex.dev/vc-uid": "uid-b",
+                   "tenancy.kplex.dev/vc-uid": "uid-a"}),
+            "another VC's UID named by a tenant is a tenant label, not kplex's"
+        );
+        assert_eq!(
+            peer["namespaceSelector"]["matchExpressions"][0]["key"],
+            "ns.tenancy.kplex.dev/env"
+        );
+        // A pod selector alone stays in the policy's own namespace.
+        assert_eq!(
+            confined(json!({"podSelector": {"matchLabels": {"app": "x"}}})),
+            json!({"podSelector": {"matchLabels": {"app": "x"}}})
+        );
+    }
+
+    #[test]
+    fn a_key_no_host_namespace_can_carry_matches_nothing() {
+        let long = format!("{}/x", "a".repeat(240));
+        let peer = confined(json!({"namespaceSelector": {"matchLabels": {long: "y"}}}));
+        let selector = &peer["namespaceSelector"];
+        assert_eq!(selector["matchLabels"]["tenancy.kplex.dev/vc-uid"], "uid-a");
+        assert_eq!(
+            selector["matchExpressions"],
+            json!([{"key": "tenancy.kplex.dev/vc-uid", "operator": "DoesNotExist"}]),
+            "required and absent at once"
+        );
     }
 }

@@ -246,6 +246,22 @@ pub fn watch(ctx: &Arc<Ctx>, tasks: &mut tokio::task::JoinSet<()>) {
     crate::follow::<PodDisruptionBudget>(tasks, &across, &config, &ctx.budgets, ctx, |key| {
         Task::Mirror(MirrorKind::Budget, key)
     });
+    crate::follow::<k8s_openapi::api::networking::v1::NetworkPolicy>(
+        tasks,
+        &across,
+        &config,
+        &ctx.policies,
+        ctx,
+        |key| Task::Mirror(MirrorKind::NetworkPolicy, key),
+    );
+    crate::follow::<Namespace>(
+        tasks,
+        &across,
+        &config,
+        &ctx.namespaces,
+        ctx,
+        Task::Namespace,
+    );
     crate::follow::<Endpoints>(tasks, &across, &config, &ctx.endpoints, ctx, Task::Service);
     crate::follow::<k8s_openapi::api::core::v1::Node>(
         tasks,
@@ -545,6 +561,89 @@ pub fn host_namespace_labels(vc: &Vc, ns: &str, policy: &Isolation) -> BTreeMap<
     labels
 }
 
+/// The labels a VC's host namespace should carry: kplex's
+/// ([`host_namespace_labels`]) and the tenant namespace's own, under
+/// kplex's prefix ([`mapping::namespace_label_key`]), for the VC's
+/// NetworkPolicies to select.
+pub fn namespace_labels(
+    ctx: &Ctx,
+    vc: &Vc,
+    ns: &str,
+    policy: &Isolation,
+) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    if let Some(tenant) = ctx.namespaces.get(&ObjectKey::new(vc, None, ns)) {
+        for (key, value) in tenant.metadata.labels.iter().flatten() {
+            if let Some(copied) = mapping::namespace_label_key(key) {
+                labels.insert(copied, value.clone());
+            }
+        }
+    }
+    labels.extend(host_namespace_labels(vc, ns, policy));
+    labels
+}
+
+/// Puts the labels [`namespace_labels`] wants on host namespace `host_ns`
+/// (tenant namespace `ns` of `vc`), dropping tenant labels copied before
+/// that the tenant has since removed.
+pub async fn relabel(
+    ctx: &Ctx,
+    host: &Host,
+    vc: &Vc,
+    ns: &str,
+    host_ns: &Namespace,
+) -> Result<(), Error> {
+    let want = namespace_labels(ctx, vc, ns, &ctx.hosts.policy(vc));
+    let have = host_ns.metadata.labels.clone().unwrap_or_default();
+    let mut patch = serde_json::Map::new();
+    for key in have.keys() {
+        if mapping::is_namespace_label_copy(key) && !want.contains_key(key) {
+            patch.insert(key.clone(), serde_json::Value::Null);
+        }
+    }
+    for (key, value) in &want {
+        if have.get(key) != Some(value) {
+            patch.insert(key.clone(), json!(value));
+        }
+    }
+    if patch.is_empty() {
+        return Ok(());
+    }
+    let api = Api::<Namespace>::all(host.client.clone());
+    let written = api
+        .patch(
+            &kube::ResourceExt::name_any(host_ns),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&json!({"metadata": {"labels": patch}})),
+        )
+        .await
+        .map_err(Error::Api)?;
+    host.namespaces.upsert_host(written);
+    Ok(())
+}
+
+/// A tenant namespace changed: its labels onto its host namespace.
+pub async fn namespace_changed(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
+    let Ok(host) = ctx.hosts.placement(&key.vc) else {
+        return Ok(None);
+    };
+    let host_name = mapping::host_namespace(&key.vc.name, &key.name);
+    // Not on the host (yet): it is made with the labels when it is.
+    let Some(host_ns) = host
+        .namespaces
+        .get(&ObjectKey::new(&key.vc, None, &host_name))
+    else {
+        return Ok(None);
+    };
+    if !mapping::owned_by(host_ns.metadata.labels.as_ref(), &key.vc.uid)
+        || host_ns.metadata.deletion_timestamp.is_some()
+    {
+        return Ok(None);
+    }
+    relabel(ctx, &host, &key.vc, &key.name, &host_ns).await?;
+    Ok(None)
+}
+
 /// Makes the host namespace of `ns` of `vc`, unless it is there, guarded
 /// before anything runs in it ([`crate::isolation::guard`]). One that is
 /// there but not labelled for this VC is another's: refused.
@@ -559,7 +658,7 @@ pub async fn ensure_namespace(ctx: &Ctx, host: &Host, vc: &Vc, ns: &str) -> Resu
     let namespace = Namespace {
         metadata: ObjectMeta {
             name: Some(name.clone()),
-            labels: Some(host_namespace_labels(vc, ns, &policy)),
+            labels: Some(namespace_labels(ctx, vc, ns, &policy)),
             ..Default::default()
         },
         ..Default::default()
