@@ -51,6 +51,10 @@ pub struct Network {
     pub namespace: String,
     /// Its name.
     pub name: String,
+    /// The device resource an attachment takes (the NAD's
+    /// `k8s.v1.cni.cncf.io/resourceName`, e.g. an SR-IOV pool): counted by
+    /// the VC quota as `requests.<resource>`, asked for by the host copy.
+    pub resource_name: Option<String>,
 }
 
 /// `spec.isolation`, with defaults filled in.
@@ -177,6 +181,31 @@ pub fn dns_label(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
+}
+
+/// An extended resource name: `<DNS subdomain>/<name>`.
+fn qualified_resource(s: &str) -> bool {
+    s.split_once('/').is_some_and(|(domain, name)| {
+        dns_subdomain(domain)
+            && !name.is_empty()
+            && name.len() <= 63
+            && name
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+    })
+}
+
+/// What a Pod of a VC with `policy` uses of a quota: what
+/// [`crate::quota::usage`] counts, and for a Pod the device resources its
+/// network attachments take.
+pub fn usage(policy: &Isolation, group: &str, plural: &str, object: &Value) -> crate::quota::Usage {
+    let mut usage = crate::quota::usage(group, plural, object);
+    if (group, plural) == ("", "pods") && !usage.is_empty() {
+        for (name, count) in crate::podsecurity::network_resources(policy, object) {
+            usage.entry(name).or_default().0 += i128::from(count) * 1000;
+        }
+    }
+    usage
 }
 
 /// A DNS-1123 subdomain: labels joined by `.`, at most 253 characters.
@@ -320,7 +349,23 @@ impl Isolation {
                         errors.push(field_error(at, "must be an object"));
                         continue;
                     };
-                    unknown_fields(m, &["alias", "namespace", "name"], &at, &mut errors);
+                    unknown_fields(
+                        m,
+                        &["alias", "namespace", "name", "resourceName"],
+                        &at,
+                        &mut errors,
+                    );
+                    let resource_name = match &n["resourceName"] {
+                        Value::Null => None,
+                        Value::String(r) if qualified_resource(r) => Some(r.clone()),
+                        _ => {
+                            errors.push(field_error(
+                                format!("{at}.resourceName"),
+                                "Invalid value: must be a qualified resource name (vendor.example/name)",
+                            ));
+                            None
+                        }
+                    };
                     let part = |key: &str, errors: &mut Vec<FieldError>| match n[key].as_str() {
                         Some(s) if dns_label(s) => s.to_owned(),
                         _ => {
@@ -335,6 +380,7 @@ impl Isolation {
                         alias: part("alias", &mut errors),
                         namespace: part("namespace", &mut errors),
                         name: part("name", &mut errors),
+                        resource_name,
                     };
                     if policy.networks.iter().any(|n| n.alias == network.alias) {
                         errors.push(field_error(
@@ -374,9 +420,13 @@ impl Isolation {
             "hugePageSizes": self.huge_page_sizes,
             "nodeSelector": self.node_selector,
             "tolerations": self.tolerations,
-            "networks": self.networks.iter().map(|n| json!({
-                "alias": n.alias, "namespace": n.namespace, "name": n.name,
-            })).collect::<Vec<_>>(),
+            "networks": self.networks.iter().map(|n| {
+                let mut grant = json!({"alias": n.alias, "namespace": n.namespace, "name": n.name});
+                if let Some(r) = &n.resource_name {
+                    grant["resourceName"] = json!(r);
+                }
+                grant
+            }).collect::<Vec<_>>(),
             "defaultNetworks": self.default_networks,
         })
     }

@@ -10,11 +10,11 @@
 //! `pods "web" is forbidden: violates PodSecurity "restricted": privileged
 //! (container "c" must not set securityContext.privileged=true)`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Value};
 
-use crate::isolation::{Isolation, Level};
+use crate::isolation::{Isolation, Level, Network};
 
 /// A rule a Pod breaks, with what breaks it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -561,6 +561,36 @@ fn selections(text: &str) -> Result<Vec<Value>, String> {
 /// stand for, in Multus' JSON form; `None` when the Pod has none. A
 /// tenant may name only aliases granted to its VC, never a namespace.
 pub fn networks(policy: &Isolation, pod: &Value) -> Result<Option<String>, Violation> {
+    let out: Vec<Value> = attachments(policy, pod)?
+        .into_iter()
+        .map(|(_, element)| element)
+        .collect();
+    if out.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Value::Array(out).to_string()))
+}
+
+/// The device resources a Pod's attachments take (a granted network's
+/// `resourceName`, one per attachment), as quota names
+/// (`requests.<resource>` → count); what the host's network resources
+/// injector would ask for, counted by the VC quota.
+pub fn network_resources(policy: &Isolation, pod: &Value) -> BTreeMap<String, i64> {
+    let mut out = BTreeMap::new();
+    for (network, _) in attachments(policy, pod).unwrap_or_default() {
+        if let Some(resource) = &network.resource_name {
+            *out.entry(format!("requests.{resource}")).or_default() += 1;
+        }
+    }
+    out
+}
+
+/// The networks a Pod attaches (the VC's defaults, then its own), each
+/// with the host attachment element it becomes.
+fn attachments<'a>(
+    policy: &'a Isolation,
+    pod: &Value,
+) -> Result<Vec<(&'a Network, Value)>, Violation> {
     let mut rule = Rule::new("network attachments");
     let asked = match pod["metadata"]["annotations"][NETWORKS_ANNOTATION].as_str() {
         Some(text) => match selections(text) {
@@ -574,11 +604,11 @@ pub fn networks(policy: &Isolation, pod: &Value) -> Result<Option<String>, Viola
         },
         None => Vec::new(),
     };
-    let mut out: Vec<Value> = Vec::new();
+    let mut out: Vec<(&Network, Value)> = Vec::new();
     let granted = |alias: &str| policy.networks.iter().find(|n| n.alias == alias);
     for alias in &policy.default_networks {
         if let Some(n) = granted(alias) {
-            out.push(json!({"name": n.name, "namespace": n.namespace}));
+            out.push((n, json!({"name": n.name, "namespace": n.namespace})));
         }
     }
     for mut element in asked {
@@ -597,7 +627,7 @@ pub fn networks(policy: &Isolation, pod: &Value) -> Result<Option<String>, Viola
         };
         element["name"] = json!(n.name);
         element["namespace"] = json!(n.namespace);
-        out.push(element);
+        out.push((n, element));
     }
     if !rule.details.is_empty() {
         return Err(Violation {
@@ -605,10 +635,7 @@ pub fn networks(policy: &Isolation, pod: &Value) -> Result<Option<String>, Viola
             details: rule.details,
         });
     }
-    if out.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(Value::Array(out).to_string()))
+    Ok(out)
 }
 
 /// Every rule `pod` breaks under `policy` that is a refusal (403): pod
@@ -897,6 +924,22 @@ mod tests {
         // Only the defaults when the Pod asks for none; nothing without them.
         assert!(networks(&telco(), &nginx()).unwrap().is_some());
         assert_eq!(networks(&Isolation::default(), &nginx()).unwrap(), None);
+    }
+
+    #[test]
+    fn a_networks_device_resource_is_counted_per_attachment() {
+        let policy = Isolation::from_spec(&json!({"isolation": {
+            "networks": [{"alias": "data", "namespace": "telco", "name": "sriov-a",
+                          "resourceName": "intel.com/sriov_a"},
+                         {"alias": "oam", "namespace": "telco", "name": "oam-vrf"}],
+            "defaultNetworks": ["oam"]}}))
+        .unwrap();
+        let used = network_resources(&policy, &annotated("data@net1,data@net2,oam"));
+        assert_eq!(
+            used,
+            BTreeMap::from([("requests.intel.com/sriov_a".to_owned(), 2)])
+        );
+        assert!(network_resources(&policy, &nginx()).is_empty());
     }
 
     #[test]

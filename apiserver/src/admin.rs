@@ -364,7 +364,7 @@ async fn quota_status(ctx: &Context, vc: &VirtualCluster) -> Result<Option<Value
         };
         let all = store.list(info, None, &Default::default()).await?;
         for item in &all.items {
-            let usage = kplex_api::quota::usage(&group, &plural, item);
+            let usage = kplex_api::isolation::usage(&vc.policy, &group, &plural, item);
             for (name, total) in used.iter_mut() {
                 total.0 += usage.get(*name).map_or(0, |q| q.0);
             }

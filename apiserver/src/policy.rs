@@ -68,9 +68,9 @@ impl VcPolicy {
         name: &str,
     ) -> Result<Admitted, ApiError> {
         let hard = self.policy.quota_amounts();
-        let usage = kplex_api::quota::usage(&info.group, &info.plural, object);
+        let usage = kplex_api::isolation::usage(&self.policy, &info.group, &info.plural, object);
         let before = old
-            .map(|o| kplex_api::quota::usage(&info.group, &info.plural, o))
+            .map(|o| kplex_api::isolation::usage(&self.policy, &info.group, &info.plural, o))
             .unwrap_or_default();
         // Only what grows counts (a create grows from nothing).
         let grows: BTreeMap<&String, Milli> = usage
@@ -105,7 +105,8 @@ impl VcPolicy {
             grows.keys().map(|k| (*k, Milli::default())).collect();
         let all = store.list(info, None, &ListOptions::default()).await?;
         for item in &all.items {
-            let counted = kplex_api::quota::usage(&info.group, &info.plural, item);
+            let counted =
+                kplex_api::isolation::usage(&self.policy, &info.group, &info.plural, item);
             for (k, total) in used.iter_mut() {
                 *total += counted.get(*k).copied().unwrap_or_default();
             }

@@ -619,7 +619,7 @@ fn a_compliant_pod_runs_hardened_in_its_pool_with_its_networks_behind_walls() {
     let s = Hosted::start();
     let tenant = s.tenant_with(
         "telco",
-        r#"{isolation: {runtimeClassName: kata, nodeSelector: {pool: telco}, tolerations: [{key: dedicated, operator: Equal, value: telco, effect: NoSchedule}], networks: [{alias: data, namespace: telco-nets, name: sriov-a}, {alias: oam, namespace: telco-nets, name: oam-vrf}], defaultNetworks: [oam], quota: {hard: {pods: "5", limits.memory: "1Gi", services.nodeports: "0"}}}}"#,
+        r#"{isolation: {runtimeClassName: kata, nodeSelector: {pool: telco}, tolerations: [{key: dedicated, operator: Equal, value: telco, effect: NoSchedule}], networks: [{alias: data, namespace: telco-nets, name: sriov-a, resourceName: intel.com/sriov_a}, {alias: oam, namespace: telco-nets, name: oam-vrf}], defaultNetworks: [oam], quota: {hard: {pods: "5", limits.memory: "1Gi", services.nodeports: "0", requests.intel.com/sriov_a: "1"}}}}"#,
     );
     let file = manifest(
         s.dir.path(),
@@ -675,6 +675,29 @@ fn a_compliant_pod_runs_hardened_in_its_pool_with_its_networks_behind_walls() {
             .get("v1.multus-cni.io/default-network")
             .is_none(),
         "{meta}"
+    );
+    // The SR-IOV device the attachment takes: asked for on the host, and
+    // counted by the VC's quota (its one device is taken).
+    assert_eq!(
+        spec["containers"][0]["resources"]["requests"]["intel.com/sriov_a"],
+        "1"
+    );
+    assert_eq!(
+        spec["containers"][0]["resources"]["limits"]["intel.com/sriov_a"],
+        "1"
+    );
+    let second = manifest(
+        s.dir.path(),
+        "cnf2",
+        &json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "cnf2", "annotations": {"k8s.v1.cni.cncf.io/networks": "data"}},
+        "spec": {"containers": [{"name": "c", "image": "nginx", "resources": {"limits": {"memory": "64Mi"}}}]}}),
+    );
+    let err = k_fails(&tenant, &["create", "-f", second.to_str().unwrap()]);
+    assert!(
+        err.contains("exceeded quota: virtual cluster \"telco\", requested: requests.intel.com/sriov_a=1, used: requests.intel.com/sriov_a=1, limited: requests.intel.com/sriov_a=1"),
+        "{err}"
     );
     assert_eq!(
         meta["annotations"]["tenancy.kplex.dev/object-uid"], uid,

@@ -110,9 +110,29 @@ pub fn harden(policy: &Isolation, tenant: &Pod, copy: &mut Pod) {
             .get_or_insert_with(Vec::new)
             .extend(granted);
     }
-    let networks = serde_json::to_value(tenant)
-        .ok()
-        .and_then(|p| podsecurity::networks(policy, &p).ok().flatten());
+    let tenant_json = serde_json::to_value(tenant).ok();
+    // The device resources the attachments take, asked for by the first
+    // container (as the host's network resources injector would).
+    let devices = tenant_json
+        .as_ref()
+        .map(|p| podsecurity::network_resources(policy, p))
+        .unwrap_or_default();
+    if let Some(first) = spec.containers.first_mut() {
+        let resources = first.resources.get_or_insert_with(Default::default);
+        for (name, count) in devices {
+            let resource = name.trim_start_matches("requests.").to_owned();
+            let amount = Quantity(count.to_string());
+            resources
+                .requests
+                .get_or_insert_with(BTreeMap::new)
+                .insert(resource.clone(), amount.clone());
+            resources
+                .limits
+                .get_or_insert_with(BTreeMap::new)
+                .insert(resource, amount);
+        }
+    }
+    let networks = tenant_json.and_then(|p| podsecurity::networks(policy, &p).ok().flatten());
     if let Some(networks) = networks {
         copy.metadata
             .annotations
