@@ -89,7 +89,7 @@ pub async fn handle(ctx: &Context, req: Request) -> Result<Response, ApiError> {
             bytes::Bytes::new(),
         )),
         (method, ["apis", g, v, "virtualclusters", rest @ ..]) if *g == GROUP && *v == VERSION => {
-            virtualclusters(ctx, method, rest, req).await
+            virtualclusters(ctx, method, rest, req, false).await
         }
         (method, ["apis", g, v, "hostclusters", rest @ ..]) if *g == GROUP && *v == VERSION => {
             hostclusters(ctx, method, rest, req, Reveal::Server).await
@@ -114,11 +114,23 @@ pub async fn virtualclusters(
     method: Method,
     rest: &[&str],
     req: Request,
+    system: bool,
 ) -> Result<Response, ApiError> {
     match (method, rest) {
         (Method::GET, []) => list(ctx, &req).await,
         (Method::POST, []) => create(ctx, req).await,
-        (Method::PUT | Method::PATCH, [name]) => update(ctx, name, req).await,
+        (Method::PUT | Method::PATCH, [name]) if !system => update(ctx, name, req).await,
+        // A system component (the syncer) reports conditions.
+        (Method::PATCH, [name, "status"]) if system => {
+            let kind = kplex_registry::patch::PatchType::from_media_type(&req.media_type())?;
+            let vc = ctx
+                .registry
+                .update_status(name, |current| {
+                    kplex_registry::patch::apply(current, kind, &req.body)
+                })
+                .await?;
+            Ok(ok(present(ctx, &vc, false).await?))
+        }
         (Method::GET, [name]) => {
             let vc = ctx
                 .registry
@@ -377,17 +389,22 @@ async fn quota_status(ctx: &Context, vc: &VirtualCluster) -> Result<Option<Value
     Ok(Some(json!({"hard": vc.policy.quota_hard(), "used": used})))
 }
 
-/// A VC record with the status every VC has while it exists.
+/// A VC record with the status every VC has while it exists (and the
+/// conditions the system components reported).
 fn with_status(url: &str, mut object: Value) -> Value {
     let name = object["metadata"]["name"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
+    let conditions = object["status"]["conditions"].clone();
     object["status"] = json!({
         "phase": "Ready",
         "endpoint": format!("{url}/clusters/{name}"),
         "creationTime": object["metadata"]["creationTimestamp"],
     });
+    if conditions.is_array() {
+        object["status"]["conditions"] = conditions;
+    }
     object
 }
 

@@ -424,7 +424,17 @@ pub async fn system_cluster(
                 .await
             }
             ["virtualclusters"] if req.method == hyper::Method::GET => {
-                crate::admin::virtualclusters(ctx, req.method.clone(), &[], req.clone()).await
+                crate::admin::virtualclusters(ctx, req.method.clone(), &[], req.clone(), true).await
+            }
+            ["virtualclusters", name, "status"] if req.method == hyper::Method::PATCH => {
+                crate::admin::virtualclusters(
+                    ctx,
+                    req.method.clone(),
+                    &[name, "status"],
+                    req.clone(),
+                    true,
+                )
+                .await
             }
             _ => Err(not_served()),
         };

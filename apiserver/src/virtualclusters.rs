@@ -296,8 +296,30 @@ impl Registry {
     /// revision: retried when another write came between, unless the new
     /// object pins a resourceVersion, which must then be current (409
     /// otherwise, as kube-apiserver answers a stale update). Name, UID and
-    /// creation time are the record's whatever `change` says.
+    /// creation time are the record's whatever `change` says, and so is
+    /// the status (written only through [`Registry::update_status`]).
     pub async fn update<F>(&self, name: &str, change: F) -> Result<VirtualCluster, ApiError>
+    where
+        F: Fn(&Value) -> Result<Value, ApiError>,
+    {
+        self.write(name, false, change).await
+    }
+
+    /// The status the system components report on the VC named `name`
+    /// (its conditions): only `status` of what `change` makes is kept.
+    pub async fn update_status<F>(&self, name: &str, change: F) -> Result<VirtualCluster, ApiError>
+    where
+        F: Fn(&Value) -> Result<Value, ApiError>,
+    {
+        self.write(name, true, change).await
+    }
+
+    async fn write<F>(
+        &self,
+        name: &str,
+        status: bool,
+        change: F,
+    ) -> Result<VirtualCluster, ApiError>
     where
         F: Fn(&Value) -> Result<Value, ApiError>,
     {
@@ -308,6 +330,11 @@ impl Registry {
             };
             let current = decode(&kv)?.object;
             let mut next = change(&current)?;
+            if status {
+                let reported = next.get("status").cloned().unwrap_or(Value::Null);
+                next = current.clone();
+                next["status"] = reported;
+            }
             let pinned = next["metadata"]["resourceVersion"]
                 .as_str()
                 .filter(|rv| !rv.is_empty())
@@ -326,8 +353,13 @@ impl Registry {
             if let Some(meta) = next["metadata"].as_object_mut() {
                 meta.remove("resourceVersion");
             }
-            if let Some(object) = next.as_object_mut() {
-                object.remove("status");
+            if !status {
+                next["status"] = current.get("status").cloned().unwrap_or(Value::Null);
+            }
+            if next["status"].is_null() {
+                if let Some(object) = next.as_object_mut() {
+                    object.remove("status");
+                }
             }
             let bytes = Bytes::from(next.to_string());
             match self.store.update(&key, bytes, kv.mod_revision).await {

@@ -577,6 +577,17 @@ fn the_admin_changes_policy_at_run_time_and_bad_policies_are_refused() {
         ),
     );
     k(&tenant, &["create", "-f", file.to_str().unwrap()]);
+    // The status is the system components' to report, not the admin's.
+    let o = vc(&[
+        "patch",
+        "vc",
+        "p",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"conditions":[{"type":"NetworksReady","status":"True"}]}}"#,
+    ]);
+    assert!(!o.status.success(), "the admin wrote a VC's status");
     // A stale write loses: 409, as any stale update.
     let o = vc(&[
         "patch",
@@ -734,6 +745,32 @@ fn a_compliant_pod_runs_hardened_in_its_pool_with_its_networks_behind_walls() {
     assert_eq!(
         ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
         "baseline"
+    );
+    // The host has no such networks (no NetworkAttachmentDefinitions at
+    // all): the VC's condition says which.
+    let networks_ready = || {
+        s.admin_get(&["virtualcluster", "telco"])["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "NetworksReady")
+            .cloned()
+    };
+    let condition = eventually("the VC's NetworksReady condition", networks_ready);
+    assert_eq!(condition["status"], "False");
+    assert_eq!(condition["reason"], "NetworkAttachmentMissing");
+    assert!(
+        condition["message"].as_str().unwrap().contains(
+            "on host cluster \"default\": data (telco-nets/sriov-a), oam (telco-nets/oam-vrf)"
+        ),
+        "{condition}"
+    );
+    // An update of the spec keeps what the syncer reported.
+    let o = admin(&s.kplex, &["label", "vc", "telco", "tier=gold"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        networks_ready().unwrap()["reason"],
+        "NetworkAttachmentMissing"
     );
     // The default policy, as it is: an ordinary root image runs, hardened.
     let plain = s.tenant("plain");

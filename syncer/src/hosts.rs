@@ -43,6 +43,8 @@ struct VcRecord {
     host: Option<String>,
     /// `spec.isolation` (the safe default if it does not parse).
     policy: Arc<Isolation>,
+    /// `status.conditions`, as reported so far.
+    conditions: Arc<Value>,
 }
 
 /// A host cluster the syncer is connected to.
@@ -285,9 +287,69 @@ impl Hosts {
         )
     }
 
+    /// Sets the condition `type_` of `vc` (`(status, reason, message)`),
+    /// or takes it away (`None`), unless it already says that.
+    async fn condition(
+        &self,
+        vc: &Vc,
+        type_: &str,
+        condition: Option<(&str, &str, String)>,
+    ) -> Result<(), Error> {
+        let current = self
+            .vcs
+            .read()
+            .expect("vcs lock")
+            .get(&vc.uid)
+            .map(|r| r.conditions.clone())
+            .unwrap_or_default();
+        let mut conditions: Vec<Value> = current.as_array().cloned().unwrap_or_default();
+        let old = conditions.iter().position(|c| c["type"] == type_);
+        let same = match (&condition, old.map(|i| &conditions[i])) {
+            (None, None) => true,
+            (Some((status, reason, message)), Some(c)) => {
+                c["status"] == *status && c["reason"] == *reason && c["message"] == *message
+            }
+            _ => false,
+        };
+        if same {
+            return Ok(());
+        }
+        let since = old
+            .map(|i| conditions[i].clone())
+            .filter(|c| {
+                condition
+                    .as_ref()
+                    .is_some_and(|(s, _, _)| c["status"] == *s)
+            })
+            .map(|c| c["lastTransitionTime"].clone());
+        conditions.retain(|c| c["type"] != type_);
+        if let Some((status, reason, message)) = condition {
+            let now = jiff::Timestamp::now()
+                .round(jiff::Unit::Second)
+                .map(|t| t.to_string())
+                .unwrap_or_default();
+            conditions.push(json!({
+                "type": type_, "status": status, "reason": reason, "message": message,
+                "lastTransitionTime": since.unwrap_or_else(|| json!(now)),
+            }));
+        }
+        let status = json!({"conditions": conditions});
+        self.patch_status("virtualclusters", &vc.name, &status)
+            .await?;
+        if let Some(record) = self.vcs.write().expect("vcs lock").get_mut(&vc.uid) {
+            record.conditions = Arc::new(status["conditions"].clone());
+        }
+        Ok(())
+    }
+
     /// Reports `host`'s status on its record.
     async fn report(&self, name: &str, status: Value) -> Result<(), Error> {
-        let path = format!("/apis/{GROUP}/{VERSION}/hostclusters/{name}/status");
+        self.patch_status("hostclusters", name, &status).await
+    }
+
+    /// Merges `status` into the admin record `plural`/`name`.
+    async fn patch_status(&self, plural: &str, name: &str, status: &Value) -> Result<(), Error> {
+        let path = format!("/apis/{GROUP}/{VERSION}/{plural}/{name}/status");
         let request = http::Request::patch(path)
             .header("content-type", "application/merge-patch+json")
             .body(
@@ -323,6 +385,7 @@ fn record_of(object: &DynamicObject) -> Option<VcRecord> {
         },
         host,
         policy: Arc::new(policy),
+        conditions: Arc::new(object.data["status"]["conditions"].clone()),
     })
 }
 
@@ -839,6 +902,7 @@ async fn report_status(
 /// labelled with its UID is deleted (its objects go with it); while it
 /// exists, those on hosts other than its own.
 pub async fn reconcile_vc(ctx: &Arc<Ctx>, vc: &Vc) -> Outcome {
+    let mut after = None;
     // A VC that exists keeps its namespaces on its host only: those on a
     // host it left (a new default host, another `spec.hostCluster`) go.
     let keep = match ctx.hosts.vc(&vc.uid) {
@@ -852,8 +916,9 @@ pub async fn reconcile_vc(ctx: &Arc<Ctx>, vc: &Vc) -> Outcome {
     for host in ctx.hosts.all() {
         if keep.as_deref() == Some(host.name.as_str()) {
             // Where it stays, its namespaces are guarded as its policy
-            // says now.
+            // says now, and its granted networks looked for.
             regard(ctx, &host, vc).await?;
+            after = check_networks(ctx, &host, vc).await?;
             continue;
         }
         for ns in host.namespaces.in_vc(vc) {
@@ -874,7 +939,7 @@ pub async fn reconcile_vc(ctx: &Arc<Ctx>, vc: &Vc) -> Outcome {
             }
         }
     }
-    Ok(None)
+    Ok(after)
 }
 
 /// Puts the VC's current policy on each of its namespaces on `host`: the
@@ -900,4 +965,57 @@ async fn regard(ctx: &Ctx, host: &Host, vc: &Vc) -> Result<(), Error> {
         crate::isolation::guard(host, vc, &tenant_ns, &policy).await?;
     }
     Ok(())
+}
+
+/// Whether each host network granted to `vc` exists on its host (a
+/// `NetworkAttachmentDefinition` of that namespace and name): the VC's
+/// `NetworksReady` condition says so, and which are missing; looked for
+/// again each minute while one is.
+async fn check_networks(ctx: &Ctx, host: &Host, vc: &Vc) -> Outcome {
+    const CONDITION: &str = "NetworksReady";
+    let policy = ctx.hosts.policy(vc);
+    if policy.networks.is_empty() {
+        ctx.hosts.condition(vc, CONDITION, None).await?;
+        return Ok(None);
+    }
+    let gvk = GroupVersionKind::gvk("k8s.cni.cncf.io", "v1", "NetworkAttachmentDefinition");
+    let resource = ApiResource::from_gvk_with_plural(&gvk, "network-attachment-definitions");
+    let mut missing = Vec::new();
+    for network in &policy.networks {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(host.client.clone(), &network.namespace, &resource);
+        match api.get_opt(&network.name).await {
+            Ok(Some(_)) => {}
+            Ok(None) => missing.push(network),
+            // The kind itself is not served: no Multus on the host.
+            Err(e) if kplex_controllers::client::is_status(&e, 404) => missing.push(network),
+            Err(e) => return Err(Error::Api(e)),
+        }
+    }
+    let condition = if missing.is_empty() {
+        (
+            "True",
+            "NetworksFound",
+            format!(
+                "every granted network exists on host cluster \"{}\"",
+                host.name
+            ),
+        )
+    } else {
+        let named: Vec<String> = missing
+            .iter()
+            .map(|n| format!("{} ({}/{})", n.alias, n.namespace, n.name))
+            .collect();
+        (
+            "False",
+            "NetworkAttachmentMissing",
+            format!(
+                "granted networks with no NetworkAttachmentDefinition on host cluster \"{}\": {}",
+                host.name,
+                named.join(", ")
+            ),
+        )
+    };
+    ctx.hosts.condition(vc, CONDITION, Some(condition)).await?;
+    Ok((!missing.is_empty()).then_some(Duration::from_secs(60)))
 }
