@@ -1091,3 +1091,75 @@ fn tenant_network_policies_reach_the_host_confined_to_their_vc() {
 fn on_host_ns(host: &Path, name: &str) -> Value {
     get(host, &["namespace", name])
 }
+
+#[test]
+fn every_escape_written_before_the_policy_is_not_placed_and_says_why() {
+    let s = Hosted::start();
+    // A VC that allowed everything, placed on a host not registered yet:
+    // each escape of the attack list gets in and waits.
+    let tenant = s.tenant_with(
+        "later",
+        "{hostCluster: nowhere, isolation: {podSecurity: privileged, userNamespaces: false, quota: {hard: {}}}}",
+    );
+    let pods: Vec<(&str, Value, &str)> = attacks()
+        .into_iter()
+        // (kube-apiserver's own huge page rule holds under any policy)
+        .filter(|(name, object, _)| object["kind"] == "Pod" && *name != "huge-pages-alone")
+        .collect();
+    assert!(pods.len() >= 30, "{} Pods", pods.len());
+    for (name, object, _) in &pods {
+        let file = manifest(s.dir.path(), name, object);
+        k(&tenant, &["create", "-f", file.to_str().unwrap()]);
+    }
+    // The admin puts the attacked VC's policy on it and places it.
+    let policy = json!({"spec": {"hostCluster": null, "isolation": {
+        "podSecurity": "restricted", "userNamespaces": true,
+        "quota": {"hard": {"services.nodeports": "0"}},
+        "networks": [{"alias": "data", "namespace": "telco", "name": "sriov-a"}],
+        "hugePageSizes": ["2Mi"]}}});
+    let o = admin(
+        &s.kplex,
+        &[
+            "patch",
+            "vc",
+            "later",
+            "--type=merge",
+            "-p",
+            &policy.to_string(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Each is refused by the syncer, naming its rule, and none reaches the host.
+    for (name, object, rule) in &pods {
+        let pod = object["metadata"]["name"].as_str().unwrap();
+        let condition = eventually(&format!("{name} refused by the syncer"), || {
+            get(&tenant, &["pod", pod])["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == "PodScheduled" && c["reason"] == "PolicyViolation")
+                .cloned()
+        });
+        let message = condition["message"].as_str().unwrap();
+        assert!(
+            message.contains(rule),
+            "{name}: {message} does not name {rule:?}"
+        );
+    }
+    let o = kplex_e2e::kubectl(&[
+        "--kubeconfig",
+        s.host.to_str().unwrap(),
+        "get",
+        "pods",
+        "-n",
+        "kplex-later-default",
+        "-o",
+        "name",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "",
+        "a refused Pod reached the host"
+    );
+}
