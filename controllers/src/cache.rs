@@ -247,6 +247,12 @@ where
             .collect()
     }
 
+    /// Whether any object held, of any VC, meets `test`.
+    pub fn any(&self, mut test: impl FnMut(&ObjectKey, &K) -> bool) -> bool {
+        let inner = self.inner.read().expect("cache lock");
+        inner.objects.iter().any(|(k, e)| test(k, &e.object))
+    }
+
     /// How many objects are held.
     pub fn len(&self) -> usize {
         self.inner.read().expect("cache lock").objects.len()

@@ -604,24 +604,22 @@ fn the_admin_changes_policy_at_run_time_and_bad_policies_are_refused() {
     );
 }
 
+/// `kubectl get <what> -n <ns> -o json` on the host, if it is there.
+fn host_get(host: &Path, ns: &str, what: &[&str]) -> Option<Value> {
+    let mut args = vec!["--kubeconfig", host.to_str().unwrap(), "get", "-n", ns];
+    args.extend_from_slice(what);
+    args.extend_from_slice(&["-o", "json"]);
+    let o = kplex_e2e::kubectl(&args);
+    o.status
+        .success()
+        .then(|| serde_json::from_slice(&o.stdout).unwrap())
+}
+
 /// The host copy of `name` in the VC's default namespace.
 fn copy_of(host: &Path, vc: &str, name: &str) -> Value {
     let ns = format!("kplex-{vc}-default");
     eventually(&format!("the host copy of {name}"), || {
-        let o = kplex_e2e::kubectl(&[
-            "--kubeconfig",
-            host.to_str().unwrap(),
-            "get",
-            "pod",
-            "-n",
-            &ns,
-            name,
-            "-o",
-            "json",
-        ]);
-        o.status
-            .success()
-            .then(|| serde_json::from_slice(&o.stdout).unwrap())
+        host_get(host, &ns, &["pod", name])
     })
 }
 
@@ -880,16 +878,10 @@ fn a_pod_past_admission_is_not_placed_and_placed_ones_are_reported_after_a_chang
         .into_iter()
         .find(|e| e["reason"] == "PolicyViolation")
     });
-    let o = kplex_e2e::kubectl(&[
-        "--kubeconfig",
-        s.host.to_str().unwrap(),
-        "get",
-        "pod",
-        "-n",
-        "kplex-waiting-default",
-        "sneaky",
-    ]);
-    assert!(!o.status.success(), "the refused Pod reached the host");
+    assert!(
+        host_get(&s.host, "kplex-waiting-default", &["pod", "sneaky"]).is_none(),
+        "the refused Pod reached the host"
+    );
     // The host namespace follows the VC's level.
     eventually("the host namespace's PodSecurity level", || {
         let ns = get(&s.host, &["namespace", "kplex-free-default"]);
@@ -927,21 +919,7 @@ fn tenant_network_policies_reach_the_host_confined_to_their_vc() {
     );
     k(&tenant, &["apply", "-f", file.to_str().unwrap()]);
     let host_ns = "kplex-np-shop";
-    let on_host = |args: &[&str]| {
-        let mut all = vec![
-            "--kubeconfig",
-            s.host.to_str().unwrap(),
-            "get",
-            "-n",
-            host_ns,
-        ];
-        all.extend_from_slice(args);
-        all.extend_from_slice(&["-o", "json"]);
-        let o = kplex_e2e::kubectl(&all);
-        o.status
-            .success()
-            .then(|| serde_json::from_slice::<Value>(&o.stdout).unwrap())
-    };
+    let on_host = |what: &[&str]| host_get(&s.host, host_ns, what);
     let copy = eventually("the NetworkPolicy's copy", || {
         on_host(&["networkpolicy", "allow"])
     });
@@ -1146,20 +1124,145 @@ fn every_escape_written_before_the_policy_is_not_placed_and_says_why() {
             "{name}: {message} does not name {rule:?}"
         );
     }
-    let o = kplex_e2e::kubectl(&[
-        "--kubeconfig",
-        s.host.to_str().unwrap(),
-        "get",
-        "pods",
-        "-n",
-        "kplex-later-default",
-        "-o",
-        "name",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let on_host = host_get(&s.host, "kplex-later-default", &["pods"]).unwrap();
     assert_eq!(
-        String::from_utf8_lossy(&o.stdout).trim(),
-        "",
+        on_host["items"],
+        json!([]),
         "a refused Pod reached the host"
     );
+}
+
+/// Sets a host Pod's IP, as the host's kubelet would.
+fn host_pod_ip(host: &Path, ns: &str, pod: &str, ip: &str) {
+    let status = json!({"status": {"podIP": ip, "podIPs": [{"ip": ip}]}});
+    k(
+        host,
+        &[
+            "-n",
+            ns,
+            "patch",
+            "pod",
+            pod,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status.to_string(),
+        ],
+    );
+}
+
+#[test]
+fn paths_through_the_hosts_shared_proxies_stay_inside_the_vc() {
+    let s = Hosted::start();
+    // The host's Node gives Pods addresses from 10.244.0.0/24.
+    let node = manifest(
+        s.dir.path(),
+        "node",
+        &json!({"apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "node-1"}, "spec": {"podCIDR": "10.244.0.0/24", "podCIDRs": ["10.244.0.0/24"]}}),
+    );
+    k(&s.host, &["create", "-f", node.to_str().unwrap()]);
+    let a = s.tenant("a");
+    let b = s.tenant("b");
+    k(&a, &["run", "web", "--image=nginx"]);
+    k(&b, &["run", "own", "--image=nginx"]);
+    copy_of(&s.host, "a", "web");
+    copy_of(&s.host, "b", "own");
+    host_pod_ip(&s.host, "kplex-a-default", "web", "10.244.0.7");
+    host_pod_ip(&s.host, "kplex-b-default", "own", "10.244.0.8");
+    for (tenant, pod, ip) in [(&a, "web", "10.244.0.7"), (&b, "own", "10.244.0.8")] {
+        eventually(&format!("{pod}'s address in its VC"), || {
+            (get(tenant, &["pod", pod])["status"]["podIP"] == ip).then_some(())
+        });
+    }
+    // B's selector-less Service lists A's Pod, an address of the host's
+    // Pod range, its own Pod and one outside: only the last two reach the
+    // host (a shared ingress controller would follow the others).
+    let ext = manifest(
+        s.dir.path(),
+        "ext",
+        &json!({"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "ext"}, "spec": {"ports": [{"port": 80}]}},
+            {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "ext"}, "subsets": [{
+                "addresses": [{"ip": "10.244.0.7"}, {"ip": "10.244.0.8"}, {"ip": "10.244.0.99"}, {"ip": "192.0.2.10"}],
+                "ports": [{"port": 80}]}]},
+        ]}),
+    );
+    k(&b, &["create", "-f", ext.to_str().unwrap()]);
+    let endpoints = eventually("B's Endpoints on the host", || {
+        host_get(&s.host, "kplex-b-default", &["endpoints", "ext"])
+    });
+    let ips: Vec<&str> = endpoints["subsets"][0]["addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["ip"].as_str().unwrap())
+        .collect();
+    assert_eq!(ips, ["10.244.0.8", "192.0.2.10"]);
+    // ExternalNames: another VC's Services and Pods, by any form, and
+    // addresses are refused; the VC's own Services are where they are on
+    // the host; outside names are kept.
+    for (name, target) in [
+        ("sneak", "web.kplex-a-default.svc.cluster.local"),
+        ("short", "web.kplex-a-default"),
+        ("pod", "10-244-0-7.kplex-a-default.pod.cluster.local"),
+        ("ip", "10.244.0.7"),
+        ("mine", "db.default.svc.cluster.local"),
+        ("out", "db.example.com"),
+    ] {
+        k(
+            &b,
+            &[
+                "create",
+                "service",
+                "externalname",
+                name,
+                "--external-name",
+                target,
+            ],
+        );
+    }
+    for name in ["mine", "out"] {
+        copy_of_service(&s.host, name);
+    }
+    assert_eq!(
+        copy_of_service(&s.host, "mine")["spec"]["externalName"],
+        "db.kplex-b-default.svc.cluster.local"
+    );
+    assert_eq!(
+        copy_of_service(&s.host, "out")["spec"]["externalName"],
+        "db.example.com"
+    );
+    for name in ["sneak", "short", "pod", "ip"] {
+        let event = eventually(&format!("{name} refused"), || {
+            items(
+                &b,
+                &[
+                    "events",
+                    "--field-selector",
+                    &format!("involvedObject.name={name},reason=ExternalNameRefused"),
+                ],
+            )
+            .into_iter()
+            .next()
+        });
+        assert!(
+            event["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("not copied to the host"),
+            "{event}"
+        );
+        assert!(
+            host_get(&s.host, "kplex-b-default", &["service", name]).is_none(),
+            "{name} reached the host"
+        );
+    }
+}
+
+/// VC b's Service `name` on the host, once there.
+fn copy_of_service(host: &Path, name: &str) -> Value {
+    eventually(&format!("the host copy of Service {name}"), || {
+        host_get(host, "kplex-b-default", &["service", name])
+    })
 }

@@ -31,6 +31,114 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 
 use crate::hosts::Host;
 
+/// What an `ExternalName` Service of `vc` may name on the host: any name
+/// outside the cluster as it is; `<svc>.<ns>.svc[.<domain>]` — a Service
+/// of the VC's own namespace `ns` — as that namespace's host namespace
+/// (what the name means in the VC); never an address, a host namespace of
+/// kplex's (another VC's), or another in-cluster name (a Pod's, a
+/// namespace-less `svc`), which a shared proxy on the host (an ingress
+/// controller, allowed through every wall) would resolve into another
+/// VC. `Err` says why.
+pub fn external_name(vc: &Vc, target: &str) -> Result<String, String> {
+    let name = target.trim_end_matches('.').to_ascii_lowercase();
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return Err(format!("externalName {target} is an address, not a name"));
+    }
+    let labels: Vec<&str> = name.split('.').collect();
+    if labels
+        .iter()
+        .any(|l| l.starts_with(mapping::HOST_NAMESPACE_PREFIX))
+    {
+        return Err(format!(
+            "externalName {target} names a namespace of the host cluster's tenants"
+        ));
+    }
+    if labels.len() >= 3 && labels[2] == "svc" {
+        let mut mapped = vec![
+            labels[0].to_owned(),
+            mapping::host_namespace(&vc.name, labels[1]),
+        ];
+        mapped.extend(labels[2..].iter().map(|l| (*l).to_owned()));
+        return Ok(mapped.join("."));
+    }
+    if labels.iter().skip(1).any(|l| *l == "svc" || *l == "pod") {
+        return Err(format!(
+            "externalName {target} is an in-cluster name that is not a Service of this virtual cluster"
+        ));
+    }
+    Ok(name)
+}
+
+/// Whether `ip` may be an address of `vc`'s selector-less Endpoints on
+/// `host`: a Pod of the VC's own, or an address outside the host's Pods
+/// (no Pod of another VC, nothing in a Node's Pod range). Else a shared
+/// proxy on the host, let through every wall, would carry the VC's
+/// traffic to another VC's Pods.
+pub fn endpoint_allowed(host: &Host, vc: &Vc, ip: &str) -> bool {
+    let Ok(address) = ip.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    let pod_has = |pod: &Pod| {
+        pod.status
+            .iter()
+            .flat_map(|s| {
+                s.pod_ips
+                    .iter()
+                    .flatten()
+                    .map(|p| p.ip.as_str())
+                    .chain(s.pod_ip.as_deref())
+            })
+            .any(|p| p.parse::<std::net::IpAddr>().ok() == Some(address))
+    };
+    let mut foreign = false;
+    let mut own = false;
+    host.pods.any(|key, pod| {
+        if pod_has(pod) {
+            if key.vc == *vc {
+                own = true;
+            } else {
+                foreign = true;
+            }
+        }
+        false
+    });
+    if own && !foreign {
+        return true;
+    }
+    if foreign {
+        return false;
+    }
+    let in_pod_range = host.nodes.read().expect("nodes lock").values().any(|node| {
+        node.spec
+            .iter()
+            .flat_map(|s| s.pod_cidrs.iter().flatten().chain(s.pod_cidr.iter()))
+            .any(|cidr| in_cidr(address, cidr))
+    });
+    !in_pod_range
+}
+
+/// Whether `address` is within `cidr` (`a.b.c.d/n` or an IPv6 range).
+fn in_cidr(address: std::net::IpAddr, cidr: &str) -> bool {
+    use std::net::IpAddr;
+    let Some((base, bits)) = cidr.split_once('/') else {
+        return false;
+    };
+    let (Ok(base), Ok(bits)) = (base.parse::<IpAddr>(), bits.parse::<u32>()) else {
+        return false;
+    };
+    match (address, base) {
+        (IpAddr::V4(a), IpAddr::V4(b)) if bits <= 32 => {
+            let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+            u32::from(a) & mask == u32::from(b) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) if bits <= 128 => {
+            let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+            u128::from(a) & mask == u128::from(b) & mask
+        }
+        _ => false,
+    }
+}
+
 /// The NetworkPolicy that walls a VC's host namespace.
 pub const WALL: &str = "kplex-isolation";
 /// The ResourceQuota that carries a VC's quota into each host namespace.
@@ -399,6 +507,50 @@ mod tests {
         assert!(why.contains("host namespaces (hostPID=true)"), "{why}");
         let fine = pod(json!({"containers": [{"name": "c", "image": "nginx"}]}));
         assert_eq!(refusal(&Isolation::default(), &fine), None);
+    }
+
+    #[test]
+    fn external_names_stay_outside_other_vcs() {
+        let vc = vc();
+        assert_eq!(
+            external_name(&vc, "db.example.com.").unwrap(),
+            "db.example.com"
+        );
+        assert_eq!(
+            external_name(&vc, "web.shop.svc.cluster.local").unwrap(),
+            "web.kplex-a-shop.svc.cluster.local",
+            "the VC's own Service, where it is on the host"
+        );
+        assert_eq!(
+            external_name(&vc, "web.shop.svc").unwrap(),
+            "web.kplex-a-shop.svc"
+        );
+        for refused in [
+            "web.kplex-b-default.svc.cluster.local",
+            "web.kplex-b-default",
+            "10-0-0-7.kplex-b-default.pod.cluster.local",
+            "10-0-0-7.default.pod.cluster.local",
+            "x.y.z.svc.cluster.local",
+            "10.244.0.7",
+            "fd00::7",
+        ] {
+            assert!(
+                external_name(&vc, refused).is_err(),
+                "{refused} was let through"
+            );
+        }
+    }
+
+    #[test]
+    fn ranges_hold_their_addresses_only() {
+        let ip = |s: &str| s.parse().unwrap();
+        assert!(in_cidr(ip("10.244.1.7"), "10.244.0.0/16"));
+        assert!(!in_cidr(ip("10.245.0.1"), "10.244.0.0/16"));
+        assert!(in_cidr(ip("10.0.0.1"), "0.0.0.0/0"));
+        assert!(in_cidr(ip("fd00::7"), "fd00::/64"));
+        assert!(!in_cidr(ip("fd01::7"), "fd00::/64"));
+        assert!(!in_cidr(ip("10.0.0.1"), "fd00::/64"));
+        assert!(!in_cidr(ip("10.0.0.1"), "garbage"));
     }
 
     #[test]

@@ -51,7 +51,10 @@ pub fn host_service(vc: &Vc, ns: &str, service: &Service) -> Service {
             ports,
             selector,
             cluster_ip: headless.then(|| "None".to_owned()),
-            external_name: spec.external_name.clone(),
+            external_name: spec
+                .external_name
+                .as_deref()
+                .and_then(|t| crate::isolation::external_name(vc, t).ok()),
             session_affinity: spec.session_affinity.clone(),
             session_affinity_config: spec.session_affinity_config.clone(),
             external_traffic_policy: spec.external_traffic_policy.clone(),
@@ -106,11 +109,29 @@ fn owned_part(service: &Service) -> serde_json::Value {
     })
 }
 
-/// The host copy of a selector-less Service's Endpoints.
-fn host_endpoints(vc: &Vc, ns: &str, endpoints: &Endpoints) -> Endpoints {
+/// The host copy of a selector-less Service's Endpoints: only the
+/// addresses the VC may name there ([`crate::isolation::endpoint_allowed`]).
+fn host_endpoints(host: &Host, vc: &Vc, ns: &str, endpoints: &Endpoints) -> Endpoints {
+    let allowed = |list: &mut Option<Vec<k8s_openapi::api::core::v1::EndpointAddress>>| {
+        if let Some(addresses) = list.as_mut() {
+            addresses.retain(|a| crate::isolation::endpoint_allowed(host, vc, &a.ip));
+        }
+    };
+    let subsets = endpoints.subsets.clone().map(|subsets| {
+        subsets
+            .into_iter()
+            .filter_map(|mut subset| {
+                allowed(&mut subset.addresses);
+                allowed(&mut subset.not_ready_addresses);
+                let empty = |l: &Option<Vec<_>>| l.as_ref().is_none_or(Vec::is_empty);
+                (!(empty(&subset.addresses) && empty(&subset.not_ready_addresses)))
+                    .then_some(subset)
+            })
+            .collect()
+    });
     Endpoints {
         metadata: host_meta(vc, ns, &endpoints.metadata),
-        subsets: endpoints.subsets.clone(),
+        subsets,
     }
 }
 
@@ -144,6 +165,7 @@ pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
             return Ok(None);
         }
         sync_endpoints(&host, key, None).await?;
+        ctx.forget(uid.unwrap_or_default());
         return crate::pods::release(api, &ctx.services, key, &*service).await;
     }
     if let Some(copy) = copy.as_ref().filter(|c| {
@@ -159,6 +181,29 @@ pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
     }
     if !crate::pods::has_finalizer(&service.metadata) {
         crate::pods::hold(api, &ctx.services, key, &*service).await?;
+        return Ok(None);
+    }
+    // An ExternalName a shared proxy of the host would follow into another
+    // VC is not copied (and a copy made before goes).
+    if let Some(Err(why)) = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.external_name.as_deref())
+        .map(|t| crate::isolation::external_name(&key.vc, t))
+    {
+        if let Some(copy) = copy {
+            crate::pods::delete_owned(&host_api_of(&host, key), &copy.metadata).await?;
+        }
+        let uid = uid.unwrap_or_default();
+        if ctx.reported(uid, &why) {
+            ctx.events.warning(
+                key,
+                "Service",
+                uid,
+                "ExternalNameRefused",
+                &format!("not copied to the host: {why}"),
+            );
+        }
         return Ok(None);
     }
     let desired = host_service(&key.vc, key.ns(), &service);
@@ -313,7 +358,7 @@ async fn sync_endpoints(
         (None, Some(copy)) => crate::pods::delete_owned(&api, &copy.metadata).await,
         (None, None) => Ok(()),
         (Some(tenant), None) => {
-            let desired = host_endpoints(&key.vc, key.ns(), tenant);
+            let desired = host_endpoints(host, &key.vc, key.ns(), tenant);
             match api.create(&post_params(), &desired).await {
                 Ok(created) => {
                     host.endpoints.upsert_host(created);
@@ -325,7 +370,7 @@ async fn sync_endpoints(
             }
         }
         (Some(tenant), Some(copy)) => {
-            let desired = host_endpoints(&key.vc, key.ns(), tenant);
+            let desired = host_endpoints(host, &key.vc, key.ns(), tenant);
             if desired.subsets == copy.subsets && desired.metadata.labels == copy.metadata.labels {
                 return Ok(());
             }
