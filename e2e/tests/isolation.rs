@@ -1266,3 +1266,67 @@ fn copy_of_service(host: &Path, name: &str) -> Value {
         host_get(host, "kplex-b-default", &["service", name])
     })
 }
+
+fn ingress(name: &str, host: Option<&str>) -> Value {
+    let mut rule = json!({"http": {"paths": [{"path": "/", "pathType": "Prefix",
+        "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}});
+    if let Some(host) = host {
+        rule["host"] = json!(host);
+    }
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": name}, "spec": {"rules": [rule]}})
+}
+
+#[test]
+fn a_host_name_on_the_shared_ingress_controller_is_one_vcs() {
+    let s = Hosted::start();
+    let a = s.tenant("a");
+    let b = s.tenant("b");
+    let create = |kc: &Path, object: Value| {
+        let file = manifest(
+            s.dir.path(),
+            object["metadata"]["name"].as_str().unwrap(),
+            &object,
+        );
+        k(kc, &["create", "-f", file.to_str().unwrap()]);
+    };
+    create(&a, ingress("shop", Some("shop.example.com")));
+    eventually("A's Ingress on the host", || {
+        host_get(&s.host, "kplex-a-default", &["ingress", "shop"])
+    });
+    // B claims A's host name, and every host name: neither is copied.
+    create(&b, ingress("steal", Some("shop.example.com")));
+    create(&b, ingress("catchall", None));
+    create(&b, ingress("own", Some("b.example.com")));
+    eventually("B's own Ingress on the host", || {
+        host_get(&s.host, "kplex-b-default", &["ingress", "own"])
+    });
+    for (name, why) in [
+        (
+            "steal",
+            "the host name shop.example.com is another virtual cluster's",
+        ),
+        ("catchall", "without a host would serve every host name"),
+    ] {
+        let event = eventually(&format!("{name} refused"), || {
+            items(
+                &b,
+                &[
+                    "events",
+                    "--field-selector",
+                    &format!("involvedObject.name={name},reason=NotCopied"),
+                ],
+            )
+            .into_iter()
+            .next()
+        });
+        assert!(event["message"].as_str().unwrap().contains(why), "{event}");
+        assert!(
+            host_get(&s.host, "kplex-b-default", &["ingress", name]).is_none(),
+            "{name} reached the host"
+        );
+    }
+    // A's rule is untouched.
+    let shop = host_get(&s.host, "kplex-a-default", &["ingress", "shop"]).unwrap();
+    assert_eq!(shop["spec"]["rules"][0]["host"], "shop.example.com");
+}

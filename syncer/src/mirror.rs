@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy, NetworkPolicyPeer};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -72,9 +72,57 @@ pub trait Mirrored:
     }
     /// `tenant` with `copy`'s status, if that differs from its own.
     fn with_status_of(tenant: &Self, copy: &Self) -> Option<Self>;
+
+    /// Why `object` (at `key`) may not be copied beside the host's
+    /// `copies` of every VC, if it may not.
+    fn refusal(_copies: &Cache<Self>, _key: &ObjectKey, _object: &Self) -> Option<String> {
+        None
+    }
+}
+
+/// The hosts an Ingress's rules claim (lower case); `None` for a rule or
+/// default backend that serves every host.
+fn claimed_hosts(ingress: &Ingress) -> Option<BTreeSet<String>> {
+    let spec = ingress.spec.as_ref()?;
+    if spec.default_backend.is_some() {
+        return None;
+    }
+    let mut hosts = BTreeSet::new();
+    for rule in spec.rules.iter().flatten() {
+        match rule.host.as_deref().filter(|h| !h.is_empty()) {
+            Some(host) => {
+                hosts.insert(host.to_ascii_lowercase());
+            }
+            None => return None,
+        }
+    }
+    Some(hosts)
 }
 
 impl Mirrored for Ingress {
+    /// The host's ingress controllers are shared: a host name is one VC's
+    /// (the first to claim it there), and a rule for every host would take
+    /// other VCs' traffic.
+    fn refusal(copies: &Cache<Self>, key: &ObjectKey, object: &Self) -> Option<String> {
+        let Some(mine) = claimed_hosts(object) else {
+            return Some(
+                "a rule or default backend without a host would serve every host name of the shared ingress controller".into(),
+            );
+        };
+        let mut taken = None;
+        copies.any(|k, other| {
+            if k.vc == key.vc {
+                return false;
+            }
+            let theirs = claimed_hosts(other).unwrap_or_default();
+            taken = mine.iter().find(|h| theirs.contains(*h)).cloned();
+            taken.is_some()
+        });
+        taken.map(|host| {
+            format!("the host name {host} is another virtual cluster's on this host cluster")
+        })
+    }
+
     fn copy_of(vc: &Vc, ns: &str, object: &Self) -> Self {
         let mut metadata = host_meta(vc, ns, &object.metadata);
         // Configuration snippets run in a shared ingress controller (with
@@ -268,6 +316,22 @@ async fn sync<K: Mirrored>(
     }
     if !has_finalizer(object.meta()) {
         hold(api, tenants, key, &*object).await?;
+        return Ok(None);
+    }
+    if let Some(why) = K::refusal(copies, key, &object) {
+        if let Some(copy) = copy {
+            crate::pods::delete_owned(&host_api, copy.meta()).await?;
+        }
+        let uid = object.meta().uid.as_deref().unwrap_or_default();
+        if ctx.reported(uid, &why) {
+            ctx.events.warning(
+                key,
+                &K::kind(&()),
+                uid,
+                "NotCopied",
+                &format!("not copied to the host: {why}"),
+            );
+        }
         return Ok(None);
     }
     let desired = K::copy_of(&key.vc, key.ns(), &object);
