@@ -35,6 +35,11 @@ pub const TOKEN_EXPIRES_ANNOTATION: &str = "tenancy.kplex.dev/token-expires";
 /// How every host namespace of a VC begins.
 pub const HOST_NAMESPACE_PREFIX: &str = "kplex-";
 
+/// On a host copy: the keys of the tenant labels the syncer copied (comma
+/// separated), so a label the tenant later removes is removed there too,
+/// and labels the host's own controllers add are told apart.
+pub const SYNCED_LABELS_ANNOTATION: &str = "tenancy.kplex.dev/synced-labels";
+
 /// Longest name of a namespace (a DNS-1123 label).
 const MAX: usize = 63;
 /// Hex digits of the hash suffix.

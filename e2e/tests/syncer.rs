@@ -220,6 +220,38 @@ async fn a_deployment_runs_on_the_host_and_the_tenant_sees_it_run() {
         let pod = get(&host_kc, &["-n", "kplex-team-a-shop", "pod", &first]);
         (pod["metadata"]["labels"]["app"] == "web").then_some(())
     });
+    // A label the tenant adds, then removes (taking a Pod out of a
+    // Service's selection), comes and goes on the host; one the host's
+    // own controllers add stays.
+    k(
+        &host_kc,
+        &[
+            "-n",
+            "kplex-team-a-shop",
+            "label",
+            "pod",
+            &first,
+            "host-added=yes",
+        ],
+    );
+    k(
+        &tenant,
+        &["-n", "shop", "label", "pod", &first, "serving=yes"],
+    );
+    eventually("the tenant's label on the host", || {
+        let pod = get(&host_kc, &["-n", "kplex-team-a-shop", "pod", &first]);
+        (pod["metadata"]["labels"]["serving"] == "yes").then_some(())
+    });
+    k(&tenant, &["-n", "shop", "label", "pod", &first, "serving-"]);
+    let pod = eventually("the tenant's removed label gone from the host", || {
+        let pod = get(&host_kc, &["-n", "kplex-team-a-shop", "pod", &first]);
+        pod["metadata"]["labels"]
+            .get("serving")
+            .is_none()
+            .then_some(pod)
+    });
+    assert_eq!(pod["metadata"]["labels"]["host-added"], "yes");
+    assert_eq!(pod["metadata"]["labels"]["app"], "web");
     // A tenant edit reaches the host (the tenant's spec wins).
     k(
         &tenant,

@@ -124,6 +124,8 @@ pub fn host_meta(vc: &Vc, ns: &str, meta: &ObjectMeta) -> ObjectMeta {
     let ours = |key: &String| key.starts_with(mapping::KEY_PREFIX);
     let mut labels = meta.labels.clone().unwrap_or_default();
     labels.retain(|k, _| !ours(k));
+    let synced: Vec<&str> = labels.keys().map(String::as_str).collect();
+    let synced = synced.join(",");
     labels.extend(mapping::host_labels(&vc.name, &vc.uid, Some(ns)));
     let mut annotations = meta.annotations.clone().unwrap_or_default();
     // Nor do a tenant's network-plugin annotations: they would name the
@@ -138,6 +140,7 @@ pub fn host_meta(vc: &Vc, ns: &str, meta: &ObjectMeta) -> ObjectMeta {
         OBJECT_UID_ANNOTATION.to_owned(),
         meta.uid.clone().unwrap_or_default(),
     );
+    annotations.insert(mapping::SYNCED_LABELS_ANNOTATION.to_owned(), synced);
     ObjectMeta {
         name: meta.name.clone(),
         namespace: Some(mapping::host_namespace(&vc.name, ns)),
@@ -777,14 +780,20 @@ async fn repair(host: &Host, key: &ObjectKey, pod: &Pod, copy: &Pod) -> Result<(
             .collect()
     };
     // What the host's own controllers add (their labels, annotations) may
-    // stay: only what the syncer put there is put back.
+    // stay: only what the syncer put there is put back, and what it put
+    // there that the tenant has since removed goes.
+    let removed = removed_labels(copy, &desired);
     let same = holds(&copy.metadata.labels, &desired.metadata.labels)
         && holds(&copy.metadata.annotations, &desired.metadata.annotations)
-        && images(&desired) == images(copy);
+        && images(&desired) == images(copy)
+        && removed.is_empty();
     if same {
         return Ok(());
     }
     let mut fixed = copy.clone();
+    if let Some(labels) = fixed.metadata.labels.as_mut() {
+        labels.retain(|k, _| !removed.contains(k));
+    }
     let merge = |have: &mut Option<BTreeMap<String, String>>,
                  want: Option<BTreeMap<String, String>>| {
         have.get_or_insert_with(BTreeMap::new)
@@ -819,6 +828,26 @@ async fn repair(host: &Host, key: &ObjectKey, pod: &Pod, copy: &Pod) -> Result<(
         Err(e) if is_status(&e, 404) => Ok(()),
         Err(e) => Err(Error::Api(e)),
     }
+}
+
+/// The labels the syncer copied onto `copy` before (its
+/// [`mapping::SYNCED_LABELS_ANNOTATION`]) that the tenant object no longer
+/// has (`desired`, the copy as it would be made now) and the copy still
+/// carries.
+pub fn removed_labels(copy: &Pod, desired: &Pod) -> BTreeSet<String> {
+    let before = copy
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(mapping::SYNCED_LABELS_ANNOTATION));
+    let now = desired.metadata.labels.clone().unwrap_or_default();
+    let carried = copy.metadata.labels.clone().unwrap_or_default();
+    before
+        .into_iter()
+        .flat_map(|keys| keys.split(','))
+        .filter(|k| !k.is_empty() && !now.contains_key(*k) && carried.contains_key(*k))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The host's status wins: the tenant Pod gets the copy's status, and is
