@@ -183,6 +183,39 @@ pub fn dns_label(s: &str) -> bool {
         && b[b.len() - 1] != b'-'
 }
 
+/// Whether a quota may name `name`: kube's standard quota resources,
+/// `requests.*`, `limits.*`, `count/*`, huge pages, or a qualified
+/// (extended) resource.
+fn quota_resource(name: &str) -> bool {
+    const STANDARD: &[&str] = &[
+        "pods",
+        "services",
+        "services.nodeports",
+        "services.loadbalancers",
+        "configmaps",
+        "secrets",
+        "persistentvolumeclaims",
+        "replicationcontrollers",
+        "resourcequotas",
+        "cpu",
+        "memory",
+        "ephemeral-storage",
+    ];
+    let simple = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'/'))
+    };
+    STANDARD.contains(&name)
+        || name
+            .strip_prefix("hugepages-")
+            .is_some_and(|s| HUGE_PAGE_SIZES.contains(&s))
+        || ["requests.", "limits.", "count/"]
+            .iter()
+            .any(|p| name.strip_prefix(p).is_some_and(simple))
+        || qualified_resource(name)
+}
+
 /// An extended resource name: `<DNS subdomain>/<name>`.
 fn qualified_resource(s: &str) -> bool {
     s.split_once('/').is_some_and(|(domain, name)| {
@@ -288,10 +321,16 @@ impl Isolation {
                 let at = format!("{AT}.quota.hard");
                 let hard = string_map(&section["quota"]["hard"], &at, &mut errors);
                 for (name, amount) in &hard {
-                    if quantity::parse(amount).is_none() {
+                    if !quota_resource(name) {
                         errors.push(field_error(
                             format!("{at}.{name}"),
-                            format!("Invalid value: \"{amount}\": must be a quantity"),
+                            "Invalid value: not a resource a quota counts (a standard name, requests.*, limits.*, count/*, hugepages-*, or a qualified name)",
+                        ));
+                    }
+                    if quantity::parse(amount).is_none_or(|q| q.0 < 0) {
+                        errors.push(field_error(
+                            format!("{at}.{name}"),
+                            format!("Invalid value: \"{amount}\": must be a non-negative quantity"),
                         ));
                     }
                 }
@@ -510,7 +549,7 @@ mod tests {
         let errors = Isolation::from_spec(&json!({"isolation": {
             "podSecurity": "lax",
             "userNamespace": true,
-            "quota": {"hard": {"pods": "many"}, "soft": {}},
+            "quota": {"hard": {"pods": "many", "foo": "1", "cpu": "-2"}, "soft": {}},
             "hugePageSizes": ["3Mi"],
             "networks": [{"alias": "a", "namespace": "n", "name": "x"}, {"alias": "a", "namespace": "n", "name": "y"}],
             "defaultNetworks": ["b"],
@@ -522,6 +561,8 @@ mod tests {
             "spec.isolation.podSecurity",
             "spec.isolation.userNamespace",
             "spec.isolation.quota.hard.pods",
+            "spec.isolation.quota.hard.foo",
+            "spec.isolation.quota.hard.cpu",
             "spec.isolation.quota.soft",
             "spec.isolation.hugePageSizes[0]",
             "spec.isolation.networks[1].alias",

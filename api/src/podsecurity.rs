@@ -625,9 +625,14 @@ fn attachments<'a>(
             ));
             continue;
         };
-        element["name"] = json!(n.name);
-        element["namespace"] = json!(n.namespace);
-        out.push((n, element));
+        // Only where to attach and under which interface name: static
+        // IPs, MACs, device IDs or CNI arguments could pose as another VC
+        // on a network granted to several.
+        let mut attached = json!({"name": n.name, "namespace": n.namespace});
+        if let Some(interface) = element.get_mut("interface").map(Value::take) {
+            attached["interface"] = interface;
+        }
+        out.push((n, attached));
     }
     if !rule.details.is_empty() {
         return Err(Violation {
@@ -911,10 +916,16 @@ mod tests {
             json!([{"name": "oam-vrf", "namespace": "telco"},
                    {"name": "sriov-a", "namespace": "telco", "interface": "net1"}])
         );
-        let json_form = annotated(r#"[{"name": "data", "ips": ["10.0.0.5/24"]}]"#);
+        let json_form = annotated(
+            r#"[{"name": "data", "interface": "net1", "ips": ["10.0.0.5/24"], "mac": "02:00:00:00:00:01", "deviceID": "0000:03:00.1", "cni-args": {"x": 1}}]"#,
+        );
         let items: Value =
             serde_json::from_str(&networks(&telco(), &json_form).unwrap().unwrap()).unwrap();
-        assert_eq!(items[1]["ips"][0], "10.0.0.5/24");
+        assert_eq!(
+            items[1],
+            json!({"name": "sriov-a", "namespace": "telco", "interface": "net1"}),
+            "no addresses, MACs, devices or CNI arguments of the tenant's choosing"
+        );
         // A privileged VC's Pods are not refused for their networks.
         let trusted = Isolation {
             pod_security: Level::Privileged,

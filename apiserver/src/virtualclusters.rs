@@ -103,6 +103,9 @@ impl Drop for WriteGuard {
 /// Longest a VC deletion waits for the VC's writes in flight.
 const DRAIN_WAIT: Duration = Duration::from_secs(30);
 
+/// Times a VC update is tried when other writes keep coming between.
+const WRITE_ATTEMPTS: usize = 8;
+
 /// Longest a write through the registry waits for its index to show it.
 const INDEX_WAIT: Duration = Duration::from_secs(5);
 
@@ -324,15 +327,26 @@ impl Registry {
         F: Fn(&Value) -> Result<Value, ApiError>,
     {
         let key = Self::key(name)?;
-        loop {
+        for _ in 0..WRITE_ATTEMPTS {
             let Some(kv) = self.store.get(&key).await.map_err(store_error)? else {
                 return Err(ApiError::not_found_object(KIND, GROUP, name));
             };
             let current = decode(&kv)?.object;
-            let mut next = change(&current)?;
+            // `change` sees the record without its resourceVersion: one in
+            // what it makes is the request's own precondition.
+            let mut unversioned = current.clone();
+            if let Some(meta) = unversioned["metadata"].as_object_mut() {
+                meta.remove("resourceVersion");
+            }
+            let mut next = change(&unversioned)?;
+            if !next.is_object() || !next["metadata"].is_object() && !next["metadata"].is_null() {
+                return Err(ApiError::bad_request(
+                    "the object and its metadata must be JSON objects",
+                ));
+            }
             if status {
                 let reported = next.get("status").cloned().unwrap_or(Value::Null);
-                next = current.clone();
+                next = unversioned.clone();
                 next["status"] = reported;
             }
             let pinned = next["metadata"]["resourceVersion"]
@@ -377,6 +391,7 @@ impl Registry {
                 Err(e) => return Err(store_error(e)),
             }
         }
+        Err(ApiError::conflict(&format!("{RECORDS}.{GROUP}"), name))
     }
 
     /// The VC named `name`.

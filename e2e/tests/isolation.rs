@@ -641,6 +641,13 @@ fn a_compliant_pod_runs_hardened_in_its_pool_with_its_networks_behind_walls() {
                 "v1.multus-cni.io/default-network": "kplex-other-default/net",
                 "tenancy.kplex.dev/object-uid": "forged"}},
         "spec": {"nodeSelector": {"pool": "general", "disk": "ssd"},
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "other-vc", "effect": "NoSchedule"},
+                            {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute"}],
+            "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": {"app": "db"}},
+                 "namespaces": ["default", "kplex-other-default"]},
+                {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": {"app": "db"}},
+                 "namespaceSelector": {}}]}},
             "containers": [{"name": "c", "image": "nginx", "resources": {"limits": {"memory": "64Mi"}}}]}}),
     );
     k(&tenant, &["create", "-f", file.to_str().unwrap()]);
@@ -662,11 +669,31 @@ fn a_compliant_pod_runs_hardened_in_its_pool_with_its_networks_behind_walls() {
         json!({"pool": "telco", "disk": "ssd"}),
         "the pool wins"
     );
-    assert!(spec["tolerations"]
-        .as_array()
-        .unwrap()
+    // The pool's toleration, the node-condition one; not the tenant's own
+    // for another pool.
+    let tolerations: Vec<&Value> = spec["tolerations"].as_array().unwrap().iter().collect();
+    assert!(tolerations
         .iter()
         .any(|t| t["key"] == "dedicated" && t["value"] == "telco"));
+    assert!(tolerations
+        .iter()
+        .any(|t| t["key"] == "node.kubernetes.io/unreachable"));
+    assert!(
+        !tolerations.iter().any(|t| t["value"] == "other-vc"),
+        "{tolerations:?}"
+    );
+    // Affinity terms look in the VC's own host namespaces only.
+    let terms =
+        &spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"];
+    assert_eq!(
+        terms[0]["namespaces"],
+        json!(["kplex-telco-default", "kplex-telco-kplex-other-default"])
+    );
+    let telco_uid = s.admin_get(&["virtualcluster", "telco"])["metadata"]["uid"].clone();
+    assert_eq!(
+        terms[1]["namespaceSelector"],
+        json!({"matchLabels": {"tenancy.kplex.dev/vc-uid": telco_uid}})
+    );
     let meta = &copy["metadata"];
     let networks: Value = serde_json::from_str(
         meta["annotations"]["k8s.v1.cni.cncf.io/networks"]
@@ -722,7 +749,14 @@ fn a_compliant_pod_runs_hardened_in_its_pool_with_its_networks_behind_walls() {
         args.extend_from_slice(what);
         get(&s.host, &args)
     };
-    let wall = on_host(&["networkpolicy", "kplex-isolation"]);
+    // A wall taken away on the host is put back.
+    k(
+        &s.host,
+        &["-n", host_ns, "delete", "networkpolicy", "kplex-isolation"],
+    );
+    let wall = eventually("the wall back", || {
+        host_get(&s.host, host_ns, &["networkpolicy", "kplex-isolation"])
+    });
     assert_eq!(wall["spec"]["podSelector"], json!({}));
     let vc_uid = s.admin_get(&["virtualcluster", "telco"])["metadata"]["uid"].clone();
     let from = &wall["spec"]["ingress"][0]["from"];
@@ -1162,9 +1196,22 @@ fn paths_through_the_hosts_shared_proxies_stay_inside_the_vc() {
         "metadata": {"name": "node-1"}, "spec": {"podCIDR": "10.244.0.0/24", "podCIDRs": ["10.244.0.0/24"]}}),
     );
     k(&s.host, &["create", "-f", node.to_str().unwrap()]);
+    k(
+        &s.host,
+        &[
+            "patch",
+            "node",
+            "node-1",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"addresses":[{"type":"InternalIP","address":"172.18.0.2"}]}}"#,
+        ],
+    );
     let a = s.tenant("a");
     let b = s.tenant("b");
     k(&a, &["run", "web", "--image=nginx"]);
+    k(&a, &["expose", "pod", "web", "--port=80"]);
     k(&b, &["run", "own", "--image=nginx"]);
     copy_of(&s.host, "a", "web");
     copy_of(&s.host, "b", "own");
@@ -1184,10 +1231,20 @@ fn paths_through_the_hosts_shared_proxies_stay_inside_the_vc() {
         &json!({"apiVersion": "v1", "kind": "List", "items": [
             {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "ext"}, "spec": {"ports": [{"port": 80}]}},
             {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "ext"}, "subsets": [{
-                "addresses": [{"ip": "10.244.0.7"}, {"ip": "10.244.0.8"}, {"ip": "10.244.0.99"}, {"ip": "192.0.2.10"}],
+                "addresses": [{"ip": "10.244.0.7"}, {"ip": "10.244.0.8"}, {"ip": "10.244.0.99"}, {"ip": "192.0.2.10"},
+                          {"ip": "::ffff:10.244.0.7"}, {"ip": "172.18.0.2"}, {"ip": "127.0.0.1"},
+                          {"ip": "169.254.169.254"}, {"ip": "A_SERVICE_IP"}],
                 "ports": [{"port": 80}]}]},
         ]}),
     );
+    let a_service = eventually("A's Service on the host", || {
+        host_get(&s.host, "kplex-a-default", &["service", "web"])
+    });
+    let a_ip = a_service["spec"]["clusterIP"].as_str().unwrap().to_owned();
+    let text = std::fs::read_to_string(&ext)
+        .unwrap()
+        .replace("A_SERVICE_IP", &a_ip);
+    std::fs::write(&ext, text).unwrap();
     k(&b, &["create", "-f", ext.to_str().unwrap()]);
     let endpoints = eventually("B's Endpoints on the host", || {
         host_get(&s.host, "kplex-b-default", &["endpoints", "ext"])

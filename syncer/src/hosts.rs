@@ -128,6 +128,9 @@ pub enum Unplaced {
     /// The VC's isolation policy refuses the Pod (it got past the VC's
     /// admission some other way): why.
     Refused(String),
+    /// The host refused the copy (its own admission, its quota): what it
+    /// said.
+    HostRefused(String),
 }
 
 impl Unplaced {
@@ -138,6 +141,7 @@ impl Unplaced {
             Unplaced::UnknownHost(h) => format!("the virtual cluster's host cluster \"{h}\" is not registered"),
             Unplaced::NotReady(h) => format!("the host cluster \"{h}\" is not reachable yet"),
             Unplaced::Refused(why) => format!("not placed on a host: {why}"),
+            Unplaced::HostRefused(why) => format!("the host cluster refused the Pod: {why}"),
         }
     }
 
@@ -145,6 +149,7 @@ impl Unplaced {
     pub fn reason(&self) -> &'static str {
         match self {
             Unplaced::Refused(_) => "PolicyViolation",
+            Unplaced::HostRefused(_) => "HostRefused",
             _ => "Unschedulable",
         }
     }
@@ -903,6 +908,9 @@ async fn report_status(
 /// exists, those on hosts other than its own.
 pub async fn reconcile_vc(ctx: &Arc<Ctx>, vc: &Vc) -> Outcome {
     let mut after = None;
+    // What fails where the VC stays is reported after the sweep of the
+    // hosts it left (one does not hold up the other).
+    let mut failed = None;
     // A VC that exists keeps its namespaces on its host only: those on a
     // host it left (a new default host, another `spec.hostCluster`) go.
     let keep = match ctx.hosts.vc(&vc.uid) {
@@ -917,8 +925,13 @@ pub async fn reconcile_vc(ctx: &Arc<Ctx>, vc: &Vc) -> Outcome {
         if keep.as_deref() == Some(host.name.as_str()) {
             // Where it stays, its namespaces are guarded as its policy
             // says now, and its granted networks looked for.
-            regard(ctx, &host, vc).await?;
-            after = check_networks(ctx, &host, vc).await?;
+            if let Err(e) = regard(ctx, &host, vc).await {
+                failed = Some(e);
+            }
+            match check_networks(ctx, &host, vc).await {
+                Ok(next) => after = next,
+                Err(e) => failed = Some(e),
+            }
             continue;
         }
         for ns in host.namespaces.in_vc(vc) {
@@ -939,13 +952,17 @@ pub async fn reconcile_vc(ctx: &Arc<Ctx>, vc: &Vc) -> Outcome {
             }
         }
     }
-    Ok(after)
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(after),
+    }
 }
 
 /// Puts the VC's current policy on each of its namespaces on `host`: the
 /// host's PodSecurity level and the guards ([`crate::isolation::guard`]).
 async fn regard(ctx: &Ctx, host: &Host, vc: &Vc) -> Result<(), Error> {
     let policy = ctx.hosts.policy(vc);
+    let mut failed = None;
     for ns in host.namespaces.in_vc(vc) {
         if !mapping::owned_by(ns.metadata.labels.as_ref(), &vc.uid)
             || ns.metadata.deletion_timestamp.is_some()
@@ -961,10 +978,19 @@ async fn regard(ctx: &Ctx, host: &Host, vc: &Vc) -> Result<(), Error> {
         else {
             continue;
         };
-        crate::pods::relabel(ctx, host, vc, &tenant_ns, &ns).await?;
-        crate::isolation::guard(host, vc, &tenant_ns, &policy).await?;
+        // One namespace's failure does not leave the others unguarded.
+        let done = async {
+            crate::pods::relabel(ctx, host, vc, &tenant_ns, &ns).await?;
+            crate::isolation::guard(host, vc, &tenant_ns, &policy).await
+        };
+        if let Err(e) = done.await {
+            failed = Some(e);
+        }
     }
-    Ok(())
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// Whether each host network granted to `vc` exists on its host (a

@@ -78,6 +78,51 @@ pub fn endpoint_allowed(host: &Host, vc: &Vc, ip: &str) -> bool {
     let Ok(address) = ip.parse::<std::net::IpAddr>() else {
         return false;
     };
+    // (An IPv4 address written as IPv6 is that IPv4 address.)
+    let address = address.to_canonical();
+    let special = match address {
+        std::net::IpAddr::V4(a) => {
+            a.is_loopback()
+                || a.is_unspecified()
+                || a.is_link_local()
+                || a.is_multicast()
+                || a.is_broadcast()
+        }
+        std::net::IpAddr::V6(a) => {
+            a.is_loopback()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || (a.segments()[0] & 0xffc0) == 0xfe80
+        }
+    };
+    if special {
+        return false;
+    }
+    let same = |text: &str| {
+        text.parse::<std::net::IpAddr>()
+            .ok()
+            .map(|a| a.to_canonical())
+            == Some(address)
+    };
+    // A Node (its node ports, its host-network Pods) or another VC's
+    // Service address is as good as that VC's Pods.
+    let node_address = host.nodes.read().expect("nodes lock").values().any(|node| {
+        node.status
+            .iter()
+            .flat_map(|s| s.addresses.iter().flatten())
+            .any(|a| same(&a.address))
+    });
+    let foreign_service = host.services.any(|key, service| {
+        key.vc != *vc
+            && service
+                .spec
+                .iter()
+                .flat_map(|s| s.cluster_ips.iter().flatten().chain(s.cluster_ip.iter()))
+                .any(|c| same(c))
+    });
+    if node_address || foreign_service {
+        return false;
+    }
     let pod_has = |pod: &Pod| {
         pod.status
             .iter()
@@ -88,7 +133,7 @@ pub fn endpoint_allowed(host: &Host, vc: &Vc, ip: &str) -> bool {
                     .map(|p| p.ip.as_str())
                     .chain(s.pod_ip.as_deref())
             })
-            .any(|p| p.parse::<std::net::IpAddr>().ok() == Some(address))
+            .any(same)
     };
     let mut foreign = false;
     let mut own = false;
@@ -307,16 +352,30 @@ pub fn wall(vc: &Vc, ns: &str) -> NetworkPolicy {
     }
 }
 
-/// The VC's quota in one host namespace (`None` when it limits nothing).
+/// Whether a quota resource counts the same on the host as in the VC:
+/// compute, storage, Pods and Services do; object counts do not (the host
+/// namespace also holds the syncer's token Secrets, the host's own
+/// ConfigMaps).
+fn counts_alike(name: &str) -> bool {
+    matches!(
+        name,
+        "pods" | "cpu" | "memory" | "services" | "services.nodeports" | "services.loadbalancers"
+    ) || name.starts_with("requests.")
+        || name.starts_with("limits.")
+}
+
+/// The VC's quota in one host namespace, of what counts alike there
+/// (`None` when that is nothing).
 pub fn quota(policy: &Isolation, vc: &Vc, ns: &str) -> Option<ResourceQuota> {
-    if policy.quota.is_empty() {
+    let hard: BTreeMap<String, Quantity> = policy
+        .quota_hard()
+        .into_iter()
+        .filter(|(k, _)| counts_alike(k))
+        .map(|(k, v)| (k, Quantity(v)))
+        .collect();
+    if hard.is_empty() {
         return None;
     }
-    let hard = policy
-        .quota_hard()
-        .iter()
-        .map(|(k, v)| (k.clone(), Quantity(v.clone())))
-        .collect();
     Some(ResourceQuota {
         metadata: meta(vc, ns, QUOTA),
         spec: Some(ResourceQuotaSpec {
@@ -327,30 +386,15 @@ pub fn quota(policy: &Isolation, vc: &Vc, ns: &str) -> Option<ResourceQuota> {
     })
 }
 
-/// The most one container may ask for: the VC's whole quota of CPU,
-/// memory, ephemeral storage and huge pages (`None` when the quota caps
-/// none of them).
+/// The most one container may be limited to: the VC's whole quota of CPU
+/// and memory limits (`None` when the quota caps neither). Only limits: a
+/// LimitRange's `max` also becomes the default limit of a container that
+/// states none, which a limits quota demands be stated anyway; a request
+/// or huge page cap would be put on containers that never asked.
 pub fn limits(policy: &Isolation, vc: &Vc, ns: &str) -> Option<LimitRange> {
     let mut max = BTreeMap::new();
     for (name, amount) in &policy.quota_hard() {
-        let resource = name
-            .strip_prefix("limits.")
-            .or_else(|| name.strip_prefix("requests."))
-            .unwrap_or(name);
-        let capped = matches!(resource, "cpu" | "memory" | "ephemeral-storage")
-            || resource.starts_with("hugepages-");
-        if !capped {
-            continue;
-        }
-        // The smallest of the quota's amounts for the resource.
-        let smaller = match max.get(resource) {
-            Some(Quantity(have)) => {
-                let parse = |q: &str| kplex_api::quantity::parse(q);
-                parse(amount) < parse(have)
-            }
-            None => true,
-        };
-        if smaller {
+        if let Some(resource @ ("cpu" | "memory")) = name.strip_prefix("limits.") {
             max.insert(resource.to_owned(), Quantity(amount.clone()));
         }
     }
@@ -582,11 +626,29 @@ mod tests {
         let max = l.spec.unwrap().limits[0].max.clone().unwrap();
         assert_eq!(
             max["cpu"],
-            Quantity("2".into()),
-            "the smaller of the CPU amounts"
+            Quantity("4".into()),
+            "the limits amount, not the requests one"
         );
-        assert_eq!(max["memory"], Quantity("8Gi".into()));
+        assert!(!max.contains_key("memory"), "no memory limit in the quota");
         assert!(!max.contains_key("pods"));
+        let counted = Isolation::from_spec(&json!({"isolation": {"quota": {"hard": {
+            "configmaps": "5", "count/secrets": "3", "requests.hugepages-2Mi": "1Gi"}}}}))
+        .unwrap();
+        let q = quota(&counted, &vc(), "shop")
+            .unwrap()
+            .spec
+            .unwrap()
+            .hard
+            .unwrap();
+        assert_eq!(
+            q.keys().collect::<Vec<_>>(),
+            ["requests.hugepages-2Mi"],
+            "object counts stay in kplex"
+        );
+        assert!(
+            limits(&counted, &vc(), "shop").is_none(),
+            "huge pages are no LimitRange's"
+        );
         let open = Isolation::from_spec(&json!({"isolation": {"quota": {"hard": {}}}})).unwrap();
         assert!(quota(&open, &vc(), "shop").is_none());
         assert!(limits(&Isolation::default(), &vc(), "shop").is_none());

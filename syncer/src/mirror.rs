@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy, NetworkPolicyPeer};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use kube::api::Api;
 use kube::Resource;
 use serde::de::DeserializeOwned;
@@ -80,6 +80,61 @@ pub trait Mirrored:
     }
 }
 
+/// Ingress-controller annotations a tenant's Ingress may carry to the
+/// host: the ones that shape its own routing, limits and TLS behaviour.
+const INGRESS_ANNOTATIONS: &[&str] = &[
+    "app-root",
+    "affinity",
+    "affinity-mode",
+    "backend-protocol",
+    "client-body-buffer-size",
+    "cors-allow-credentials",
+    "cors-allow-headers",
+    "cors-allow-methods",
+    "cors-allow-origin",
+    "cors-expose-headers",
+    "cors-max-age",
+    "enable-cors",
+    "force-ssl-redirect",
+    "limit-connections",
+    "limit-rpm",
+    "limit-rps",
+    "load-balance",
+    "proxy-body-size",
+    "proxy-buffer-size",
+    "proxy-buffering",
+    "proxy-connect-timeout",
+    "proxy-read-timeout",
+    "proxy-send-timeout",
+    "rewrite-target",
+    "session-cookie-expires",
+    "session-cookie-max-age",
+    "session-cookie-name",
+    "session-cookie-path",
+    "ssl-redirect",
+    "upstream-hash-by",
+    "use-regex",
+    "allowlist-source-range",
+    "whitelist-source-range",
+    "denylist-source-range",
+];
+
+/// Whether an annotation of a tenant's Ingress may reach the host: any
+/// that no ingress controller reads, and of the controllers' own
+/// (`*.ingress.kubernetes.io/`, Traefik's, HAProxy's) only those in
+/// [`INGRESS_ANNOTATIONS`].
+fn ingress_annotation_allowed(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    let controller = ["ingress.kubernetes.io/", "traefik.", "haproxy."]
+        .iter()
+        .any(|p| key.contains(p));
+    if !controller {
+        return true;
+    }
+    key.strip_prefix("nginx.ingress.kubernetes.io/")
+        .is_some_and(|name| INGRESS_ANNOTATIONS.contains(&name))
+}
+
 /// The hosts an Ingress's rules claim (lower case); `None` for a rule or
 /// default backend that serves every host.
 fn claimed_hosts(ingress: &Ingress) -> Option<BTreeSet<String>> {
@@ -125,10 +180,12 @@ impl Mirrored for Ingress {
 
     fn copy_of(vc: &Vc, ns: &str, object: &Self) -> Self {
         let mut metadata = host_meta(vc, ns, &object.metadata);
-        // Configuration snippets run in a shared ingress controller (with
-        // its access to every Secret of the host): never a tenant's.
+        // The host's ingress controllers are shared and let through every
+        // wall: of their annotations only those that shape this Ingress's
+        // own traffic go (no snippets, no URLs or other namespaces'
+        // Secrets to fetch, no host names beside the claimed ones).
         if let Some(annotations) = metadata.annotations.as_mut() {
-            annotations.retain(|k, _| !k.to_ascii_lowercase().contains("snippet"));
+            annotations.retain(|k, _| ingress_annotation_allowed(k));
         }
         Ingress {
             metadata,
@@ -202,9 +259,16 @@ impl Mirrored for NetworkPolicy {
 /// namespace, which is the VC's already.) A key no host namespace can
 /// carry makes the selector match nothing.
 pub fn confine(vc: &Vc, peer: &mut NetworkPolicyPeer) {
-    let Some(selector) = peer.namespace_selector.as_mut() else {
-        return;
-    };
+    if let Some(selector) = peer.namespace_selector.as_mut() {
+        confine_namespaces(vc, selector);
+    }
+}
+
+/// A namespace selector of `vc`'s, made to select only the VC's host
+/// namespaces: its keys mapped to the tenant namespace labels copied there,
+/// the VC's UID label required; a key no host namespace can carry makes it
+/// match nothing.
+pub fn confine_namespaces(vc: &Vc, selector: &mut LabelSelector) {
     let mut unmatchable = false;
     let mut labels = BTreeMap::new();
     for (key, value) in selector.match_labels.take().unwrap_or_default() {
@@ -255,21 +319,32 @@ pub async fn reconcile(ctx: &Arc<Ctx>, kind: MirrorKind, key: &ObjectKey) -> Out
         // itself is no copy to sync.
         MirrorKind::NetworkPolicy if key.name == crate::isolation::WALL => {
             if let Some(object) = ctx.policies.get(key) {
-                ctx.events.warning(
-                    key,
-                    "NetworkPolicy",
-                    object.metadata.uid.as_deref().unwrap_or_default(),
-                    "NameReserved",
-                    &format!(
-                        "not copied to the host: the name {} is the isolation wall's there",
-                        crate::isolation::WALL
-                    ),
+                let uid = object.metadata.uid.as_deref().unwrap_or_default();
+                let why = format!(
+                    "not copied to the host: the name {} is the isolation wall's there",
+                    crate::isolation::WALL
                 );
+                if ctx.reported(uid, &why) {
+                    ctx.events
+                        .warning(key, "NetworkPolicy", uid, "NameReserved", &why);
+                }
                 if object.metadata.deletion_timestamp.is_some() {
                     let api = ctx
                         .clients
                         .vc::<NetworkPolicy>(&key.vc, key.namespace.as_deref());
                     return release(api, &ctx.policies, key, &*object).await;
+                }
+            }
+            // The wall itself changed or went on the host: put it back.
+            if let Some(host) = host.as_deref() {
+                let host_ns = mapping::host_namespace(&key.vc.name, key.ns());
+                let placed = host
+                    .namespaces
+                    .get(&ObjectKey::new(&key.vc, None, &host_ns))
+                    .is_some_and(|n| n.metadata.deletion_timestamp.is_none());
+                if placed && ctx.hosts.vc(&key.vc.uid).is_some() {
+                    crate::isolation::guard(host, &key.vc, key.ns(), &ctx.hosts.policy(&key.vc))
+                        .await?;
                 }
             }
             Ok(None)
@@ -451,6 +526,34 @@ mod tests {
             confined(json!({"podSelector": {"matchLabels": {"app": "x"}}})),
             json!({"podSelector": {"matchLabels": {"app": "x"}}})
         );
+    }
+
+    #[test]
+    fn only_routing_annotations_of_an_ingress_reach_the_shared_controller() {
+        for kept in [
+            "nginx.ingress.kubernetes.io/rewrite-target",
+            "nginx.ingress.kubernetes.io/ssl-redirect",
+            "cert-manager.io/cluster-issuer",
+            "team",
+        ] {
+            assert!(ingress_annotation_allowed(kept), "{kept}");
+        }
+        for dropped in [
+            "nginx.ingress.kubernetes.io/configuration-snippet",
+            "nginx.ingress.kubernetes.io/server-snippet",
+            "nginx.ingress.kubernetes.io/auth-url",
+            "nginx.ingress.kubernetes.io/auth-response-headers",
+            "nginx.ingress.kubernetes.io/mirror-target",
+            "nginx.ingress.kubernetes.io/server-alias",
+            "nginx.ingress.kubernetes.io/auth-tls-secret",
+            "nginx.ingress.kubernetes.io/proxy-ssl-secret",
+            "NGINX.ingress.kubernetes.io/Auth-URL",
+            "ingress.kubernetes.io/auth-url",
+            "traefik.ingress.kubernetes.io/router.middlewares",
+            "haproxy.org/auth-secret",
+        ] {
+            assert!(!ingress_annotation_allowed(dropped), "{dropped}");
+        }
     }
 
     #[test]

@@ -161,6 +161,17 @@ pub fn host_pod(vc: &Vc, ns: &str, pod: &Pod) -> Pod {
     spec.priority_class_name = None;
     spec.priority = None;
     spec.scheduler_name = None;
+    confine_affinity(vc, &mut spec);
+    // Tolerations a tenant writes could take its Pods onto nodes tainted
+    // for another VC's pool: only the node-condition ones (which Kubernetes
+    // adds itself) stay; the VC's pool adds its own (`isolation::harden`).
+    if let Some(tolerations) = spec.tolerations.as_mut() {
+        tolerations.retain(|t| {
+            t.key
+                .as_deref()
+                .is_some_and(|k| k.starts_with("node.kubernetes.io/"))
+        });
+    }
     // A projected ServiceAccount token would be the host's, for the host's
     // ServiceAccount: never the tenant's to have.
     for volume in spec.volumes.iter_mut().flatten() {
@@ -175,6 +186,56 @@ pub fn host_pod(vc: &Vc, ns: &str, pod: &Pod) -> Pod {
         spec: Some(spec),
         status: None,
     }
+}
+
+/// Pod (anti-)affinity terms select Pods in the VC's own host namespaces
+/// only: `namespaces` mapped, `namespaceSelector` confined (a term of
+/// another VC's namespaces would let a tenant keep another VC's Pods off
+/// nodes, or learn where they run).
+fn confine_affinity(vc: &Vc, spec: &mut k8s_openapi::api::core::v1::PodSpec) {
+    use k8s_openapi::api::core::v1::PodAffinityTerm;
+    let confine = |term: &mut PodAffinityTerm| {
+        if let Some(namespaces) = term.namespaces.as_mut() {
+            for n in namespaces.iter_mut() {
+                *n = mapping::host_namespace(&vc.name, n);
+            }
+        }
+        if let Some(selector) = term.namespace_selector.as_mut() {
+            crate::mirror::confine_namespaces(vc, selector);
+        }
+    };
+    let Some(affinity) = spec.affinity.as_mut() else {
+        return;
+    };
+    let mut terms: Vec<&mut PodAffinityTerm> = Vec::new();
+    if let Some(a) = affinity.pod_affinity.as_mut() {
+        terms.extend(terms_of(
+            &mut a.required_during_scheduling_ignored_during_execution,
+            &mut a.preferred_during_scheduling_ignored_during_execution,
+        ));
+    }
+    if let Some(a) = affinity.pod_anti_affinity.as_mut() {
+        terms.extend(terms_of(
+            &mut a.required_during_scheduling_ignored_during_execution,
+            &mut a.preferred_during_scheduling_ignored_during_execution,
+        ));
+    }
+    for term in terms {
+        confine(term);
+    }
+}
+
+/// The terms of one kind of (anti-)affinity, required and preferred.
+fn terms_of<'a>(
+    required: &'a mut Option<Vec<k8s_openapi::api::core::v1::PodAffinityTerm>>,
+    preferred: &'a mut Option<Vec<k8s_openapi::api::core::v1::WeightedPodAffinityTerm>>,
+) -> impl Iterator<Item = &'a mut k8s_openapi::api::core::v1::PodAffinityTerm> {
+    required.iter_mut().flatten().chain(
+        preferred
+            .iter_mut()
+            .flatten()
+            .map(|w| &mut w.pod_affinity_term),
+    )
 }
 
 /// Whether a VC's object is itself a syncer's host copy (the VC serves as
@@ -653,10 +714,19 @@ pub async fn namespace_changed(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
 pub async fn ensure_namespace(ctx: &Ctx, host: &Host, vc: &Vc, ns: &str) -> Result<(), Error> {
     let name = mapping::host_namespace(&vc.name, ns);
     let key = ObjectKey::new(vc, None, &name);
+    let policy = ctx.hosts.policy(vc);
     if host.namespaces.get(&key).is_some() {
+        // Made before: walled unless putting the wall there failed (or
+        // someone took it away), when it is put back first.
+        if host
+            .policies
+            .get(&ObjectKey::new(vc, Some(ns), crate::isolation::WALL))
+            .is_none()
+        {
+            crate::isolation::guard(host, vc, ns, &policy).await?;
+        }
         return Ok(());
     }
-    let policy = ctx.hosts.policy(vc);
     let api = Api::<Namespace>::all(host.client.clone());
     let namespace = Namespace {
         metadata: ObjectMeta {
@@ -725,6 +795,18 @@ async fn create_copy(ctx: &Ctx, host: &Host, key: &ObjectKey, pod: &Pod) -> Outc
             mark_unplaced(ctx, key, pod, &Unplaced::NotReady(message.clone())).await?;
             tracing::warn!(pod = %key, host = %host.name, "{message}");
             Ok(Some(std::time::Duration::from_secs(30)))
+        }
+        // The host's own admission or quota said no: the tenant is told,
+        // and the host asked again in a few seconds (a quota the host has
+        // not counted yet says no for a moment).
+        Err(kube::Error::Api(status)) if matches!(status.code, 403 | 422) => {
+            let why = Unplaced::HostRefused(status.message.clone());
+            if mark_unplaced(ctx, key, pod, &why).await? {
+                let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+                ctx.events
+                    .warning(key, "Pod", uid, "HostRefused", &why.message());
+            }
+            Ok(Some(std::time::Duration::from_secs(5)))
         }
         Err(e) => Err(Error::Api(e)),
     }

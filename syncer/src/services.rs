@@ -117,18 +117,23 @@ fn host_endpoints(host: &Host, vc: &Vc, ns: &str, endpoints: &Endpoints) -> Endp
             addresses.retain(|a| crate::isolation::endpoint_allowed(host, vc, &a.ip));
         }
     };
-    let subsets = endpoints.subsets.clone().map(|subsets| {
-        subsets
-            .into_iter()
-            .filter_map(|mut subset| {
-                allowed(&mut subset.addresses);
-                allowed(&mut subset.not_ready_addresses);
-                let empty = |l: &Option<Vec<_>>| l.as_ref().is_none_or(Vec::is_empty);
-                (!(empty(&subset.addresses) && empty(&subset.not_ready_addresses)))
-                    .then_some(subset)
-            })
-            .collect()
-    });
+    let subsets = endpoints
+        .subsets
+        .clone()
+        .map(|subsets| {
+            subsets
+                .into_iter()
+                .filter_map(|mut subset| {
+                    allowed(&mut subset.addresses);
+                    allowed(&mut subset.not_ready_addresses);
+                    let empty = |l: &Option<Vec<_>>| l.as_ref().is_none_or(Vec::is_empty);
+                    (!(empty(&subset.addresses) && empty(&subset.not_ready_addresses)))
+                        .then_some(subset)
+                })
+                .collect::<Vec<_>>()
+        })
+        // (None, as the host answers an empty list: no rewrite each look.)
+        .filter(|s| !s.is_empty());
     Endpoints {
         metadata: host_meta(vc, ns, &endpoints.metadata),
         subsets,
