@@ -1387,3 +1387,52 @@ fn a_host_name_on_the_shared_ingress_controller_is_one_vcs() {
     let shop = host_get(&s.host, "kplex-a-default", &["ingress", "shop"]).unwrap();
     assert_eq!(shop["spec"]["rules"][0]["host"], "shop.example.com");
 }
+
+#[test]
+fn the_syncer_counts_the_quota_by_what_runs_on_the_host() {
+    let s = Hosted::start();
+    // Two Pods admitted while the VC waits for a host and has no quota;
+    // then a quota of one Pod and a host: one runs, one waits, saying why.
+    // (Admission counts the tenant's objects, whose status a tenant can
+    // write; the syncer counts the copies that run.)
+    let t = s.tenant_with("q", "{hostCluster: later, isolation: {quota: {hard: {}}}}");
+    k(&t, &["run", "one", "--image=nginx"]);
+    k(&t, &["run", "two", "--image=nginx"]);
+    let o = admin(
+        &s.kplex,
+        &[
+            "patch",
+            "vc",
+            "q",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"hostCluster":null,"isolation":{"quota":{"hard":{"pods":"1"}}}}}"#,
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let held = |name: &str| {
+        get(&t, &["pod", name])["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "PodScheduled" && c["reason"] == "PolicyViolation")
+            .cloned()
+    };
+    let (placed, waiting, condition) = eventually("one Pod placed, one held by the quota", || {
+        let on_host = |name: &str| host_get(&s.host, "kplex-q-default", &["pod", name]).is_some();
+        match (on_host("one"), on_host("two"), held("one"), held("two")) {
+            (true, false, None, Some(c)) => Some(("one", "two", c)),
+            (false, true, Some(c), None) => Some(("two", "one", c)),
+            _ => None,
+        }
+    });
+    assert!(
+        condition["message"].as_str().unwrap().contains(
+            "exceeded quota of the virtual cluster (pods: 1 used on the host, 1 asked, 1 allowed)"
+        ),
+        "{condition}"
+    );
+    // Once the placed one is gone, the other runs.
+    k(&t, &["delete", "pod", placed, "--wait=false"]);
+    copy_of(&s.host, "q", waiting);
+}

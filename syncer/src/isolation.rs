@@ -207,6 +207,48 @@ pub fn refusal(policy: &Isolation, pod: &Pod) -> Option<String> {
     None
 }
 
+/// Why placing `pod` would take `vc` past its quota on `host`, if it
+/// would: what the VC's copies there use (by the host's view of them: a
+/// copy that runs counts, whatever its tenant Pod's status says — a
+/// tenant can write its Pods' status) and what `pod` asks for. The VC's
+/// admission counted the tenant's objects; this counts what runs.
+pub fn over_quota(policy: &Isolation, host: &Host, vc: &Vc, pod: &Pod) -> Option<String> {
+    let hard = policy.quota_amounts();
+    let asked = kplex_api::isolation::usage(policy, "", "pods", &serde_json::to_value(pod).ok()?);
+    let limited: Vec<&String> = asked.keys().filter(|k| hard.contains_key(*k)).collect();
+    if limited.is_empty() {
+        return None;
+    }
+    let mut used: BTreeMap<&String, i128> = limited.iter().map(|k| (*k, 0)).collect();
+    for copy in host.pods.in_vc(vc) {
+        let Ok(copy) = serde_json::to_value(&*copy) else {
+            continue;
+        };
+        let counted = kplex_api::quota::usage("", "pods", &copy);
+        for (name, total) in used.iter_mut() {
+            *total += counted.get(*name).map_or(0, |q| q.0);
+        }
+    }
+    let over: Vec<String> = limited
+        .iter()
+        .filter(|k| used[*k] + asked[**k].0 > hard[**k].0)
+        .map(|k| {
+            format!(
+                "{k}: {} used on the host, {} asked, {} allowed",
+                kplex_api::quantity::format(kplex_api::quantity::Milli(used[*k])),
+                kplex_api::quantity::format(asked[*k]),
+                kplex_api::quantity::format(hard[*k])
+            )
+        })
+        .collect();
+    (!over.is_empty()).then(|| {
+        format!(
+            "exceeded quota of the virtual cluster ({})",
+            over.join("; ")
+        )
+    })
+}
+
 /// The host copy as `policy` wants it on the node (`pod` is the tenant's
 /// Pod, for its network annotation).
 pub fn harden(policy: &Isolation, tenant: &Pod, copy: &mut Pod) {

@@ -430,7 +430,17 @@ pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
     // The VC's policy, again: a Pod that got past its admission (written
     // before the policy changed, or by a way around the API) is not
     // placed; one already placed keeps running and is reported.
-    if let Some(why) = crate::isolation::refusal(&ctx.hosts.policy(&key.vc), &pod) {
+    let policy = ctx.hosts.policy(&key.vc);
+    // (A Pod held back by the quota is looked at again: the quota frees up
+    // as other Pods finish.)
+    let over_quota = copy
+        .is_none()
+        .then(|| crate::isolation::over_quota(&policy, &host, &key.vc, &pod))
+        .flatten();
+    let again = over_quota
+        .as_ref()
+        .map(|_| std::time::Duration::from_secs(10));
+    if let Some(why) = crate::isolation::refusal(&policy, &pod).or(over_quota) {
         let uid = uid.unwrap_or_default();
         if copy.is_none() {
             if mark_unplaced(ctx, key, &pod, &Unplaced::Refused(why.clone())).await? {
@@ -442,7 +452,7 @@ pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
                     &format!("not placed on a host: {why}"),
                 );
             }
-            return Ok(None);
+            return Ok(again);
         }
         if ctx.reported(uid, &why) {
             ctx.events.warning(
