@@ -23,6 +23,7 @@ pub mod events;
 pub mod hosts;
 pub mod isolation;
 pub mod mirror;
+pub mod namespaces;
 pub mod nodes;
 pub mod pods;
 pub mod services;
@@ -154,8 +155,9 @@ pub struct Ctx {
     pub budgets: Arc<Cache<k8s_openapi::api::policy::v1::PodDisruptionBudget>>,
     /// NetworkPolicies of every VC.
     pub policies: Arc<Cache<k8s_openapi::api::networking::v1::NetworkPolicy>>,
-    /// Namespaces of every VC (their labels go onto host namespaces).
-    pub namespaces: Arc<Cache<k8s_openapi::api::core::v1::Namespace>>,
+    /// The labels of every VC's namespaces that have some (they go onto
+    /// host namespaces).
+    pub namespace_labels: Arc<namespaces::NamespaceLabels>,
     /// Nodes of every VC (the virtual ones the syncer keeps, and any a
     /// tenant made).
     pub nodes: Arc<Cache<Node>>,
@@ -194,7 +196,7 @@ impl Ctx {
             ingresses: Default::default(),
             budgets: Default::default(),
             policies: Default::default(),
-            namespaces: Default::default(),
+            namespace_labels: Default::default(),
             nodes: Default::default(),
             failures: Default::default(),
         }))
@@ -293,7 +295,7 @@ pub async fn run_until(
             ctx.ingresses.wait_synced().await;
             ctx.budgets.wait_synced().await;
             ctx.policies.wait_synced().await;
-            ctx.namespaces.wait_synced().await;
+            ctx.namespace_labels.wait_synced().await;
             ctx.nodes.wait_synced().await;
             ctx.hosts.wait_synced().await;
             tracing::info!(held = ctx.held(), "syncer's caches synced; syncing");

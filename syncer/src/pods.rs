@@ -318,14 +318,11 @@ pub fn watch(ctx: &Arc<Ctx>, tasks: &mut tokio::task::JoinSet<()>) {
         ctx,
         |key| Task::Mirror(MirrorKind::NetworkPolicy, key),
     );
-    crate::follow::<Namespace>(
-        tasks,
-        &across,
-        &config,
-        &ctx.namespaces,
-        ctx,
-        Task::Namespace,
-    );
+    tasks.spawn(crate::namespaces::run(
+        ctx.clone(),
+        Api::<Namespace>::all(across.clone()),
+        config.clone(),
+    ));
     crate::follow::<Endpoints>(tasks, &across, &config, &ctx.endpoints, ctx, Task::Service);
     crate::follow::<k8s_openapi::api::core::v1::Node>(
         tasks,
@@ -646,11 +643,9 @@ pub fn namespace_labels(
     policy: &Isolation,
 ) -> BTreeMap<String, String> {
     let mut labels = BTreeMap::new();
-    if let Some(tenant) = ctx.namespaces.get(&ObjectKey::new(vc, None, ns)) {
-        for (key, value) in tenant.metadata.labels.iter().flatten() {
-            if let Some(copied) = mapping::namespace_label_key(key) {
-                labels.insert(copied, value.clone());
-            }
+    for (key, value) in ctx.namespace_labels.get(vc, ns) {
+        if let Some(copied) = mapping::namespace_label_key(&key) {
+            labels.insert(copied, value);
         }
     }
     labels.extend(host_namespace_labels(vc, ns, policy));
