@@ -1436,3 +1436,37 @@ fn the_syncer_counts_the_quota_by_what_runs_on_the_host() {
     k(&t, &["delete", "pod", placed, "--wait=false"]);
     copy_of(&s.host, "q", waiting);
 }
+
+#[test]
+fn a_copy_the_host_refuses_is_told_to_the_tenant() {
+    let s = Hosted::start();
+    let t = s.tenant("refused");
+    k(&t, &["run", "first", "--image=nginx"]);
+    copy_of(&s.host, "refused", "first");
+    // The host's own quota admits no more Pods in that namespace.
+    let quota = manifest(
+        s.dir.path(),
+        "host-quota",
+        &json!({"apiVersion": "v1", "kind": "ResourceQuota",
+        "metadata": {"name": "full", "namespace": "kplex-refused-default"}, "spec": {"hard": {"pods": "1"}}}),
+    );
+    k(&s.host, &["create", "-f", quota.to_str().unwrap()]);
+    k(&t, &["run", "second", "--image=nginx"]);
+    let condition = eventually("the host's refusal on the tenant's Pod", || {
+        get(&t, &["pod", "second"])["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "PodScheduled" && c["reason"] == "HostRefused")
+            .cloned()
+    });
+    assert_eq!(condition["status"], "False");
+    assert!(
+        condition["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("the host cluster refused the Pod: "),
+        "{condition}"
+    );
+    assert!(host_get(&s.host, "kplex-refused-default", &["pod", "second"]).is_none());
+}
