@@ -32,6 +32,16 @@ pub const HOST_CLUSTER_LABEL: &str = "tenancy.kplex.dev/host-cluster";
 pub const TOKEN_FOR_ANNOTATION: &str = "tenancy.kplex.dev/token-for";
 /// On that Secret: when its token expires (seconds since the epoch).
 pub const TOKEN_EXPIRES_ANNOTATION: &str = "tenancy.kplex.dev/token-expires";
+/// On a host Pod wired to kplex's shared DNS: the cluster domain its VC
+/// had when the Pod was placed (the one its resolver searches), so
+/// `kplex dns` answers the Pod in that domain.
+pub const DNS_DOMAIN_ANNOTATION: &str = "tenancy.kplex.dev/dns-domain";
+/// On a host ExternalName Service: the target as the tenant wrote it
+/// (the host's `externalName` names the host's namespaces), so `kplex
+/// dns` answers the tenant's name.
+pub const EXTERNAL_NAME_ANNOTATION: &str = "tenancy.kplex.dev/external-name";
+/// The cluster domain of a VC that sets none.
+pub const DEFAULT_DNS_DOMAIN: &str = "cluster.local";
 /// How every host namespace of a VC begins.
 pub const HOST_NAMESPACE_PREFIX: &str = "kplex-";
 

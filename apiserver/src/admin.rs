@@ -234,7 +234,43 @@ fn stored_spec(name: &str, spec: Option<&Value>) -> Result<Value, ApiError> {
         ApiError::fields(&qualified, name, &errors)
     })?;
     spec["isolation"] = policy.to_value();
+    spec["dns"] = dns_spec(&qualified, name, &spec["dns"])?;
     Ok(spec)
+}
+
+/// A VC's `spec.dns`: its cluster domain (`cluster.local` unless set), a
+/// DNS subdomain in lower case, without the final dot.
+fn dns_spec(qualified: &str, name: &str, dns: &Value) -> Result<Value, ApiError> {
+    let invalid =
+        |field: &str, message: String| Err(ApiError::field(qualified, name, field, &message));
+    let fields = match dns {
+        Value::Null => return Ok(json!({"domain": kplex_api::mapping::DEFAULT_DNS_DOMAIN})),
+        Value::Object(fields) => fields,
+        _ => return invalid("spec.dns", "Invalid value: must be an object".to_owned()),
+    };
+    if let Some(unknown) = fields.keys().find(|k| *k != "domain") {
+        return invalid(
+            &format!("spec.dns.{unknown}"),
+            "Unsupported value: unknown field".to_owned(),
+        );
+    }
+    let domain = match &fields.get("domain") {
+        None | Some(Value::Null) => kplex_api::mapping::DEFAULT_DNS_DOMAIN.to_owned(),
+        Some(Value::String(d)) => d.strip_suffix('.').unwrap_or(d).to_owned(),
+        Some(_) => {
+            return invalid(
+                "spec.dns.domain",
+                "Invalid value: must be a string".to_owned(),
+            )
+        }
+    };
+    if !kplex_api::isolation::dns_subdomain(&domain) {
+        return invalid(
+            "spec.dns.domain",
+            format!("Invalid value: \"{domain}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"),
+        );
+    }
+    Ok(json!({"domain": domain}))
 }
 
 /// `PUT` or `PATCH` (JSON, merge, strategic merge — a merge here, the

@@ -45,6 +45,8 @@ struct VcRecord {
     policy: Arc<Isolation>,
     /// `status.conditions`, as reported so far.
     conditions: Arc<Value>,
+    /// Its cluster domain (`spec.dns.domain`).
+    domain: Arc<str>,
 }
 
 /// A host cluster the syncer is connected to.
@@ -80,6 +82,9 @@ pub struct Host {
     pub reachable: std::sync::atomic::AtomicBool,
     /// kplex's host namespaces by name: whose, and which tenant namespace.
     pub namespace_owners: Arc<RwLock<HashMap<String, (Vc, String)>>>,
+    /// The cluster IP of the host's shared DNS Service (`kplex dns`), once
+    /// it has one.
+    pub dns_server: RwLock<Option<String>>,
     /// Host Events about kplex's Pods, waiting to be copied to their VC.
     pub pending_events:
         std::sync::Mutex<HashMap<ObjectKey, Arc<k8s_openapi::api::core::v1::Event>>>,
@@ -210,6 +215,16 @@ impl Hosts {
             .get(&vc.uid)
             .map(|r| r.policy.clone())
             .unwrap_or_default()
+    }
+
+    /// The cluster domain of `vc`.
+    pub fn domain(&self, vc: &Vc) -> Arc<str> {
+        self.vcs
+            .read()
+            .expect("vcs lock")
+            .get(&vc.uid)
+            .map(|r| r.domain.clone())
+            .unwrap_or_else(|| kplex_api::mapping::DEFAULT_DNS_DOMAIN.into())
     }
 
     /// The VC with `uid`, if it exists.
@@ -391,6 +406,7 @@ fn record_of(object: &DynamicObject) -> Option<VcRecord> {
         host,
         policy: Arc::new(policy),
         conditions: Arc::new(object.data["status"]["conditions"].clone()),
+        domain: crate::dns::wiring::domain_of(&object.data["spec"]).into(),
     })
 }
 
@@ -662,6 +678,7 @@ async fn connect(ctx: &Arc<Ctx>, name: &str, kubeconfig: &str) -> Result<Arc<Hos
         nodes: Default::default(),
         reachable: std::sync::atomic::AtomicBool::new(true),
         namespace_owners: Default::default(),
+        dns_server: Default::default(),
         pending_events: Default::default(),
         kubeconfig: kubeconfig.to_owned(),
         tasks: tokio::task::JoinSet::new(),
@@ -775,6 +792,7 @@ async fn connect(ctx: &Arc<Ctx>, name: &str, kubeconfig: &str) -> Result<Arc<Hos
     // (JoinSet is only mutable before the Arc; these two live in the
     // process's runtime and stop once the host is gone.)
     tokio::spawn(nodes_task);
+    tokio::spawn(watch_dns(Arc::downgrade(&host), client.clone()));
     tokio::spawn(status_task);
     tokio::spawn(crate::events::watch(
         ctx.clone(),
@@ -830,6 +848,51 @@ async fn watch_nodes(ctx: Arc<Ctx>, host: std::sync::Weak<Host>, client: kube::C
     }
 }
 
+/// Follows the host's shared DNS Service (`kplex-system/kplex-dns`): its
+/// cluster IP is what new host Pods are given as their nameserver.
+async fn watch_dns(host: std::sync::Weak<Host>, client: kube::Client) {
+    use kube::runtime::WatchStreamExt;
+    let (ns, name) = crate::dns::wiring::DEFAULT_SERVICE;
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let api = Api::<Service>::namespaced(client, ns);
+    let mut events = std::pin::pin!(watcher(api, config).default_backoff());
+    let address = |service: &Service| {
+        service
+            .spec
+            .as_ref()
+            .and_then(|s| s.cluster_ip.clone())
+            .filter(|ip| !ip.is_empty() && ip != "None")
+    };
+    let mut listed = None;
+    while let Some(event) = events.next().await {
+        let Some(host) = host.upgrade() else {
+            return;
+        };
+        let now = match event {
+            Ok(watcher::Event::Init) => {
+                listed = None;
+                continue;
+            }
+            Ok(watcher::Event::InitApply(service)) => {
+                listed = address(&service);
+                continue;
+            }
+            Ok(watcher::Event::InitDone) => listed.take(),
+            Ok(watcher::Event::Apply(service)) => address(&service),
+            Ok(watcher::Event::Delete(_)) => None,
+            Err(e) => {
+                tracing::debug!(host = %host.name, error = %e, "watching the host's DNS Service failed");
+                continue;
+            }
+        };
+        let mut server = host.dns_server.write().expect("dns lock");
+        if *server != now {
+            tracing::info!(host = %host.name, dns = ?now, "the host's shared DNS server");
+            *server = now;
+        }
+    }
+}
+
 /// Checks the host every few seconds and reports what changed.
 async fn report_status(
     ctx: Arc<Ctx>,
@@ -839,6 +902,7 @@ async fn report_status(
 ) {
     let mut last: Option<Value> = None;
     let mut reachable_since: Option<(bool, Value)> = None;
+    let mut dns_since: Option<(Option<String>, Value)> = None;
     loop {
         if host.upgrade().is_none() {
             return;
@@ -892,7 +956,28 @@ async fn report_status(
                 c
             }
         };
-        value["conditions"] = json!([cond]);
+        // Where new Pods find the VCs' names: the shared `kplex dns`, or
+        // (not deployed) the host's own cluster DNS, which answers the
+        // host's names to anyone.
+        let dns = host
+            .upgrade()
+            .and_then(|h| h.dns_server.read().expect("dns lock").clone());
+        let (svc_ns, svc_name) = crate::dns::wiring::DEFAULT_SERVICE;
+        let dns_cond = match &dns_since {
+            Some((was, c)) if *was == dns => c.clone(),
+            _ => {
+                let mut c = match &dns {
+                    Some(ip) => condition(true, "Deployed", &format!("tenant Pods ask kplex dns at {ip} ({svc_ns}/{svc_name})")),
+                    None => condition(false, "NotDeployed", &format!(
+                        "no Service {svc_ns}/{svc_name} on the host: tenant Pods placed now use the host's cluster DNS, which also answers other VCs' names (deploy kplex dns: deploy/host/dns.yaml)")),
+                };
+                c["type"] = json!("DNSReady");
+                dns_since = Some((dns.clone(), c.clone()));
+                c
+            }
+        };
+        value["dnsServer"] = json!(dns.unwrap_or_default());
+        value["conditions"] = json!([cond, dns_cond]);
         if last.as_ref() != Some(&value) {
             match ctx.hosts.report(&name, value.clone()).await {
                 Ok(()) => last = Some(value),

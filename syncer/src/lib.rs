@@ -19,6 +19,7 @@
 
 pub mod claims;
 pub mod configs;
+pub mod dns;
 pub mod events;
 pub mod hosts;
 pub mod isolation;

@@ -777,6 +777,11 @@ async fn create_copy(ctx: &Ctx, host: &Host, key: &ObjectKey, pod: &Pod) -> Outc
         crate::token::Wiring::of(ctx, &key.vc, key.ns(), pod).apply(spec);
     }
     crate::isolation::harden(&ctx.hosts.policy(&key.vc), pod, &mut copy);
+    let dns = host.dns_server.read().expect("dns lock").clone();
+    if let Some(server) = dns {
+        let domain = ctx.hosts.domain(&key.vc);
+        crate::dns::wiring::wire(&server, &domain, key.ns(), pod, &mut copy);
+    }
     let ns = copy.metadata.namespace.clone().unwrap_or_default();
     let api: Api<Pod> = host.api(&ns);
     match api.create(&post_params(), &copy).await {

@@ -44,17 +44,30 @@ pub fn host_service(vc: &Vc, ns: &str, service: &Service) -> Service {
             })
             .collect()
     });
+    let external_name = spec
+        .external_name
+        .as_deref()
+        .and_then(|t| crate::isolation::external_name(vc, t).ok());
+    let mut metadata = host_meta(vc, ns, &service.metadata);
+    // `kplex dns` answers the tenant's own name (the host's names the
+    // host's namespaces).
+    if let (Some(_), Some(theirs)) = (&external_name, &spec.external_name) {
+        metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(
+                mapping::EXTERNAL_NAME_ANNOTATION.to_owned(),
+                theirs.trim_end_matches('.').to_ascii_lowercase(),
+            );
+    }
     Service {
-        metadata: host_meta(vc, ns, &service.metadata),
+        metadata,
         spec: Some(ServiceSpec {
             type_: spec.type_.clone(),
             ports,
             selector,
             cluster_ip: headless.then(|| "None".to_owned()),
-            external_name: spec
-                .external_name
-                .as_deref()
-                .and_then(|t| crate::isolation::external_name(vc, t).ok()),
+            external_name,
             session_affinity: spec.session_affinity.clone(),
             session_affinity_config: spec.session_affinity_config.clone(),
             external_traffic_policy: spec.external_traffic_policy.clone(),

@@ -77,6 +77,26 @@ enum Command {
         #[arg(long)]
         kubeconfig: PathBuf,
     },
+    /// Serves DNS for every VC placed on a host cluster, from that host's
+    /// kplex Pods, Services and EndpointSlices: each Pod resolves its own
+    /// VC's names (one server per host, see deploy/host/dns.yaml).
+    Dns {
+        /// The host cluster's kubeconfig (read-only suffices); in a Pod,
+        /// its ServiceAccount when unset.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// Address and port to answer on, over UDP and TCP.
+        #[arg(long, default_value = "0.0.0.0:5353")]
+        listen: SocketAddr,
+        /// The resolver for names outside every cluster domain (ADDR or
+        /// ADDR:PORT; default: the first nameserver of /etc/resolv.conf).
+        /// Never the host's cluster DNS: it knows other VCs' names.
+        #[arg(long)]
+        upstream: Option<String>,
+        /// The host cluster's own domain, whose names are never forwarded.
+        #[arg(long, default_value = "cluster.local")]
+        host_domain: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -186,7 +206,8 @@ struct ServeArgs {
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,hickory_server=warn".into()),
         )
         .init();
     match Cli::parse().command {
@@ -205,6 +226,18 @@ async fn main() -> std::process::ExitCode {
             }
         },
         Command::Syncer { kubeconfig } => match syncer(&kubeconfig).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e}");
+                std::process::ExitCode::FAILURE
+            }
+        },
+        Command::Dns {
+            kubeconfig,
+            listen,
+            upstream,
+            host_domain,
+        } => match dns(kubeconfig, listen, upstream, host_domain).await {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!("{e}");
@@ -438,6 +471,33 @@ async fn syncer(kubeconfig: &std::path::Path) -> Result<(), String> {
             kplex_syncer::release(&options).await;
             Ok(())
         }
+    }
+}
+
+async fn dns(
+    kubeconfig: Option<PathBuf>,
+    listen: SocketAddr,
+    upstream: Option<String>,
+    host_domain: String,
+) -> Result<(), String> {
+    let config = kplex_syncer::dns::host_config(kubeconfig.as_deref()).await?;
+    let upstream = match upstream {
+        Some(text) => Some(
+            text.parse::<SocketAddr>()
+                .or_else(|_| text.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                .map_err(|_| format!("--upstream {text}: not an address or address:port"))?,
+        ),
+        None => kplex_syncer::dns::system_upstream(),
+    };
+    let options = kplex_syncer::dns::Options {
+        config,
+        listen,
+        upstream,
+        host_domain,
+    };
+    tokio::select! {
+        ended = kplex_syncer::dns::run(options) => ended,
+        _ = wait_for_shutdown() => Ok(()),
     }
 }
 
