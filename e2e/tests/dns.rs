@@ -275,14 +275,33 @@ async fn run_at(host: &kube::Client, pod: &Value, ip: &str) {
 async fn each_vc_resolves_its_own_names_and_nothing_else() {
     let h = tokio::task::spawn_blocking(Hosted::start).await.unwrap();
     let dir = h.dir.path().to_owned();
-    // The shared DNS Service on the host, as deploy/host/dns.yaml makes it.
-    k(&h.host, &["create", "namespace", "kplex-system"]);
-    apply(
-        &h.host,
-        &dir,
-        "dns-service.yaml",
-        "apiVersion: v1\nkind: Service\nmetadata: {name: kplex-dns, namespace: kplex-system}\nspec:\n  selector: {app: kplex-dns}\n  ports: [{name: dns, port: 53, protocol: UDP}, {name: dns-tcp, port: 53, protocol: TCP}]\n",
+    // The shared DNS server's objects on the host, from the manifest a
+    // platform applies (deploy/host/dns.yaml; its RBAC kinds aside, which
+    // the stand-in host does not serve).
+    let manifest = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/host/dns.yaml"
+    ))
+    .unwrap();
+    let served: Vec<&str> = manifest
+        .split("\n---\n")
+        .filter(|doc| !doc.contains("kind: ClusterRole"))
+        .collect();
+    apply(&h.host, &dir, "dns.yaml", &served.join("\n---\n"));
+    // Its Pods carry what the syncer's egress rule lets DNS through to.
+    let template =
+        &get(&h.host, &["-n", "kplex-system", "deployment", "kplex-dns"])["spec"]["template"];
+    assert_eq!(
+        template["metadata"]["labels"]["app.kubernetes.io/name"],
+        "kplex-dns"
     );
+    let ports: Vec<&str> = template["spec"]["containers"][0]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(ports, ["dns", "dns-tcp"]);
     let dns_ip = get(&h.host, &["-n", "kplex-system", "service", "kplex-dns"])["spec"]["clusterIP"]
         .as_str()
         .unwrap()

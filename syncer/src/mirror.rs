@@ -242,6 +242,19 @@ impl Mirrored for NetworkPolicy {
                 confine(vc, peer);
             }
         }
+        // A policy that lets DNS out (to the VC's kube-system, say) lets it
+        // out to where the VC's names are answered: the shared `kplex dns`.
+        let lets_dns_out = spec.egress.iter().flatten().any(|rule| {
+            rule.ports
+                .iter()
+                .flatten()
+                .any(crate::dns::wiring::is_dns_port)
+        });
+        if lets_dns_out {
+            spec.egress
+                .get_or_insert_with(Vec::new)
+                .push(crate::dns::wiring::egress_rule());
+        }
         NetworkPolicy {
             metadata: host_meta(vc, ns, &object.metadata),
             spec: Some(spec),
@@ -499,6 +512,29 @@ mod tests {
         let mut peer: NetworkPolicyPeer = serde_json::from_value(peer).unwrap();
         confine(&vc, &mut peer);
         serde_json::to_value(peer).unwrap()
+    }
+
+    #[test]
+    fn a_policy_letting_dns_out_lets_it_reach_the_shared_server() {
+        let vc = Vc {
+            uid: "uid-a".into(),
+            name: "a".into(),
+        };
+        let policy = |egress: serde_json::Value| -> NetworkPolicy {
+            serde_json::from_value(json!({"metadata": {"name": "p", "uid": "u"},
+                "spec": {"podSelector": {}, "policyTypes": ["Egress"], "egress": egress}}))
+            .unwrap()
+        };
+        let dns_to_kube_system = json!([{"to": [{"namespaceSelector": {"matchLabels": {
+            "kubernetes.io/metadata.name": "kube-system"}}}],
+            "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}]);
+        let copy = NetworkPolicy::copy_of(&vc, "default", &policy(dns_to_kube_system));
+        let egress = copy.spec.unwrap().egress.unwrap();
+        assert_eq!(egress.len(), 2);
+        assert_eq!(egress[1], crate::dns::wiring::egress_rule());
+        // Deny-all egress stays deny-all, DNS included.
+        let copy = NetworkPolicy::copy_of(&vc, "default", &policy(json!([])));
+        assert_eq!(copy.spec.unwrap().egress.unwrap().len(), 0);
     }
 
     #[test]

@@ -8,6 +8,11 @@
 //! tenant's own configuration) are kept as written.
 
 use k8s_openapi::api::core::v1::{Pod, PodDNSConfig, PodDNSConfigOption};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicyEgressRule, NetworkPolicyPeer, NetworkPolicyPort,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use kplex_api::mapping;
 
@@ -79,6 +84,38 @@ pub fn wire(server: &str, domain: &str, ns: &str, pod: &Pod, copy: &mut Pod) {
         .annotations
         .get_or_insert_with(Default::default)
         .insert(mapping::DNS_DOMAIN_ANNOTATION.to_owned(), domain);
+}
+
+/// The label of the shared DNS server's Pods (deploy/host/dns.yaml).
+pub const SERVER_LABEL: (&str, &str) = ("app.kubernetes.io/name", "kplex-dns");
+
+/// Whether a NetworkPolicy port lets DNS through (port 53).
+pub fn is_dns_port(port: &NetworkPolicyPort) -> bool {
+    port.port == Some(IntOrString::Int(53))
+}
+
+/// The egress rule to the shared DNS server's Pods: their named ports
+/// (`dns` over UDP, `dns-tcp` over TCP) in the host's `kplex-system`.
+pub fn egress_rule() -> NetworkPolicyEgressRule {
+    let (ns, _) = DEFAULT_SERVICE;
+    let (key, value) = SERVER_LABEL;
+    let selector = |k: &str, v: &str| LabelSelector {
+        match_labels: Some([(k.to_owned(), v.to_owned())].into()),
+        match_expressions: None,
+    };
+    let port = |protocol: &str, name: &str| NetworkPolicyPort {
+        protocol: Some(protocol.to_owned()),
+        port: Some(IntOrString::String(name.to_owned())),
+        end_port: None,
+    };
+    NetworkPolicyEgressRule {
+        to: Some(vec![NetworkPolicyPeer {
+            namespace_selector: Some(selector("kubernetes.io/metadata.name", ns)),
+            pod_selector: Some(selector(key, value)),
+            ip_block: None,
+        }]),
+        ports: Some(vec![port("UDP", "dns"), port("TCP", "dns-tcp")]),
+    }
 }
 
 /// A VC's cluster domain: its `spec.dns.domain`, else `cluster.local`.
