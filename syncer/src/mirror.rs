@@ -532,6 +532,13 @@ mod tests {
         let egress = copy.spec.unwrap().egress.unwrap();
         assert_eq!(egress.len(), 2);
         assert_eq!(egress[1], crate::dns::wiring::egress_rule());
+        // A range holding 53 lets DNS out too; a rule for 443 does not.
+        let range = json!([{"ports": [{"protocol": "UDP", "port": 1, "endPort": 1024}]}]);
+        let copy = NetworkPolicy::copy_of(&vc, "default", &policy(range));
+        assert_eq!(copy.spec.unwrap().egress.unwrap().len(), 2);
+        let https = json!([{"ports": [{"protocol": "TCP", "port": 443}]}]);
+        let copy = NetworkPolicy::copy_of(&vc, "default", &policy(https));
+        assert_eq!(copy.spec.unwrap().egress.unwrap().len(), 1);
         // Deny-all egress stays deny-all, DNS included.
         let copy = NetworkPolicy::copy_of(&vc, "default", &policy(json!([])));
         assert_eq!(copy.spec.unwrap().egress.unwrap().len(), 0);

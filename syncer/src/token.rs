@@ -39,13 +39,9 @@ const LIFETIME: u64 = 3600;
 /// A token is renewed once less than this is left (a fifth of it).
 const RENEW_BEFORE: u64 = LIFETIME / 5;
 
-/// The names a cluster gives its API server.
-const API_NAMES: [&str; 4] = [
-    "kubernetes",
-    "kubernetes.default",
-    "kubernetes.default.svc",
-    "kubernetes.default.svc.cluster.local",
-];
+/// The names a cluster gives its API server (and
+/// `kubernetes.default.svc.<the VC's cluster domain>`).
+const API_NAMES: [&str; 3] = ["kubernetes", "kubernetes.default", "kubernetes.default.svc"];
 
 /// kplex's address and CA, as Pods on hosts use them.
 pub struct Access {
@@ -206,7 +202,13 @@ impl Wiring {
             .ok()
             .map(|ip| HostAlias {
                 ip: ip.to_string(),
-                hostnames: Some(API_NAMES.iter().map(|n| n.to_string()).collect()),
+                hostnames: Some(
+                    API_NAMES
+                        .iter()
+                        .map(|n| n.to_string())
+                        .chain([format!("kubernetes.default.svc.{}", ctx.hosts.domain(vc))])
+                        .collect(),
+                ),
             });
         Wiring {
             env,

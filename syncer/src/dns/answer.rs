@@ -138,9 +138,11 @@ pub fn resolve(
                     let record = Record::from_rdata(qname.clone(), TTL, RData::PTR(PTR(target)));
                     return Answer::of(vec![record]);
                 }
-                // A cluster's addresses are private ones; no upstream
-                // knows them, and another VC's are not this one's to learn.
-                return if is_private(ip) {
+                // Another VC's addresses are not this one's to learn of
+                // (an upstream that knows the cluster would name them), and
+                // no upstream knows a private address of the cluster.
+                return if is_private(ip) || zones.zones().any(|z| reverse(z, domain, ip).is_some())
+                {
                     Answer::NxDomain
                 } else {
                     Answer::Forward
@@ -190,6 +192,15 @@ fn in_domain(zone: &VcZone, domain: &str, qname: &Name, rest: &str, qtype: Recor
                 None => Answer::NxDomain,
             }
         }
+        [proto, _, _, "svc"] if proto.starts_with('_') => {
+            // `_tcp.<svc>.<ns>.svc`: there when the Service is.
+            let key = &rest[proto.len() + 1..rest.len() - ".svc".len()];
+            if zone.services.contains_key(key) {
+                Answer::empty()
+            } else {
+                Answer::NxDomain
+            }
+        }
         [host, _, _, "svc"] => {
             let key = &rest[host.len() + 1..rest.len() - ".svc".len()];
             match zone.services.get(key) {
@@ -229,6 +240,7 @@ fn in_domain(zone: &VcZone, domain: &str, qname: &Name, rest: &str, qtype: Recor
                 },
             }
         }
+        ["pod"] | [_, "pod"] => Answer::empty(),
         [label, ns, "pod"] => match undashed(label).map(|ip| ip.to_canonical()) {
             Some(ip) if zone.pods.get(&ip).is_some_and(|n| &**n == *ns) => {
                 addresses(qname, &[ip], qtype)
@@ -318,7 +330,7 @@ fn srv(
 ) -> Option<(Vec<Record>, Vec<Record>)> {
     let matches = |port: &super::index::Port| match wanted {
         Some((name, protocol)) => &*port.name == name && &*port.protocol == protocol,
-        None => !port.name.is_empty(),
+        None => true,
     };
     let service_name = name(&format!("{key}.svc.{domain}"));
     let mut targets: Vec<(u16, Name, Vec<IpAddr>)> = Vec::new();
@@ -348,6 +360,15 @@ fn srv(
     if targets.is_empty() {
         return None;
     }
+    // (A dual-stack endpoint is in two slices: one record for it.)
+    let mut seen = Vec::new();
+    targets.retain(|(port, target, _)| {
+        let new = !seen.contains(&(*port, target.clone()));
+        if new {
+            seen.push((*port, target.clone()));
+        }
+        new
+    });
     let weight = u16::try_from(100 / targets.len()).unwrap_or(1).max(1);
     let mut answers = Vec::new();
     let mut additionals = Vec::new();
@@ -414,7 +435,9 @@ mod tests {
         ] {
             let service: Service = serde_json::from_value(json!({
                 "metadata": {"namespace": format!("kplex-{vc}-shop"), "name": "web", "labels": labels(vc, "shop")},
-                "spec": {"clusterIP": ip, "clusterIPs": [ip], "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]},
+                // (VC b's web is dual-stack, on a public IPv6 range.)
+                "spec": {"clusterIP": ip, "clusterIPs": if vc == "b" { json!([ip, "2001:db8::20"]) } else { json!([ip]) },
+                    "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]},
             }))
             .unwrap();
             apply(&mut zones, &service);
@@ -600,6 +623,43 @@ mod tests {
         assert_eq!(
             ask(&zones, "10.0.0.2", "8.8.8.8.in-addr.arpa.", RecordType::PTR),
             Answer::Forward
+        );
+        // Nor another VC's public address: an upstream may know it.
+        let v6 = "0.2.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa.";
+        assert_eq!(
+            ask(&zones, "10.0.0.2", v6, RecordType::PTR),
+            Answer::NxDomain
+        );
+        assert_eq!(
+            ips(&ask(&zones, "10.0.0.3", v6, RecordType::PTR)),
+            ["web.shop.svc.cluster.local."]
+        );
+    }
+
+    #[test]
+    fn names_with_names_below_them_exist() {
+        let zones = zones();
+        let a = "10.0.0.2";
+        for name in [
+            "pod.cluster.local.",
+            "shop.pod.cluster.local.",
+            "_tcp.db.shop.svc.cluster.local.",
+            "svc.cluster.local.",
+        ] {
+            assert_eq!(
+                ask(&zones, a, name, RecordType::A),
+                Answer::empty(),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            ask(
+                &zones,
+                a,
+                "_tcp.nope.shop.svc.cluster.local.",
+                RecordType::A
+            ),
+            Answer::NxDomain
         );
     }
 

@@ -1,5 +1,7 @@
 //! Names outside every VC's domain: asked of the host's upstream resolver
-//! (UDP, then TCP when the answer is truncated) and kept for their TTL.
+//! (UDP, then TCP when the answer is truncated) and kept for their TTL,
+//! per VC: a shared cache would tell a tenant, by a TTL already counting
+//! down, which names another tenant looked up lately.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,6 +20,8 @@ const CACHE_ENTRIES: usize = 10_000;
 const MAX_TTL: u32 = 300;
 /// How long a negative answer without an SOA is kept.
 const NEGATIVE_TTL: u32 = 5;
+/// Questions out to the upstream at once (each holds a socket).
+const IN_FLIGHT: usize = 256;
 
 /// What the upstream said.
 #[derive(Clone, Debug)]
@@ -39,8 +43,12 @@ struct Cached {
 /// The upstream resolver and what it said lately.
 pub struct Upstream {
     addr: SocketAddr,
-    cache: Mutex<HashMap<(String, RecordType, DNSClass), Cached>>,
+    cache: Mutex<HashMap<Key, Cached>>,
+    in_flight: tokio::sync::Semaphore,
 }
+
+/// A cached answer's key: the VC that asked, the question.
+type Key = (std::sync::Arc<str>, String, RecordType, DNSClass);
 
 impl Upstream {
     /// The resolver at `addr`.
@@ -48,6 +56,7 @@ impl Upstream {
         Upstream {
             addr,
             cache: Mutex::new(HashMap::new()),
+            in_flight: tokio::sync::Semaphore::new(IN_FLIGHT),
         }
     }
 
@@ -56,17 +65,20 @@ impl Upstream {
         self.addr
     }
 
-    /// Asks (`name`, `qtype`, `class`), from the cache while its TTL lasts.
+    /// Asks (`name`, `qtype`, `class`) for VC `vc`, from its cache while
+    /// the TTL lasts.
     pub async fn ask(
         &self,
+        vc: &std::sync::Arc<str>,
         name: &Name,
         qtype: RecordType,
         class: DNSClass,
     ) -> Result<Reply, String> {
-        let key = (name.to_lowercase().to_ascii(), qtype, class);
+        let key = (vc.clone(), name.to_lowercase().to_ascii(), qtype, class);
         if let Some(reply) = self.cached(&key) {
             return Ok(reply);
         }
+        let _turn = self.in_flight.acquire().await.map_err(|e| e.to_string())?;
         let mut query = Message::query();
         query.metadata.id = fresh_id();
         query.metadata.recursion_desired = true;
@@ -91,7 +103,7 @@ impl Upstream {
         Ok(reply)
     }
 
-    fn cached(&self, key: &(String, RecordType, DNSClass)) -> Option<Reply> {
+    fn cached(&self, key: &Key) -> Option<Reply> {
         let cache = self.cache.lock().expect("cache lock");
         let entry = cache.get(key)?;
         let age = u32::try_from(entry.stored.elapsed().as_secs()).unwrap_or(u32::MAX);
@@ -105,7 +117,7 @@ impl Upstream {
         Some(reply)
     }
 
-    fn keep(&self, key: (String, RecordType, DNSClass), reply: &Reply) {
+    fn keep(&self, key: Key, reply: &Reply) {
         let ttl = if reply.answers.is_empty() {
             reply
                 .authorities
@@ -125,13 +137,16 @@ impl Upstream {
         let mut cache = self.cache.lock().expect("cache lock");
         if cache.len() >= CACHE_ENTRIES {
             cache.retain(|_, c| c.stored.elapsed().as_secs() < u64::from(c.ttl));
-            if cache.len() >= CACHE_ENTRIES {
-                if let Some(oldest) = cache
+            // Not a tenth freed: the tenth nearest to expiring goes too
+            // (one pass now, not one per insert).
+            if cache.len() >= CACHE_ENTRIES - CACHE_ENTRIES / 10 {
+                let mut left: Vec<(Instant, Key)> = cache
                     .iter()
-                    .min_by_key(|(_, c)| c.stored)
-                    .map(|(k, _)| k.clone())
-                {
-                    cache.remove(&oldest);
+                    .map(|(k, c)| (c.stored + Duration::from_secs(u64::from(c.ttl)), k.clone()))
+                    .collect();
+                left.sort_by_key(|(expires, _)| *expires);
+                for (_, k) in left.into_iter().take(CACHE_ENTRIES / 10) {
+                    cache.remove(&k);
                 }
             }
         }

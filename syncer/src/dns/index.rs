@@ -167,6 +167,11 @@ impl Zones {
         self.vcs.get(vc)
     }
 
+    /// Every VC's names.
+    pub fn zones(&self) -> impl Iterator<Item = &VcZone> {
+        self.vcs.values()
+    }
+
     /// How many VCs have names here.
     pub fn vc_count(&self) -> usize {
         self.vcs.len()
@@ -356,12 +361,16 @@ pub fn fqdn(domain: &str) -> String {
 }
 
 fn ips<'a>(addresses: impl IntoIterator<Item = &'a String>) -> Vec<IpAddr> {
-    let mut ips: Vec<IpAddr> = addresses
+    let mut ips: Vec<IpAddr> = Vec::new();
+    for ip in addresses
         .into_iter()
         .filter_map(|a| a.parse::<IpAddr>().ok())
         .map(|ip| ip.to_canonical())
-        .collect();
-    ips.dedup();
+    {
+        if !ips.contains(&ip) {
+            ips.push(ip);
+        }
+    }
     ips
 }
 
@@ -371,9 +380,17 @@ impl Kind for Pod {
     fn project(&self) -> Option<PodEntry> {
         let (vc, ns) = owner(&self.metadata)?;
         let status = self.status.as_ref()?;
-        // A finished Pod's address may be another Pod's now; a Pod on the
+        // A finished Pod's address may be another Pod's now (so may a
+        // deleted one's whose containers have all stopped); a Pod on the
         // node's network shares the node's address with everything there.
+        let stopped = self.metadata.deletion_timestamp.is_some()
+            && status
+                .container_statuses
+                .iter()
+                .flatten()
+                .all(|c| c.state.as_ref().is_some_and(|s| s.terminated.is_some()));
         if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"))
+            || stopped
             || self.spec.as_ref().and_then(|s| s.host_network) == Some(true)
         {
             return None;
@@ -600,6 +617,37 @@ mod tests {
         );
         assert_eq!(zones.asker(ip), None);
         assert_eq!(zones.vc_count(), 0);
+    }
+
+    #[test]
+    fn a_deleted_pod_whose_containers_stopped_no_longer_asks() {
+        let mut zones = Zones::default();
+        let ip: IpAddr = "10.0.0.8".parse().unwrap();
+        let mut p = pod("kplex-a-default", "p", "uid-a", &["10.0.0.8"], "Running");
+        p.metadata.deletion_timestamp =
+            Some(serde_json::from_value(json!("2026-01-01T00:00:00Z")).unwrap());
+        p.status.as_mut().unwrap().container_statuses = Some(vec![serde_json::from_value(json!({
+            "name": "c", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"running": {}}}))
+        .unwrap()]);
+        apply(&mut zones, &p);
+        assert!(
+            zones.asker(ip).is_some(),
+            "still running while it shuts down"
+        );
+        p.status
+            .as_mut()
+            .unwrap()
+            .container_statuses
+            .as_mut()
+            .unwrap()[0]
+            .state = Some(serde_json::from_value(json!({"terminated": {"exitCode": 0}})).unwrap());
+        apply(&mut zones, &p);
+        assert_eq!(
+            zones.asker(ip),
+            None,
+            "its address may be another Pod's now"
+        );
     }
 
     #[test]

@@ -240,11 +240,12 @@ impl Handler {
                     name = target;
                 }
                 Answer::Forward => {
+                    reply.authoritative = false;
                     let Some(upstream) = &self.upstream else {
                         reply.code = ResponseCode::ServFail;
                         return reply;
                     };
-                    match upstream.ask(&name, qtype, DNSClass::IN).await {
+                    match upstream.ask(&asker.vc, &name, qtype, DNSClass::IN).await {
                         Ok(answer) => {
                             reply.code = answer.code;
                             reply.answers.extend(answer.answers);
@@ -259,7 +260,8 @@ impl Handler {
                 }
             }
         }
-        // A loop of aliases: what was followed, and no more.
+        // A loop of aliases (or a chain too long to follow).
+        reply.code = ResponseCode::ServFail;
         reply
     }
 }

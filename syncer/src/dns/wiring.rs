@@ -38,9 +38,9 @@ pub fn wire(server: &str, domain: &str, ns: &str, pod: &Pod, copy: &mut Pod) {
     match policy {
         "None" | "Default" => return,
         // The shared server cannot tell a Pod on the node's network from
-        // the node: such a Pod gets the node's resolver, as Kubernetes
-        // gives it under ClusterFirst.
-        "ClusterFirst" if host_network => {
+        // the node: such a Pod gets the node's resolver (as Kubernetes
+        // gives it under ClusterFirst; under ClusterFirstWithHostNet too).
+        _ if host_network => {
             spec.dns_policy = Some("Default".to_owned());
             return;
         }
@@ -89,9 +89,16 @@ pub fn wire(server: &str, domain: &str, ns: &str, pod: &Pod, copy: &mut Pod) {
 /// The label of the shared DNS server's Pods (deploy/host/dns.yaml).
 pub const SERVER_LABEL: (&str, &str) = ("app.kubernetes.io/name", "kplex-dns");
 
-/// Whether a NetworkPolicy port lets DNS through (port 53).
+/// Whether a NetworkPolicy port lets DNS through: port 53, a range
+/// holding it, a port named as DNS ports are, or every port.
 pub fn is_dns_port(port: &NetworkPolicyPort) -> bool {
-    port.port == Some(IntOrString::Int(53))
+    match &port.port {
+        Some(IntOrString::Int(p)) => {
+            *p == 53 || (*p <= 53 && port.end_port.is_some_and(|end| end >= 53))
+        }
+        Some(IntOrString::String(name)) => matches!(name.as_str(), "dns" | "dns-tcp" | "domain"),
+        None => true,
+    }
 }
 
 /// The egress rule to the shared DNS server's Pods: their named ports
@@ -188,8 +195,10 @@ mod tests {
             assert_eq!(copy.spec.unwrap().dns_policy.as_deref(), Some(policy));
             assert!(copy.metadata.annotations.is_none());
         }
-        let copy = wired(json!({"containers": [], "hostNetwork": true}));
-        assert_eq!(copy.spec.unwrap().dns_policy.as_deref(), Some("Default"));
+        for policy in ["ClusterFirst", "ClusterFirstWithHostNet"] {
+            let copy = wired(json!({"containers": [], "hostNetwork": true, "dnsPolicy": policy}));
+            assert_eq!(copy.spec.unwrap().dns_policy.as_deref(), Some("Default"));
+        }
     }
 
     #[test]
