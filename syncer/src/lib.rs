@@ -173,6 +173,31 @@ pub struct Ctx {
     /// Placed Pods a policy change now refuses, by UID, with why (each is
     /// reported once).
     violators: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// Per VC with a quota, while one of its Pods is being placed: the
+    /// turn that makes its quota check and its host create one step (two
+    /// Pods checked at once would both fit).
+    placing: std::sync::Mutex<std::collections::HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A VC's turn to place a Pod ([`Ctx::placement_turn`]); the VC's entry
+/// goes when no one else waits for it.
+pub struct PlacementTurn<'a> {
+    ctx: &'a Ctx,
+    vc: Arc<str>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for PlacementTurn<'_> {
+    fn drop(&mut self) {
+        self.guard.take();
+        let mut placing = self.ctx.placing.lock().expect("placing lock");
+        if placing
+            .get(&self.vc)
+            .is_some_and(|m| Arc::strong_count(m) == 1)
+        {
+            placing.remove(&self.vc);
+        }
+    }
 }
 
 /// What a reconcile asks for next: nothing, or another look after a while.
@@ -184,6 +209,7 @@ impl Ctx {
         Ok(Arc::new(Ctx {
             events: kplex_controllers::events::Recorder::of(clients.clone(), MANAGER),
             violators: Default::default(),
+            placing: Default::default(),
             hosts: hosts::Hosts::new(&options.config)?,
             access: token::Access::new(&options.config, &options.ca_pem)?,
             clients,
@@ -208,6 +234,22 @@ impl Ctx {
     pub fn reported(&self, uid: &str, why: &str) -> bool {
         let mut violators = self.violators.lock().expect("violators lock");
         violators.insert(uid.to_owned(), why.to_owned()).as_deref() != Some(why)
+    }
+
+    /// Waits for `vc`'s turn to place a Pod.
+    pub async fn placement_turn(&self, vc: &Vc) -> PlacementTurn<'_> {
+        let turn = self
+            .placing
+            .lock()
+            .expect("placing lock")
+            .entry(vc.uid.clone())
+            .or_default()
+            .clone();
+        PlacementTurn {
+            ctx: self,
+            vc: vc.uid.clone(),
+            guard: Some(turn.lock_owned().await),
+        }
     }
 
     /// Forgets the Pod `uid` (gone).

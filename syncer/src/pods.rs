@@ -428,6 +428,14 @@ pub async fn reconcile(ctx: &Arc<Ctx>, key: &ObjectKey) -> Outcome {
     // before the policy changed, or by a way around the API) is not
     // placed; one already placed keeps running and is reported.
     let policy = ctx.hosts.policy(&key.vc);
+    // With a quota, the count and the placement are one step per VC (the
+    // turn is held until the copy is in the host cache), so two Pods
+    // checked at once cannot both take the last place.
+    let _turn = if copy.is_none() && !policy.quota_amounts().is_empty() {
+        Some(ctx.placement_turn(&key.vc).await)
+    } else {
+        None
+    };
     // (A Pod held back by the quota is looked at again: the quota frees up
     // as other Pods finish.)
     let over_quota = copy
