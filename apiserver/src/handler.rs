@@ -48,6 +48,8 @@ pub struct Context {
     pub allocations: Arc<kplex_registry::allocation::AllocationLocks>,
     /// Per-VC limit on open watches.
     pub watches: Arc<kplex_registry::quota::WatchLimits>,
+    /// Fair scheduling of requests between VCs (and the LIST runtime).
+    pub fairness: Arc<crate::fairness::Fairness>,
 }
 
 impl Context {
@@ -207,14 +209,17 @@ fn is_public(path: &str) -> bool {
     matches!(path, "/livez" | "/readyz" | "/healthz" | "/version")
 }
 
-/// Serves one request from `caller` (`None`: no client certificate).
+/// Serves one request from `caller` (`None`: no client certificate): it
+/// is authenticated, waits for a seat of its priority level in its flow
+/// (`fairness`: its VC, system component or the admin), and is served —
+/// a LIST on the LIST runtime.
 pub async fn handle<B>(
-    ctx: &Context,
-    caller: Option<&Identity>,
+    ctx: &Arc<Context>,
+    caller: Option<&Arc<Identity>>,
     req: hyper::Request<B>,
 ) -> Response<Body>
 where
-    B: hyper::body::Body<Data = Bytes>,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let started = std::time::Instant::now();
@@ -232,13 +237,7 @@ where
         plural == crate::virtualclusters::PLURAL
             || ctx.catalog.all().iter().any(|r| r.plural == plural)
     });
-    let response = kplex_registry::warnings::collect(async {
-        match route(ctx, caller, req).await {
-            Ok(response) => response,
-            Err(e) => crate::response::error_response(&e),
-        }
-    })
-    .await;
+    let (response, level, waited) = fairly(ctx, caller, &verb, req).await;
     // A watch is counted when its stream starts, not when it ends.
     let code = response.status().as_u16();
     ctx.metrics
@@ -249,10 +248,91 @@ where
         %verb,
         %resource,
         code,
+        priority_level = level.map_or("exempt", crate::fairness::Level::name),
+        waited_micros = waited.as_micros() as u64,
         micros = started.elapsed().as_micros() as u64,
         "request"
     );
     response
+}
+
+/// Authenticates, takes a seat, serves; the response, the priority level
+/// and the wait for the seat.
+async fn fairly<B>(
+    ctx: &Arc<Context>,
+    caller: Option<&Arc<Identity>>,
+    verb: &str,
+    req: hyper::Request<B>,
+) -> (
+    Response<Body>,
+    Option<crate::fairness::Level>,
+    std::time::Duration,
+)
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let zero = std::time::Duration::ZERO;
+    // Health and version are exempt, as in kube-apiserver.
+    if is_public(req.uri().path()) {
+        return (serve(ctx.clone(), None, req).await, None, zero);
+    }
+    // No client certificate: a ServiceAccount token may say who it is.
+    let caller = match (caller, crate::tokens::bearer(req.headers())) {
+        (Some(caller), _) => caller.clone(),
+        (None, Some(token)) => match crate::tokens::authenticate(ctx, token).await {
+            Some(identity) => Arc::new(identity),
+            None => {
+                return (
+                    crate::response::error_response(&ApiError::unauthorized()),
+                    None,
+                    zero,
+                )
+            }
+        },
+        (None, None) => {
+            return (
+                crate::response::error_response(&ApiError::unauthorized()),
+                None,
+                zero,
+            )
+        }
+    };
+    let (level, flow) = crate::fairness::classify(&caller, verb);
+    let mut seat = match ctx.fairness.seat(level, flow).await {
+        Ok(seat) => seat,
+        Err(e) => return (crate::response::error_response(&e), Some(level), zero),
+    };
+    let response = if level == crate::fairness::Level::Lists {
+        ctx.fairness
+            .run_list(serve(ctx.clone(), Some(caller), req))
+            .await
+    } else {
+        serve(ctx.clone(), Some(caller), req).await
+    };
+    if let Some(bytes) = hyper::body::Body::size_hint(response.body()).exact() {
+        seat.charge(bytes);
+    }
+    (response, Some(level), seat.waited)
+}
+
+/// Routes and serves a request (warnings collected into its headers).
+async fn serve<B>(
+    ctx: Arc<Context>,
+    caller: Option<Arc<Identity>>,
+    req: hyper::Request<B>,
+) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    kplex_registry::warnings::collect(async {
+        match route(&ctx, caller.as_deref(), req).await {
+            Ok(response) => response,
+            Err(e) => crate::response::error_response(&e),
+        }
+    })
+    .await
 }
 
 async fn route<B>(
@@ -348,7 +428,11 @@ where
         return Ok(crate::response::bytes_response(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            Bytes::from(ctx.metrics.render(vcs) + &ctx.store.stats().prometheus()),
+            Bytes::from(
+                ctx.metrics.render(vcs)
+                    + &ctx.store.stats().prometheus()
+                    + &ctx.fairness.prometheus(),
+            ),
         ));
     }
     crate::admin::handle(ctx, request).await

@@ -9,6 +9,7 @@ pub mod admission;
 pub mod bootstrap;
 pub mod cli;
 pub mod discovery;
+pub mod fairness;
 pub mod handler;
 pub mod hostclusters;
 pub mod metrics;

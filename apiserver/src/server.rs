@@ -94,7 +94,7 @@ pub async fn serve(
                 let ctx = ctx.clone();
                 let caller = caller.clone();
                 async move {
-                    Ok::<_, std::convert::Infallible>(handle(&ctx, caller.as_deref(), req).await)
+                    Ok::<_, std::convert::Infallible>(handle(&ctx, caller.as_ref(), req).await)
                 }
             });
             let mut builder = auto::Builder::new(TokioExecutor::new());

@@ -182,6 +182,13 @@ struct ServeArgs {
     /// 429 until one ends.
     #[arg(long, default_value_t = kplex_registry::quota::DEFAULT_MAX_WATCHES_PER_VC)]
     max_watches_per_vc: usize,
+    /// Requests one VC (or system component) may have waiting for a seat
+    /// in a priority level; more get 429 at once.
+    #[arg(long, default_value_t = kplex_apiserver::fairness::Config::default().queue_per_flow)]
+    max_queued_per_vc: usize,
+    /// Longest a request waits for a seat before its 429, in milliseconds.
+    #[arg(long, default_value_t = kplex_apiserver::fairness::Config::default().max_wait.as_millis() as u64)]
+    max_queue_wait_ms: u64,
     /// Run the shared controllers (Deployments, ReplicaSets, Jobs, garbage
     /// collection, …) in this process. With several kplex processes on one
     /// etcd, one of them runs them at a time (a Lease decides).
@@ -355,6 +362,11 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         catalog,
         stopping: tokio::sync::watch::channel(false).0,
         allocations: Default::default(),
+        fairness: kplex_apiserver::fairness::Fairness::new(&kplex_apiserver::fairness::Config {
+            queue_per_flow: args.max_queued_per_vc,
+            max_wait: std::time::Duration::from_millis(args.max_queue_wait_ms),
+            ..Default::default()
+        })?,
         watches: Arc::new(kplex_registry::quota::WatchLimits::new(
             args.max_watches_per_vc,
         )),

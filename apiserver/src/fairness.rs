@@ -1,0 +1,610 @@
+//! Fair request scheduling between VCs: kube-apiserver's API Priority and
+//! Fairness, with each VC as a flow.
+//!
+//! Every authenticated request (health and version aside) takes a seat of
+//! its **priority level** before it is served: `system` (kplex's own
+//! controllers and syncer), `admin` (the admin API), `tenant` (a VC's
+//! requests) and `lists` (every LIST, whoever asks: the heavy work). A level
+//! has a fixed number of seats; while they are all taken, requests wait in
+//! their **flow**'s queue (a VC by UID, a system component by name, the
+//! admin), and a freed seat goes to the flow that has been served least so
+//! far, counted in cost: a request costs one, and a LIST one more per
+//! 16 KiB it answered (start-time fair queuing: a flow that comes back
+//! from idle starts level with the others, not ahead). A flow's queue is
+//! bounded and a wait is bounded: past either, the request gets 429
+//! `TooManyRequests` with `Retry-After`, as kube-apiserver's APF answers.
+//!
+//! LISTs run on a runtime of their own (`kplex-lists` threads, half the
+//! cores), so the encoding of a large list never holds the workers that
+//! answer small requests.
+//!
+//! Nothing is kept per idle VC: a flow exists while it has requests queued
+//! or being served. `/metrics` shows each level's seats in use, queue,
+//! dispatches, rejections and waits (not per VC: cardinality).
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt::Write;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kplex_certs::{Identity, Scope};
+use kplex_registry::ApiError;
+use serde_json::json;
+
+/// A priority level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    /// kplex's own system components.
+    System = 0,
+    /// The admin API.
+    Admin = 1,
+    /// A VC's requests (LISTs aside).
+    Tenant = 2,
+    /// Every LIST.
+    Lists = 3,
+}
+
+impl Level {
+    const ALL: [Level; 4] = [Level::System, Level::Admin, Level::Tenant, Level::Lists];
+
+    /// Its name in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::System => "system",
+            Level::Admin => "admin",
+            Level::Tenant => "tenant",
+            Level::Lists => "lists",
+        }
+    }
+}
+
+/// How many requests each level serves at once, and how long and how many
+/// may wait.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Seats of each level, by [`Level`] as index.
+    pub seats: [usize; 4],
+    /// Requests one flow may have waiting in a level.
+    pub queue_per_flow: usize,
+    /// The longest a request waits for a seat.
+    pub max_wait: Duration,
+    /// Threads running LISTs.
+    pub list_threads: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Config {
+            seats: [64, 32, 64 * cores.max(2) / 2, 2 * cores.max(2)],
+            queue_per_flow: 128,
+            max_wait: Duration::from_secs(4),
+            list_threads: (cores / 2).max(1),
+        }
+    }
+}
+
+/// Extra cost of a LIST per this many bytes answered.
+const COST_BYTES: u64 = 16 * 1024;
+
+/// Upper bounds of the wait histogram, in seconds.
+const WAIT_BUCKETS: [f64; 9] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0];
+
+/// See the module documentation.
+pub struct Fairness {
+    levels: [Queue; 4],
+    lists: tokio::runtime::Handle,
+}
+
+struct Queue {
+    level: Level,
+    seats: usize,
+    queue_per_flow: usize,
+    max_wait: Duration,
+    state: Mutex<State>,
+    dispatched: AtomicU64,
+    rejected_full: AtomicU64,
+    rejected_wait: AtomicU64,
+    waits: Mutex<([u64; WAIT_BUCKETS.len()], f64, u64)>,
+}
+
+#[derive(Default)]
+struct State {
+    in_use: usize,
+    waiting: usize,
+    /// The start tag of the last dispatch: a new flow starts here.
+    now: u64,
+    flows: HashMap<Arc<str>, Flow>,
+    next_id: u64,
+}
+
+struct Flow {
+    /// The cost served so far (from the level's `now` when it came).
+    served: u64,
+    queue: VecDeque<Waiter>,
+    running: usize,
+}
+
+struct Waiter {
+    id: u64,
+    granted: tokio::sync::oneshot::Sender<()>,
+}
+
+/// A seat, given back when dropped; [`Seat::charge`] adds to its flow's
+/// cost what the request turned out to cost.
+pub struct Seat {
+    queue: Option<(Arc<Fairness>, Level)>,
+    flow: Arc<str>,
+    extra: u64,
+    /// How long the request waited for it.
+    pub waited: Duration,
+}
+
+impl Seat {
+    /// Charges the flow for a response of `bytes` (LISTs: one more per
+    /// 16 KiB).
+    pub fn charge(&mut self, bytes: u64) {
+        if matches!(&self.queue, Some((_, Level::Lists))) {
+            self.extra += bytes / COST_BYTES;
+        }
+    }
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        if let Some((fairness, level)) = self.queue.take() {
+            fairness.levels[level as usize].release(&self.flow, self.extra);
+        }
+    }
+}
+
+/// Which level and flow a request belongs to.
+pub fn classify(caller: &Identity, verb: &str) -> (Level, Arc<str>) {
+    let flow: Arc<str> = match &caller.scope {
+        Scope::VirtualCluster { uid } => uid.as_str().into(),
+        Scope::System { component } => format!("system:{component}").into(),
+        Scope::Admin => "admin".into(),
+    };
+    let level = if verb == "list" {
+        Level::Lists
+    } else {
+        match &caller.scope {
+            Scope::VirtualCluster { .. } => Level::Tenant,
+            Scope::System { .. } => Level::System,
+            Scope::Admin => Level::Admin,
+        }
+    };
+    (level, flow)
+}
+
+impl Fairness {
+    /// A scheduler with `config` (its LIST runtime started).
+    pub fn new(config: &Config) -> Result<Arc<Fairness>, String> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.list_threads)
+            .thread_name("kplex-lists")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the LIST runtime: {e}"))?;
+        // It lives as long as the process (a runtime may not be dropped
+        // from async code).
+        let lists = Box::leak(Box::new(runtime)).handle().clone();
+        let queue = |level: Level| Queue {
+            level,
+            seats: config.seats[level as usize].max(1),
+            queue_per_flow: config.queue_per_flow,
+            max_wait: config.max_wait,
+            state: Mutex::default(),
+            dispatched: AtomicU64::new(0),
+            rejected_full: AtomicU64::new(0),
+            rejected_wait: AtomicU64::new(0),
+            waits: Mutex::new(([0; WAIT_BUCKETS.len()], 0.0, 0)),
+        };
+        Ok(Arc::new(Fairness {
+            levels: Level::ALL.map(queue),
+            lists,
+        }))
+    }
+
+    /// Waits for a seat of `level` for `flow`; 429 when its queue is full
+    /// or the wait too long.
+    pub async fn seat(self: &Arc<Self>, level: Level, flow: Arc<str>) -> Result<Seat, ApiError> {
+        let started = Instant::now();
+        let queue = &self.levels[level as usize];
+        queue.acquire(&flow).await?;
+        let waited = started.elapsed();
+        queue.observe_wait(waited);
+        Ok(Seat {
+            queue: Some((self.clone(), level)),
+            flow,
+            extra: 0,
+            waited,
+        })
+    }
+
+    /// Runs `work` on the LIST runtime.
+    pub async fn run_list<F>(&self, work: F) -> F::Output
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match self.lists.spawn(work).await {
+            Ok(output) => output,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
+    /// The levels' state in Prometheus' text format.
+    pub fn prometheus(&self) -> String {
+        let mut out = String::new();
+        let metrics = [
+            ("kplex_apf_seats", "gauge", "Seats of the priority level."),
+            ("kplex_apf_executing_seats", "gauge", "Seats in use."),
+            (
+                "kplex_apf_queued_requests",
+                "gauge",
+                "Requests waiting for a seat.",
+            ),
+            (
+                "kplex_apf_dispatched_requests_total",
+                "counter",
+                "Requests given a seat.",
+            ),
+            (
+                "kplex_apf_rejected_requests_total",
+                "counter",
+                "Requests answered 429, by reason.",
+            ),
+        ];
+        for (name, kind, help) in metrics {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for queue in &self.levels {
+                let level = queue.level.name();
+                let (in_use, waiting) = {
+                    let state = queue.state.lock().expect("fairness lock");
+                    (state.in_use, state.waiting)
+                };
+                match name {
+                    "kplex_apf_seats" => {
+                        let _ =
+                            writeln!(out, "{name}{{priority_level=\"{level}\"}} {}", queue.seats);
+                    }
+                    "kplex_apf_executing_seats" => {
+                        let _ = writeln!(out, "{name}{{priority_level=\"{level}\"}} {in_use}");
+                    }
+                    "kplex_apf_queued_requests" => {
+                        let _ = writeln!(out, "{name}{{priority_level=\"{level}\"}} {waiting}");
+                    }
+                    "kplex_apf_dispatched_requests_total" => {
+                        let n = queue.dispatched.load(Ordering::Relaxed);
+                        let _ = writeln!(out, "{name}{{priority_level=\"{level}\"}} {n}");
+                    }
+                    _ => {
+                        for (reason, counter) in [
+                            ("queue-full", &queue.rejected_full),
+                            ("time-out", &queue.rejected_wait),
+                        ] {
+                            let n = counter.load(Ordering::Relaxed);
+                            let _ = writeln!(
+                                out,
+                                "{name}{{priority_level=\"{level}\",reason=\"{reason}\"}} {n}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        let name = "kplex_apf_wait_duration_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} How long requests waited for a seat.\n# TYPE {name} histogram"
+        );
+        for queue in &self.levels {
+            let level = queue.level.name();
+            let (buckets, sum, count) = *queue.waits.lock().expect("waits lock");
+            for (i, le) in WAIT_BUCKETS.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{priority_level=\"{level}\",le=\"{le}\"}} {}",
+                    buckets[i]
+                );
+            }
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{priority_level=\"{level}\",le=\"+Inf\"}} {count}"
+            );
+            let _ = writeln!(out, "{name}_sum{{priority_level=\"{level}\"}} {sum}");
+            let _ = writeln!(out, "{name}_count{{priority_level=\"{level}\"}} {count}");
+        }
+        out
+    }
+}
+
+/// The 429 of a request that found no seat.
+fn too_many(level: Level, why: &str) -> ApiError {
+    ApiError {
+        code: hyper::StatusCode::TOO_MANY_REQUESTS,
+        reason: "TooManyRequests",
+        message: format!(
+            "Too many requests, please try again later ({why} at priority level {})",
+            level.name()
+        ),
+        details: Some(Box::new(json!({"retryAfterSeconds": 1}))),
+    }
+}
+
+impl Queue {
+    async fn acquire(&self, flow: &Arc<str>) -> Result<(), ApiError> {
+        let (id, granted) = {
+            let mut state = self.state.lock().expect("fairness lock");
+            let now = state.now;
+            let seats_free = state.in_use < self.seats;
+            let nobody_waits = state.waiting == 0;
+            let entry = state.flows.entry(flow.clone()).or_insert_with(|| Flow {
+                served: now,
+                queue: VecDeque::new(),
+                running: 0,
+            });
+            if seats_free && nobody_waits {
+                entry.running += 1;
+                entry.served = entry.served.max(now) + 1;
+                state.in_use += 1;
+                self.dispatched.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            if entry.queue.len() >= self.queue_per_flow {
+                self.rejected_full.fetch_add(1, Ordering::Relaxed);
+                return Err(too_many(self.level, "its queue is full"));
+            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let id = state.next_id;
+            state.next_id += 1;
+            state
+                .flows
+                .get_mut(flow)
+                .expect("the flow just found")
+                .queue
+                .push_back(Waiter { id, granted: tx });
+            state.waiting += 1;
+            (id, rx)
+        };
+        match tokio::time::timeout(self.max_wait, granted).await {
+            Ok(Ok(())) => Ok(()),
+            _ => {
+                let mut state = self.state.lock().expect("fairness lock");
+                let still_queued = state.flows.get_mut(flow).and_then(|f| {
+                    let at = f.queue.iter().position(|w| w.id == id)?;
+                    f.queue.remove(at)
+                });
+                if still_queued.is_some() {
+                    state.waiting -= 1;
+                    self.forget_if_idle(&mut state, flow);
+                    self.rejected_wait.fetch_add(1, Ordering::Relaxed);
+                    return Err(too_many(self.level, "no seat came in time"));
+                }
+                // Dispatched as the wait ran out: the seat is ours.
+                Ok(())
+            }
+        }
+    }
+
+    fn release(&self, flow: &Arc<str>, extra: u64) {
+        let mut state = self.state.lock().expect("fairness lock");
+        state.in_use -= 1;
+        if let Some(f) = state.flows.get_mut(flow) {
+            f.running -= 1;
+            f.served += extra;
+        }
+        self.forget_if_idle(&mut state, flow);
+        self.dispatch(&mut state);
+        if state.in_use == 0 && state.waiting == 0 {
+            // Nobody served, nobody waiting: no history worth keeping.
+            state.flows.clear();
+            state.now = 0;
+        }
+    }
+
+    /// Gives free seats to the waiting flows served least.
+    fn dispatch(&self, state: &mut State) {
+        while state.in_use < self.seats && state.waiting > 0 {
+            let Some(next) = state
+                .flows
+                .iter()
+                .filter(|(_, f)| !f.queue.is_empty())
+                .min_by_key(|(_, f)| f.served)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            let now = state.now;
+            let flow = state.flows.get_mut(&next).expect("the flow just found");
+            let waiter = flow.queue.pop_front().expect("a waiting request");
+            state.waiting -= 1;
+            let start = flow.served.max(now);
+            if waiter.granted.send(()).is_err() {
+                // It gave up a moment ago: the seat stays free.
+                self.forget_if_idle(state, &next);
+                continue;
+            }
+            flow.running += 1;
+            flow.served = start + 1;
+            state.now = start;
+            state.in_use += 1;
+            self.dispatched.fetch_add(1, Ordering::Relaxed);
+            // Idle flows the clock has caught up with owe nothing more.
+            state
+                .flows
+                .retain(|_, f| f.running > 0 || !f.queue.is_empty() || f.served > start);
+        }
+    }
+
+    /// Forgets an idle flow, unless it was served ahead of the others: it
+    /// is kept (a few bytes) until the clock catches up, so a VC that
+    /// stops and starts again cannot shed what it cost.
+    fn forget_if_idle(&self, state: &mut State, flow: &Arc<str>) {
+        let now = state.now;
+        if state
+            .flows
+            .get(flow)
+            .is_some_and(|f| f.running == 0 && f.queue.is_empty() && f.served <= now)
+        {
+            state.flows.remove(flow);
+        }
+    }
+
+    fn observe_wait(&self, waited: Duration) {
+        let secs = waited.as_secs_f64();
+        let mut waits = self.waits.lock().expect("waits lock");
+        for (i, le) in WAIT_BUCKETS.iter().enumerate() {
+            if secs <= *le {
+                waits.0[i] += 1;
+            }
+        }
+        waits.1 += secs;
+        waits.2 += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fairness(seats: usize, queue: usize, wait: Duration) -> Arc<Fairness> {
+        Fairness::new(&Config {
+            seats: [seats; 4],
+            queue_per_flow: queue,
+            max_wait: wait,
+            list_threads: 1,
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_quiet_flow_is_served_before_a_busy_flows_backlog() {
+        let f = fairness(1, 100, Duration::from_secs(10));
+        let busy: Arc<str> = "noisy".into();
+        let first = f.seat(Level::Tenant, busy.clone()).await.unwrap();
+        // The noisy VC queues ten more, then the quiet one asks once.
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..10 {
+            let (f, order, busy) = (f.clone(), order.clone(), busy.clone());
+            tasks.spawn(async move {
+                let _seat = f.seat(Level::Tenant, busy).await.unwrap();
+                order.lock().unwrap().push(format!("noisy-{i}"));
+            });
+            tokio::task::yield_now().await;
+        }
+        {
+            let (f, order) = (f.clone(), order.clone());
+            tasks.spawn(async move {
+                let _seat = f.seat(Level::Tenant, "quiet".into()).await.unwrap();
+                order.lock().unwrap().push("quiet".into());
+            });
+        }
+        while f.levels[Level::Tenant as usize]
+            .state
+            .lock()
+            .unwrap()
+            .waiting
+            < 11
+        {
+            tokio::task::yield_now().await;
+        }
+        drop(first);
+        while tasks.join_next().await.is_some() {}
+        let order = order.lock().unwrap();
+        let quiet = order.iter().position(|o| o == "quiet").unwrap();
+        assert!(
+            quiet <= 1,
+            "the quiet flow waited behind the backlog: {order:?}"
+        );
+        assert!(
+            f.levels[Level::Tenant as usize]
+                .state
+                .lock()
+                .unwrap()
+                .flows
+                .is_empty(),
+            "no flow kept once idle"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_and_a_long_wait_are_429_with_retry_after() {
+        let f = fairness(1, 1, Duration::from_millis(50));
+        let _held = f.seat(Level::Tenant, "a".into()).await.unwrap();
+        let waiting = {
+            let f = f.clone();
+            tokio::spawn(async move { f.seat(Level::Tenant, "a".into()).await.err() })
+        };
+        while f.levels[Level::Tenant as usize]
+            .state
+            .lock()
+            .unwrap()
+            .waiting
+            < 1
+        {
+            tokio::task::yield_now().await;
+        }
+        let full = f
+            .seat(Level::Tenant, "a".into())
+            .await
+            .err()
+            .expect("queue full");
+        assert_eq!(full.code, hyper::StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(full.retry_after(), Some(1));
+        let timed_out = waiting.await.unwrap().expect("the wait ran out");
+        assert_eq!(timed_out.reason, "TooManyRequests");
+        // Another level has seats of its own.
+        assert!(f.seat(Level::System, "system:syncer".into()).await.is_ok());
+        let text = f.prometheus();
+        assert!(text.contains("kplex_apf_rejected_requests_total{priority_level=\"tenant\",reason=\"queue-full\"} 1"), "{text}");
+        assert!(text.contains("kplex_apf_rejected_requests_total{priority_level=\"tenant\",reason=\"time-out\"} 1"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn costly_lists_count_against_their_flow() {
+        let f = fairness(1, 100, Duration::from_secs(10));
+        // Flow "big" answered a 1 MiB list, "small" a tiny one.
+        let mut seat = f.seat(Level::Lists, "big".into()).await.unwrap();
+        seat.charge(1024 * 1024);
+        let hold = f.seat(Level::Lists, "hold".into());
+        drop(seat);
+        let hold = hold.await.unwrap();
+        // Both ask again while the seat is held; "small" (never served)
+        // comes first although "big" asked first.
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = tokio::task::JoinSet::new();
+        for (n, who) in ["big", "small"].into_iter().enumerate() {
+            let (f2, order) = (f.clone(), order.clone());
+            tasks.spawn(async move {
+                let _seat = f2.seat(Level::Lists, who.into()).await.unwrap();
+                order.lock().unwrap().push(who);
+            });
+            while f.levels[Level::Lists as usize]
+                .state
+                .lock()
+                .unwrap()
+                .waiting
+                < n + 1
+            {
+                tokio::task::yield_now().await;
+            }
+        }
+        while f.levels[Level::Lists as usize]
+            .state
+            .lock()
+            .unwrap()
+            .waiting
+            < 2
+        {
+            tokio::task::yield_now().await;
+        }
+        drop(hold);
+        while tasks.join_next().await.is_some() {}
+        assert_eq!(*order.lock().unwrap(), ["small", "big"]);
+    }
+}
