@@ -113,7 +113,7 @@ async fn main() {
     let server = kplex_e2e::Kplex::start_bin(
         bin,
         &dir.path().join("kplex-data"),
-        "warn",
+        "kplex=info,warn",
         &["--controllers=false", "--syncer=false"],
     );
     let admin = client_at(&server.kubeconfig(), "").await;

@@ -4,7 +4,8 @@
 //! Every authenticated request (health and version aside) takes a seat of
 //! its **priority level** before it is served: `system` (kplex's own
 //! controllers and syncer), `admin` (the admin API), `tenant` (a VC's
-//! requests) and `lists` (every LIST, whoever asks: the heavy work). A level
+//! requests) and `lists` (every LIST and every watch that starts with the
+//! current state, whoever asks: the heavy work). A level
 //! has a fixed number of seats; while they are all taken, requests wait in
 //! their **flow**'s queue (a VC by UID, a system component by name, the
 //! admin), and a freed seat goes to the flow that has been served least so
@@ -14,9 +15,10 @@
 //! bounded and a wait is bounded: past either, the request gets 429
 //! `TooManyRequests` with `Retry-After`, as kube-apiserver's APF answers.
 //!
-//! LISTs run on a runtime of their own (`kplex-lists` threads, half the
-//! cores), so the encoding of a large list never holds the workers that
-//! answer small requests.
+//! Heavy work runs on a runtime of its own (`kplex-lists` threads, half
+//! the cores), so the encoding of a large list (or of a watch's first
+//! events: its stream lives there) never holds the workers that answer
+//! small requests.
 //!
 //! Nothing is kept per idle VC: a flow exists while it has requests queued
 //! or being served. `/metrics` shows each level's seats in use, queue,
@@ -78,7 +80,9 @@ impl Default for Config {
     fn default() -> Config {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Config {
-            seats: [64, 32, 64 * cores.max(2) / 2, 2 * cores.max(2)],
+            // Light requests are mostly waits on storage (a write's
+            // commit): many seats, so commits batch; heavy ones are CPU.
+            seats: [256, 64, 256 * cores.max(2) / 2, 2 * cores.max(2)],
             queue_per_flow: 128,
             max_wait: Duration::from_secs(4),
             list_threads: (cores / 2).max(1),
@@ -137,6 +141,7 @@ struct Waiter {
 pub struct Seat {
     queue: Option<(Arc<Fairness>, Level)>,
     flow: Arc<str>,
+    tracked: bool,
     extra: u64,
     /// How long the request waited for it.
     pub waited: Duration,
@@ -155,19 +160,42 @@ impl Seat {
 impl Drop for Seat {
     fn drop(&mut self) {
         if let Some((fairness, level)) = self.queue.take() {
-            fairness.levels[level as usize].release(&self.flow, self.extra);
+            fairness.levels[level as usize].release(&self.flow, self.tracked, self.extra);
         }
     }
 }
 
-/// Which level and flow a request belongs to.
-pub fn classify(caller: &Identity, verb: &str) -> (Level, Arc<str>) {
+/// Whether a request is heavy work: a LIST, or a watch that starts with
+/// the current state (`resourceVersion` unset or `0`, or
+/// `sendInitialEvents=true`: every object first, as ADDED events).
+pub fn is_heavy(verb: &str, query: &str) -> bool {
+    match verb {
+        "list" => true,
+        "watch" => {
+            let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+                .into_owned()
+                .collect();
+            let get = |key: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| k == key)
+                    .map(|(_, v)| v.as_str())
+            };
+            get("sendInitialEvents") == Some("true")
+                || matches!(get("resourceVersion"), None | Some("" | "0"))
+        }
+        _ => false,
+    }
+}
+
+/// Which level and flow a request belongs to (`heavy`: see [`is_heavy`]).
+pub fn classify(caller: &Identity, heavy: bool) -> (Level, Arc<str>) {
     let flow: Arc<str> = match &caller.scope {
         Scope::VirtualCluster { uid } => uid.as_str().into(),
         Scope::System { component } => format!("system:{component}").into(),
         Scope::Admin => "admin".into(),
     };
-    let level = if verb == "list" {
+    let level = if heavy {
         Level::Lists
     } else {
         match &caller.scope {
@@ -213,12 +241,13 @@ impl Fairness {
     pub async fn seat(self: &Arc<Self>, level: Level, flow: Arc<str>) -> Result<Seat, ApiError> {
         let started = Instant::now();
         let queue = &self.levels[level as usize];
-        queue.acquire(&flow).await?;
+        let tracked = queue.acquire(&flow).await?;
         let waited = started.elapsed();
         queue.observe_wait(waited);
         Ok(Seat {
             queue: Some((self.clone(), level)),
             flow,
+            tracked,
             extra: 0,
             waited,
         })
@@ -240,20 +269,28 @@ impl Fairness {
     pub fn prometheus(&self) -> String {
         let mut out = String::new();
         let metrics = [
-            ("kplex_apf_seats", "gauge", "Seats of the priority level."),
-            ("kplex_apf_executing_seats", "gauge", "Seats in use."),
             (
-                "kplex_apf_queued_requests",
+                "apiserver_flowcontrol_nominal_limit_seats",
+                "gauge",
+                "Seats of the priority level.",
+            ),
+            (
+                "apiserver_flowcontrol_current_executing_seats",
+                "gauge",
+                "Seats in use.",
+            ),
+            (
+                "apiserver_flowcontrol_current_inqueue_requests",
                 "gauge",
                 "Requests waiting for a seat.",
             ),
             (
-                "kplex_apf_dispatched_requests_total",
+                "apiserver_flowcontrol_dispatched_requests_total",
                 "counter",
                 "Requests given a seat.",
             ),
             (
-                "kplex_apf_rejected_requests_total",
+                "apiserver_flowcontrol_rejected_requests_total",
                 "counter",
                 "Requests answered 429, by reason.",
             ),
@@ -267,17 +304,17 @@ impl Fairness {
                     (state.in_use, state.waiting)
                 };
                 match name {
-                    "kplex_apf_seats" => {
+                    "apiserver_flowcontrol_nominal_limit_seats" => {
                         let _ =
                             writeln!(out, "{name}{{priority_level=\"{level}\"}} {}", queue.seats);
                     }
-                    "kplex_apf_executing_seats" => {
+                    "apiserver_flowcontrol_current_executing_seats" => {
                         let _ = writeln!(out, "{name}{{priority_level=\"{level}\"}} {in_use}");
                     }
-                    "kplex_apf_queued_requests" => {
+                    "apiserver_flowcontrol_current_inqueue_requests" => {
                         let _ = writeln!(out, "{name}{{priority_level=\"{level}\"}} {waiting}");
                     }
-                    "kplex_apf_dispatched_requests_total" => {
+                    "apiserver_flowcontrol_dispatched_requests_total" => {
                         let n = queue.dispatched.load(Ordering::Relaxed);
                         let _ = writeln!(out, "{name}{{priority_level=\"{level}\"}} {n}");
                     }
@@ -296,7 +333,7 @@ impl Fairness {
                 }
             }
         }
-        let name = "kplex_apf_wait_duration_seconds";
+        let name = "apiserver_flowcontrol_request_wait_duration_seconds";
         let _ = writeln!(
             out,
             "# HELP {name} How long requests waited for a seat.\n# TYPE {name} histogram"
@@ -336,24 +373,31 @@ fn too_many(level: Level, why: &str) -> ApiError {
 }
 
 impl Queue {
-    async fn acquire(&self, flow: &Arc<str>) -> Result<(), ApiError> {
+    /// A seat for `flow`; whether its flow is tracked (a flow is, from
+    /// the first time one of its requests waits until it is forgotten).
+    async fn acquire(&self, flow: &Arc<str>) -> Result<bool, ApiError> {
         let (id, granted) = {
             let mut state = self.state.lock().expect("fairness lock");
             let now = state.now;
-            let seats_free = state.in_use < self.seats;
-            let nobody_waits = state.waiting == 0;
+            if state.in_use < self.seats && state.waiting == 0 {
+                // Uncontended: no flow state unless it is tracked already.
+                state.in_use += 1;
+                self.dispatched.fetch_add(1, Ordering::Relaxed);
+                let tracked = match state.flows.get_mut(flow) {
+                    Some(entry) => {
+                        entry.running += 1;
+                        entry.served = entry.served.max(now) + 1;
+                        true
+                    }
+                    None => false,
+                };
+                return Ok(tracked);
+            }
             let entry = state.flows.entry(flow.clone()).or_insert_with(|| Flow {
                 served: now,
                 queue: VecDeque::new(),
                 running: 0,
             });
-            if seats_free && nobody_waits {
-                entry.running += 1;
-                entry.served = entry.served.max(now) + 1;
-                state.in_use += 1;
-                self.dispatched.fetch_add(1, Ordering::Relaxed);
-                return Ok(());
-            }
             if entry.queue.len() >= self.queue_per_flow {
                 self.rejected_full.fetch_add(1, Ordering::Relaxed);
                 return Err(too_many(self.level, "its queue is full"));
@@ -371,7 +415,7 @@ impl Queue {
             (id, rx)
         };
         match tokio::time::timeout(self.max_wait, granted).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => Ok(true),
             _ => {
                 let mut state = self.state.lock().expect("fairness lock");
                 let still_queued = state.flows.get_mut(flow).and_then(|f| {
@@ -385,16 +429,18 @@ impl Queue {
                     return Err(too_many(self.level, "no seat came in time"));
                 }
                 // Dispatched as the wait ran out: the seat is ours.
-                Ok(())
+                Ok(true)
             }
         }
     }
 
-    fn release(&self, flow: &Arc<str>, extra: u64) {
+    fn release(&self, flow: &Arc<str>, tracked: bool, extra: u64) {
         let mut state = self.state.lock().expect("fairness lock");
         state.in_use -= 1;
         if let Some(f) = state.flows.get_mut(flow) {
-            f.running -= 1;
+            if tracked {
+                f.running -= 1;
+            }
             f.served += extra;
         }
         self.forget_if_idle(&mut state, flow);
@@ -561,19 +607,55 @@ mod tests {
         // Another level has seats of its own.
         assert!(f.seat(Level::System, "system:syncer".into()).await.is_ok());
         let text = f.prometheus();
-        assert!(text.contains("kplex_apf_rejected_requests_total{priority_level=\"tenant\",reason=\"queue-full\"} 1"), "{text}");
-        assert!(text.contains("kplex_apf_rejected_requests_total{priority_level=\"tenant\",reason=\"time-out\"} 1"), "{text}");
+        assert!(text.contains("apiserver_flowcontrol_rejected_requests_total{priority_level=\"tenant\",reason=\"queue-full\"} 1"), "{text}");
+        assert!(text.contains("apiserver_flowcontrol_rejected_requests_total{priority_level=\"tenant\",reason=\"time-out\"} 1"), "{text}");
+    }
+
+    #[test]
+    fn lists_and_watches_from_the_current_state_are_heavy() {
+        assert!(is_heavy("list", ""));
+        assert!(is_heavy("watch", "watch=1"));
+        assert!(is_heavy("watch", "watch=1&resourceVersion=0"));
+        assert!(is_heavy(
+            "watch",
+            "watch=1&resourceVersion=7&sendInitialEvents=true"
+        ));
+        assert!(!is_heavy("watch", "watch=1&resourceVersion=7"));
+        assert!(!is_heavy("get", ""));
     }
 
     #[tokio::test]
     async fn costly_lists_count_against_their_flow() {
-        let f = fairness(1, 100, Duration::from_secs(10));
-        // Flow "big" answered a 1 MiB list, "small" a tiny one.
-        let mut seat = f.seat(Level::Lists, "big".into()).await.unwrap();
+        let f = fairness(2, 100, Duration::from_secs(10));
+        let waiting = |n: usize| {
+            let f = f.clone();
+            async move {
+                while f.levels[Level::Lists as usize]
+                    .state
+                    .lock()
+                    .unwrap()
+                    .waiting
+                    < n
+                {
+                    tokio::task::yield_now().await;
+                }
+            }
+        };
+        // The level busy; "big" waits for a seat (so its flow is tracked),
+        // gets one, answers a 1 MiB list.
+        let h1 = f.seat(Level::Lists, "h1".into()).await.unwrap();
+        let h2 = f.seat(Level::Lists, "h2".into()).await.unwrap();
+        let big = {
+            let f = f.clone();
+            tokio::spawn(async move { f.seat(Level::Lists, "big".into()).await.unwrap() })
+        };
+        waiting(1).await;
+        drop(h1);
+        let mut seat = big.await.unwrap();
         seat.charge(1024 * 1024);
-        let hold = f.seat(Level::Lists, "hold".into());
         drop(seat);
-        let hold = hold.await.unwrap();
+        let hold = h2;
+        let hold2 = f.seat(Level::Lists, "h3".into()).await.unwrap();
         // Both ask again while the seat is held; "small" (never served)
         // comes first although "big" asked first.
         let order = Arc::new(Mutex::new(Vec::new()));
@@ -604,6 +686,10 @@ mod tests {
             tokio::task::yield_now().await;
         }
         drop(hold);
+        while order.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        drop(hold2);
         while tasks.join_next().await.is_some() {}
         assert_eq!(*order.lock().unwrap(), ["small", "big"]);
     }

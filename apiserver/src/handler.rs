@@ -298,7 +298,8 @@ where
             )
         }
     };
-    let (level, flow) = crate::fairness::classify(&caller, verb);
+    let heavy = crate::fairness::is_heavy(verb, req.uri().query().unwrap_or(""));
+    let (level, flow) = crate::fairness::classify(&caller, heavy);
     let mut seat = match ctx.fairness.seat(level, flow).await {
         Ok(seat) => seat,
         Err(e) => return (crate::response::error_response(&e), Some(level), zero),

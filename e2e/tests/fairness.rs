@@ -151,7 +151,9 @@ async fn a_flooding_vc_is_refused_in_its_own_flow_while_another_is_served() {
     let text = String::from_utf8_lossy(&metrics.stdout);
     let rejected: u64 = text
         .lines()
-        .filter(|l| l.starts_with("kplex_apf_rejected_requests_total{priority_level=\"lists\""))
+        .filter(|l| {
+            l.starts_with("apiserver_flowcontrol_rejected_requests_total{priority_level=\"lists\"")
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum();
     assert!(
