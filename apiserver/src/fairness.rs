@@ -28,7 +28,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt::Write;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use kplex_certs::{Identity, Scope};
@@ -103,6 +103,7 @@ pub struct Fairness {
 }
 
 struct Queue {
+    owner: Weak<Fairness>,
     level: Level,
     seats: usize,
     queue_per_flow: usize,
@@ -133,7 +134,28 @@ struct Flow {
 
 struct Waiter {
     id: u64,
-    granted: tokio::sync::oneshot::Sender<()>,
+    granted: tokio::sync::oneshot::Sender<Grant>,
+}
+
+/// A seat handed to a waiting request. Until the request claims it, it
+/// goes back when dropped: a request whose client went away just as its
+/// turn came (its future dropped with the grant still in the channel)
+/// leaks no seat.
+struct Grant {
+    owner: Weak<Fairness>,
+    level: Level,
+    flow: Arc<str>,
+    claimed: bool,
+}
+
+impl Drop for Grant {
+    fn drop(&mut self) {
+        if !self.claimed {
+            if let Some(fairness) = self.owner.upgrade() {
+                fairness.levels[self.level as usize].release(&self.flow, true, 0);
+            }
+        }
+    }
 }
 
 /// A seat, given back when dropped; [`Seat::charge`] adds to its flow's
@@ -219,7 +241,8 @@ impl Fairness {
         // It lives as long as the process (a runtime may not be dropped
         // from async code).
         let lists = Box::leak(Box::new(runtime)).handle().clone();
-        let queue = |level: Level| Queue {
+        let queue = |level: Level, owner: Weak<Fairness>| Queue {
+            owner,
             level,
             seats: config.seats[level as usize].max(1),
             queue_per_flow: config.queue_per_flow,
@@ -230,8 +253,8 @@ impl Fairness {
             rejected_wait: AtomicU64::new(0),
             waits: Mutex::new(([0; WAIT_BUCKETS.len()], 0.0, 0)),
         };
-        Ok(Arc::new(Fairness {
-            levels: Level::ALL.map(queue),
+        Ok(Arc::new_cyclic(|owner| Fairness {
+            levels: Level::ALL.map(|level| queue(level, owner.clone())),
             lists,
         }))
     }
@@ -414,8 +437,12 @@ impl Queue {
             state.waiting += 1;
             (id, rx)
         };
-        match tokio::time::timeout(self.max_wait, granted).await {
-            Ok(Ok(())) => Ok(true),
+        let mut granted = granted;
+        match tokio::time::timeout(self.max_wait, &mut granted).await {
+            Ok(Ok(mut grant)) => {
+                grant.claimed = true;
+                Ok(true)
+            }
             _ => {
                 let mut state = self.state.lock().expect("fairness lock");
                 let still_queued = state.flows.get_mut(flow).and_then(|f| {
@@ -428,8 +455,15 @@ impl Queue {
                     self.rejected_wait.fetch_add(1, Ordering::Relaxed);
                     return Err(too_many(self.level, "no seat came in time"));
                 }
+                drop(state);
                 // Dispatched as the wait ran out: the seat is ours.
-                Ok(true)
+                match granted.try_recv() {
+                    Ok(mut grant) => {
+                        grant.claimed = true;
+                        Ok(true)
+                    }
+                    Err(_) => Err(too_many(self.level, "no seat came in time")),
+                }
             }
         }
     }
@@ -469,8 +503,16 @@ impl Queue {
             let waiter = flow.queue.pop_front().expect("a waiting request");
             state.waiting -= 1;
             let start = flow.served.max(now);
-            if waiter.granted.send(()).is_err() {
-                // It gave up a moment ago: the seat stays free.
+            let grant = Grant {
+                owner: self.owner.clone(),
+                level: self.level,
+                flow: next.clone(),
+                claimed: false,
+            };
+            if let Err(mut grant) = waiter.granted.send(grant) {
+                // It gave up a moment ago: the seat stays free (and the
+                // grant must not give back what it never took).
+                grant.claimed = true;
                 self.forget_if_idle(state, &next);
                 continue;
             }
@@ -609,6 +651,27 @@ mod tests {
         let text = f.prometheus();
         assert!(text.contains("apiserver_flowcontrol_rejected_requests_total{priority_level=\"tenant\",reason=\"queue-full\"} 1"), "{text}");
         assert!(text.contains("apiserver_flowcontrol_rejected_requests_total{priority_level=\"tenant\",reason=\"time-out\"} 1"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_request_dropped_as_its_turn_comes_leaks_no_seat() {
+        let f = fairness(1, 100, Duration::from_secs(10));
+        let held = f.seat(Level::Tenant, "a".into()).await.unwrap();
+        // A waiter whose future is dropped right after its grant is sent,
+        // before it ever runs again.
+        let mut waiting = Box::pin(f.seat(Level::Tenant, "b".into()));
+        assert!(futures::poll!(&mut waiting).is_pending());
+        drop(held);
+        drop(waiting);
+        let state = || {
+            let s = f.levels[Level::Tenant as usize].state.lock().unwrap();
+            (s.in_use, s.waiting)
+        };
+        assert_eq!(state(), (0, 0), "the seat came back");
+        // And the level still serves.
+        let again =
+            tokio::time::timeout(Duration::from_secs(1), f.seat(Level::Tenant, "c".into())).await;
+        assert!(again.unwrap().is_ok());
     }
 
     #[test]
