@@ -44,12 +44,27 @@ pub enum Level {
     Admin = 1,
     /// A VC's requests (LISTs aside).
     Tenant = 2,
-    /// Every LIST.
+    /// Heavy requests of tenants and the admin (LISTs, watches from the
+    /// current state).
     Lists = 3,
+    /// Heavy requests of kplex's own components: a level of their own, so
+    /// a tenants' flood never starves their relists.
+    SystemLists = 4,
 }
 
 impl Level {
-    const ALL: [Level; 4] = [Level::System, Level::Admin, Level::Tenant, Level::Lists];
+    const ALL: [Level; 5] = [
+        Level::System,
+        Level::Admin,
+        Level::Tenant,
+        Level::Lists,
+        Level::SystemLists,
+    ];
+
+    /// Whether it is a level of heavy work (run on the LIST runtime).
+    pub fn is_heavy(self) -> bool {
+        matches!(self, Level::Lists | Level::SystemLists)
+    }
 
     /// Its name in metrics.
     pub fn name(self) -> &'static str {
@@ -58,6 +73,7 @@ impl Level {
             Level::Admin => "admin",
             Level::Tenant => "tenant",
             Level::Lists => "lists",
+            Level::SystemLists => "system-lists",
         }
     }
 }
@@ -67,7 +83,7 @@ impl Level {
 #[derive(Clone, Debug)]
 pub struct Config {
     /// Seats of each level, by [`Level`] as index.
-    pub seats: [usize; 4],
+    pub seats: [usize; 5],
     /// Requests one flow may have waiting in a level.
     pub queue_per_flow: usize,
     /// The longest a request waits for a seat.
@@ -82,7 +98,13 @@ impl Default for Config {
         Config {
             // Light requests are mostly waits on storage (a write's
             // commit): many seats, so commits batch; heavy ones are CPU.
-            seats: [256, 64, 256 * cores.max(2) / 2, 2 * cores.max(2)],
+            seats: [
+                256,
+                64,
+                256 * cores.max(2) / 2,
+                2 * cores.max(2),
+                2 * cores.max(2),
+            ],
             queue_per_flow: 128,
             max_wait: Duration::from_secs(4),
             list_threads: (cores / 2).max(1),
@@ -98,7 +120,7 @@ const WAIT_BUCKETS: [f64; 9] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.
 
 /// See the module documentation.
 pub struct Fairness {
-    levels: [Queue; 4],
+    levels: [Queue; 5],
     lists: tokio::runtime::Handle,
 }
 
@@ -173,7 +195,7 @@ impl Seat {
     /// Charges the flow for a response of `bytes` (LISTs: one more per
     /// 16 KiB).
     pub fn charge(&mut self, bytes: u64) {
-        if matches!(&self.queue, Some((_, Level::Lists))) {
+        if matches!(&self.queue, Some((_, level)) if level.is_heavy()) {
             self.extra += bytes / COST_BYTES;
         }
     }
@@ -203,7 +225,7 @@ pub fn is_heavy(verb: &str, query: &str) -> bool {
                     .find(|(k, _)| k == key)
                     .map(|(_, v)| v.as_str())
             };
-            get("sendInitialEvents") == Some("true")
+            matches!(get("sendInitialEvents"), Some("true" | "1"))
                 || matches!(get("resourceVersion"), None | Some("" | "0"))
         }
         _ => false,
@@ -217,14 +239,12 @@ pub fn classify(caller: &Identity, heavy: bool) -> (Level, Arc<str>) {
         Scope::System { component } => format!("system:{component}").into(),
         Scope::Admin => "admin".into(),
     };
-    let level = if heavy {
-        Level::Lists
-    } else {
-        match &caller.scope {
-            Scope::VirtualCluster { .. } => Level::Tenant,
-            Scope::System { .. } => Level::System,
-            Scope::Admin => Level::Admin,
-        }
+    let level = match (&caller.scope, heavy) {
+        (Scope::System { .. }, true) => Level::SystemLists,
+        (_, true) => Level::Lists,
+        (Scope::VirtualCluster { .. }, false) => Level::Tenant,
+        (Scope::System { .. }, false) => Level::System,
+        (Scope::Admin, false) => Level::Admin,
     };
     (level, flow)
 }
@@ -282,7 +302,16 @@ impl Fairness {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        match self.lists.spawn(work).await {
+        /// Aborts the task when the caller goes (its seat goes with it:
+        /// the work must not run on without one).
+        struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+        impl<T> Drop for AbortOnDrop<T> {
+            fn drop(&mut self) {
+                self.0.abort();
+            }
+        }
+        let mut task = AbortOnDrop(self.lists.spawn(work));
+        match (&mut task.0).await {
             Ok(output) => output,
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         }
@@ -437,25 +466,40 @@ impl Queue {
             state.waiting += 1;
             (id, rx)
         };
+        // A request whose client goes away while it waits leaves the queue
+        // (it must not count against its flow's queue, nor be dispatched).
+        struct Leave<'a> {
+            queue: &'a Queue,
+            flow: &'a Arc<str>,
+            id: u64,
+            armed: bool,
+        }
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                if self.armed {
+                    self.queue.leave(self.flow, self.id);
+                }
+            }
+        }
+        let mut leave = Leave {
+            queue: self,
+            flow,
+            id,
+            armed: true,
+        };
         let mut granted = granted;
-        match tokio::time::timeout(self.max_wait, &mut granted).await {
+        let waited = tokio::time::timeout(self.max_wait, &mut granted).await;
+        leave.armed = false;
+        match waited {
             Ok(Ok(mut grant)) => {
                 grant.claimed = true;
                 Ok(true)
             }
             _ => {
-                let mut state = self.state.lock().expect("fairness lock");
-                let still_queued = state.flows.get_mut(flow).and_then(|f| {
-                    let at = f.queue.iter().position(|w| w.id == id)?;
-                    f.queue.remove(at)
-                });
-                if still_queued.is_some() {
-                    state.waiting -= 1;
-                    self.forget_if_idle(&mut state, flow);
+                if self.leave(flow, id) {
                     self.rejected_wait.fetch_add(1, Ordering::Relaxed);
                     return Err(too_many(self.level, "no seat came in time"));
                 }
-                drop(state);
                 // Dispatched as the wait ran out: the seat is ours.
                 match granted.try_recv() {
                     Ok(mut grant) => {
@@ -465,6 +509,36 @@ impl Queue {
                     Err(_) => Err(too_many(self.level, "no seat came in time")),
                 }
             }
+        }
+    }
+
+    /// Takes waiter `id` of `flow` out of the queue; whether it was there.
+    fn leave(&self, flow: &Arc<str>, id: u64) -> bool {
+        let mut state = self.state.lock().expect("fairness lock");
+        let left = state.flows.get_mut(flow).and_then(|f| {
+            let at = f.queue.iter().position(|w| w.id == id)?;
+            f.queue.remove(at)
+        });
+        if left.is_none() {
+            return false;
+        }
+        state.waiting -= 1;
+        self.forget_if_idle(&mut state, flow);
+        if state.waiting == 0 {
+            Self::contention_over(&mut state);
+        }
+        true
+    }
+
+    /// No one waits any more: what flows were served during the contention
+    /// no longer counts. The idle are forgotten, the running start level
+    /// (a flow kept tracked would otherwise pay for every uncontended
+    /// request while untracked ones pay nothing, and fall behind).
+    fn contention_over(state: &mut State) {
+        let now = state.now;
+        state.flows.retain(|_, f| f.running > 0);
+        for f in state.flows.values_mut() {
+            f.served = now;
         }
     }
 
@@ -525,6 +599,9 @@ impl Queue {
             state
                 .flows
                 .retain(|_, f| f.running > 0 || !f.queue.is_empty() || f.served > start);
+            if state.waiting == 0 {
+                Self::contention_over(state);
+            }
         }
     }
 
@@ -561,7 +638,7 @@ mod tests {
 
     fn fairness(seats: usize, queue: usize, wait: Duration) -> Arc<Fairness> {
         Fairness::new(&Config {
-            seats: [seats; 4],
+            seats: [seats; 5],
             queue_per_flow: queue,
             max_wait: wait,
             list_threads: 1,
@@ -674,6 +751,27 @@ mod tests {
         assert!(again.unwrap().is_ok());
     }
 
+    #[tokio::test]
+    async fn a_waiter_whose_client_left_leaves_the_queue() {
+        let f = fairness(1, 1, Duration::from_secs(10));
+        let _held = f.seat(Level::Tenant, "a".into()).await.unwrap();
+        let mut gone = Box::pin(f.seat(Level::Tenant, "b".into()));
+        assert!(futures::poll!(&mut gone).is_pending());
+        drop(gone);
+        let waiting = f.levels[Level::Tenant as usize]
+            .state
+            .lock()
+            .unwrap()
+            .waiting;
+        assert_eq!(waiting, 0);
+        // Its flow's one place in the queue is free again.
+        let mut next = Box::pin(f.seat(Level::Tenant, "b".into()));
+        assert!(
+            futures::poll!(&mut next).is_pending(),
+            "queued, not refused"
+        );
+    }
+
     #[test]
     fn lists_and_watches_from_the_current_state_are_heavy() {
         assert!(is_heavy("list", ""));
@@ -685,11 +783,25 @@ mod tests {
         ));
         assert!(!is_heavy("watch", "watch=1&resourceVersion=7"));
         assert!(!is_heavy("get", ""));
+        assert!(is_heavy(
+            "watch",
+            "watch=1&resourceVersion=7&sendInitialEvents=1"
+        ));
+        // The first value counts, as the handler reads it.
+        assert!(is_heavy(
+            "watch",
+            "watch=1&resourceVersion=0&resourceVersion=5"
+        ));
+        let verb =
+            |path: &str, query: &str| crate::metrics::classify(&hyper::Method::GET, path, query).0;
+        assert_eq!(verb("/clusters/x/api/v1//pods", ""), "list");
+        assert_eq!(verb("/api/v1/pods", "watch=0&watch=1"), "list");
+        assert_eq!(verb("/api/v1/pods", "watch=1&watch=0"), "watch");
     }
 
     #[tokio::test]
     async fn costly_lists_count_against_their_flow() {
-        let f = fairness(2, 100, Duration::from_secs(10));
+        let f = fairness(1, 100, Duration::from_secs(10));
         let waiting = |n: usize| {
             let f = f.clone();
             async move {
@@ -704,56 +816,32 @@ mod tests {
                 }
             }
         };
-        // The level busy; "big" waits for a seat (so its flow is tracked),
-        // gets one, answers a 1 MiB list.
-        let h1 = f.seat(Level::Lists, "h1".into()).await.unwrap();
-        let h2 = f.seat(Level::Lists, "h2".into()).await.unwrap();
-        let big = {
+        let queue = |who: &'static str, order: Arc<Mutex<Vec<&'static str>>>| {
             let f = f.clone();
-            tokio::spawn(async move { f.seat(Level::Lists, "big".into()).await.unwrap() })
+            tokio::spawn(async move {
+                let seat = f.seat(Level::Lists, who.into()).await.unwrap();
+                order.lock().unwrap().push(who);
+                seat
+            })
         };
+        let order = Arc::new(Mutex::new(Vec::new()));
+        // "big" waits for the one seat (so its flow is tracked) and gets it.
+        let hold = f.seat(Level::Lists, "hold".into()).await.unwrap();
+        let big = queue("big", order.clone());
         waiting(1).await;
-        drop(h1);
+        drop(hold);
         let mut seat = big.await.unwrap();
+        // Meanwhile "small" asks, then "big" again; "big"'s list answered
+        // 1 MiB.
+        let small = queue("small", order.clone());
+        waiting(1).await;
+        let big_again = queue("big", order.clone());
+        waiting(2).await;
         seat.charge(1024 * 1024);
         drop(seat);
-        let hold = h2;
-        let hold2 = f.seat(Level::Lists, "h3".into()).await.unwrap();
-        // Both ask again while the seat is held; "small" (never served)
-        // comes first although "big" asked first.
-        let order = Arc::new(Mutex::new(Vec::new()));
-        let mut tasks = tokio::task::JoinSet::new();
-        for (n, who) in ["big", "small"].into_iter().enumerate() {
-            let (f2, order) = (f.clone(), order.clone());
-            tasks.spawn(async move {
-                let _seat = f2.seat(Level::Lists, who.into()).await.unwrap();
-                order.lock().unwrap().push(who);
-            });
-            while f.levels[Level::Lists as usize]
-                .state
-                .lock()
-                .unwrap()
-                .waiting
-                < n + 1
-            {
-                tokio::task::yield_now().await;
-            }
-        }
-        while f.levels[Level::Lists as usize]
-            .state
-            .lock()
-            .unwrap()
-            .waiting
-            < 2
-        {
-            tokio::task::yield_now().await;
-        }
-        drop(hold);
-        while order.lock().unwrap().is_empty() {
-            tokio::task::yield_now().await;
-        }
-        drop(hold2);
-        while tasks.join_next().await.is_some() {}
-        assert_eq!(*order.lock().unwrap(), ["small", "big"]);
+        drop(small.await.unwrap());
+        drop(big_again.await.unwrap());
+        // "small" (never served) came first although "big" was waiting too.
+        assert_eq!(*order.lock().unwrap(), ["big", "small", "big"]);
     }
 }

@@ -300,11 +300,19 @@ where
     };
     let heavy = crate::fairness::is_heavy(verb, req.uri().query().unwrap_or(""));
     let (level, flow) = crate::fairness::classify(&caller, heavy);
+    // The body is read before the seat is taken: a client sending it
+    // slowly holds no seat.
+    let (parts, body) = req.into_parts();
+    let body = match read_body(body).await {
+        Ok(body) => body,
+        Err(e) => return (crate::response::error_response(&e), Some(level), zero),
+    };
+    let req = hyper::Request::from_parts(parts, http_body_util::Full::new(body));
     let mut seat = match ctx.fairness.seat(level, flow).await {
         Ok(seat) => seat,
         Err(e) => return (crate::response::error_response(&e), Some(level), zero),
     };
-    let response = if level == crate::fairness::Level::Lists {
+    let response = if level.is_heavy() {
         ctx.fairness
             .run_list(serve(ctx.clone(), Some(caller), req))
             .await
@@ -315,6 +323,30 @@ where
         seat.charge(bytes);
     }
     (response, Some(level), seat.waited)
+}
+
+/// A request body, whole, within [`MAX_BODY_BYTES`] (413 past it).
+async fn read_body<B>(body: B) -> Result<Bytes, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    Ok(Limited::new(body, MAX_BODY_BYTES)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ApiError {
+                    code: StatusCode::PAYLOAD_TOO_LARGE,
+                    reason: "RequestEntityTooLarge",
+                    message: format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+                    details: None,
+                }
+            } else {
+                ApiError::bad_request(format!("reading the request body: {e}"))
+            }
+        })?
+        .to_bytes())
 }
 
 /// Routes and serves a request (warnings collected into its headers).
@@ -370,22 +402,7 @@ where
         .any(|v| v.to_ascii_lowercase().contains("upgrade"));
     let upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
-    let body = Limited::new(body, MAX_BODY_BYTES)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                ApiError {
-                    code: StatusCode::PAYLOAD_TOO_LARGE,
-                    reason: "RequestEntityTooLarge",
-                    message: format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
-                    details: None,
-                }
-            } else {
-                ApiError::bad_request(format!("reading the request body: {e}"))
-            }
-        })?
-        .to_bytes();
+    let body = read_body(body).await?;
     let request = Request {
         method: parts.method,
         path: path.clone(),

@@ -161,7 +161,9 @@ fn escape(value: &str) -> String {
 /// The verb and resource of a request, as the Kubernetes audit and metrics
 /// name them (`list pods`, `create virtualclusters`, `get` of a non-resource path …).
 pub fn classify(method: &hyper::Method, path: &str, query: &str) -> (String, String) {
-    let mut segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // (Empty segments are dropped, as the tenant handler drops them: the
+    // verb here decides a request's priority level.)
+    let mut segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     if segments.first() == Some(&"clusters") && segments.len() >= 2 {
         segments.drain(..2);
     }
@@ -176,9 +178,10 @@ pub fn classify(method: &hyper::Method, path: &str, query: &str) -> (String, Str
     };
     let resource = rest.first().copied().unwrap_or("");
     let named = rest.len() >= 2;
-    let watch = query
-        .split('&')
-        .any(|kv| kv == "watch=1" || kv == "watch=true");
+    // The first `watch` value counts, as the handler reads it.
+    let watch = form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "watch")
+        .is_some_and(|(_, v)| v == "1" || v == "true");
     let verb = match (method.as_str(), named, resource.is_empty()) {
         (m @ ("GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS"), _, true) => {
             m.to_lowercase()
