@@ -279,24 +279,16 @@ where
     }
     // No client certificate: a ServiceAccount token may say who it is.
     let caller = match (caller, crate::tokens::bearer(req.headers())) {
-        (Some(caller), _) => caller.clone(),
-        (None, Some(token)) => match crate::tokens::authenticate(ctx, token).await {
-            Some(identity) => Arc::new(identity),
-            None => {
-                return (
-                    crate::response::error_response(&ApiError::unauthorized()),
-                    None,
-                    zero,
-                )
-            }
-        },
-        (None, None) => {
-            return (
-                crate::response::error_response(&ApiError::unauthorized()),
-                None,
-                zero,
-            )
-        }
+        (Some(caller), _) => Some(caller.clone()),
+        (None, Some(token)) => crate::tokens::authenticate(ctx, token).await.map(Arc::new),
+        (None, None) => None,
+    };
+    let Some(caller) = caller else {
+        return (
+            crate::response::error_response(&ApiError::unauthorized()),
+            None,
+            zero,
+        );
     };
     let heavy = crate::fairness::is_heavy(verb, req.uri().query().unwrap_or(""));
     let (level, flow) = crate::fairness::classify(&caller, heavy);
@@ -382,18 +374,8 @@ where
     if is_public(&path) {
         return public(ctx, req.method(), &path).await;
     }
-    // No client certificate: a ServiceAccount token may say who it is.
-    let from_token = match (caller, crate::tokens::bearer(req.headers())) {
-        (None, Some(token)) => Some(
-            crate::tokens::authenticate(ctx, token)
-                .await
-                .ok_or_else(ApiError::unauthorized)?,
-        ),
-        _ => None,
-    };
-    let caller = caller
-        .or(from_token.as_ref())
-        .ok_or_else(ApiError::unauthorized)?;
+    // (Authenticated before its seat was taken: see `fairly`.)
+    let caller = caller.ok_or_else(ApiError::unauthorized)?;
     let wants_upgrade = req
         .headers()
         .get_all(hyper::header::CONNECTION)
