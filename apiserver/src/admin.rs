@@ -1,6 +1,7 @@
 //! The admin API (`tenancy.kplex.dev/v1alpha1`, `VirtualCluster`) on the root
 //! paths, and the discovery documents that let kubectl find it.
 
+use kplex_registry::raw::Object;
 use std::time::Duration;
 
 use hyper::{Method, StatusCode};
@@ -526,7 +527,10 @@ where
         }
         None => {
             let (objects, revision) = load.await?;
-            let objects = objects.into_iter().map(&present).collect();
+            let objects = objects
+                .into_iter()
+                .map(|o| Object::Decoded(present(o)))
+                .collect();
             (objects, kplex_storage::Revision::new(revision))
         }
     };
@@ -553,9 +557,12 @@ where
                 };
                 let mut object: Value = serde_json::from_slice(&kv.value).ok()?;
                 object["metadata"]["resourceVersion"] = json!(revision.to_string());
-                Some((kind, present(object)))
+                Some((kind, Object::Decoded(present(object))))
             },
-            render: move |object: Value| if as_table { table(&[object]) } else { object },
+            render: move |object: Object| match object {
+                Object::Decoded(object) if as_table => Some(Object::Decoded(table(&[object]))),
+                object => Some(object),
+            },
             kind: kind.to_owned(),
             api_version: format!("{GROUP}/{VERSION}"),
             bookmarks: params_flag(req, "allowWatchBookmarks"),

@@ -311,7 +311,11 @@ where
     } else {
         serve(ctx.clone(), Some(caller), req).await
     };
-    if let Some(bytes) = hyper::body::Body::size_hint(response.body()).exact() {
+    let streamed = response
+        .extensions()
+        .get::<crate::response::StreamedBytes>()
+        .map(|b| b.0 as u64);
+    if let Some(bytes) = streamed.or(hyper::body::Body::size_hint(response.body()).exact()) {
         seat.charge(bytes);
     }
     (response, Some(level), seat.waited)

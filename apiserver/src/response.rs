@@ -5,7 +5,8 @@ use std::convert::Infallible;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::{Response, StatusCode};
 use kplex_registry::error::to_json;
 use kplex_registry::ApiError;
@@ -21,6 +22,63 @@ pub fn bytes_response(code: StatusCode, content_type: &'static str, body: Bytes)
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static(content_type),
     );
+    response
+}
+
+/// Bytes a streamed response will carry, where its body cannot say
+/// (fair scheduling charges a list by them).
+#[derive(Clone, Copy, Debug)]
+pub struct StreamedBytes(pub usize);
+
+/// How much of a list is written at once: the body goes out in chunks of
+/// about this size as the client reads, never whole in memory.
+const LIST_CHUNK: usize = 64 * 1024;
+
+/// A list (`kind`, `apiVersion`, `metadata`, `items`) of stored objects,
+/// written chunk by chunk from their stored bytes as the client reads it.
+/// A stored value that does not decode ends the body early (the client
+/// sees a truncated list, never a wrong one) and is logged.
+pub fn stored_list(
+    kind: &str,
+    api_version: &str,
+    metadata: &serde_json::Value,
+    items: Vec<kplex_storage::KeyValue>,
+) -> Response<Body> {
+    let bytes: usize = items.iter().map(|kv| kv.value.len() + 40).sum();
+    let mut head = Vec::with_capacity(LIST_CHUNK.min(bytes + 256));
+    head.extend_from_slice(b"{\"kind\":");
+    serde_json::to_writer(&mut head, kind).expect("a str always serializes");
+    head.extend_from_slice(b",\"apiVersion\":");
+    serde_json::to_writer(&mut head, api_version).expect("a str always serializes");
+    head.extend_from_slice(b",\"metadata\":");
+    serde_json::to_writer(&mut head, metadata).expect("a Value always serializes");
+    head.extend_from_slice(b",\"items\":[");
+    let mut items = items.into_iter().peekable();
+    let mut pending = Some(head);
+    let chunks = futures::stream::iter(std::iter::from_fn(move || {
+        let mut out = pending.take()?;
+        while out.len() < LIST_CHUNK {
+            let Some(kv) = items.next() else {
+                out.extend_from_slice(b"]}");
+                return Some(Ok(Frame::data(Bytes::from(out))));
+            };
+            if let Err(e) = kplex_registry::raw::write_object(&kv, &mut out) {
+                tracing::error!(key = %kv.key, error = %e.message, "a listed object does not encode; list cut short");
+                return None;
+            }
+            if items.peek().is_some() {
+                out.push(b',');
+            }
+        }
+        pending = Some(Vec::with_capacity(LIST_CHUNK + 4096));
+        Some(Ok(Frame::data(Bytes::from(out))))
+    }));
+    let mut response = Response::new(StreamBody::new(chunks).boxed());
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response.extensions_mut().insert(StreamedBytes(bytes));
     response
 }
 

@@ -14,6 +14,7 @@
 //!
 //! State here is per request: nothing is kept per VC.
 
+use kplex_registry::raw::Object;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -309,7 +310,10 @@ async fn watch_across(
                 ..Default::default()
             };
             let page = list_across(ctx, &info, &all).await?;
-            (page.items, page.revision)
+            (
+                page.items.into_iter().map(Object::Decoded).collect(),
+                page.revision,
+            )
         }
     };
     let events = match ctx.store.watch_across(&across, from).await {
@@ -331,14 +335,13 @@ async fn watch_across(
                 let uid = TenantKeyspace::parse(event.key())?.vc_uid;
                 let name = registry.name_of(uid).unwrap_or_default();
                 annotate(&mut object, &name, uid);
-                Some((kind, object))
+                Some((kind, Object::Decoded(object)))
             },
-            render: move |object: Value| {
-                if metadata_only {
-                    crate::tenant::partial(object)
-                } else {
-                    object
+            render: move |object: Object| match object {
+                Object::Decoded(object) if metadata_only => {
+                    Some(Object::Decoded(crate::tenant::partial(object)))
                 }
+                object => Some(object),
             },
             kind: info.kind.clone(),
             api_version: info.api_version(),

@@ -1,6 +1,7 @@
 //! The Kubernetes API of one VC: discovery, and every catalogued resource
 //! through the generic store.
 
+use kplex_registry::raw::Object;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -320,6 +321,15 @@ fn target<'a>(
     Ok(t)
 }
 
+/// A list's `metadata`: its revision, and where the next page starts.
+fn list_metadata(revision: kplex_storage::Revision, continue_token: Option<String>) -> Value {
+    let mut metadata = json!({"resourceVersion": revision.to_string()});
+    if let Some(c) = continue_token {
+        metadata["continue"] = json!(c);
+    }
+    metadata
+}
+
 /// A `<Kind>List`. (The items are moved in: `json!` would copy each one.)
 fn list_of(info: &ResourceInfo, metadata: Value, items: Vec<Value>) -> Value {
     let mut list = serde_json::Map::new();
@@ -507,13 +517,22 @@ async fn resource(
             if let Some(flags) = flags {
                 return watch(store, t.info, t.namespace, opts, stopping, flags).await;
             }
+            let plain = !req.wants_table() && !req.wants_metadata();
+            if plain {
+                // The common case: the stored bytes, streamed.
+                let page = store.list_stored(t.info, t.namespace, &opts).await?;
+                let metadata = list_metadata(page.revision, page.continue_token);
+                return Ok(crate::response::stored_list(
+                    &format!("{}List", t.info.kind),
+                    &t.info.api_version(),
+                    &metadata,
+                    page.items,
+                ));
+            }
             let page = store.list(t.info, t.namespace, &opts).await?;
             // A Table carries the list's metadata too: kubectl watches from
             // its resourceVersion (`get -w`) and pages by its continue token.
-            let mut metadata = json!({"resourceVersion": page.revision.to_string()});
-            if let Some(c) = page.continue_token {
-                metadata["continue"] = json!(c);
-            }
+            let metadata = list_metadata(page.revision, page.continue_token);
             if req.wants_table() {
                 let mut table = render_table(t.info, &page.items);
                 table["metadata"] = metadata;
@@ -523,6 +542,14 @@ async fn resource(
                 return Ok(ok(partial_list(metadata, page.items)));
             }
             Ok(ok(list_of(t.info, metadata, page.items)))
+        }
+        (&Method::GET, Some(name)) if !req.wants_table() && !req.wants_metadata() => {
+            let stored = store.get_stored(t.info, t.namespace, name).await?;
+            Ok(crate::response::bytes_response(
+                StatusCode::OK,
+                "application/json",
+                kplex_registry::raw::object_bytes(&stored)?,
+            ))
         }
         (&Method::GET, Some(name)) => {
             let object = store.get(t.info, t.namespace, name).await?;
@@ -640,7 +667,7 @@ async fn watch(
         // No start, or watch-list: the current objects first.
         None => {
             let page = store
-                .list(
+                .list_stored(
                     info,
                     ns,
                     &ListOptions {
@@ -652,7 +679,7 @@ async fn watch(
                     },
                 )
                 .await?;
-            initial = page.items;
+            initial = page.items.into_iter().map(Object::Stored).collect();
             page.revision
         }
     };
@@ -676,12 +703,15 @@ async fn watch(
             events,
             convert: move |event: &Event| {
                 let _held = &permit;
-                kplex_registry::generic::watch_event(event, &opts.labels, &opts.fields)
+                kplex_registry::generic::watch_event_stored(event, &opts.labels, &opts.fields)
             },
-            render: move |object: Value| match &table_info {
-                Some(info) => render_table(info, &[object]),
-                None if metadata_only => partial(object),
-                None => object,
+            render: move |object: Object| match &table_info {
+                Some(info) => Some(Object::Decoded(render_table(
+                    info,
+                    &[object.into_value().ok()?],
+                ))),
+                None if metadata_only => Some(Object::Decoded(partial(object.into_value().ok()?))),
+                None => Some(object),
             },
             kind: info.kind.to_owned(),
             api_version: info.api_version(),

@@ -10,6 +10,7 @@ use futures::StreamExt;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper::Response;
+use kplex_registry::raw::Object;
 use kplex_storage::{Event, Revision, StoreError, WatchEvent, WatchStream};
 use serde_json::{json, Value};
 use tokio_stream::wrappers::ReceiverStream;
@@ -27,14 +28,15 @@ const MAX_WATCH: Duration = Duration::from_secs(1800);
 /// Everything one watch response needs.
 pub struct EventStream<C, R> {
     /// Objects sent first as ADDED (current state), possibly none.
-    pub initial: Vec<Value>,
+    pub initial: Vec<Object>,
     /// The revision `initial` is consistent at, or the client's start.
     pub from: Revision,
     /// Changes after `from`; `None` if `from` was compacted (410).
     pub events: Option<WatchStream>,
     /// A storage event as the client sees it (type and object), or `None`.
     pub convert: C,
-    /// The object as sent (itself, or a one-row Table).
+    /// The object as sent (itself, or a one-row Table); `None` skips it
+    /// (a stored value that does not decode).
     pub render: R,
     /// Kind and apiVersion for BOOKMARK objects.
     pub kind: String,
@@ -51,15 +53,24 @@ pub struct EventStream<C, R> {
 }
 
 /// One watch event line, `{"type":…,"object":…}`, written straight from the
-/// object (no copy of it into a wrapper value).
-fn line(kind: &str, object: &Value) -> Bytes {
+/// object (a stored one as its stored bytes); `None` if a stored object does
+/// not decode.
+fn line(kind: &str, object: &Object) -> Option<Bytes> {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"{\"type\":");
     serde_json::to_writer(&mut out, kind).expect("a str always serializes");
     out.extend_from_slice(b",\"object\":");
-    serde_json::to_writer(&mut out, object).expect("a Value always serializes");
+    if let Err(e) = object.write(&mut out) {
+        tracing::error!(error = %e.message, "a watched object does not encode; skipped");
+        return None;
+    }
     out.extend_from_slice(b"}\n");
-    Bytes::from(out)
+    Some(Bytes::from(out))
+}
+
+/// A line of a value the server made (always encodes).
+fn value_line(kind: &str, object: Value) -> Bytes {
+    line(kind, &Object::Decoded(object)).expect("a Value always serializes")
 }
 
 fn bookmark(kind: &str, api_version: &str, revision: Revision, initial_end: bool) -> Value {
@@ -73,7 +84,7 @@ fn bookmark(kind: &str, api_version: &str, revision: Revision, initial_end: bool
 fn expired() -> Bytes {
     let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
         "message": "too old resource version", "reason": "Expired", "code": 410});
-    line("ERROR", &status)
+    value_line("ERROR", status)
 }
 
 /// Starts the stream; the response body carries it.
@@ -96,8 +107,8 @@ async fn deliver(
 
 pub fn respond<C, R>(mut s: EventStream<C, R>) -> Response<Body>
 where
-    C: Fn(&Event) -> Option<(&'static str, Value)> + Send + 'static,
-    R: Fn(Value) -> Value + Send + 'static,
+    C: Fn(&Event) -> Option<(&'static str, Object)> + Send + 'static,
+    R: Fn(Object) -> Option<Object> + Send + 'static,
 {
     // Serialized lines waiting for the client: few, since each is a copy
     // of an object for this watcher alone (a client that stops reading
@@ -107,20 +118,16 @@ where
     let deadline = tokio::time::Instant::now() + s.timeout.unwrap_or(MAX_WATCH).min(MAX_WATCH);
     tokio::spawn(async move {
         for object in std::mem::take(&mut s.initial) {
-            if !deliver(
-                &tx,
-                line("ADDED", &(s.render)(object)),
-                deadline,
-                &mut s.stopping,
-            )
-            .await
-            {
+            let Some(out) = (s.render)(object).and_then(|o| line("ADDED", &o)) else {
+                continue;
+            };
+            if !deliver(&tx, out, deadline, &mut s.stopping).await {
                 return;
             }
         }
         if s.initial_events {
             let mark = bookmark(&s.kind, &s.api_version, s.from, true);
-            if !deliver(&tx, line("BOOKMARK", &mark), deadline, &mut s.stopping).await {
+            if !deliver(&tx, value_line("BOOKMARK", mark), deadline, &mut s.stopping).await {
                 return;
             }
         }
@@ -138,10 +145,14 @@ where
                 next = events.next() => next,
             };
             let out = match next {
-                Some(Ok(WatchEvent::Change(event))) => match (s.convert)(&event) {
-                    Some((kind, object)) => line(kind, &(s.render)(object)),
-                    None => continue,
-                },
+                Some(Ok(WatchEvent::Change(event))) => {
+                    match (s.convert)(&event)
+                        .and_then(|(kind, object)| line(kind, &(s.render)(object)?))
+                    {
+                        Some(out) => out,
+                        None => continue,
+                    }
+                }
                 Some(Ok(WatchEvent::Progress(revision))) => {
                     // Bookmarks tell the client how far it is, without
                     // flooding it: at most one per interval.
@@ -149,9 +160,9 @@ where
                         continue;
                     }
                     last_bookmark = tokio::time::Instant::now();
-                    line(
+                    value_line(
                         "BOOKMARK",
-                        &bookmark(&s.kind, &s.api_version, revision, false),
+                        bookmark(&s.kind, &s.api_version, revision, false),
                     )
                 }
                 Some(Err(StoreError::Compacted { .. })) => expired(),
@@ -183,7 +194,7 @@ mod tests {
     #[test]
     fn an_event_line_is_one_json_object_ended_by_a_newline() {
         let object = json!({"kind": "ConfigMap", "metadata": {"name": "a \"quoted\"\nname"}});
-        let bytes = line("MODIFIED", &object);
+        let bytes = value_line("MODIFIED", object.clone());
         let text = std::str::from_utf8(&bytes).unwrap();
         assert!(text.ends_with('\n'));
         assert_eq!(text.matches('\n').count(), 1, "{text}");

@@ -524,3 +524,108 @@ async fn a_vc_at_its_watch_limit_gets_429_and_other_vcs_do_not() {
         }
     }
 }
+
+/// A list larger than one chunk of the streamed body, from storage and from
+/// the watch cache, and a watch's first events: every object whole, each
+/// with the resourceVersion a GET of it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_lists_stream_every_object_with_its_resource_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let kplex = Kplex::start_api_only(&dir.path().join("data"));
+    create_vc(&kplex, dir.path(), "big");
+    let path = tenant_kubeconfig(&kplex, dir.path(), "big", "alice");
+    let client = kube::Client::try_from(config_of(&path).await).unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    // ~2 KiB each, with characters JSON must escape: 300 of them are
+    // several chunks of the body.
+    let value = "\"quoted\" {braces} [brackets] \\ back\nslash é ".repeat(48);
+    let mut versions = BTreeMap::new();
+    for i in 0..300 {
+        let cm = cms
+            .create(
+                &PostParams::default(),
+                &configmap(&format!("cm-{i:03}"), &value),
+            )
+            .await
+            .unwrap();
+        versions.insert(cm.metadata.name.unwrap(), cm.metadata.resource_version);
+    }
+    // An update moves one object's revision after its create.
+    let patched = cms
+        .patch(
+            "cm-007",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"labels": {"x": "y"}}})),
+        )
+        .await
+        .unwrap();
+    versions.insert("cm-007".into(), patched.metadata.resource_version);
+
+    let check = |items: Vec<ConfigMap>, how: &str| {
+        assert_eq!(items.len(), 300, "{how}");
+        for cm in items {
+            let name = cm.metadata.name.clone().unwrap();
+            assert_eq!(
+                Some(&cm.metadata.resource_version),
+                versions.get(&name),
+                "{how}: {name}"
+            );
+            assert_eq!(cm.data.unwrap()["value"], value, "{how}: {name}");
+        }
+    };
+    check(
+        cms.list(&ListParams::default()).await.unwrap().items,
+        "consistent list",
+    );
+    check(
+        cms.list(&ListParams::default().match_any())
+            .await
+            .unwrap()
+            .items,
+        "list from the watch cache",
+    );
+    let selected = cms
+        .list(&ListParams::default().labels("x=y"))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(selected.len(), 1);
+    assert_eq!(selected[0].metadata.resource_version, versions["cm-007"]);
+
+    let mut events = cms
+        .watch(&WatchParams::default().timeout(30), "0")
+        .await
+        .unwrap()
+        .boxed();
+    let mut added = Vec::new();
+    while added.len() < 300 {
+        match tokio::time::timeout(Duration::from_secs(20), events.try_next())
+            .await
+            .expect("no watch event in time")
+            .unwrap()
+            .unwrap()
+        {
+            WatchEvent::Added(cm) => added.push(cm),
+            other => panic!("expected Added, got {other:?}"),
+        }
+    }
+    check(added, "a watch's first events");
+    // And a change after them, with its new revision.
+    cms.delete("cm-100", &DeleteParams::default())
+        .await
+        .unwrap();
+    match tokio::time::timeout(Duration::from_secs(20), events.try_next())
+        .await
+        .expect("no watch event in time")
+        .unwrap()
+        .unwrap()
+    {
+        WatchEvent::Deleted(cm) => {
+            assert_eq!(cm.metadata.name.as_deref(), Some("cm-100"));
+            let rv: u64 = cm.metadata.resource_version.unwrap().parse().unwrap();
+            let before: u64 = versions["cm-100"].as_deref().unwrap().parse().unwrap();
+            assert!(rv > before, "a deletion carries its own revision");
+        }
+        other => panic!("expected Deleted, got {other:?}"),
+    }
+}

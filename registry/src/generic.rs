@@ -222,6 +222,39 @@ pub struct ListPage {
     pub continue_token: Option<String>,
 }
 
+/// One page of a list, as stored.
+pub struct StoredPage {
+    /// The objects, as stored (see [`crate::raw`]).
+    pub items: Vec<kplex_storage::KeyValue>,
+    /// The revision the list is consistent at.
+    pub revision: Revision,
+    /// Token for the next page.
+    pub continue_token: Option<String>,
+}
+
+/// A page of the objects the selectors matched, each with its decoded form
+/// where matching needed it.
+struct Matched {
+    items: Vec<(kplex_storage::KeyValue, Option<Value>)>,
+    revision: Revision,
+    continue_token: Option<String>,
+}
+
+/// `kv` if the selectors match it (decoded if they had to look).
+fn matching(
+    kv: kplex_storage::KeyValue,
+    opts: &ListOptions,
+) -> Result<Option<(kplex_storage::KeyValue, Option<Value>)>, ApiError> {
+    if opts.labels.is_empty() && opts.fields.is_empty() {
+        return Ok(Some((kv, None)));
+    }
+    let object = object_of(&kv)?;
+    Ok(
+        (opts.labels.matches(&object["metadata"]["labels"]) && opts.fields.matches(&object))
+            .then_some((kv, Some(object))),
+    )
+}
+
 /// The objects of one VC.
 pub struct GenericStore {
     store: Arc<WatchCache>,
@@ -266,10 +299,7 @@ fn now_rfc3339() -> String {
 }
 
 fn object_of(kv: &kplex_storage::KeyValue) -> Result<Value, ApiError> {
-    let mut object: Value = serde_json::from_slice(&kv.value)
-        .map_err(|e| ApiError::internal(format!("corrupt object at {}: {e}", kv.key)))?;
-    object["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
-    Ok(object)
+    crate::raw::decode(kv)
 }
 
 /// The bytes stored for an object: everything but `resourceVersion`, which
@@ -385,6 +415,21 @@ impl GenericStore {
         }
     }
 
+    /// One object as stored (see [`crate::raw`]).
+    pub async fn get_stored(
+        &self,
+        info: &ResourceInfo,
+        ns: Namespace<'_>,
+        name: &str,
+    ) -> Result<kplex_storage::KeyValue, ApiError> {
+        crate::meta::validate_name(info, name).map_err(|_| Self::not_found(info, name))?;
+        self.store
+            .get(&self.key(info, ns, name)?)
+            .await
+            .map_err(from_store)?
+            .ok_or_else(|| Self::not_found(info, name))
+    }
+
     /// A page of objects (`ns` None: across namespaces).
     pub async fn list(
         &self,
@@ -392,6 +437,42 @@ impl GenericStore {
         ns: Namespace<'_>,
         opts: &ListOptions,
     ) -> Result<ListPage, ApiError> {
+        let page = self.list_matching(info, ns, opts).await?;
+        Ok(ListPage {
+            items: page
+                .items
+                .into_iter()
+                .map(|(kv, object)| object.map_or_else(|| object_of(&kv), Ok))
+                .collect::<Result<_, _>>()?,
+            revision: page.revision,
+            continue_token: page.continue_token,
+        })
+    }
+
+    /// A page of objects as stored (see [`crate::raw`]): what a list
+    /// answers without decoding them (only selectors decode).
+    pub async fn list_stored(
+        &self,
+        info: &ResourceInfo,
+        ns: Namespace<'_>,
+        opts: &ListOptions,
+    ) -> Result<StoredPage, ApiError> {
+        let page = self.list_matching(info, ns, opts).await?;
+        Ok(StoredPage {
+            items: page.items.into_iter().map(|(kv, _)| kv).collect(),
+            revision: page.revision,
+            continue_token: page.continue_token,
+        })
+    }
+
+    /// The objects the selectors match, each with its decoded form if the
+    /// match needed one.
+    async fn list_matching(
+        &self,
+        info: &ResourceInfo,
+        ns: Namespace<'_>,
+        opts: &ListOptions,
+    ) -> Result<Matched, ApiError> {
         let prefix = self.prefix(info, ns)?;
         let (mut after, mut revision) = (None, opts.exact_revision);
         if let Some(min) = opts.not_older_than {
@@ -446,11 +527,8 @@ impl GenericStore {
                 })?;
             revision = Some(page.revision);
             after = page.kvs.last().map(|kv| kv.key.clone());
-            for kv in &page.kvs {
-                let object = object_of(kv)?;
-                if opts.labels.matches(&object["metadata"]["labels"])
-                    && opts.fields.matches(&object)
-                {
+            for kv in page.kvs {
+                if let Some(object) = matching(kv, opts)? {
                     items.push(object);
                 }
             }
@@ -461,7 +539,7 @@ impl GenericStore {
                     (Some(last), true) => Some(self.encode_continue(revision, last)),
                     _ => None,
                 };
-                return Ok(ListPage {
+                return Ok(Matched {
                     items,
                     revision,
                     continue_token,
@@ -1297,23 +1375,23 @@ impl GenericStore {
         kvs: Vec<kplex_storage::KeyValue>,
         revision: Revision,
         opts: &ListOptions,
-    ) -> Result<ListPage, ApiError> {
+    ) -> Result<Matched, ApiError> {
         let mut items = Vec::new();
         let mut continue_token = None;
         let total = kvs.len();
-        for (i, kv) in kvs.iter().enumerate() {
-            let object = object_of(kv)?;
-            if opts.labels.matches(&object["metadata"]["labels"]) && opts.fields.matches(&object) {
+        for (i, kv) in kvs.into_iter().enumerate() {
+            let key = kv.key.clone();
+            if let Some(object) = matching(kv, opts)? {
                 items.push(object);
             }
             if opts.limit != 0 && items.len() >= opts.limit {
                 if i + 1 < total {
-                    continue_token = Some(self.encode_continue(revision, &kv.key));
+                    continue_token = Some(self.encode_continue(revision, &key));
                 }
                 break;
             }
         }
-        Ok(ListPage {
+        Ok(Matched {
             items,
             revision,
             continue_token,
@@ -1386,6 +1464,33 @@ pub fn watch_event(
             object["metadata"]["resourceVersion"] = json!(revision.to_string());
             Some(("DELETED", object))
         }
+    }
+}
+
+/// [`watch_event`], leaving the object as stored where no selector needs
+/// to look into it.
+pub fn watch_event_stored(
+    event: &kplex_storage::Event,
+    labels: &LabelSelector,
+    fields: &FieldSelector,
+) -> Option<(&'static str, crate::raw::Object)> {
+    use crate::raw::Object;
+    if !labels.is_empty() || !fields.is_empty() {
+        return watch_event(event, labels, fields).map(|(kind, o)| (kind, Object::Decoded(o)));
+    }
+    match event {
+        kplex_storage::Event::Put { kv, prev } => Some((
+            if prev.is_some() { "MODIFIED" } else { "ADDED" },
+            Object::Stored(kv.clone()),
+        )),
+        // A deletion carries the revision of the delete.
+        kplex_storage::Event::Delete { prev, revision } => Some((
+            "DELETED",
+            Object::Stored(kplex_storage::KeyValue {
+                mod_revision: *revision,
+                ..prev.clone()
+            }),
+        )),
     }
 }
 

@@ -16,6 +16,7 @@ pub mod managed;
 pub mod meta;
 pub mod patch;
 pub mod quota;
+pub mod raw;
 pub mod resource;
 pub mod selectors;
 pub mod table;

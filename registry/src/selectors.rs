@@ -102,6 +102,11 @@ impl LabelSelector {
         Ok(LabelSelector(reqs))
     }
 
+    /// Whether it selects everything.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Whether an object with these labels matches.
     pub fn matches(&self, labels: &Value) -> bool {
         self.0.iter().all(|(key, op)| {
@@ -187,6 +192,11 @@ impl FieldSelector {
             reqs.push((field.to_owned(), equal, value.trim().to_owned()));
         }
         Ok(FieldSelector(reqs))
+    }
+
+    /// Whether it selects everything.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     /// Whether the object matches. A missing field compares as `""`; numbers
