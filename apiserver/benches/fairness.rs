@@ -114,7 +114,13 @@ async fn main() {
         bin,
         &dir.path().join("kplex-data"),
         "kplex=info,warn",
-        &["--controllers=false", "--syncer=false"],
+        // The scenario is scheduling: no VC is held to a request rate.
+        &[
+            "--controllers=false",
+            "--syncer=false",
+            "--max-requests-per-second-per-vc=10000000",
+            "--max-request-burst-per-vc=10000000",
+        ],
     );
     let admin = client_at(&server.kubeconfig(), "").await;
     create_vcs(&admin, vec!["noisy".into(), "victim".into()]).await;

@@ -236,6 +236,20 @@ fn stored_spec(name: &str, spec: Option<&Value>) -> Result<Value, ApiError> {
     })?;
     spec["isolation"] = policy.to_value();
     spec["dns"] = dns_spec(&qualified, name, &spec["dns"])?;
+    let limits = kplex_api::limits::Limits::from_spec(&spec).map_err(|errors| {
+        let errors: Vec<(String, String)> =
+            errors.into_iter().map(|e| (e.field, e.message)).collect();
+        ApiError::fields(&qualified, name, &errors)
+    })?;
+    // Only what the admin set: the rest follows the server's defaults.
+    match limits == Default::default() {
+        true => {
+            if let Some(spec) = spec.as_object_mut() {
+                spec.remove("limits");
+            }
+        }
+        false => spec["limits"] = limits.to_value(),
+    }
     Ok(spec)
 }
 
@@ -367,11 +381,46 @@ async fn present(ctx: &Context, vc: &VirtualCluster, count: bool) -> Result<Valu
     let mut object = with_status(&ctx.url, vc.object.clone());
     if count {
         object["status"]["objectCount"] = json!(ctx.registry.object_count(vc).await?);
+        object["status"]["limits"] = limits_status(ctx, vc).await?;
         if let Some(quota) = quota_status(ctx, vc).await? {
             object["status"]["quota"] = quota;
         }
     }
     Ok(object)
+}
+
+/// The VC's limits in force (its own, else the server's defaults) and
+/// what it uses of them now.
+async fn limits_status(ctx: &Context, vc: &VirtualCluster) -> Result<Value, ApiError> {
+    let storage = ctx.store.usage().limits_of(vc.uid());
+    let watches = vc
+        .limits
+        .watches
+        .map_or(ctx.watches.default_max(), |n| n as usize);
+    let (rate, burst) = ctx.rates.limits_of(vc);
+    let mut status = json!({
+        "hard": {
+            "storedBytes": storage.bytes,
+            "objects": storage.objects,
+            "requestsPerSecond": rate,
+            "requestBurst": burst,
+            "watches": watches,
+        },
+        "used": {
+            "watches": ctx.watches.open(vc.keyspace()?.prefix().as_str()),
+        },
+    });
+    // While storage's feed is down, use is not known.
+    if let Some(used) = ctx
+        .store
+        .used(vc.uid())
+        .await
+        .map_err(crate::virtualclusters::store_error)?
+    {
+        status["used"]["storedBytes"] = json!(used.bytes);
+        status["used"]["objects"] = json!(used.objects);
+    }
+    Ok(status)
 }
 
 /// The kind a quota's resource name is counted from (`None` for names no

@@ -48,6 +48,8 @@ pub struct Context {
     pub allocations: Arc<kplex_registry::allocation::AllocationLocks>,
     /// Per-VC limit on open watches.
     pub watches: Arc<kplex_registry::quota::WatchLimits>,
+    /// Per-VC request rates (`spec.limits.requestsPerSecond`).
+    pub rates: Arc<crate::rates::RequestRates>,
     /// Fair scheduling of requests between VCs (and the LIST runtime).
     pub fairness: Arc<crate::fairness::Fairness>,
 }
@@ -65,6 +67,11 @@ impl Context {
             self.catalog.clone(),
             self.allocations.clone(),
             self.watches.clone(),
+        )
+        .with_watch_limit(
+            vc.limits
+                .watches
+                .map_or(self.watches.default_max(), |n| n as usize),
         ))
     }
 
@@ -469,6 +476,9 @@ async fn tenant(
             if vc.uid() != uid {
                 return Err(refused());
             }
+            // Its tenants' request rate (the system components' requests
+            // on its behalf are the platform's, not counted).
+            ctx.rates.admit(&vc)?;
             (vc, write)
         }
         // A system component may reach every VC. Its write is marked after

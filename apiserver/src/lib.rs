@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod policy;
 pub mod proxy;
+pub mod rates;
 pub mod response;
 pub mod reviews;
 pub mod server;

@@ -117,6 +117,8 @@ pub struct VirtualCluster {
     /// Its isolation policy, read once (the safe default if the record
     /// holds none or one that does not parse).
     pub policy: Arc<kplex_api::isolation::Isolation>,
+    /// Its limits (`spec.limits`; unset fields are the server's defaults).
+    pub limits: kplex_api::limits::Limits,
 }
 
 impl VirtualCluster {
@@ -435,6 +437,17 @@ impl Registry {
         departed.get(uid).map(|(name, _)| name.clone())
     }
 
+    /// A function that reads a VC's own limits by UID from the index (for
+    /// the watch cache's storage limits; it holds the index weakly).
+    pub fn limits_source(&self) -> kplex_registry::usage::LimitsSource {
+        let index = self.index.as_ref().map(Arc::downgrade);
+        Box::new(move |uid: &str| {
+            let index = index.as_ref()?.upgrade()?;
+            let records = index.records.read().expect("VC index lock");
+            Some(records.as_ref()?.by_uid.get(uid)?.limits)
+        })
+    }
+
     /// Every VC, in name order, with the revision of the read.
     pub async fn list(&self) -> Result<(Vec<VirtualCluster>, u64), ApiError> {
         let range = self
@@ -604,9 +617,11 @@ async fn maintain(store: Arc<dyn Store>, index: std::sync::Weak<Index>) {
 fn with_revision(mut object: Value, revision: kplex_storage::Revision) -> VirtualCluster {
     object["metadata"]["resourceVersion"] = Value::String(revision.to_string());
     let policy = kplex_api::isolation::Isolation::from_spec(&object["spec"]).unwrap_or_default();
+    let limits = kplex_api::limits::Limits::from_spec(&object["spec"]).unwrap_or_default();
     VirtualCluster {
         object,
         policy: Arc::new(policy),
+        limits,
     }
 }
 

@@ -253,6 +253,7 @@ pub fn from_store(e: kplex_storage::StoreError) -> ApiError {
         E::Compacted { .. } => (StatusCode::GONE, "Expired"),
         E::FutureRevision { .. } => (StatusCode::GATEWAY_TIMEOUT, "Timeout"),
         E::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "Timeout"),
+        E::QuotaExceeded(_) => (StatusCode::FORBIDDEN, "Forbidden"),
         E::Unavailable(_) | E::Closed => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
         E::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
     };

@@ -262,6 +262,8 @@ pub struct GenericStore {
     catalog: Arc<Catalog>,
     allocations: Arc<crate::allocation::AllocationLocks>,
     watches: Arc<crate::quota::WatchLimits>,
+    /// This VC's limit on open watches (`None`: the default).
+    watch_limit: Option<usize>,
     admission: Option<Arc<dyn Admission>>,
 }
 
@@ -331,8 +333,15 @@ impl GenericStore {
             catalog,
             allocations,
             watches,
+            watch_limit: None,
             admission: None,
         }
+    }
+
+    /// This store, with the VC's own limit on open watches.
+    pub fn with_watch_limit(mut self, max: usize) -> GenericStore {
+        self.watch_limit = Some(max);
+        self
     }
 
     /// This store, with `admission` asked before every create and update.
@@ -362,7 +371,11 @@ impl GenericStore {
 
     /// A slot for one more open watch of this VC (429 at its limit).
     pub fn watch_permit(&self) -> Result<crate::quota::WatchPermit, ApiError> {
-        self.watches.acquire(self.keyspace.prefix().as_str())
+        let vc = self.keyspace.prefix().as_str();
+        match self.watch_limit {
+            Some(max) => self.watches.acquire_within(vc, max),
+            None => self.watches.acquire(vc),
+        }
     }
 
     /// This VC's turn to allocate service values (held until the write is

@@ -20,6 +20,7 @@ pub mod raw;
 pub mod resource;
 pub mod selectors;
 pub mod table;
+pub mod usage;
 pub mod warnings;
 pub mod watchcache;
 pub mod yaml;

@@ -13,7 +13,8 @@ use serde_json::json;
 
 use crate::error::ApiError;
 
-/// Open watches per VC, and the most one VC may hold.
+/// Open watches per VC, and the most one VC may hold unless its own
+/// limit says otherwise.
 pub struct WatchLimits {
     max: usize,
     open: Mutex<HashMap<String, usize>>,
@@ -43,17 +44,36 @@ impl WatchLimits {
         }
     }
 
+    /// The limit of a VC that sets none.
+    pub fn default_max(&self) -> usize {
+        self.max
+    }
+
+    /// Watches `vc` holds open.
+    pub fn open(&self, vc: &str) -> usize {
+        self.open
+            .lock()
+            .expect("watch limits")
+            .get(vc)
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// A slot for one more watch of `vc`, or a 429 (with `Retry-After`, as
-    /// kube-apiserver's priority and fairness answers) when it has `max`.
+    /// kube-apiserver's priority and fairness answers) when it has the default.
     pub fn acquire(self: &Arc<Self>, vc: &str) -> Result<WatchPermit, ApiError> {
+        self.acquire_within(vc, self.max)
+    }
+
+    /// [`WatchLimits::acquire`] with the VC's own limit.
+    pub fn acquire_within(self: &Arc<Self>, vc: &str, max: usize) -> Result<WatchPermit, ApiError> {
         let mut open = self.open.lock().expect("watch limits");
-        if open.get(vc).copied().unwrap_or(0) >= self.max {
+        if open.get(vc).copied().unwrap_or(0) >= max {
             return Err(ApiError {
                 code: http::StatusCode::TOO_MANY_REQUESTS,
                 reason: "TooManyRequests",
                 message: format!(
-                    "too many watches open in this virtual cluster (at most {}), please try again later",
-                    self.max
+                    "too many watches open in this virtual cluster (at most {max}), please try again later"
                 ),
                 details: Some(Box::new(json!({"retryAfterSeconds": 1}))),
             });

@@ -39,7 +39,8 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use kplex_storage::{
     AcrossClusters, Deleted, DeletedRange, Event, Key, KeyPrefix, KeyValue, RangeRequest,
-    RangeResponse, Revision, Store, StoreResult, TenantKeyspace, WatchEvent, WatchStream,
+    RangeResponse, Revision, Store, StoreError, StoreResult, TenantKeyspace, WatchEvent,
+    WatchStream,
 };
 use tokio::sync::mpsc;
 
@@ -76,6 +77,7 @@ impl Default for Limits {
 pub struct WatchCache {
     store: Arc<dyn Store>,
     shared: Arc<Mutex<State>>,
+    usage: Arc<crate::usage::Usage>,
 }
 
 /// What the cache holds, behind one lock.
@@ -196,11 +198,27 @@ impl WatchCache {
         let cache = Arc::new(WatchCache {
             store: store.clone(),
             shared: Arc::new(Mutex::new(state)),
+            usage: Default::default(),
         });
         let (opened_tx, opened) = tokio::sync::oneshot::channel();
-        tokio::spawn(feed(store, Arc::downgrade(&cache.shared), opened_tx));
+        tokio::spawn(feed(
+            store,
+            Arc::downgrade(&cache.shared),
+            cache.usage.clone(),
+            opened_tx,
+        ));
         let _ = opened.await;
         cache
+    }
+
+    /// What each VC stores, and its storage limits.
+    pub fn usage(&self) -> &crate::usage::Usage {
+        &self.usage
+    }
+
+    /// What the VC with `uid` stores now (`None` while the feed is down).
+    pub async fn used(&self, uid: &str) -> StoreResult<Option<crate::usage::Used>> {
+        self.usage.used(&*self.store, uid).await
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -376,6 +394,7 @@ impl WatchCache {
 async fn feed(
     store: Arc<dyn Store>,
     shared: Weak<Mutex<State>>,
+    usage: Arc<crate::usage::Usage>,
     opened: tokio::sync::oneshot::Sender<()>,
 ) {
     let mut opened = Some(opened);
@@ -395,6 +414,7 @@ async fn feed(
                 };
                 state.lock().expect("watch cache lock").go_live(revision);
                 drop(state);
+                usage.go_live(revision);
                 if let Some(opened) = opened.take() {
                     let _ = opened.send(());
                 }
@@ -405,8 +425,14 @@ async fn feed(
                     };
                     let mut state = state.lock().expect("watch cache lock");
                     match next {
-                        Ok(WatchEvent::Change(event)) => state.apply(event),
-                        Ok(WatchEvent::Progress(revision)) => state.progress(revision),
+                        Ok(WatchEvent::Change(event)) => {
+                            usage.observe(&event);
+                            state.apply(event)
+                        }
+                        Ok(WatchEvent::Progress(revision)) => {
+                            usage.advance(revision);
+                            state.progress(revision)
+                        }
                         Err(e) => {
                             tracing::warn!(error = %e, "watch cache feed failed; reopening");
                             break;
@@ -426,6 +452,7 @@ async fn feed(
         };
         state.lock().expect("watch cache lock").go_dark();
         drop(state);
+        usage.go_dark();
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
@@ -615,11 +642,52 @@ impl Store for WatchCache {
     async fn count(&self, prefix: &KeyPrefix) -> StoreResult<u64> {
         self.store.count(prefix).await
     }
+    /// A create within its VC's limits (see [`crate::usage`]).
     async fn create(&self, key: &Key, value: Bytes) -> StoreResult<KeyValue> {
-        self.store.create(key, value).await
+        let amount = crate::usage::Used {
+            bytes: (key.as_str().len() + value.len()) as u64,
+            objects: 1,
+        };
+        let claim = self.usage.reserve(&*self.store, key, amount).await?;
+        let kv = self.store.create(key, value).await?;
+        if let Some(claim) = claim {
+            claim.stored(kv.mod_revision);
+        }
+        Ok(kv)
     }
+    /// An update within its VC's limits: one that grows the object needs
+    /// room for what it adds (shrinking is always allowed).
     async fn update(&self, key: &Key, value: Bytes, expected: Revision) -> StoreResult<KeyValue> {
-        self.store.update(key, value, expected).await
+        let size = (key.as_str().len() + value.len()) as u64;
+        // At most the whole new value is added: if that fits, the
+        // current size need not be read.
+        let whole = crate::usage::Used {
+            bytes: size,
+            objects: 0,
+        };
+        let claim = match self.usage.reserve(&*self.store, key, whole).await {
+            Err(StoreError::QuotaExceeded(_)) => {
+                let before = match self.store.get(key).await? {
+                    Some(kv) => (kv.key.as_str().len() + kv.value.len()) as u64,
+                    None => 0,
+                };
+                if size <= before {
+                    None
+                } else {
+                    let added = crate::usage::Used {
+                        bytes: size - before,
+                        objects: 0,
+                    };
+                    self.usage.reserve(&*self.store, key, added).await?
+                }
+            }
+            other => other?,
+        };
+        let kv = self.store.update(key, value, expected).await?;
+        if let Some(claim) = claim {
+            claim.stored(kv.mod_revision);
+        }
+        Ok(kv)
     }
     async fn delete(&self, key: &Key, expected: Revision) -> StoreResult<Deleted> {
         self.store.delete(key, expected).await
@@ -1027,5 +1095,80 @@ mod tests {
             .list(&configmaps("a"), Some(Revision::new(revision.get() + 100)))
             .await
             .is_none());
+    }
+
+    #[tokio::test]
+    async fn a_vc_is_held_to_its_storage_limits_counted_from_the_feed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = embedded(dir.path()).await;
+        // Written before the cache starts: found by the first count.
+        store
+            .create(&key("a", "ns", "old"), Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        let cache = WatchCache::start(store.clone()).await;
+        cache.usage().set_defaults(crate::usage::StorageLimits {
+            bytes: 1 << 20,
+            objects: 3,
+        });
+        let mut created = Vec::new();
+        for name in ["x", "y"] {
+            created.push(
+                cache
+                    .create(&key("a", "ns", name), Bytes::from_static(b"{}"))
+                    .await
+                    .unwrap()
+                    .mod_revision,
+            );
+        }
+        let refused = cache
+            .create(&key("a", "ns", "z"), Bytes::from_static(b"{}"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&refused, StoreError::QuotaExceeded(m) if m.contains("limited: objects=3")),
+            "{refused:?}"
+        );
+        assert!(store.get(&key("a", "ns", "z")).await.unwrap().is_none());
+        // Another VC has its own count.
+        cache
+            .create(&key("b", "ns", "z"), Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        // A delete frees its place once the feed has counted it.
+        let deleted = cache
+            .delete(&key("a", "ns", "x"), created[0])
+            .await
+            .unwrap();
+        caught_up(&cache, deleted.revision).await;
+        let used = cache.used("a").await.unwrap().unwrap();
+        assert_eq!(used.objects, 2);
+        cache
+            .create(&key("a", "ns", "z"), Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        // Bytes: growing an object past the limit is refused, shrinking is not.
+        cache.usage().set_defaults(crate::usage::StorageLimits {
+            bytes: used.bytes + 400,
+            objects: 100,
+        });
+        let current = store.get(&key("a", "ns", "y")).await.unwrap().unwrap();
+        let big = Bytes::from(vec![b' '; 1000]);
+        let refused = cache
+            .update(&key("a", "ns", "y"), big, current.mod_revision)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&refused, StoreError::QuotaExceeded(m) if m.contains("storedBytes")),
+            "{refused:?}"
+        );
+        cache
+            .update(
+                &key("a", "ns", "y"),
+                Bytes::from_static(b"1"),
+                current.mod_revision,
+            )
+            .await
+            .unwrap();
     }
 }

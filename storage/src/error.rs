@@ -58,6 +58,11 @@ pub enum StoreError {
         /// The revision the caller asked for.
         requested: Revision,
     },
+    /// The write would take its VC past one of its limits; nothing was
+    /// written. The message names the limit. (403, as kube-apiserver
+    /// answers `exceeded quota`)
+    #[error("{0}")]
+    QuotaExceeded(String),
     /// The backend cannot be reached. (503)
     #[error("storage unavailable: {0}")]
     Unavailable(String),

@@ -182,6 +182,21 @@ struct ServeArgs {
     /// 429 until one ends.
     #[arg(long, default_value_t = kplex_registry::quota::DEFAULT_MAX_WATCHES_PER_VC)]
     max_watches_per_vc: usize,
+    /// Bytes (keys and values) a VC may store unless its
+    /// `spec.limits.storedBytes` says otherwise: an integer or a quantity.
+    #[arg(long, default_value = "1Gi")]
+    max_stored_bytes_per_vc: Bytes,
+    /// Objects a VC may store unless its `spec.limits.objects` says otherwise.
+    #[arg(long, default_value_t = kplex_registry::usage::DEFAULT_OBJECTS)]
+    max_objects_per_vc: u64,
+    /// Requests per second a VC's tenants may make unless its
+    /// `spec.limits.requestsPerSecond` says otherwise (past it: 429).
+    #[arg(long, default_value_t = kplex_apiserver::rates::DEFAULT_RATE)]
+    max_requests_per_second_per_vc: u32,
+    /// Requests above that rate a VC's tenants may make at once unless its
+    /// `spec.limits.requestBurst` says otherwise.
+    #[arg(long, default_value_t = kplex_apiserver::rates::DEFAULT_BURST)]
+    max_request_burst_per_vc: u32,
     /// Requests one VC (or system component) may have waiting for a seat
     /// in a priority level; more get 429 at once.
     #[arg(long, default_value_t = kplex_apiserver::fairness::Config::default().queue_per_flow)]
@@ -370,7 +385,18 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         watches: Arc::new(kplex_registry::quota::WatchLimits::new(
             args.max_watches_per_vc,
         )),
+        rates: Arc::new(kplex_apiserver::rates::RequestRates::new(
+            args.max_requests_per_second_per_vc,
+            args.max_request_burst_per_vc,
+        )),
     });
+    ctx.store
+        .usage()
+        .set_defaults(kplex_registry::usage::StorageLimits {
+            bytes: args.max_stored_bytes_per_vc.0,
+            objects: args.max_objects_per_vc,
+        });
+    ctx.store.usage().set_source(ctx.registry.limits_source());
     kplex_apiserver::system::bootstrap(&ctx)
         .await
         .map_err(|e| format!("cannot prepare the system cluster: {}", e.message))?;
@@ -629,4 +655,25 @@ async fn wait_for_shutdown() {
         _ = tokio::signal::ctrl_c() => {}
     }
     tracing::info!("shutdown requested");
+}
+
+/// A size in bytes on the command line: an integer or a quantity (`1Gi`).
+#[derive(Clone, Copy, Debug)]
+struct Bytes(u64);
+
+impl std::str::FromStr for Bytes {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Bytes, String> {
+        kplex_api::quantity::parse(s)
+            .filter(|q| q.0 >= 0 && q.0 % 1000 == 0)
+            .and_then(|q| u64::try_from(q.0 / 1000).ok())
+            .map(Bytes)
+            .ok_or_else(|| format!("{s:?} is not a whole number of bytes (e.g. 1073741824 or 1Gi)"))
+    }
+}
+
+impl std::fmt::Display for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
 }

@@ -1,0 +1,414 @@
+//! What each VC stores, in bytes and objects, and the limits on it
+//! (`VirtualCluster.spec.limits.storedBytes` and `.objects`).
+//!
+//! The counts come from the watch cache's feed, which sees every write of
+//! every server sharing the store: a VC's keys are scanned once, in pages,
+//! the first time its use is needed (its first write, or a read of its
+//! status), and each change after the scan's revision moves the counts by
+//! the difference it makes. A write that would take a VC past a limit is
+//! refused before it is stored; while it is in flight, and until the feed
+//! has counted it, its size is reserved, so writes racing each other cannot
+//! pass a limit together. Deletes are never refused.
+//!
+//! A VC has an entry only once its use was needed, and loses it when it
+//! holds nothing (a deleted VC). While the feed is down (etcd unreachable)
+//! use cannot be kept: every count is forgotten and limits are not enforced
+//! until it is back.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+
+use kplex_storage::{
+    Event, Key, KeyValue, RangeRequest, Revision, Store, StoreError, StoreResult, TenantKeyspace,
+};
+
+/// How much one VC may store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StorageLimits {
+    /// Keys and values, in bytes.
+    pub bytes: u64,
+    /// Objects (keys).
+    pub objects: u64,
+}
+
+/// Stored bytes a VC may hold unless its spec or `kplex serve` says otherwise.
+pub const DEFAULT_STORED_BYTES: u64 = 1 << 30;
+/// Objects a VC may hold unless its spec or `kplex serve` says otherwise.
+pub const DEFAULT_OBJECTS: u64 = 200_000;
+
+impl Default for StorageLimits {
+    fn default() -> StorageLimits {
+        StorageLimits {
+            bytes: DEFAULT_STORED_BYTES,
+            objects: DEFAULT_OBJECTS,
+        }
+    }
+}
+
+/// What a VC stores now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Used {
+    /// Keys and values, in bytes.
+    pub bytes: u64,
+    /// Objects.
+    pub objects: u64,
+}
+
+/// Where a VC's own limits are read (the server's index of VC records).
+pub type LimitsSource = Box<dyn Fn(&str) -> Option<kplex_api::limits::Limits> + Send + Sync>;
+
+/// See the module documentation.
+#[derive(Default)]
+pub struct Usage {
+    defaults: RwLock<StorageLimits>,
+    /// Each VC's own limits (`spec.limits`), by UID.
+    source: RwLock<Option<LimitsSource>>,
+    vcs: Mutex<HashMap<String, Entry>>,
+    /// Whether the feed is running (counts are kept only while it is).
+    live: AtomicBool,
+    /// The feed has counted every change up to this revision.
+    applied: AtomicU64,
+    /// Wakes writers waiting for a VC's scan.
+    scanned: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Entry {
+    bytes: i64,
+    objects: i64,
+    /// Held by writes in flight.
+    in_flight: Used,
+    /// Writes stored at a revision the feed has not counted yet.
+    stored: Vec<(Revision, Used)>,
+    /// `None` while the first scan runs (changes seen meanwhile wait in
+    /// `deltas`); then the scan's revision: changes up to it are in the counts.
+    since: Option<Revision>,
+    deltas: Vec<(Revision, i64, i64)>,
+}
+
+/// A write's claim on its VC's limits; give it back with
+/// [`Reservation::stored`] or by dropping it (the write failed).
+#[must_use]
+pub struct Reservation<'a> {
+    usage: &'a Usage,
+    vc: String,
+    amount: Used,
+}
+
+/// Every change a key's event makes to its VC's use: bytes and objects.
+fn change_of(event: &Event) -> Option<(i64, i64)> {
+    let size = |kv: &KeyValue| (kv.key.as_str().len() + kv.value.len()) as i64;
+    match event {
+        Event::Put {
+            kv,
+            prev: Some(prev),
+        } => Some((size(kv) - size(prev), 0)),
+        Event::Put { kv, prev: None } if kv.create_revision == kv.mod_revision => {
+            Some((size(kv), 1))
+        }
+        // An update whose previous value was compacted away: what it
+        // changed is not known.
+        Event::Put { .. } => None,
+        Event::Delete { prev, .. } => Some((-size(prev), -1)),
+    }
+}
+
+impl Usage {
+    /// Sets the limits of VCs whose spec names none.
+    pub fn set_defaults(&self, limits: StorageLimits) {
+        *self.defaults.write().expect("usage defaults") = limits;
+    }
+
+    /// The defaults.
+    pub fn defaults(&self) -> StorageLimits {
+        *self.defaults.read().expect("usage defaults")
+    }
+
+    /// Where each VC's own limits are read from.
+    pub fn set_source(&self, source: LimitsSource) {
+        *self.source.write().expect("usage source") = Some(source);
+    }
+
+    /// The limits of the VC with `uid`: its own, else the defaults.
+    pub fn limits_of(&self, uid: &str) -> StorageLimits {
+        let defaults = self.defaults();
+        let own = self
+            .source
+            .read()
+            .expect("usage source")
+            .as_ref()
+            .and_then(|source| source(uid))
+            .unwrap_or_default();
+        StorageLimits {
+            bytes: own.stored_bytes.unwrap_or(defaults.bytes),
+            objects: own.objects.unwrap_or(defaults.objects),
+        }
+    }
+
+    /// VCs whose use is counted now.
+    pub fn counted(&self) -> usize {
+        self.vcs.lock().expect("usage").len()
+    }
+
+    /// The feed is running from `revision`.
+    pub(crate) fn go_live(&self, revision: Revision) {
+        self.applied.store(revision.get(), Ordering::Release);
+        self.live.store(true, Ordering::Release);
+    }
+
+    /// The feed stopped: nothing can be counted until it is back.
+    pub(crate) fn go_dark(&self) {
+        self.live.store(false, Ordering::Release);
+        self.vcs.lock().expect("usage").clear();
+        self.scanned.notify_waiters();
+    }
+
+    /// The feed has applied every change up to `revision`.
+    pub(crate) fn advance(&self, revision: Revision) {
+        self.applied.fetch_max(revision.get(), Ordering::AcqRel);
+    }
+
+    /// Counts one change the feed saw. (The count moves before the
+    /// revision does: a claim is let go only once its change is counted.)
+    pub(crate) fn observe(&self, event: &Event) {
+        self.count(event);
+        self.advance(event.revision());
+    }
+
+    fn count(&self, event: &Event) {
+        let revision = event.revision();
+        let Some(parts) = TenantKeyspace::parse(event.key()) else {
+            return;
+        };
+        let mut vcs = self.vcs.lock().expect("usage");
+        let Some(entry) = vcs.get_mut(parts.vc_uid) else {
+            return;
+        };
+        let Some((bytes, objects)) = change_of(event) else {
+            // Not countable: count again from storage when next needed.
+            if entry.since.is_some() {
+                vcs.remove(parts.vc_uid);
+            }
+            return;
+        };
+        match entry.since {
+            None => entry.deltas.push((revision, bytes, objects)),
+            Some(since) if revision > since => {
+                entry.bytes += bytes;
+                entry.objects += objects;
+            }
+            Some(_) => {}
+        }
+        entry.stored.retain(|(at, _)| *at > revision);
+        if entry.since.is_some()
+            && entry.objects <= 0
+            && entry.stored.is_empty()
+            && entry.in_flight == Used::default()
+        {
+            // Holds nothing (a deleted VC): no entry.
+            vcs.remove(parts.vc_uid);
+        }
+    }
+
+    /// What the VC with `uid` stores now (counting it first if it is not
+    /// counted yet); `None` while the feed is down.
+    pub async fn used(&self, store: &dyn Store, uid: &str) -> StoreResult<Option<Used>> {
+        if !self.counting(store, uid).await? {
+            return Ok(None);
+        }
+        let vcs = self.vcs.lock().expect("usage");
+        Ok(vcs.get(uid).map(|e| Used {
+            bytes: e.bytes.max(0) as u64,
+            objects: e.objects.max(0) as u64,
+        }))
+    }
+
+    /// Claims `amount` of the limits of the VC whose key `key` is, for a
+    /// write about to be stored; `QuotaExceeded` if that passes a limit.
+    /// `None` where nothing is claimed: not a VC's key, or the feed is down.
+    pub async fn reserve(
+        &self,
+        store: &dyn Store,
+        key: &Key,
+        amount: Used,
+    ) -> StoreResult<Option<Reservation<'_>>> {
+        let Some(parts) = TenantKeyspace::parse(key) else {
+            return Ok(None);
+        };
+        let uid = parts.vc_uid;
+        if !self.counting(store, uid).await? {
+            return Ok(None);
+        }
+        let limits = self.limits_of(uid);
+        let applied = Revision::new(self.applied.load(Ordering::Acquire));
+        let mut vcs = self.vcs.lock().expect("usage");
+        let Some(entry) = vcs.get_mut(uid) else {
+            // Forgotten meanwhile (the feed broke): not enforced.
+            return Ok(None);
+        };
+        entry.stored.retain(|(at, _)| *at > applied);
+        let claimed = entry
+            .stored
+            .iter()
+            .fold(entry.in_flight, |sum, (_, u)| Used {
+                bytes: sum.bytes + u.bytes,
+                objects: sum.objects + u.objects,
+            });
+        let used = Used {
+            bytes: entry.bytes.max(0) as u64 + claimed.bytes,
+            objects: entry.objects.max(0) as u64 + claimed.objects,
+        };
+        let over = |name: &str, want: u64, used: u64, limit: u64| {
+            StoreError::QuotaExceeded(
+            format!("exceeded quota: virtual cluster limits, requested: {name}={want}, used: {name}={used}, limited: {name}={limit}"),
+        )
+        };
+        if amount.objects > 0 && used.objects + amount.objects > limits.objects {
+            return Err(over(
+                "objects",
+                amount.objects,
+                used.objects,
+                limits.objects,
+            ));
+        }
+        if amount.bytes > 0 && used.bytes + amount.bytes > limits.bytes {
+            return Err(over("storedBytes", amount.bytes, used.bytes, limits.bytes));
+        }
+        entry.in_flight.bytes += amount.bytes;
+        entry.in_flight.objects += amount.objects;
+        Ok(Some(Reservation {
+            usage: self,
+            vc: uid.to_owned(),
+            amount,
+        }))
+    }
+
+    /// Whether the VC's use is counted (scanning its keys first if needed).
+    async fn counting(&self, store: &dyn Store, uid: &str) -> StoreResult<bool> {
+        loop {
+            let scanned = self.scanned.notified();
+            tokio::pin!(scanned);
+            scanned.as_mut().enable();
+            if !self.live.load(Ordering::Acquire) {
+                return Ok(false);
+            }
+            let scan = {
+                let mut vcs = self.vcs.lock().expect("usage");
+                match vcs.get(uid) {
+                    Some(entry) if entry.since.is_some() => return Ok(true),
+                    // Another request is scanning: wait for it.
+                    Some(_) => false,
+                    None => {
+                        vcs.insert(uid.to_owned(), Entry::default());
+                        true
+                    }
+                }
+            };
+            if scan {
+                return self.scan(store, uid).await;
+            }
+            scanned.await;
+        }
+    }
+
+    /// Counts the VC's keys, in pages at one revision, then the changes
+    /// the feed saw after that revision meanwhile.
+    async fn scan(&self, store: &dyn Store, uid: &str) -> StoreResult<bool> {
+        /// A scan abandoned halfway (its request went away) leaves no
+        /// entry that others would wait on forever.
+        struct Abandoned<'a>(Option<(&'a Usage, &'a str)>);
+        impl Drop for Abandoned<'_> {
+            fn drop(&mut self) {
+                if let Some((usage, uid)) = self.0 {
+                    let mut vcs = usage.vcs.lock().expect("usage");
+                    if vcs.get(uid).is_some_and(|e| e.since.is_none()) {
+                        vcs.remove(uid);
+                    }
+                    drop(vcs);
+                    usage.scanned.notify_waiters();
+                }
+            }
+        }
+        let mut abandoned = Abandoned(Some((self, uid)));
+        let result = async {
+            let prefix = TenantKeyspace::for_vc(uid)?.prefix().clone();
+            let (mut bytes, mut objects) = (0i64, 0i64);
+            let (mut after, mut revision) = (None, None);
+            loop {
+                let page = store
+                    .range(RangeRequest {
+                        prefix: prefix.clone(),
+                        after: after.take(),
+                        limit: Some(500),
+                        revision,
+                    })
+                    .await?;
+                for kv in &page.kvs {
+                    bytes += (kv.key.as_str().len() + kv.value.len()) as i64;
+                    objects += 1;
+                }
+                revision = Some(page.revision);
+                after = page.kvs.last().map(|kv| kv.key.clone());
+                if !page.more {
+                    return Ok::<_, StoreError>((bytes, objects, page.revision));
+                }
+            }
+        }
+        .await;
+        abandoned.0 = None;
+        let mut vcs = self.vcs.lock().expect("usage");
+        let counted = match result {
+            Ok((bytes, objects, at)) => match vcs.get_mut(uid) {
+                Some(entry) => {
+                    entry.bytes = bytes;
+                    entry.objects = objects;
+                    for (revision, b, o) in std::mem::take(&mut entry.deltas) {
+                        if revision > at {
+                            entry.bytes += b;
+                            entry.objects += o;
+                        }
+                    }
+                    entry.since = Some(at);
+                    Ok(true)
+                }
+                // The feed broke meanwhile.
+                None => Ok(false),
+            },
+            Err(e) => {
+                vcs.remove(uid);
+                Err(e)
+            }
+        };
+        drop(vcs);
+        self.scanned.notify_waiters();
+        counted
+    }
+}
+
+impl Reservation<'_> {
+    /// The write was stored at `revision`: its claim stands until the feed
+    /// has counted that revision.
+    pub fn stored(self, revision: Revision) {
+        let applied = Revision::new(self.usage.applied.load(Ordering::Acquire));
+        let mut vcs = self.usage.vcs.lock().expect("usage");
+        if let Some(entry) = vcs.get_mut(&self.vc) {
+            if revision > applied {
+                entry.stored.push((revision, self.amount));
+            }
+        }
+        drop(vcs);
+        // The in-flight claim goes with the drop below.
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let mut vcs = self.usage.vcs.lock().expect("usage");
+        if let Some(entry) = vcs.get_mut(&self.vc) {
+            // (A count started again meanwhile holds less: saturate.)
+            entry.in_flight.bytes = entry.in_flight.bytes.saturating_sub(self.amount.bytes);
+            entry.in_flight.objects = entry.in_flight.objects.saturating_sub(self.amount.objects);
+        }
+    }
+}
