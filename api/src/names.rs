@@ -24,3 +24,9 @@ pub const SYSTEM_CLUSTER_PATH: &str = "/system";
 
 /// The namespace of the system cluster's Leases.
 pub const SYSTEM_NAMESPACE: &str = "kube-system";
+
+/// The admin API's group (`VirtualCluster`, `HostCluster`).
+pub const ADMIN_GROUP: &str = "tenancy.kplex.dev";
+
+/// The admin API's version.
+pub const ADMIN_VERSION: &str = "v1alpha1";

@@ -249,6 +249,10 @@ impl Store for MeteredStore {
         self.timed("delete_range", self.inner.delete_range(prefix))
             .await
     }
+    async fn delete_batch(&self, prefix: &KeyPrefix, limit: usize) -> StoreResult<DeletedRange> {
+        self.timed("delete_batch", self.inner.delete_batch(prefix, limit))
+            .await
+    }
     async fn current_revision(&self) -> StoreResult<Revision> {
         self.timed("current_revision", self.inner.current_revision())
             .await

@@ -17,11 +17,11 @@ use serde_json::{json, Value};
 use kplex_registry::ApiError;
 
 /// The admin API group and version.
-pub const GROUP: &str = "tenancy.kplex.dev";
+pub const GROUP: &str = kplex_api::names::ADMIN_GROUP;
 /// The admin API's resource.
 pub const PLURAL: &str = "virtualclusters";
 /// The served version.
-pub const VERSION: &str = "v1alpha1";
+pub const VERSION: &str = kplex_api::names::ADMIN_VERSION;
 /// The kind.
 pub const KIND: &str = "VirtualCluster";
 const RECORDS: &str = "virtualclusters";
@@ -108,6 +108,9 @@ const WRITE_ATTEMPTS: usize = 8;
 
 /// Longest a write through the registry waits for its index to show it.
 const INDEX_WAIT: Duration = Duration::from_secs(5);
+
+/// Keys deleted per write when a VC's objects go.
+const DELETE_BATCH: usize = 1000;
 
 /// A VC as stored: the object the admin API serves, plus its revision.
 #[derive(Debug, Clone)]
@@ -523,10 +526,17 @@ impl Registry {
         // A write authorized just before the record went may still be on
         // its way to storage: let it land, then delete it with the rest.
         self.writes_drained(vc.uid()).await;
-        self.store
-            .delete_range(vc.keyspace()?.prefix())
+        // In batches: each write, and the events it sends every watcher,
+        // holds a bounded number of values however large the VC.
+        let prefix = vc.keyspace()?.prefix().clone();
+        while self
+            .store
+            .delete_batch(&prefix, DELETE_BATCH)
             .await
-            .map_err(store_error)?;
+            .map_err(store_error)?
+            .more
+        {}
+        crate::give_back_memory();
         Ok(vc)
     }
 }
@@ -629,6 +639,22 @@ fn decode(kv: &kplex_storage::KeyValue) -> Result<VirtualCluster, ApiError> {
     let object: Value = serde_json::from_slice(&kv.value)
         .map_err(|e| ApiError::internal(format!("corrupt VC record {}: {e}", kv.key)))?;
     Ok(with_revision(object, kv.mod_revision))
+}
+
+/// Which storage event is a VC's departure: its record's deletion (the
+/// UID read off the deleted record). The watch cache then stops handing
+/// the deletion of the VC's objects to the system components' watches
+/// across VCs, which drop a departed VC's objects when they see its record
+/// go.
+pub fn departures() -> kplex_registry::watchcache::Departures {
+    let prefix = Registry::prefix().expect("the records' prefix is valid");
+    Box::new(move |event| match event {
+        Event::Delete { prev, .. } if prefix.contains(&prev.key) => {
+            let record: Value = serde_json::from_slice(&prev.value).ok()?;
+            record["metadata"]["uid"].as_str().map(str::to_owned)
+        }
+        _ => None,
+    })
 }
 
 /// Maps a storage failure to the Status the caller sees.

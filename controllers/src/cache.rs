@@ -118,7 +118,13 @@ struct Inner<K> {
     /// The newest resourceVersion of the listing under way.
     listed_up_to: u64,
     synced: bool,
+    /// VCs deleted lately (by UID, with when): their objects are dropped
+    /// at once and what a watch still brings of them is not taken in.
+    departed: HashMap<Arc<str>, std::time::Instant>,
 }
+
+/// How long a deleted VC is remembered: longer than any watch lags.
+const DEPARTED_FOR: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Objects of kind `K` from every VC.
 pub struct Cache<K> {
@@ -190,6 +196,7 @@ impl<K> Cache<K> {
                 epoch: 0,
                 listed_up_to: 0,
                 synced: false,
+                departed: HashMap::new(),
             }),
             synced: tokio::sync::watch::channel(false).0,
         }
@@ -200,6 +207,29 @@ impl<K> Cache<K>
 where
     K: Resource + Clone,
 {
+    /// Drops every object of `vc`, which was deleted: the server sends its
+    /// objects' deletion to no watch across VCs (their VC's record going
+    /// says it all), and what a lagging watch still brings of them is not
+    /// taken in. Returns how many were dropped.
+    pub fn forget_vc(&self, vc: &Vc) -> usize {
+        let mut inner = self.inner.write().expect("cache lock");
+        let now = std::time::Instant::now();
+        inner
+            .departed
+            .retain(|_, at| now.duration_since(*at) < DEPARTED_FOR);
+        inner.departed.insert(vc.uid.clone(), now);
+        let keys: Vec<ObjectKey> = inner
+            .objects
+            .keys()
+            .filter(|k| k.vc == *vc)
+            .cloned()
+            .collect();
+        for key in &keys {
+            inner.take(key);
+        }
+        keys.len()
+    }
+
     /// The object at `key`.
     pub fn get(&self, key: &ObjectKey) -> Option<Arc<K>> {
         let inner = self.inner.read().expect("cache lock");
@@ -355,6 +385,9 @@ where
                 let Some(key) = self.identify(&mut object) else {
                     return Vec::new();
                 };
+                if inner.departed.contains_key(&key.vc.uid) {
+                    return Vec::new();
+                }
                 let rv = revision_of(&object);
                 inner.listed_up_to = inner.listed_up_to.max(rv);
                 let epoch = inner.epoch;
@@ -618,6 +651,33 @@ mod tests {
         assert!(cache
             .get(&ObjectKey::new(&a, Some("default"), "web"))
             .is_some());
+    }
+
+    #[test]
+    fn a_deleted_vc_is_forgotten_whole_and_a_lagging_watch_cannot_bring_it_back() {
+        let cache = Cache::<Pod>::default();
+        for (vc, name) in [("a", "one"), ("a", "two"), ("b", "one")] {
+            cache.apply_event(watcher::Event::Apply(pod(
+                vc,
+                "default",
+                name,
+                1,
+                Some("rs"),
+            )));
+        }
+        let a = Vc {
+            uid: "uid-a".into(),
+            name: "vc-a".into(),
+        };
+        assert_eq!(cache.forget_vc(&a), 2);
+        assert_eq!(cache.len(), 1);
+        assert!(cache.in_vc(&a).is_empty());
+        assert!(cache.controlled_by(&a, "rs").is_empty());
+        // An event from before the deletion, delivered late.
+        cache.apply_event(watcher::Event::Apply(pod("a", "default", "three", 2, None)));
+        assert_eq!(cache.len(), 1);
+        cache.apply_event(watcher::Event::Apply(pod("b", "default", "two", 2, None)));
+        assert_eq!(cache.len(), 2);
     }
 
     #[test]

@@ -61,6 +61,9 @@ pub struct Clients {
     /// Based at the server's root: writes build their own
     /// `/clusters/<vc>/…` paths.
     pub root: kube::Client,
+    /// Based at the system cluster (`/system`): `Api::all` on it reads the
+    /// admin records a system component may (the VCs).
+    pub system_cluster: kube::Client,
 }
 
 impl Clients {
@@ -68,7 +71,11 @@ impl Clients {
     pub fn new(config: &kube::Config) -> Result<Clients, Error> {
         let mut across = config.clone();
         across.cluster_url = with_path(&config.cluster_url, "/clusters/*")?;
+        let mut system_cluster = config.clone();
+        system_cluster.cluster_url =
+            with_path(&config.cluster_url, kplex_api::names::SYSTEM_CLUSTER_PATH)?;
         Ok(Clients {
+            system_cluster: kube::Client::try_from(system_cluster).map_err(Error::client)?,
             across: kube::Client::try_from(across).map_err(Error::client)?,
             root: kube::Client::try_from(config.clone()).map_err(Error::client)?,
         })

@@ -242,6 +242,16 @@ impl Graph {
         }
     }
 
+    /// Every object of `vc`, which was deleted, is gone: nothing of it is
+    /// left to collect.
+    pub fn forget_vc(&self, vc: &Vc) {
+        let mut inner = self.inner.lock().expect("graph lock");
+        inner.nodes.retain(|(owner_vc, _), _| *owner_vc != vc.uid);
+        inner
+            .dependents
+            .retain(|(owner_vc, _), _| *owner_vc != vc.uid);
+    }
+
     /// An object was deleted.
     pub fn forget(&self, ctx: &Ctx, vc: &Vc, meta: &ObjectMeta) {
         let Some(uid) = meta.uid.clone() else {

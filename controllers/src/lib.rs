@@ -244,6 +244,27 @@ pub struct Ctx {
 pub type Outcome = Result<Option<Duration>, Error>;
 
 impl Ctx {
+    /// Drops everything held of `vc`, which was deleted (see
+    /// [`cache::Cache::forget_vc`]).
+    pub fn forget_vc(&self, vc: &Vc) {
+        let dropped = self.pods.forget_vc(vc)
+            + self.replicasets.forget_vc(vc)
+            + self.rcs.forget_vc(vc)
+            + self.deployments.forget_vc(vc)
+            + self.statefulsets.forget_vc(vc)
+            + self.daemonsets.forget_vc(vc)
+            + self.revisions.forget_vc(vc)
+            + self.jobs.forget_vc(vc)
+            + self.cronjobs.forget_vc(vc)
+            + self.services.forget_vc(vc)
+            + self.slices.forget_vc(vc)
+            + self.nodes.forget_vc(vc)
+            + self.claims.forget_vc(vc)
+            + self.quotas.forget_vc(vc);
+        self.graph.forget_vc(vc);
+        tracing::info!(vc = %vc.name, dropped, "virtual cluster deleted; its objects forgotten");
+    }
+
     /// A context with empty caches.
     pub fn new(options: &Options) -> Result<Arc<Ctx>, Error> {
         let clients = Clients::new(&options.config)?;

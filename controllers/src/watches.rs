@@ -107,8 +107,69 @@ fn spawn<K, F>(
     }));
 }
 
+/// The VC of a VC record (from the system cluster).
+fn vc_of(record: &kube::api::DynamicObject) -> Option<Vc> {
+    Some(Vc {
+        uid: record.metadata.uid.as_deref()?.into(),
+        name: record.metadata.name.as_deref()?.into(),
+    })
+}
+
+/// Follows the VC records: a deleted VC's objects are dropped from every
+/// cache at once. (The server sends the deletion of a deleted VC's objects
+/// to no watch across VCs: one event per object would cost every watcher
+/// as much as the VC held.)
+async fn follow_vcs(ctx: Arc<Ctx>) {
+    use futures::StreamExt;
+    use kube::runtime::WatchStreamExt;
+    let gvk = kube::api::GroupVersionKind::gvk(
+        kplex_api::names::ADMIN_GROUP,
+        kplex_api::names::ADMIN_VERSION,
+        "VirtualCluster",
+    );
+    let resource = kube::api::ApiResource::from_gvk_with_plural(&gvk, "virtualclusters");
+    let api: Api<kube::api::DynamicObject> =
+        Api::all_with(ctx.clients.system_cluster.clone(), &resource);
+    let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
+    let mut known: std::collections::HashMap<Arc<str>, Vc> = Default::default();
+    let mut listing = None;
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(watcher::Event::Init) => listing = Some(std::collections::HashMap::new()),
+            Ok(watcher::Event::InitApply(record)) => {
+                if let (Some(listing), Some(vc)) = (listing.as_mut(), vc_of(&record)) {
+                    listing.insert(vc.uid.clone(), vc);
+                }
+            }
+            Ok(watcher::Event::InitDone) => {
+                let listed = listing.take().unwrap_or_default();
+                // Known before and missing now: deleted meanwhile.
+                for (uid, vc) in &known {
+                    if !listed.contains_key(uid) {
+                        ctx.forget_vc(vc);
+                    }
+                }
+                known = listed;
+            }
+            Ok(watcher::Event::Apply(record)) => {
+                if let Some(vc) = vc_of(&record) {
+                    known.insert(vc.uid.clone(), vc);
+                }
+            }
+            Ok(watcher::Event::Delete(record)) => {
+                if let Some(vc) = vc_of(&record) {
+                    known.remove(&vc.uid);
+                    ctx.forget_vc(&vc);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "watching virtual clusters failed; retrying"),
+        }
+    }
+}
+
 /// Starts every watch on `tasks`.
 pub fn start(ctx: &Arc<Ctx>, tasks: &mut tokio::task::JoinSet<()>) {
+    tasks.spawn(follow_vcs(ctx.clone()));
     let any = crate::cache::watch_config();
     spawn(
         ctx,

@@ -104,6 +104,28 @@ struct State {
     applied: Applied,
     /// When progress was last sent to every watch.
     progress_sent: Option<std::time::Instant>,
+    /// Tells which event is a VC's departure (its record's deletion).
+    departures: Option<Departures>,
+    /// VCs departed lately, by UID: the revision of the departure, and
+    /// when it was seen. Their objects' later events (their deletion) go
+    /// to their own watches only, not to the system components' watches
+    /// across VCs, which learn of the departure from the VC records.
+    departed: HashMap<String, (Revision, std::time::Instant)>,
+}
+
+/// Reads a VC's UID off the event that is its departure.
+pub type Departures = Box<dyn Fn(&Event) -> Option<String> + Send + Sync>;
+
+/// How long a departed VC is remembered (its deletion is done long before).
+const DEPARTED_FOR: Duration = Duration::from_secs(600);
+
+impl State {
+    /// Whether `event` is of a VC that departed before it.
+    fn after_departure(&self, event: &Event) -> bool {
+        TenantKeyspace::parse(event.key())
+            .and_then(|parts| self.departed.get(parts.vc_uid))
+            .is_some_and(|(revision, _)| event.revision() > *revision)
+    }
 }
 
 /// The applied revision, for [`WatchCache::caught_up`].
@@ -211,6 +233,12 @@ impl WatchCache {
         cache
     }
 
+    /// Tells the cache which event is a VC's departure (the server knows
+    /// its records' shape; the cache does not).
+    pub fn set_departures(&self, departures: Departures) {
+        self.state().departures = Some(departures);
+    }
+
     /// What each VC stores, and its storage limits.
     pub fn usage(&self) -> &crate::usage::Usage {
         &self.usage
@@ -315,7 +343,8 @@ impl WatchCache {
     /// A watch of `prefix` after `after`, from the cache when it reaches back
     /// that far, else from storage.
     async fn subscribe(&self, prefix: &KeyPrefix, after: Revision) -> StoreResult<WatchStream> {
-        let cached = self.subscribe_cached(prefix.as_str(), after, |key| prefix.contains(key));
+        let cached =
+            self.subscribe_cached(prefix.as_str(), after, false, |key| prefix.contains(key));
         match cached {
             Some(stream) => Ok(stream),
             None => self.store.watch(prefix, after).await,
@@ -331,7 +360,7 @@ impl WatchCache {
         after: Revision,
     ) -> StoreResult<WatchStream> {
         if let Some(stream) =
-            self.subscribe_cached(across.index(), after, |key| across.contains(key))
+            self.subscribe_cached(across.index(), after, true, |key| across.contains(key))
         {
             return Ok(stream);
         }
@@ -350,11 +379,13 @@ impl WatchCache {
     }
 
     /// Subscribes under `index` (a key prefix, or an [`AcrossClusters`]
-    /// index) with the ring's events after `after` that `matches` first.
+    /// index: `across`) with the ring's events after `after` that `matches`
+    /// first.
     fn subscribe_cached(
         &self,
         index: &str,
         after: Revision,
+        across: bool,
         matches: impl Fn(&Key) -> bool,
     ) -> Option<WatchStream> {
         let mut state = self.state();
@@ -363,7 +394,7 @@ impl WatchCache {
         }
         let replay: Vec<Event> = state
             .events_after(after)
-            .filter(|e| matches(e.key()))
+            .filter(|e| matches(e.key()) && !(across && state.after_departure(e)))
             .cloned()
             .collect();
         let (tx, rx) = mpsc::channel(state.limits.subscriber_buffer + replay.len());
@@ -494,10 +525,16 @@ impl State {
             }
             self.offer(prefix, &event);
         }
-        // The system components' watches of one resource in every VC.
+        if let Some(uid) = self.departures.as_ref().and_then(|d| d(&event)) {
+            self.depart(uid, revision);
+        }
+        // The system components' watches of one resource in every VC
+        // (but for a departed VC's objects).
         if let Some(index) = AcrossClusters::index_of(event.key()) {
-            let index = index.to_owned();
-            self.offer(&index, &event);
+            if !self.after_departure(&event) {
+                let index = index.to_owned();
+                self.offer(&index, &event);
+            }
         }
         self.ring.push_back(event);
         if self.ring.len() > self.limits.ring {
@@ -512,6 +549,31 @@ impl State {
         {
             self.progress(revision);
         }
+    }
+
+    /// The VC with `uid` departed at `revision`: its own watches end (its
+    /// tenants' credentials no longer work; a client that watches again
+    /// is refused), its lists are dropped, and the deletion of its objects
+    /// goes to no watch across VCs.
+    fn depart(&mut self, uid: String, revision: Revision) {
+        let now = std::time::Instant::now();
+        self.departed
+            .retain(|_, (_, at)| now.duration_since(*at) < DEPARTED_FOR);
+        if let Ok(keyspace) = TenantKeyspace::for_vc(&uid) {
+            let prefix = keyspace.prefix().as_str();
+            self.subscribers
+                .retain(|index, _| !index.starts_with(prefix));
+            let mut dropped = 0;
+            self.lists.retain(|index, list| {
+                let keep = !index.starts_with(prefix);
+                if !keep {
+                    dropped += list.objects.len();
+                }
+                keep
+            });
+            self.listed_objects -= dropped;
+        }
+        self.departed.insert(uid, (revision, now));
     }
 
     /// Offers `event` to the subscribers under `index`; drops those too slow
@@ -695,6 +757,9 @@ impl Store for WatchCache {
     async fn delete_range(&self, prefix: &KeyPrefix) -> StoreResult<DeletedRange> {
         self.store.delete_range(prefix).await
     }
+    async fn delete_batch(&self, prefix: &KeyPrefix, limit: usize) -> StoreResult<DeletedRange> {
+        self.store.delete_batch(prefix, limit).await
+    }
     async fn current_revision(&self) -> StoreResult<Revision> {
         self.store.current_revision().await
     }
@@ -762,6 +827,13 @@ mod tests {
         }
         async fn delete_range(&self, prefix: &KeyPrefix) -> StoreResult<DeletedRange> {
             self.inner.delete_range(prefix).await
+        }
+        async fn delete_batch(
+            &self,
+            prefix: &KeyPrefix,
+            limit: usize,
+        ) -> StoreResult<DeletedRange> {
+            self.inner.delete_batch(prefix, limit).await
         }
         async fn current_revision(&self) -> StoreResult<Revision> {
             self.inner.current_revision().await
@@ -1170,5 +1242,62 @@ mod tests {
             )
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_departed_vc_ends_its_own_watches_and_its_deletion_reaches_no_watch_across() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = WatchCache::start(embedded(dir.path()).await).await;
+        let record = kplex_storage::SystemKeyspace::key(&["virtualclusters", "a"]).unwrap();
+        let watched = record.clone();
+        cache.set_departures(Box::new(move |event| match event {
+            Event::Delete { prev, .. } if prev.key == watched => Some("a".to_owned()),
+            _ => None,
+        }));
+        let made = cache
+            .create(&record, Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        for i in 0..25 {
+            cache
+                .create(
+                    &key("a", "default", &format!("cm-{i:02}")),
+                    Bytes::from_static(b"{}"),
+                )
+                .await
+                .unwrap();
+        }
+        let start = cache.current_revision().await.unwrap();
+        caught_up(&cache, start).await;
+        let every = AcrossClusters::resource("", "configmaps").unwrap();
+        let mut across = cache.watch_across(&every, start).await.unwrap();
+        let mut own = cache.watch(&configmaps("a"), start).await.unwrap();
+        // The record goes, then the objects, in batches.
+        cache.delete(&record, made.mod_revision).await.unwrap();
+        let prefix = TenantKeyspace::for_vc("a").unwrap().prefix().clone();
+        while cache.delete_batch(&prefix, 10).await.unwrap().more {}
+        // Another VC's change after it all.
+        cache
+            .create(&key("b", "default", "after"), Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        // The watch across VCs hears the other VC's change next: none of
+        // the 25 deletions came before it.
+        assert_eq!(
+            next_change(&mut across).await.key(),
+            &key("b", "default", "after")
+        );
+        // The VC's own watch ended.
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), own.next())
+                .await
+                .expect("the departed VC's watch ends")
+            {
+                None => break,
+                Some(Ok(WatchEvent::Progress(_))) => {}
+                Some(other) => panic!("the departed VC's watch got {other:?}"),
+            }
+        }
+        assert_eq!(cache.store.count(&prefix).await.unwrap(), 0);
     }
 }

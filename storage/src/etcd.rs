@@ -493,6 +493,44 @@ impl Store for EtcdStore {
         Ok(DeletedRange {
             deleted: resp.deleted().max(0) as u64,
             revision: header_revision(resp.header())?,
+            more: false,
+        })
+    }
+
+    /// The first `limit` keys are found (keys only), then the range up to
+    /// the last of them deleted in one request.
+    async fn delete_batch(&self, prefix: &KeyPrefix, limit: usize) -> StoreResult<DeletedRange> {
+        let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+        let options = GetOptions::new()
+            .with_range(prefix.range_end())
+            .with_keys_only()
+            .with_limit(limit);
+        let found = self
+            .call(|| {
+                let (mut kv, options) = (self.kv.clone(), options.clone());
+                async move { kv.get(prefix.as_str(), Some(options)).await }
+            })
+            .await?;
+        let Some(last) = found.kvs().last() else {
+            return Ok(DeletedRange {
+                deleted: 0,
+                revision: header_revision(found.header())?,
+                more: false,
+            });
+        };
+        let mut end = last.key().to_vec();
+        end.push(0);
+        let options = DeleteOptions::new().with_range(end);
+        let resp = self
+            .call(|| {
+                let (mut kv, options) = (self.kv.clone(), options.clone());
+                async move { kv.delete(prefix.as_str(), Some(options)).await }
+            })
+            .await?;
+        Ok(DeletedRange {
+            deleted: resp.deleted().max(0) as u64,
+            revision: header_revision(resp.header())?,
+            more: found.more(),
         })
     }
 

@@ -166,6 +166,8 @@ pub struct DeletedRange {
     pub deleted: u64,
     /// The revision of the deletion (the current revision if nothing was deleted).
     pub revision: Revision,
+    /// Whether keys remain under the prefix ([`Store::delete_batch`]).
+    pub more: bool,
 }
 
 /// A revisioned key-value store with etcd's semantics. Every backend passes
@@ -195,6 +197,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes every key under `prefix` in one write, at one revision.
     async fn delete_range(&self, prefix: &KeyPrefix) -> StoreResult<DeletedRange>;
+
+    /// Deletes the first `limit` keys under `prefix` (in key order) in one
+    /// write, at one revision; `more` says whether keys remain. A large
+    /// range deleted batch by batch never holds more than one batch's
+    /// values (nor sends more events at once) in the process.
+    async fn delete_batch(&self, prefix: &KeyPrefix, limit: usize) -> StoreResult<DeletedRange>;
 
     /// The revision of the last write.
     async fn current_revision(&self) -> StoreResult<Revision>;

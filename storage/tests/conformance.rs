@@ -542,6 +542,46 @@ async fn delete_range_removes_one_vc_at_one_revision(s: TestStore) {
     assert_eq!(s.current_revision().await.unwrap(), gone.revision);
 }
 
+async fn delete_batch_deletes_a_range_in_bounded_writes(s: TestStore) {
+    let a = vc("a");
+    let other = vc("a0");
+    for i in 0..25 {
+        s.create(&cm(&a, &format!("k{i:02}")), b("v"))
+            .await
+            .unwrap();
+    }
+    let survivor = s.create(&cm(&other, "k0"), b("keep")).await.unwrap();
+    let before = s.current_revision().await.unwrap();
+    let mut watch = s.watch(&KeyPrefix::root(), before).await.unwrap();
+    let mut batches = Vec::new();
+    loop {
+        let batch = s.delete_batch(a.prefix(), 10).await.unwrap();
+        batches.push(batch);
+        if !batch.more {
+            break;
+        }
+    }
+    let counts: Vec<u64> = batches.iter().map(|b| b.deleted).collect();
+    assert_eq!(counts, [10, 10, 5]);
+    // Each batch is one write of its own revision, with an event per key.
+    for (i, batch) in batches.iter().enumerate() {
+        assert_eq!(batch.revision, Revision::new(before.get() + 1 + i as u64));
+        for _ in 0..batch.deleted {
+            match next_change(&mut watch).await {
+                Event::Delete { prev, revision } => {
+                    assert_eq!(revision, batch.revision);
+                    assert!(a.prefix().contains(&prev.key));
+                }
+                e => panic!("expected a delete, got {e:?}"),
+            }
+        }
+    }
+    assert_eq!(s.count(a.prefix()).await.unwrap(), 0);
+    assert_eq!(s.get(&cm(&other, "k0")).await.unwrap(), Some(survivor));
+    let none = s.delete_batch(a.prefix(), 10).await.unwrap();
+    assert_eq!((none.deleted, none.more), (0, false));
+}
+
 async fn dropped_watch_does_not_block_writers(s: TestStore) {
     let ks = vc("a");
     let watch = s
@@ -629,6 +669,7 @@ conformance!(
     idle_watch_reports_progress_of_unrelated_writes,
     compaction_is_reported_never_skipped,
     delete_range_removes_one_vc_at_one_revision,
+    delete_batch_deletes_a_range_in_bounded_writes,
     dropped_watch_does_not_block_writers,
     watch_replays_a_history_larger_than_one_message,
 );

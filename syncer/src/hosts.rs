@@ -29,8 +29,7 @@ use kplex_controllers::Error;
 
 use crate::{ConfigKind, Ctx, Outcome, Task};
 
-const GROUP: &str = "tenancy.kplex.dev";
-const VERSION: &str = "v1alpha1";
+use kplex_api::names::{ADMIN_GROUP as GROUP, ADMIN_VERSION as VERSION};
 
 /// How often a host's status is checked.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
@@ -431,7 +430,10 @@ async fn watch_vcs(ctx: Arc<Ctx>) {
                 );
                 for (uid, old) in &before {
                     match listed.get(uid) {
-                        None => ctx.queue.add(Task::Vc(old.vc.clone())),
+                        None => {
+                            ctx.forget_vc(&old.vc);
+                            ctx.queue.add(Task::Vc(old.vc.clone()))
+                        }
                         Some(new) if new.host != old.host || new.policy != old.policy => {
                             requeue_vc(&ctx, &new.vc)
                         }
@@ -461,6 +463,7 @@ async fn watch_vcs(ctx: Arc<Ctx>) {
                         .write()
                         .expect("vcs lock")
                         .remove(&record.vc.uid);
+                    ctx.forget_vc(&record.vc);
                     ctx.queue.add(Task::Vc(record.vc));
                 }
             }

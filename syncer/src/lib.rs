@@ -179,6 +179,26 @@ pub struct Ctx {
     placing: std::sync::Mutex<std::collections::HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>>,
 }
 
+impl Ctx {
+    /// Drops every tenant object held of `vc`, which was deleted (see
+    /// [`kplex_controllers::cache::Cache::forget_vc`]); its host side is
+    /// the VC's own task's to clear.
+    pub fn forget_vc(&self, vc: &Vc) {
+        let dropped = self.pods.forget_vc(vc)
+            + self.configmaps.forget_vc(vc)
+            + self.secrets.forget_vc(vc)
+            + self.services.forget_vc(vc)
+            + self.endpoints.forget_vc(vc)
+            + self.claims.forget_vc(vc)
+            + self.ingresses.forget_vc(vc)
+            + self.budgets.forget_vc(vc)
+            + self.policies.forget_vc(vc)
+            + self.nodes.forget_vc(vc);
+        self.namespace_labels.forget_vc(vc);
+        tracing::info!(vc = %vc.name, dropped, "virtual cluster deleted; its objects forgotten");
+    }
+}
+
 /// A VC's turn to place a Pod ([`Ctx::placement_turn`]); the VC's entry
 /// goes when no one else waits for it.
 pub struct PlacementTurn<'a> {

@@ -73,6 +73,14 @@ impl NamespaceLabels {
         changed
     }
 
+    /// Forgets the namespaces of `vc`, which was deleted.
+    pub fn forget_vc(&self, vc: &Vc) {
+        self.labels
+            .write()
+            .expect("namespace labels lock")
+            .retain(|key, _| key.vc != *vc);
+    }
+
     /// How many namespaces are kept (for logs).
     pub fn len(&self) -> usize {
         self.labels.read().expect("namespace labels lock").len()

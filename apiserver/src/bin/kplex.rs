@@ -397,6 +397,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             objects: args.max_objects_per_vc,
         });
     ctx.store.usage().set_source(ctx.registry.limits_source());
+    ctx.store
+        .set_departures(kplex_apiserver::virtualclusters::departures());
     kplex_apiserver::system::bootstrap(&ctx)
         .await
         .map_err(|e| format!("cannot prepare the system cluster: {}", e.message))?;
@@ -440,7 +442,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             .await
             .map_err(|e| format!("controllers: {e}"))?;
         let options = kplex_controllers::Options {
-            on_synced: Some(Arc::new(give_back_memory)),
+            on_synced: Some(Arc::new(kplex_apiserver::give_back_memory)),
             ..options
         };
         let task = tokio::spawn(kplex_controllers::run(options.clone()));
@@ -474,19 +476,11 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Asks the allocator to return the pages it holds free to the system: the
-/// controllers' first listing of every VC's objects is a burst whose memory
-/// is freed at once, and would otherwise stay counted against the process.
-fn give_back_memory() {
-    // SAFETY: mi_collect only walks the allocator's own free lists.
-    unsafe { libmimalloc_sys::mi_collect(true) }
-}
-
 async fn controllers(kubeconfig: &std::path::Path) -> Result<(), String> {
     let text = std::fs::read_to_string(kubeconfig)
         .map_err(|e| format!("cannot read {}: {e}", kubeconfig.display()))?;
     let options = kplex_controllers::Options {
-        on_synced: Some(Arc::new(give_back_memory)),
+        on_synced: Some(Arc::new(kplex_apiserver::give_back_memory)),
         ..kplex_controllers::Options::from_kubeconfig_text(&text).await?
     };
     tokio::select! {

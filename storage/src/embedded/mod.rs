@@ -441,8 +441,22 @@ impl Store for EmbeddedStore {
 
     async fn delete_range(&self, prefix: &KeyPrefix) -> StoreResult<DeletedRange> {
         let prefix = prefix.clone();
-        self.submit(|reply| WriteOp::DeleteRange { prefix, reply })
-            .await
+        self.submit(|reply| WriteOp::DeleteRange {
+            prefix,
+            limit: None,
+            reply,
+        })
+        .await
+    }
+
+    async fn delete_batch(&self, prefix: &KeyPrefix, limit: usize) -> StoreResult<DeletedRange> {
+        let prefix = prefix.clone();
+        self.submit(|reply| WriteOp::DeleteRange {
+            prefix,
+            limit: Some(limit.max(1)),
+            reply,
+        })
+        .await
     }
 
     async fn current_revision(&self) -> StoreResult<Revision> {

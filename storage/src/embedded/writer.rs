@@ -56,6 +56,8 @@ pub(super) enum WriteOp {
     },
     DeleteRange {
         prefix: KeyPrefix,
+        /// At most this many keys (the first in key order); `None`: all.
+        limit: Option<usize>,
         reply: oneshot::Sender<StoreResult<DeletedRange>>,
     },
     Compact {
@@ -160,9 +162,11 @@ impl Writer {
                             expected,
                             reply,
                         } => Pending::Deleted(reply, tx.delete(key, expected)),
-                        WriteOp::DeleteRange { prefix, reply } => {
-                            Pending::Range(reply, tx.delete_range(&prefix))
-                        }
+                        WriteOp::DeleteRange {
+                            prefix,
+                            limit,
+                            reply,
+                        } => Pending::Range(reply, tx.delete_range(&prefix, limit)),
                         WriteOp::Compact {
                             revision: target,
                             reply,
@@ -293,9 +297,32 @@ impl Tx<'_, '_> {
         Ok(Deleted { prev, revision })
     }
 
-    fn delete_range(&mut self, prefix: &KeyPrefix) -> StoreResult<DeletedRange> {
+    fn delete_range(
+        &mut self,
+        prefix: &KeyPrefix,
+        limit: Option<usize>,
+    ) -> StoreResult<DeletedRange> {
         let end = prefix.range_end();
-        let removed: Vec<(String, Vec<u8>)> = {
+        let mut more = false;
+        let removed: Vec<(String, Vec<u8>)> = if let Some(limit) = limit {
+            let mut out = Vec::new();
+            for entry in self
+                .kv
+                .range(prefix.as_str()..end.as_str())
+                .map_err(StoreError::internal)?
+            {
+                if out.len() == limit {
+                    more = true;
+                    break;
+                }
+                let (k, v) = entry.map_err(StoreError::internal)?;
+                out.push((k.value().to_owned(), v.value().to_vec()));
+            }
+            for (k, _) in &out {
+                self.kv.remove(k.as_str()).map_err(StoreError::internal)?;
+            }
+            out
+        } else {
             let mut out = Vec::new();
             let range = self
                 .kv
@@ -311,6 +338,7 @@ impl Tx<'_, '_> {
             return Ok(DeletedRange {
                 deleted: 0,
                 revision: Revision::new(*self.revision),
+                more: false,
             });
         }
         let rev = *self.revision + 1;
@@ -324,6 +352,7 @@ impl Tx<'_, '_> {
         Ok(DeletedRange {
             deleted: removed.len() as u64,
             revision,
+            more,
         })
     }
 
