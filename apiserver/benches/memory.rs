@@ -6,7 +6,8 @@
 //! Prints: RSS per stored object beside its stored size; the RSS peak
 //! while the VC is deleted, above the level before (target: < 100 MB);
 //! and the RSS a minute after the delete beside the level before the VC
-//! was filled (target: back to it). `KPLEX_BENCH_SCALE` scales the count.
+//! was filled (target: back to it). `KPLEX_BENCH_SCALE` scales the count;
+//! `KPLEX_BENCH_CACHE_MIB` sets the embedded store's page cache.
 
 #[path = "../../storage/benches/support/mod.rs"]
 mod support;
@@ -35,16 +36,23 @@ async fn main() {
     let objects = scale(100_000);
     let bin = Path::new(env!("CARGO_BIN_EXE_kplex"));
     let dir = tempfile::tempdir().unwrap();
+    // `KPLEX_BENCH_CACHE_MIB`: the embedded store's page cache (else
+    // kplex's default).
+    let cache = std::env::var("KPLEX_BENCH_CACHE_MIB")
+        .ok()
+        .map(|mib| format!("--embedded-cache-mib={mib}"));
+    let mut flags = vec![
+        "--controllers=false",
+        "--syncer=false",
+        "--max-requests-per-second-per-vc=10000000",
+        "--max-request-burst-per-vc=10000000",
+    ];
+    flags.extend(cache.as_deref());
     let server = kplex_e2e::Kplex::start_bin(
         bin,
         &dir.path().join("kplex-data"),
         "kplex=info,warn",
-        &[
-            "--controllers=false",
-            "--syncer=false",
-            "--max-requests-per-second-per-vc=10000000",
-            "--max-request-burst-per-vc=10000000",
-        ],
+        &flags,
     );
     let pid = server.pid();
     let admin = client_at(&server.kubeconfig(), "").await;

@@ -209,6 +209,11 @@ impl Drop for Seat {
     }
 }
 
+/// A VC that stores at most this much (every object of every kind, as
+/// counted for its limits) cannot answer a LIST heavier than a few GETs:
+/// its LISTs and watches are light work, served with its other requests.
+pub const LIGHT_VC_BYTES: u64 = 128 * 1024;
+
 /// Whether a request is heavy work: a LIST, or a watch that starts with
 /// the current state (`resourceVersion` unset or `0`, or
 /// `sendInitialEvents=true`: every object first, as ADDED events).

@@ -297,7 +297,16 @@ where
             zero,
         );
     };
-    let heavy = crate::fairness::is_heavy(verb, req.uri().query().unwrap_or(""));
+    // A LIST of a VC that stores little in all is no heavier than a GET.
+    let small = match &caller.scope {
+        Scope::VirtualCluster { uid } => ctx
+            .store
+            .usage()
+            .peek(uid)
+            .is_some_and(|used| used.bytes <= crate::fairness::LIGHT_VC_BYTES),
+        _ => false,
+    };
+    let heavy = !small && crate::fairness::is_heavy(verb, req.uri().query().unwrap_or(""));
     let (level, flow) = crate::fairness::classify(&caller, heavy);
     // The body is read before the seat is taken: a client sending it
     // slowly holds no seat.

@@ -27,6 +27,9 @@ pub struct StorageArgs {
     /// Bound on each etcd request.
     #[arg(long, default_value = "5", value_name = "SECONDS")]
     pub etcd_timeout: u64,
+    /// Memory for the embedded store's cache of its file's pages.
+    #[arg(long, default_value_t = kplex_storage::DEFAULT_CACHE_BYTES >> 20, value_name = "MIB")]
+    pub embedded_cache_mib: usize,
 }
 
 /// Why storage could not be opened.
@@ -50,7 +53,11 @@ impl StorageArgs {
     pub async fn open(&self) -> Result<Arc<dyn Store>, OpenError> {
         if self.etcd_endpoints.is_empty() {
             let dir = self.data_dir.join("store");
-            let store = EmbeddedStore::open(&dir, EmbeddedOptions::default()).await?;
+            let options = EmbeddedOptions {
+                cache_bytes: self.embedded_cache_mib << 20,
+                ..Default::default()
+            };
+            let store = EmbeddedStore::open(&dir, options).await?;
             return Ok(Arc::new(store));
         }
         let mut options = EtcdOptions::new(self.etcd_endpoints.clone());

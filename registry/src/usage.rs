@@ -211,6 +211,17 @@ impl Usage {
         }
     }
 
+    /// What the VC with `uid` stores, if it is counted already (no scan:
+    /// for decisions on the request path).
+    pub fn peek(&self, uid: &str) -> Option<Used> {
+        let vcs = self.vcs.lock().expect("usage");
+        let entry = vcs.get(uid).filter(|e| e.since.is_some())?;
+        Some(Used {
+            bytes: entry.bytes.max(0) as u64,
+            objects: entry.objects.max(0) as u64,
+        })
+    }
+
     /// What the VC with `uid` stores now (counting it first if it is not
     /// counted yet); `None` while the feed is down.
     pub async fn used(&self, store: &dyn Store, uid: &str) -> StoreResult<Option<Used>> {

@@ -19,7 +19,7 @@ mod etcd;
 mod keyspace;
 mod store;
 
-pub use embedded::{EmbeddedOptions, EmbeddedStore};
+pub use embedded::{EmbeddedOptions, EmbeddedStore, DEFAULT_CACHE_BYTES};
 pub use error::{StoreError, StoreResult};
 pub use etcd::{EtcdOptions, EtcdStore, EtcdTls};
 pub use keyspace::{

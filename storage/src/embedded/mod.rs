@@ -57,7 +57,16 @@ pub struct EmbeddedOptions {
     pub compaction_interval: Option<Duration>,
     /// Idle time after which a watch reports progress.
     pub progress_interval: Duration,
+    /// Memory for redb's cache of the file's pages, in bytes. redb's own
+    /// default (1 GiB) is a ceiling no page is evicted under: every page a
+    /// large VC ever touched would stay resident after its deletion. The
+    /// operating system's page cache holds the file as well, so a smaller
+    /// cache costs a system call per miss, not a disk read.
+    pub cache_bytes: usize,
 }
+
+/// [`EmbeddedOptions::cache_bytes`] unless told otherwise.
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
@@ -65,6 +74,7 @@ impl Default for EmbeddedOptions {
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             compaction_interval: Some(Duration::from_secs(300)),
             progress_interval: DEFAULT_PROGRESS_INTERVAL,
+            cache_bytes: DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -101,8 +111,8 @@ impl EmbeddedStore {
     pub async fn open(dir: impl AsRef<Path>, options: EmbeddedOptions) -> StoreResult<Self> {
         let dir = dir.as_ref().to_owned();
         let (db, revision, compacted) = tokio::task::spawn_blocking({
-            let dir = dir.clone();
-            move || open_database(&dir)
+            let (dir, cache) = (dir.clone(), options.cache_bytes);
+            move || open_database(&dir, cache)
         })
         .await
         .map_err(StoreError::internal)??;
@@ -173,11 +183,13 @@ impl EmbeddedStore {
     }
 }
 
-fn open_database(dir: &Path) -> StoreResult<(Database, u64, u64)> {
+fn open_database(dir: &Path, cache_bytes: usize) -> StoreResult<(Database, u64, u64)> {
     std::fs::create_dir_all(dir)
         .map_err(|e| StoreError::Internal(format!("creating {}: {e}", dir.display())))?;
     let path = dir.join(FILE_NAME);
-    let db = Database::create(&path)
+    let db = Database::builder()
+        .set_cache_size(cache_bytes)
+        .create(&path)
         .map_err(|e| StoreError::Internal(format!("opening {}: {e}", path.display())))?;
     let txn = db.begin_write().map_err(StoreError::internal)?;
     let (revision, compacted) = {
