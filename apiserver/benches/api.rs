@@ -502,7 +502,7 @@ async fn main() {
         with_cpu(pid, gets, run(CLIENTS, gets, get_op(tenants.clone()))).await;
     let kplex_get1 = run(1, solo, get_op(tenants.clone())).await;
     let bare_port = bare_server(
-        bare_tls,
+        bare_tls.clone(),
         Arc::new(move |_| {
             let sample = sample.clone();
             Box::pin(async move { sample })
@@ -530,6 +530,37 @@ async fn main() {
             .await;
             assert_eq!(status, StatusCode::OK);
             debug_assert!(bytes.len() > OBJECTS_PER_VC * 400);
+        }
+    })
+    .await;
+    // The ceiling: a bare server answering the same list's bytes.
+    let (_, list_sample) = call(
+        &tenants[0].0,
+        Method::GET,
+        &format!("{}/api/v1/namespaces/default/configmaps", tenants[0].1),
+        None,
+    )
+    .await;
+    let bare_list_port = bare_server(
+        bare_tls,
+        Arc::new(move |_| {
+            let sample = list_sample.clone();
+            Box::pin(async move { sample })
+        }),
+    );
+    let bare_lists = connect_all(bare_list_port).await;
+    let bare_list = run(CLIENTS, lists, move |i| {
+        let b = bare_lists.clone();
+        async move {
+            let (conn, base) = &b[i % VCS];
+            let (status, _) = call(
+                conn,
+                Method::GET,
+                &format!("{base}/api/v1/namespaces/default/configmaps"),
+                None,
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK);
         }
     })
     .await;
@@ -575,6 +606,18 @@ async fn main() {
         &format!("LIST {OBJECTS_PER_VC} configmaps (baseline: raw store range)"),
         CLIENTS,
         &kplex_list,
+        &raw_list,
+    );
+    row(
+        &format!("LIST {OBJECTS_PER_VC} configmaps (baseline: bare hyper+rustls, same bytes)"),
+        CLIENTS,
+        &kplex_list,
+        &bare_list,
+    );
+    row(
+        "LIST through a bare hyper+rustls server answering the same bytes, no API work (baseline: raw store range)",
+        CLIENTS,
+        &bare_list,
         &raw_list,
     );
     row(

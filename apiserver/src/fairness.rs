@@ -322,6 +322,37 @@ impl Fairness {
         }
     }
 
+    /// A streamed body of heavy work (a LIST written from stored bytes),
+    /// produced on the LIST runtime while `seat` is held: chunk by chunk,
+    /// at most two ahead of the client, so writing a large list never
+    /// holds the workers that answer small requests, and its level's seats
+    /// bound how many are written at once. The seat goes back when the
+    /// body is written, or the client goes.
+    pub fn produce<B>(&self, body: B, seat: Seat) -> crate::response::Body
+    where
+        B: hyper::body::Body<Data = bytes::Bytes, Error = std::convert::Infallible>
+            + Send
+            + Unpin
+            + 'static,
+    {
+        use http_body_util::BodyExt;
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        self.lists.spawn(async move {
+            let _seat = seat;
+            let mut body = body;
+            while let Some(Ok(frame)) = body.frame().await {
+                if tx.send(frame).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let frames = futures::StreamExt::map(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            Ok::<_, std::convert::Infallible>,
+        );
+        http_body_util::StreamBody::new(frames).boxed()
+    }
+
     /// The levels' state in Prometheus' text format.
     pub fn prometheus(&self) -> String {
         let mut out = String::new();

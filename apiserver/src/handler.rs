@@ -334,7 +334,14 @@ where
     if let Some(bytes) = streamed.or(hyper::body::Body::size_hint(response.body()).exact()) {
         seat.charge(bytes);
     }
-    (response, Some(level), seat.waited)
+    let waited = seat.waited;
+    if level.is_heavy() && streamed.is_some() {
+        // Written on the LIST runtime, under this seat.
+        let (parts, body) = response.into_parts();
+        let body = ctx.fairness.produce(body, seat);
+        return (Response::from_parts(parts, body), Some(level), waited);
+    }
+    (response, Some(level), waited)
 }
 
 /// A request body, whole, within [`MAX_BODY_BYTES`] (413 past it).

@@ -222,6 +222,9 @@ pub struct ListPage {
     pub continue_token: Option<String>,
 }
 
+/// Keys read from storage at once for a list without a limit.
+const LIST_PAGE: usize = 500;
+
 /// One page of a list, as stored.
 pub struct StoredPage {
     /// The objects, as stored (see [`crate::raw`]).
@@ -507,7 +510,9 @@ impl GenericStore {
             // Selectors filter after the read, so read in pages until the
             // caller's page is full or the range ends.
             let want = if opts.limit == 0 {
-                None
+                // In pages: a small list is one page read like a GET; a
+                // large one reads on at the first page's revision.
+                Some(LIST_PAGE)
             } else {
                 Some(opts.limit - items.len())
             };

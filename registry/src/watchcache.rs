@@ -1215,6 +1215,8 @@ mod tests {
         caught_up(&cache, deleted.revision).await;
         let used = cache.used("a").await.unwrap().unwrap();
         assert_eq!(used.objects, 2);
+        assert_eq!(cache.usage().peek("a"), Some(used));
+        assert_eq!(cache.usage().peek("never-written"), None);
         cache
             .create(&key("a", "ns", "z"), Bytes::from_static(b"{}"))
             .await
