@@ -209,6 +209,10 @@ impl Drop for Seat {
     }
 }
 
+/// How long a heavy body's reader may leave a chunk untaken before the
+/// body gives its seat back.
+pub const STALLED: Duration = Duration::from_secs(1);
+
 /// A VC that stores at most this much (every object of every kind, as
 /// counted for its limits) cannot answer a LIST heavier than a few GETs:
 /// its LISTs and watches are light work, served with its other requests.
@@ -327,7 +331,9 @@ impl Fairness {
     /// at most two ahead of the client, so writing a large list never
     /// holds the workers that answer small requests, and its level's seats
     /// bound how many are written at once. The seat goes back when the
-    /// body is written, or the client goes.
+    /// body is written, or the client goes, or the client has not taken a
+    /// chunk for [`STALLED`] (a reader that stops must not hold a seat:
+    /// the rest is written as it reads, seatless, two chunks at a time).
     pub fn produce<B>(&self, body: B, seat: Seat) -> crate::response::Body
     where
         B: hyper::body::Body<Data = bytes::Bytes, Error = std::convert::Infallible>
@@ -338,13 +344,22 @@ impl Fairness {
         use http_body_util::BodyExt;
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         self.lists.spawn(async move {
-            let _seat = seat;
+            let mut seat = Some(seat);
             let mut body = body;
             while let Some(Ok(frame)) = body.frame().await {
-                if tx.send(frame).await.is_err() {
-                    return;
+                let room = match tokio::time::timeout(STALLED, tx.reserve()).await {
+                    Ok(room) => room,
+                    Err(_) => {
+                        seat = None;
+                        tx.reserve().await
+                    }
+                };
+                match room {
+                    Ok(room) => room.send(frame),
+                    Err(_) => return,
                 }
             }
+            drop(seat);
         });
         let frames = futures::StreamExt::map(
             tokio_stream::wrappers::ReceiverStream::new(rx),

@@ -527,15 +527,33 @@ impl Registry {
         // its way to storage: let it land, then delete it with the rest.
         self.writes_drained(vc.uid()).await;
         // In batches: each write, and the events it sends every watcher,
-        // holds a bounded number of values however large the VC.
+        // holds a bounded number of values however large the VC. On a
+        // task of its own, so a caller that goes away does not stop it
+        // halfway (the record is gone: nothing would come back for the rest).
         let prefix = vc.keyspace()?.prefix().clone();
-        while self
-            .store
-            .delete_batch(&prefix, DELETE_BATCH)
+        let store = self.store.clone();
+        let deleting = tokio::spawn(async move {
+            let mut failures = 0;
+            loop {
+                match store.delete_batch(&prefix, DELETE_BATCH).await {
+                    Ok(batch) if batch.more => failures = 0,
+                    Ok(_) => return Ok(()),
+                    Err(e) if failures < 8 => {
+                        failures += 1;
+                        tracing::warn!(error = %e, prefix = %prefix.as_str(), "deleting a VC's keys failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(100 << failures)).await;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, prefix = %prefix.as_str(), "a deleted VC's keys are left in storage");
+                        return Err(e);
+                    }
+                }
+            }
+        });
+        deleting
             .await
-            .map_err(store_error)?
-            .more
-        {}
+            .map_err(|e| ApiError::internal(format!("deleting the VC's keys: {e}")))?
+            .map_err(store_error)?;
         crate::give_back_memory();
         Ok(vc)
     }

@@ -182,6 +182,30 @@ async fn object_and_byte_limits_refuse_writes_and_change_at_run_time() {
         .await
         .unwrap();
 
+    // A VC over its limit (lowered below its use) can still delete, also
+    // what deletion first marks (a namespace turns Terminating: it grows).
+    let small_kc = tenant_kubeconfig(&kplex, dir.path(), "small", "carol");
+    k(&small_kc, &["create", "namespace", "spare"]);
+    patch_limits(&kplex, "small", r#"{"storedBytes": "1Mi"}"#);
+    kplex_e2e::eventually("the raised byte limit", || {
+        (vc_status(&kplex, "small")["limits"]["hard"]["storedBytes"] == 1 << 20).then_some(())
+    });
+    cms.create(&PostParams::default(), &configmap("fill", &big))
+        .await
+        .unwrap();
+    patch_limits(&kplex, "small", r#"{"storedBytes": "256Ki"}"#);
+    kplex_e2e::eventually("the lowered byte limit", || {
+        (vc_status(&kplex, "small")["limits"]["hard"]["storedBytes"] == 256 * 1024).then_some(())
+    });
+    refused_for(
+        cms.create(&PostParams::default(), &configmap("more", "x"))
+            .await
+            .unwrap_err(),
+        "storedBytes=",
+    );
+    k(&small_kc, &["delete", "namespace", "spare", "--wait=true"]);
+    cms.delete("fill", &Default::default()).await.unwrap();
+
     // Bad limits are a 422 naming the field, and change nothing.
     let o = admin(
         &kplex,

@@ -1217,9 +1217,11 @@ impl GenericStore {
     ) -> Result<Value, ApiError> {
         object["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
         object["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+        // Outside the VC's limits: a VC at them must still be able to
+        // delete (marking adds a few bytes).
         match self
             .store
-            .update(&current.key, encode(&object), current.mod_revision)
+            .update_unlimited(&current.key, encode(&object), current.mod_revision)
             .await
         {
             Ok(kv) => {
@@ -1259,7 +1261,7 @@ impl GenericStore {
                     marked["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
                     marked["metadata"]["deletionGracePeriodSeconds"] = json!(0);
                     self.store
-                        .update(&kv.key, encode(&marked), kv.mod_revision)
+                        .update_unlimited(&kv.key, encode(&marked), kv.mod_revision)
                         .await
                         .map(|_| ())
                 } else {

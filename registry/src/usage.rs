@@ -71,10 +71,15 @@ pub struct Usage {
     applied: AtomicU64,
     /// Wakes writers waiting for a VC's scan.
     scanned: tokio::sync::Notify,
+    /// Raised whenever the feed stops or starts: an entry, scan or claim
+    /// of another generation counts nothing (what it saw may be stale).
+    generation: AtomicU64,
 }
 
 #[derive(Default)]
 struct Entry {
+    /// The [`Usage::generation`] it was made in.
+    generation: u64,
     bytes: i64,
     objects: i64,
     /// Held by writes in flight.
@@ -94,6 +99,7 @@ pub struct Reservation<'a> {
     usage: &'a Usage,
     vc: String,
     amount: Used,
+    generation: u64,
 }
 
 /// Every change a key's event makes to its VC's use: bytes and objects.
@@ -153,14 +159,28 @@ impl Usage {
 
     /// The feed is running from `revision`.
     pub(crate) fn go_live(&self, revision: Revision) {
+        let mut vcs = self.vcs.lock().expect("usage");
+        vcs.clear();
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.applied.store(revision.get(), Ordering::Release);
         self.live.store(true, Ordering::Release);
+        drop(vcs);
+        self.scanned.notify_waiters();
+    }
+
+    /// The entry of `uid`, if it is of this generation.
+    fn entry<'a>(&self, vcs: &'a mut HashMap<String, Entry>, uid: &str) -> Option<&'a mut Entry> {
+        let generation = self.generation.load(Ordering::Acquire);
+        vcs.get_mut(uid).filter(|e| e.generation == generation)
     }
 
     /// The feed stopped: nothing can be counted until it is back.
     pub(crate) fn go_dark(&self) {
+        let mut vcs = self.vcs.lock().expect("usage");
         self.live.store(false, Ordering::Release);
-        self.vcs.lock().expect("usage").clear();
+        vcs.clear();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        drop(vcs);
         self.scanned.notify_waiters();
     }
 
@@ -182,7 +202,7 @@ impl Usage {
             return;
         };
         let mut vcs = self.vcs.lock().expect("usage");
-        let Some(entry) = vcs.get_mut(parts.vc_uid) else {
+        let Some(entry) = self.entry(&mut vcs, parts.vc_uid) else {
             return;
         };
         let Some((bytes, objects)) = change_of(event) else {
@@ -214,8 +234,8 @@ impl Usage {
     /// What the VC with `uid` stores, if it is counted already (no scan:
     /// for decisions on the request path).
     pub fn peek(&self, uid: &str) -> Option<Used> {
-        let vcs = self.vcs.lock().expect("usage");
-        let entry = vcs.get(uid).filter(|e| e.since.is_some())?;
+        let mut vcs = self.vcs.lock().expect("usage");
+        let entry = self.entry(&mut vcs, uid).filter(|e| e.since.is_some())?;
         Some(Used {
             bytes: entry.bytes.max(0) as u64,
             objects: entry.objects.max(0) as u64,
@@ -228,8 +248,8 @@ impl Usage {
         if !self.counting(store, uid).await? {
             return Ok(None);
         }
-        let vcs = self.vcs.lock().expect("usage");
-        Ok(vcs.get(uid).map(|e| Used {
+        let mut vcs = self.vcs.lock().expect("usage");
+        Ok(self.entry(&mut vcs, uid).map(|e| Used {
             bytes: e.bytes.max(0) as u64,
             objects: e.objects.max(0) as u64,
         }))
@@ -254,7 +274,8 @@ impl Usage {
         let limits = self.limits_of(uid);
         let applied = Revision::new(self.applied.load(Ordering::Acquire));
         let mut vcs = self.vcs.lock().expect("usage");
-        let Some(entry) = vcs.get_mut(uid) else {
+        let generation = self.generation.load(Ordering::Acquire);
+        let Some(entry) = self.entry(&mut vcs, uid) else {
             // Forgotten meanwhile (the feed broke): not enforced.
             return Ok(None);
         };
@@ -292,6 +313,7 @@ impl Usage {
             usage: self,
             vc: uid.to_owned(),
             amount,
+            generation,
         }))
     }
 
@@ -306,18 +328,26 @@ impl Usage {
             }
             let scan = {
                 let mut vcs = self.vcs.lock().expect("usage");
-                match vcs.get(uid) {
+                let generation = self.generation.load(Ordering::Acquire);
+                match self.entry(&mut vcs, uid) {
                     Some(entry) if entry.since.is_some() => return Ok(true),
                     // Another request is scanning: wait for it.
-                    Some(_) => false,
+                    Some(_) => None,
+                    // None, or of another generation: count afresh.
                     None => {
-                        vcs.insert(uid.to_owned(), Entry::default());
-                        true
+                        vcs.insert(
+                            uid.to_owned(),
+                            Entry {
+                                generation,
+                                ..Entry::default()
+                            },
+                        );
+                        Some(generation)
                     }
                 }
             };
-            if scan {
-                return self.scan(store, uid).await;
+            if let Some(generation) = scan {
+                return self.scan(store, uid, generation).await;
             }
             scanned.await;
         }
@@ -325,15 +355,18 @@ impl Usage {
 
     /// Counts the VC's keys, in pages at one revision, then the changes
     /// the feed saw after that revision meanwhile.
-    async fn scan(&self, store: &dyn Store, uid: &str) -> StoreResult<bool> {
+    async fn scan(&self, store: &dyn Store, uid: &str, generation: u64) -> StoreResult<bool> {
         /// A scan abandoned halfway (its request went away) leaves no
         /// entry that others would wait on forever.
-        struct Abandoned<'a>(Option<(&'a Usage, &'a str)>);
+        struct Abandoned<'a>(Option<(&'a Usage, &'a str, u64)>);
         impl Drop for Abandoned<'_> {
             fn drop(&mut self) {
-                if let Some((usage, uid)) = self.0 {
+                if let Some((usage, uid, generation)) = self.0 {
                     let mut vcs = usage.vcs.lock().expect("usage");
-                    if vcs.get(uid).is_some_and(|e| e.since.is_none()) {
+                    if vcs
+                        .get(uid)
+                        .is_some_and(|e| e.since.is_none() && e.generation == generation)
+                    {
                         vcs.remove(uid);
                     }
                     drop(vcs);
@@ -341,7 +374,7 @@ impl Usage {
                 }
             }
         }
-        let mut abandoned = Abandoned(Some((self, uid)));
+        let mut abandoned = Abandoned(Some((self, uid, generation)));
         let result = async {
             let prefix = TenantKeyspace::for_vc(uid)?.prefix().clone();
             let (mut bytes, mut objects) = (0i64, 0i64);
@@ -370,25 +403,32 @@ impl Usage {
         abandoned.0 = None;
         let mut vcs = self.vcs.lock().expect("usage");
         let counted = match result {
-            Ok((bytes, objects, at)) => match vcs.get_mut(uid) {
-                Some(entry) => {
-                    entry.bytes = bytes;
-                    entry.objects = objects;
-                    for (revision, b, o) in std::mem::take(&mut entry.deltas) {
-                        if revision > at {
-                            entry.bytes += b;
-                            entry.objects += o;
+            Ok((bytes, objects, at)) => {
+                match vcs.get_mut(uid).filter(|e| e.generation == generation) {
+                    Some(entry) => {
+                        entry.bytes = bytes;
+                        entry.objects = objects;
+                        for (revision, b, o) in std::mem::take(&mut entry.deltas) {
+                            if revision > at {
+                                entry.bytes += b;
+                                entry.objects += o;
+                            }
                         }
+                        entry.since = Some(at);
+                        Ok(true)
                     }
-                    entry.since = Some(at);
-                    Ok(true)
+                    // The feed broke meanwhile.
+                    None => Ok(false),
                 }
-                // The feed broke meanwhile.
-                None => Ok(false),
-            },
+            }
+            // Storage failed the count: this write is not held to the
+            // limits (as while the feed is down); the next one counts again.
             Err(e) => {
-                vcs.remove(uid);
-                Err(e)
+                if vcs.get(uid).is_some_and(|e| e.generation == generation) {
+                    vcs.remove(uid);
+                }
+                tracing::warn!(error = %e, vc = uid, "cannot count what a VC stores; its limits wait");
+                Ok(false)
             }
         };
         drop(vcs);
@@ -403,7 +443,8 @@ impl Reservation<'_> {
     pub fn stored(self, revision: Revision) {
         let applied = Revision::new(self.usage.applied.load(Ordering::Acquire));
         let mut vcs = self.usage.vcs.lock().expect("usage");
-        if let Some(entry) = vcs.get_mut(&self.vc) {
+        let generation = self.generation;
+        if let Some(entry) = vcs.get_mut(&self.vc).filter(|e| e.generation == generation) {
             if revision > applied {
                 entry.stored.push((revision, self.amount));
             }
@@ -416,8 +457,8 @@ impl Reservation<'_> {
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         let mut vcs = self.usage.vcs.lock().expect("usage");
-        if let Some(entry) = vcs.get_mut(&self.vc) {
-            // (A count started again meanwhile holds less: saturate.)
+        let generation = self.generation;
+        if let Some(entry) = vcs.get_mut(&self.vc).filter(|e| e.generation == generation) {
             entry.in_flight.bytes = entry.in_flight.bytes.saturating_sub(self.amount.bytes);
             entry.in_flight.objects = entry.in_flight.objects.saturating_sub(self.amount.objects);
         }

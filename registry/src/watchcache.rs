@@ -239,6 +239,18 @@ impl WatchCache {
         self.state().departures = Some(departures);
     }
 
+    /// An update its VC's limits never refuse: marking an object deleted
+    /// (it grows by a timestamp) must work at any use, or a VC at its
+    /// limit could free nothing. (The feed counts it like any write.)
+    pub async fn update_unlimited(
+        &self,
+        key: &Key,
+        value: Bytes,
+        expected: Revision,
+    ) -> StoreResult<KeyValue> {
+        self.store.update(key, value, expected).await
+    }
+
     /// What each VC stores, and its storage limits.
     pub fn usage(&self) -> &crate::usage::Usage {
         &self.usage
