@@ -5,12 +5,12 @@
 //! kubectl does: two requests fill its cache).
 
 use bytes::Bytes;
-use hyper::{Response, StatusCode};
+use hyper::Response;
 use kplex_registry::{Catalog, ResourceInfo};
 use serde_json::{json, Value};
 
 use crate::handler::Request;
-use crate::response::{bytes_response, Body};
+use crate::response::Body;
 
 /// The `APIGroupList` of `/apis`.
 pub fn group_list(catalog: &Catalog) -> Value {
@@ -131,14 +131,16 @@ pub fn aggregated_version(req: &Request) -> Option<&'static str> {
 }
 
 /// The aggregated discovery response of `/api` (`core`) or `/apis`.
-pub fn aggregated(catalog: &Catalog, core: bool, version: &'static str) -> Response<Body> {
+pub fn aggregated(
+    catalog: &Catalog,
+    core: bool,
+    version: &'static str,
+    request: &hyper::HeaderMap,
+) -> Response<Body> {
     let mut body = group_document(catalog, core);
     body["apiVersion"] = json!(format!("apidiscovery.k8s.io/{version}"));
-    let mut response = bytes_response(
-        StatusCode::OK,
-        "application/json",
-        Bytes::from(body.to_string()),
-    );
+    let mut response =
+        crate::response::cacheable(request, "application/json", Bytes::from(body.to_string()));
     let content_type =
         format!("application/json;g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList");
     let headers = response.headers_mut();
@@ -243,7 +245,7 @@ mod tests {
         );
 
         let catalog = kplex_kinds::catalog::shared();
-        let response = aggregated(&catalog, false, "v2");
+        let response = aggregated(&catalog, false, "v2", &Default::default());
         assert_eq!(
             response.headers()[hyper::header::CONTENT_TYPE],
             "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"

@@ -82,6 +82,43 @@ pub fn stored_list(
     response
 }
 
+/// A whole response a client may cache: with an `ETag` naming its bytes,
+/// or an empty 304 Not Modified when the request's `If-None-Match` names
+/// that tag already (as kube-apiserver answers discovery and OpenAPI:
+/// client-go revalidates its cached documents this way).
+pub fn cacheable(
+    request: &hyper::HeaderMap,
+    content_type: &'static str,
+    body: Bytes,
+) -> Response<Body> {
+    let digest = ring::digest::digest(&ring::digest::SHA256, &body);
+    let mut etag = String::with_capacity(34);
+    etag.push('"');
+    for byte in &digest.as_ref()[..16] {
+        etag.push_str(&format!("{byte:02x}"));
+    }
+    etag.push('"');
+    let known = request
+        .get_all(hyper::header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|tag| tag.trim().trim_start_matches("W/"))
+        .any(|tag| tag == etag || tag == "*");
+    let mut response = if known {
+        let mut response = Response::new(Full::new(Bytes::new()).boxed());
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        response
+    } else {
+        bytes_response(StatusCode::OK, content_type, body)
+    };
+    response.headers_mut().insert(
+        hyper::header::ETAG,
+        etag.parse().expect("hex digits are a valid header"),
+    );
+    response
+}
+
 /// A JSON response with the given status.
 pub fn json_response(code: StatusCode, body: &serde_json::Value) -> Response<Body> {
     bytes_response(code, "application/json", Bytes::from(to_json(body)))
@@ -111,6 +148,30 @@ pub fn error_response(error: &ApiError) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cacheable_document_is_not_sent_again_to_a_client_that_has_it() {
+        let body = Bytes::from_static(b"{\"kind\":\"APIGroupList\"}");
+        let first = cacheable(&Default::default(), "application/json", body.clone());
+        assert_eq!(first.status(), StatusCode::OK);
+        let etag = first.headers()[hyper::header::ETAG].clone();
+        assert!(etag.to_str().unwrap().starts_with('"'));
+        let mut asks = hyper::HeaderMap::new();
+        asks.insert(
+            hyper::header::IF_NONE_MATCH,
+            format!("\"other\", {}", etag.to_str().unwrap())
+                .parse()
+                .unwrap(),
+        );
+        let again = cacheable(&asks, "application/json", body.clone());
+        assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(again.headers()[hyper::header::ETAG], etag);
+        assert_eq!(hyper::body::Body::size_hint(again.body()).exact(), Some(0));
+        // Another document: another tag, sent whole.
+        let changed = cacheable(&asks, "application/json", Bytes::from_static(b"{}"));
+        assert_eq!(changed.status(), StatusCode::OK);
+        assert_ne!(changed.headers()[hyper::header::ETAG], etag);
+    }
 
     #[test]
     fn retry_after_is_sent_when_the_error_says() {

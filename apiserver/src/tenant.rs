@@ -159,10 +159,24 @@ pub fn discovery(
         .filter(|s| !s.is_empty())
         .collect();
     let not_found = || ApiError::not_found("the server could not find the requested resource");
+    // Every discovery and OpenAPI document carries an ETag (304 when the
+    // client has it already).
+    let ok = |document: Value| {
+        crate::response::cacheable(
+            &req.headers,
+            "application/json",
+            Bytes::from(kplex_registry::error::to_json(&document)),
+        )
+    };
     let served = match segments.as_slice() {
         [root @ ("api" | "apis")] => {
             if let Some(version) = aggregated_version(req) {
-                return Some(Ok(aggregated(catalog, *root == "api", version)));
+                return Some(Ok(aggregated(
+                    catalog,
+                    *root == "api",
+                    version,
+                    &req.headers,
+                )));
             }
             Ok(ok(if *root == "api" {
                 json!({
@@ -195,8 +209,8 @@ pub fn discovery(
             let base = req.path.strip_suffix(path).unwrap_or("");
             Ok(ok(crate::openapi::root(catalog, base)))
         }
-        ["openapi", "v3", "api", version] => openapi_document(catalog, "", version),
-        ["openapi", "v3", "apis", group, version] => openapi_document(catalog, group, version),
+        ["openapi", "v3", "api", version] => openapi_document(catalog, "", version, req),
+        ["openapi", "v3", "apis", group, version] => openapi_document(catalog, group, version, req),
         ["api", "v1"] => Ok(ok(resource_list(catalog, "", "v1"))),
         ["apis", group, version] => {
             if !catalog.group_versions().contains(&(*group, *version)) {
@@ -213,11 +227,12 @@ fn openapi_document(
     catalog: &Catalog,
     group: &str,
     version: &str,
+    req: &Request,
 ) -> Result<Response<Body>, ApiError> {
     let doc = crate::openapi::document(catalog, group, version)
         .ok_or_else(|| ApiError::not_found("the server could not find the requested resource"))?;
-    Ok(bytes_response(
-        StatusCode::OK,
+    Ok(crate::response::cacheable(
+        &req.headers,
         "application/json",
         Bytes::from(doc.to_string()),
     ))

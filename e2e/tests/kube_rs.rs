@@ -629,3 +629,47 @@ async fn large_lists_stream_every_object_with_its_resource_version() {
         other => panic!("expected Deleted, got {other:?}"),
     }
 }
+
+/// Discovery and OpenAPI documents carry an ETag; asked again with it,
+/// the server answers 304 Not Modified with no body (client-go revalidates
+/// its cached documents so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_and_openapi_answer_304_to_a_client_that_has_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let kplex = Kplex::start_api_only(&dir.path().join("data"));
+    create_vc(&kplex, dir.path(), "cached");
+    let path = tenant_kubeconfig(&kplex, dir.path(), "cached", "alice");
+    let client = kube::Client::try_from(config_of(&path).await).unwrap();
+    let aggregated = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+    for (path, accept) in [
+        ("/apis", aggregated),
+        ("/api", aggregated),
+        ("/apis", "application/json"),
+        ("/api/v1", "application/json"),
+        ("/apis/apps/v1", "application/json"),
+        ("/openapi/v3/apis/apps/v1", "application/json"),
+    ] {
+        let get = |etag: Option<String>| {
+            let mut req = http::Request::get(path).header("accept", accept);
+            if let Some(etag) = etag {
+                req = req.header("if-none-match", etag);
+            }
+            client.send(req.body(Vec::new()).unwrap().map(Into::into))
+        };
+        let first = get(None).await.unwrap();
+        assert_eq!(first.status(), 200, "{path}");
+        let etag = first.headers()["etag"].to_str().unwrap().to_owned();
+        let again = get(Some(etag.clone())).await.unwrap();
+        assert_eq!(again.status(), 304, "{path}");
+        assert_eq!(again.headers()["etag"].to_str().unwrap(), etag, "{path}");
+        let stale = get(Some("\"stale\"".into())).await.unwrap();
+        assert_eq!(stale.status(), 200, "{path}");
+    }
+    // kubectl's discovery still works with its cache revalidated.
+    let kc = path.to_str().unwrap();
+    for _ in 0..2 {
+        let o = kplex_e2e::kubectl(&["--kubeconfig", kc, "api-resources", "--api-group=apps"]);
+        assert!(o.status.success(), "{}", kplex_e2e::stderr(&o));
+        assert!(kplex_e2e::stdout(&o).contains("deployments"));
+    }
+}

@@ -48,6 +48,11 @@ pub fn apply(group: &str, kind: &str, object: &mut Value) {
         merge_string_data(object);
         return;
     }
+    if (group, kind) == ("", "Service") && !object["status"]["loadBalancer"].is_object() {
+        // What a Service reads back before any load balancer reports
+        // (informers and `kubectl get -o yaml` see it on a real cluster).
+        object["status"]["loadBalancer"] = json!({});
+    }
     if (group, kind) == ("", "PodTemplate") {
         if object["template"]["spec"].is_object() {
             pod_spec(&mut object["template"]["spec"]);
@@ -265,6 +270,18 @@ mod tests {
         let info = catalog.find(group, "v1", plural).unwrap();
         apply(&info.group, &info.kind, &mut object);
         object
+    }
+
+    #[test]
+    fn a_service_reads_back_an_empty_load_balancer_status() {
+        let s = defaulted("", "services", json!({"spec": {"ports": [{"port": 80}]}}));
+        assert_eq!(s["status"], json!({"loadBalancer": {}}));
+        let reported =
+            json!({"spec": {}, "status": {"loadBalancer": {"ingress": [{"ip": "1.2.3.4"}]}}});
+        assert_eq!(
+            defaulted("", "services", reported.clone())["status"],
+            reported["status"]
+        );
     }
 
     #[test]
