@@ -311,11 +311,51 @@ where
     // The body is read before the seat is taken: a client sending it
     // slowly holds no seat.
     let (parts, body) = req.into_parts();
-    let body = match read_body(body).await {
-        Ok(body) => body,
-        Err(e) => return (crate::response::error_response(&e), Some(level), zero),
-    };
-    let req = hyper::Request::from_parts(parts, http_body_util::Full::new(body));
+    let mut body = Box::pin(body);
+    let mut read = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let data = match frame {
+            Ok(frame) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_) => continue,
+            },
+            Err(e) => {
+                let broken =
+                    ApiError::bad_request(format!("reading the request body: {}", e.into()));
+                return (crate::response::error_response(&broken), Some(level), zero);
+            }
+        };
+        if read.len() + data.len() <= MAX_BODY_BYTES {
+            read.extend_from_slice(&data);
+            continue;
+        }
+        let refused = crate::response::error_response(&too_large());
+        drop(read);
+        // Over HTTP/2 an answer before the request's end is lost on many
+        // clients (curl drops it with the stream): read the rest (bounded)
+        // and answer after it; past the bound, keep the rest until the
+        // answer is out (see `holding`).
+        let drained = tokio::time::timeout(DRAIN_WAIT, async {
+            let mut left = DRAIN_BYTES;
+            while let Some(Ok(frame)) = body.frame().await {
+                let len = frame.data_ref().map_or(0, |d| d.len());
+                if len > left {
+                    return false;
+                }
+                left -= len;
+            }
+            true
+        })
+        .await
+        .unwrap_or(false);
+        let response = if drained {
+            refused
+        } else {
+            crate::response::holding(refused, Box::new(body))
+        };
+        return (response, Some(level), zero);
+    }
+    let req = hyper::Request::from_parts(parts, http_body_util::Full::new(Bytes::from(read)));
     let mut seat = match ctx.fairness.seat(level, flow).await {
         Ok(seat) => seat,
         Err(e) => return (crate::response::error_response(&e), Some(level), zero),
@@ -344,6 +384,11 @@ where
     (response, Some(level), waited)
 }
 
+/// How much more of a body over the cap is read (and dropped) so that its
+/// 413 comes after the request's end, and for how long at most.
+const DRAIN_BYTES: usize = 16 * MAX_BODY_BYTES;
+const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A request body, whole, within [`MAX_BODY_BYTES`] (413 past it).
 async fn read_body<B>(body: B) -> Result<Bytes, ApiError>
 where
@@ -353,19 +398,27 @@ where
     Ok(Limited::new(body, MAX_BODY_BYTES)
         .collect()
         .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                ApiError {
-                    code: StatusCode::PAYLOAD_TOO_LARGE,
-                    reason: "RequestEntityTooLarge",
-                    message: format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
-                    details: None,
-                }
-            } else {
-                ApiError::bad_request(format!("reading the request body: {e}"))
-            }
-        })?
+        .map_err(body_error)?
         .to_bytes())
+}
+
+/// 413: a body over [`MAX_BODY_BYTES`].
+fn too_large() -> ApiError {
+    ApiError {
+        code: StatusCode::PAYLOAD_TOO_LARGE,
+        reason: "RequestEntityTooLarge",
+        message: format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+        details: None,
+    }
+}
+
+/// Why a request body could not be read: over the cap (413), or broken.
+fn body_error(e: Box<dyn std::error::Error + Send + Sync>) -> ApiError {
+    if e.is::<http_body_util::LengthLimitError>() {
+        too_large()
+    } else {
+        ApiError::bad_request(format!("reading the request body: {e}"))
+    }
 }
 
 /// Routes and serves a request (warnings collected into its headers).

@@ -119,6 +119,41 @@ pub fn cacheable(
     response
 }
 
+/// `response`, keeping `held` (what is left of a refused request's body)
+/// until the response has been sent. Over HTTP/2, dropping a request's
+/// body before answering cancels its stream (`RST_STREAM CANCEL`): a
+/// client would see the reset and never the answer (a 413 for a body over
+/// the cap). Dropped after the answer, the stream ends with `NO_ERROR`,
+/// which every client takes as "the answer came before you were done".
+pub fn holding(response: Response<Body>, held: Box<dyn Send>) -> Response<Body> {
+    struct Holding {
+        body: Body,
+        _held: std::sync::Mutex<Box<dyn Send>>,
+    }
+    impl hyper::body::Body for Holding {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        }
+        fn is_end_stream(&self) -> bool {
+            self.body.is_end_stream()
+        }
+        fn size_hint(&self) -> hyper::body::SizeHint {
+            self.body.size_hint()
+        }
+    }
+    let (parts, body) = response.into_parts();
+    let body = Holding {
+        body,
+        _held: std::sync::Mutex::new(held),
+    };
+    Response::from_parts(parts, body.boxed())
+}
+
 /// A JSON response with the given status.
 pub fn json_response(code: StatusCode, body: &serde_json::Value) -> Response<Body> {
     bytes_response(code, "application/json", Bytes::from(to_json(body)))

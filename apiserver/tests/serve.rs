@@ -184,3 +184,79 @@ async fn connections_that_send_no_whole_request_are_closed() {
     prompt.read_to_string(&mut response).await.unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
 }
+
+/// A body over the cap is a 413 over HTTP/2 as over HTTP/1.1: the answer
+/// comes after the request's end (curl, among others, loses an answer a
+/// reset overtakes), the server goes on serving, nothing is stored.
+#[test]
+fn a_body_over_the_cap_is_a_413_over_http2_as_over_http1() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let kplex = Kplex::start_api_only(&dir.path().join("data"));
+    let text = std::fs::read_to_string(kplex.kubeconfig()).unwrap();
+    // The admin credential as files, for curl.
+    let field = |name: &str| {
+        let line = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("{name} in the kubeconfig"));
+        base64::engine::general_purpose::STANDARD
+            .decode(line.trim())
+            .unwrap()
+    };
+    let pem = |name: &str, file: &str| {
+        let path = dir.path().join(file);
+        std::fs::write(&path, field(name)).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let (ca, cert, key) = (
+        pem("certificate-authority-data", "ca.pem"),
+        pem("client-certificate-data", "cert.pem"),
+        pem("client-key-data", "key.pem"),
+    );
+    let body = dir.path().join("big.json");
+    std::fs::write(
+        &body,
+        format!(
+            r#"{{"apiVersion":"tenancy.kplex.dev/v1alpha1","kind":"VirtualCluster","metadata":{{"name":"big","annotations":{{"a":"{}"}}}}}}"#,
+            "x".repeat(4 << 20)
+        ),
+    )
+    .unwrap();
+    let url = format!(
+        "{}/apis/tenancy.kplex.dev/v1alpha1/virtualclusters",
+        kplex.server()
+    );
+    for version in ["--http2", "--http1.1"] {
+        let o = std::process::Command::new("curl")
+            .args([
+                "-sS", version, "--cacert", &ca, "--cert", &cert, "--key", &key,
+            ])
+            .args(["-H", "Content-Type: application/json", "--data-binary"])
+            .arg(format!("@{}", body.display()))
+            .args(["-w", "\n%{http_code} %{http_version}", &url])
+            .output()
+            .expect("curl (hack/ensure-deps installs it)");
+        assert!(o.status.success(), "{version}: {}", stderr(&o));
+        let out = stdout(&o);
+        let (status, code) = out.rsplit_once('\n').unwrap();
+        let expected = if version == "--http2" {
+            "413 2"
+        } else {
+            "413 1.1"
+        };
+        assert_eq!(code, expected, "{version}");
+        let status: serde_json::Value = serde_json::from_str(status).unwrap();
+        assert_eq!(status["reason"], "RequestEntityTooLarge", "{version}");
+    }
+    let o = kubectl(&[
+        "--kubeconfig",
+        kplex.kubeconfig().to_str().unwrap(),
+        "get",
+        "virtualclusters",
+        "-o",
+        "name",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "", "nothing was stored");
+}
