@@ -71,6 +71,8 @@ pub struct Usage {
     applied: AtomicU64,
     /// Wakes writers waiting for a VC's scan.
     scanned: tokio::sync::Notify,
+    /// Numbers claims.
+    next_claim: AtomicU64,
     /// Raised whenever the feed stops or starts: an entry, scan or claim
     /// of another generation counts nothing (what it saw may be stale).
     generation: AtomicU64,
@@ -82,14 +84,22 @@ struct Entry {
     generation: u64,
     bytes: i64,
     objects: i64,
-    /// Held by writes in flight.
-    in_flight: Used,
-    /// Writes stored at a revision the feed has not counted yet.
-    stored: Vec<(Revision, Used)>,
+    /// What writes claimed and the feed has not counted yet: each until
+    /// the feed counts a change of its key (then it is in the counts), or
+    /// its write fails.
+    claims: Vec<Claim>,
     /// `None` while the first scan runs (changes seen meanwhile wait in
     /// `deltas`); then the scan's revision: changes up to it are in the counts.
     since: Option<Revision>,
     deltas: Vec<(Revision, i64, i64)>,
+}
+
+struct Claim {
+    id: u64,
+    key: String,
+    amount: Used,
+    /// Its write was stored (only the feed lets it go now).
+    stored: bool,
 }
 
 /// A write's claim on its VC's limits; give it back with
@@ -98,7 +108,7 @@ struct Entry {
 pub struct Reservation<'a> {
     usage: &'a Usage,
     vc: String,
-    amount: Used,
+    id: u64,
     generation: u64,
 }
 
@@ -220,12 +230,13 @@ impl Usage {
             }
             Some(_) => {}
         }
-        entry.stored.retain(|(at, _)| *at > revision);
-        if entry.since.is_some()
-            && entry.objects <= 0
-            && entry.stored.is_empty()
-            && entry.in_flight == Used::default()
-        {
+        // A write to this key is counted now: its claim goes (one only:
+        // two writes racing on one key leave the other's standing).
+        let key = event.key().as_str();
+        if let Some(at) = entry.claims.iter().position(|c| c.key == key) {
+            entry.claims.swap_remove(at);
+        }
+        if entry.since.is_some() && entry.objects <= 0 && entry.claims.is_empty() {
             // Holds nothing (a deleted VC): no entry.
             vcs.remove(parts.vc_uid);
         }
@@ -272,21 +283,16 @@ impl Usage {
             return Ok(None);
         }
         let limits = self.limits_of(uid);
-        let applied = Revision::new(self.applied.load(Ordering::Acquire));
         let mut vcs = self.vcs.lock().expect("usage");
         let generation = self.generation.load(Ordering::Acquire);
         let Some(entry) = self.entry(&mut vcs, uid) else {
             // Forgotten meanwhile (the feed broke): not enforced.
             return Ok(None);
         };
-        entry.stored.retain(|(at, _)| *at > applied);
-        let claimed = entry
-            .stored
-            .iter()
-            .fold(entry.in_flight, |sum, (_, u)| Used {
-                bytes: sum.bytes + u.bytes,
-                objects: sum.objects + u.objects,
-            });
+        let claimed = entry.claims.iter().fold(Used::default(), |sum, c| Used {
+            bytes: sum.bytes + c.amount.bytes,
+            objects: sum.objects + c.amount.objects,
+        });
         let used = Used {
             bytes: entry.bytes.max(0) as u64 + claimed.bytes,
             objects: entry.objects.max(0) as u64 + claimed.objects,
@@ -307,12 +313,17 @@ impl Usage {
         if amount.bytes > 0 && used.bytes + amount.bytes > limits.bytes {
             return Err(over("storedBytes", amount.bytes, used.bytes, limits.bytes));
         }
-        entry.in_flight.bytes += amount.bytes;
-        entry.in_flight.objects += amount.objects;
+        let id = self.next_claim.fetch_add(1, Ordering::Relaxed);
+        entry.claims.push(Claim {
+            id,
+            key: key.as_str().to_owned(),
+            amount,
+            stored: false,
+        });
         Ok(Some(Reservation {
             usage: self,
             vc: uid.to_owned(),
-            amount,
+            id,
             generation,
         }))
     }
@@ -438,19 +449,16 @@ impl Usage {
 }
 
 impl Reservation<'_> {
-    /// The write was stored at `revision`: its claim stands until the feed
-    /// has counted that revision.
-    pub fn stored(self, revision: Revision) {
-        let applied = Revision::new(self.usage.applied.load(Ordering::Acquire));
+    /// The write was stored: its claim stands until the feed counts its
+    /// change (if it has not already).
+    pub fn stored(self) {
         let mut vcs = self.usage.vcs.lock().expect("usage");
         let generation = self.generation;
         if let Some(entry) = vcs.get_mut(&self.vc).filter(|e| e.generation == generation) {
-            if revision > applied {
-                entry.stored.push((revision, self.amount));
+            if let Some(claim) = entry.claims.iter_mut().find(|c| c.id == self.id) {
+                claim.stored = true;
             }
         }
-        drop(vcs);
-        // The in-flight claim goes with the drop below.
     }
 }
 
@@ -459,8 +467,15 @@ impl Drop for Reservation<'_> {
         let mut vcs = self.usage.vcs.lock().expect("usage");
         let generation = self.generation;
         if let Some(entry) = vcs.get_mut(&self.vc).filter(|e| e.generation == generation) {
-            entry.in_flight.bytes = entry.in_flight.bytes.saturating_sub(self.amount.bytes);
-            entry.in_flight.objects = entry.in_flight.objects.saturating_sub(self.amount.objects);
+            // A write that failed (or whose caller left before it was
+            // stored) claims nothing.
+            if let Some(at) = entry
+                .claims
+                .iter()
+                .position(|c| c.id == self.id && !c.stored)
+            {
+                entry.claims.swap_remove(at);
+            }
         }
     }
 }

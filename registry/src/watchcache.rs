@@ -725,7 +725,7 @@ impl Store for WatchCache {
         let claim = self.usage.reserve(&*self.store, key, amount).await?;
         let kv = self.store.create(key, value).await?;
         if let Some(claim) = claim {
-            claim.stored(kv.mod_revision);
+            claim.stored();
         }
         Ok(kv)
     }
@@ -759,7 +759,7 @@ impl Store for WatchCache {
         };
         let kv = self.store.update(key, value, expected).await?;
         if let Some(claim) = claim {
-            claim.stored(kv.mod_revision);
+            claim.stored();
         }
         Ok(kv)
     }
