@@ -802,11 +802,7 @@ impl GenericStore {
             let current = self.current(info, &key, name).await?;
             let mut object = object_of(&current)?;
             change(&mut object)?;
-            match self
-                .store
-                .update(&key, encode(&object), current.mod_revision)
-                .await
-            {
+            match self.store.update_from(&current, encode(&object)).await {
                 Ok(kv) => {
                     object["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
                     return Ok(object);
@@ -1101,11 +1097,7 @@ impl GenericStore {
         if dry_run {
             return Ok(object);
         }
-        match self
-            .store
-            .update(key, encode(&object), current.mod_revision)
-            .await
-        {
+        match self.store.update_from(current, encode(&object)).await {
             Ok(kv) => {
                 object["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
                 // The last finalizer of a deleted object is gone: so is the object.

@@ -239,6 +239,30 @@ impl WatchCache {
         self.state().departures = Some(departures);
     }
 
+    /// An update of `current` (as read) to `value` if nothing wrote it
+    /// since, held to its VC's limits by exactly what it adds (the
+    /// `Store::update` of the trait, which knows no previous size, claims
+    /// the whole new value first).
+    pub async fn update_from(&self, current: &KeyValue, value: Bytes) -> StoreResult<KeyValue> {
+        let key = &current.key;
+        let claim = match (value.len() as u64).checked_sub(current.value.len() as u64) {
+            Some(grows) if grows > 0 => {
+                let added = crate::usage::Used {
+                    bytes: grows,
+                    objects: 0,
+                };
+                self.usage.reserve(&*self.store, key, added).await?
+            }
+            // Shrinking, or the same size: always allowed.
+            _ => None,
+        };
+        let kv = self.store.update(key, value, current.mod_revision).await?;
+        if let Some(claim) = claim {
+            claim.stored();
+        }
+        Ok(kv)
+    }
+
     /// An update its VC's limits never refuse: marking an object deleted
     /// (it grows by a timestamp) must work at any use, or a VC at its
     /// limit could free nothing. (The feed counts it like any write.)
@@ -1256,6 +1280,23 @@ mod tests {
             )
             .await
             .unwrap();
+        // Knowing the size before, an update claims only what it adds: 300
+        // bytes more fit in the 400 of room where the whole value would not.
+        let current = store.get(&key("a", "ns", "y")).await.unwrap().unwrap();
+        caught_up(&cache, current.mod_revision).await;
+        let grown = cache
+            .update_from(&current, Bytes::from(vec![b' '; 301]))
+            .await
+            .unwrap();
+        caught_up(&cache, grown.mod_revision).await;
+        let refused = cache
+            .update_from(&grown, Bytes::from(vec![b' '; 700]))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refused, StoreError::QuotaExceeded(_)),
+            "{refused:?}"
+        );
     }
 
     #[tokio::test]
