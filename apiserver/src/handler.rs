@@ -298,7 +298,7 @@ where
         );
     };
     // A LIST of a VC that stores little in all is no heavier than a GET.
-    let small = match &caller.scope {
+    let small = || match &caller.scope {
         Scope::VirtualCluster { uid } => ctx
             .store
             .usage()
@@ -306,7 +306,7 @@ where
             .is_some_and(|used| used.bytes <= crate::fairness::LIGHT_VC_BYTES),
         _ => false,
     };
-    let heavy = !small && crate::fairness::is_heavy(verb, req.uri().query().unwrap_or(""));
+    let heavy = crate::fairness::is_heavy(verb, req.uri().query().unwrap_or("")) && !small();
     let (level, flow) = crate::fairness::classify(&caller, heavy);
     // The body is read before the seat is taken: a client sending it
     // slowly holds no seat.

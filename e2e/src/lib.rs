@@ -465,3 +465,18 @@ impl Hosted {
         serde_json::from_slice(&o.stdout).unwrap()
     }
 }
+
+/// A ConfigMap `name` holding `value` under the key `value`.
+pub fn configmap(name: &str, value: &str) -> k8s_openapi::api::core::v1::ConfigMap {
+    k8s_openapi::api::core::v1::ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        data: Some(std::collections::BTreeMap::from([(
+            "value".to_owned(),
+            value.to_owned(),
+        )])),
+        ..Default::default()
+    }
+}

@@ -5,21 +5,10 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
-use kplex_e2e::{create_vc, tenant_kubeconfig, Kplex};
+use kplex_e2e::{configmap, create_vc, tenant_kubeconfig, Kplex};
 use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
-
-fn configmap(name: &str, value: &str) -> ConfigMap {
-    ConfigMap {
-        metadata: kube::api::ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([("value".to_owned(), value.to_owned())])),
-        ..Default::default()
-    }
-}
 
 /// The kube-rs client configuration of a kubeconfig file.
 async fn config_of(path: &std::path::Path) -> kube::Config {

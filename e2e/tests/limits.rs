@@ -8,19 +8,8 @@ use std::collections::BTreeMap;
 
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kplex_e2e::{admin, create_vc, create_vc_with, k, stderr, tenant_kubeconfig, Kplex};
+use kplex_e2e::{admin, configmap, create_vc, create_vc_with, k, stderr, tenant_kubeconfig, Kplex};
 use kube::api::{Api, ListParams, PostParams, WatchParams};
-
-fn configmap(name: &str, value: &str) -> ConfigMap {
-    ConfigMap {
-        metadata: kube::api::ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([("value".to_owned(), value.to_owned())])),
-        ..Default::default()
-    }
-}
 
 async fn client(path: &std::path::Path, retries: bool) -> kube::Client {
     let kubeconfig = kube::config::Kubeconfig::read_from(path).unwrap();

@@ -67,8 +67,6 @@ pub struct Usage {
     vcs: Mutex<HashMap<String, Entry>>,
     /// Whether the feed is running (counts are kept only while it is).
     live: AtomicBool,
-    /// The feed has counted every change up to this revision.
-    applied: AtomicU64,
     /// Wakes writers waiting for a VC's scan.
     scanned: tokio::sync::Notify,
     /// Numbers claims.
@@ -167,12 +165,11 @@ impl Usage {
         self.vcs.lock().expect("usage").len()
     }
 
-    /// The feed is running from `revision`.
-    pub(crate) fn go_live(&self, revision: Revision) {
+    /// The feed is running (again).
+    pub(crate) fn go_live(&self) {
         let mut vcs = self.vcs.lock().expect("usage");
         vcs.clear();
         self.generation.fetch_add(1, Ordering::AcqRel);
-        self.applied.store(revision.get(), Ordering::Release);
         self.live.store(true, Ordering::Release);
         drop(vcs);
         self.scanned.notify_waiters();
@@ -194,19 +191,9 @@ impl Usage {
         self.scanned.notify_waiters();
     }
 
-    /// The feed has applied every change up to `revision`.
-    pub(crate) fn advance(&self, revision: Revision) {
-        self.applied.fetch_max(revision.get(), Ordering::AcqRel);
-    }
-
-    /// Counts one change the feed saw. (The count moves before the
-    /// revision does: a claim is let go only once its change is counted.)
+    /// Counts one change the feed saw (and lets go the claim of the write
+    /// that made it).
     pub(crate) fn observe(&self, event: &Event) {
-        self.count(event);
-        self.advance(event.revision());
-    }
-
-    fn count(&self, event: &Event) {
         let revision = event.revision();
         let Some(parts) = TenantKeyspace::parse(event.key()) else {
             return;

@@ -122,6 +122,9 @@ const DEPARTED_FOR: Duration = Duration::from_secs(600);
 impl State {
     /// Whether `event` is of a VC that departed before it.
     fn after_departure(&self, event: &Event) -> bool {
+        if self.departed.is_empty() {
+            return false;
+        }
         TenantKeyspace::parse(event.key())
             .and_then(|parts| self.departed.get(parts.vc_uid))
             .is_some_and(|(revision, _)| event.revision() > *revision)
@@ -481,7 +484,7 @@ async fn feed(
                 };
                 state.lock().expect("watch cache lock").go_live(revision);
                 drop(state);
-                usage.go_live(revision);
+                usage.go_live();
                 if let Some(opened) = opened.take() {
                     let _ = opened.send(());
                 }
@@ -496,10 +499,7 @@ async fn feed(
                             usage.observe(&event);
                             state.apply(event)
                         }
-                        Ok(WatchEvent::Progress(revision)) => {
-                            usage.advance(revision);
-                            state.progress(revision)
-                        }
+                        Ok(WatchEvent::Progress(revision)) => state.progress(revision),
                         Err(e) => {
                             tracing::warn!(error = %e, "watch cache feed failed; reopening");
                             break;
@@ -1327,6 +1327,8 @@ mod tests {
         let every = AcrossClusters::resource("", "configmaps").unwrap();
         let mut across = cache.watch_across(&every, start).await.unwrap();
         let mut own = cache.watch(&configmaps("a"), start).await.unwrap();
+        // A VC whose UID begins with the departed one's is another VC.
+        let mut neighbour = cache.watch(&configmaps("a0"), start).await.unwrap();
         // The record goes, then the objects, in batches.
         cache.delete(&record, made.mod_revision).await.unwrap();
         let prefix = TenantKeyspace::for_vc("a").unwrap().prefix().clone();
@@ -1341,6 +1343,14 @@ mod tests {
         assert_eq!(
             next_change(&mut across).await.key(),
             &key("b", "default", "after")
+        );
+        cache
+            .create(&key("a0", "default", "after"), Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        assert_eq!(
+            next_change(&mut neighbour).await.key(),
+            &key("a0", "default", "after")
         );
         // The VC's own watch ended.
         loop {

@@ -324,6 +324,30 @@ fn as_i64(r: Revision) -> i64 {
     i64::try_from(r.get()).unwrap_or(i64::MAX)
 }
 
+impl EtcdStore {
+    /// Deletes the keys from `prefix` up to `end` (exclusive) in one
+    /// request; `more` is passed on as the result's.
+    async fn delete_keys(
+        &self,
+        prefix: &KeyPrefix,
+        end: Vec<u8>,
+        more: bool,
+    ) -> StoreResult<DeletedRange> {
+        let options = DeleteOptions::new().with_range(end);
+        let resp = self
+            .call(|| {
+                let (mut kv, options) = (self.kv.clone(), options.clone());
+                async move { kv.delete(prefix.as_str(), Some(options)).await }
+            })
+            .await?;
+        Ok(DeletedRange {
+            deleted: resp.deleted().max(0) as u64,
+            revision: header_revision(resp.header())?,
+            more,
+        })
+    }
+}
+
 #[async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &Key) -> StoreResult<Option<KeyValue>> {
@@ -483,18 +507,8 @@ impl Store for EtcdStore {
     }
 
     async fn delete_range(&self, prefix: &KeyPrefix) -> StoreResult<DeletedRange> {
-        let options = DeleteOptions::new().with_range(prefix.range_end());
-        let resp = self
-            .call(|| {
-                let (mut kv, options) = (self.kv.clone(), options.clone());
-                async move { kv.delete(prefix.as_str(), Some(options)).await }
-            })
-            .await?;
-        Ok(DeletedRange {
-            deleted: resp.deleted().max(0) as u64,
-            revision: header_revision(resp.header())?,
-            more: false,
-        })
+        self.delete_keys(prefix, prefix.range_end().into_bytes(), false)
+            .await
     }
 
     /// The first `limit` keys are found (keys only), then the range up to
@@ -520,18 +534,7 @@ impl Store for EtcdStore {
         };
         let mut end = last.key().to_vec();
         end.push(0);
-        let options = DeleteOptions::new().with_range(end);
-        let resp = self
-            .call(|| {
-                let (mut kv, options) = (self.kv.clone(), options.clone());
-                async move { kv.delete(prefix.as_str(), Some(options)).await }
-            })
-            .await?;
-        Ok(DeletedRange {
-            deleted: resp.deleted().max(0) as u64,
-            revision: header_revision(resp.header())?,
-            more: found.more(),
-        })
+        self.delete_keys(prefix, end, found.more()).await
     }
 
     async fn current_revision(&self) -> StoreResult<Revision> {
