@@ -52,6 +52,8 @@ pub struct Context {
     pub rates: Arc<crate::rates::RequestRates>,
     /// Fair scheduling of requests between VCs (and the LIST runtime).
     pub fairness: Arc<crate::fairness::Fairness>,
+    /// Each VC's RBAC policy, kept in memory.
+    pub rbac: Arc<kplex_rbac::Authorizer>,
 }
 
 impl Context {
@@ -567,14 +569,46 @@ async fn tenant(
         }
         Scope::Admin => return Err(refused()),
     };
+    // The VC's RBAC, from memory; its tenants ask it about every request.
+    let rbac = ctx
+        .rbac
+        .policy(vc.uid())
+        .await
+        .map_err(kplex_registry::error::from_store)?;
+    let tenant_caller = matches!(caller.scope, Scope::VirtualCluster { .. });
+    let impersonated = if tenant_caller {
+        crate::authz::impersonate(&rbac, caller, &req.headers)?
+    } else {
+        None
+    };
+    let caller = impersonated.as_ref().unwrap_or(caller);
+    if tenant_caller {
+        crate::authz::authorize(&rbac, caller, &req.method, path, &req.query)?;
+    }
     if is_public(path) {
         return public(ctx, &req.method, path).await;
     }
     // Every write into the VC, whoever makes it (a tenant, the shared
-    // controllers), meets the VC's isolation policy.
-    let store = ctx
-        .vc_store(&vc)?
-        .with_admission(crate::policy::VcPolicy::new(vc.name(), vc.policy.clone()));
+    // controllers), meets the VC's isolation policy; a tenant's RBAC
+    // writes grant no more than it holds.
+    let admission: Arc<dyn kplex_registry::generic::Admission> =
+        crate::policy::VcPolicy::new(vc.name(), vc.policy.clone());
+    let admission = if tenant_caller {
+        Arc::new(crate::authz::Escalation {
+            authorizer: ctx.rbac.clone(),
+            vc: vc.uid().to_owned(),
+            caller: caller.clone(),
+            then: admission,
+        })
+    } else {
+        admission
+    };
+    let store = ctx.vc_store(&vc)?.with_admission(admission);
+    if let Some(served) =
+        crate::authz::defaults_overlay(&ctx.catalog, &store, &rbac, path, req).await
+    {
+        return served;
+    }
     if let Some((ns, account)) = token_request_path(path) {
         return crate::tokens::token_request(
             &ctx.tokens,
@@ -602,6 +636,7 @@ async fn tenant(
         &ctx.catalog,
         &store,
         caller,
+        Some(&rbac),
         path,
         req,
         ctx.stopping.subscribe(),

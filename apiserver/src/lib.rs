@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod authz;
 pub mod bootstrap;
 pub mod cli;
 pub mod discovery;

@@ -446,6 +446,7 @@ pub async fn system_cluster(
         &ctx.system_catalog,
         &system_store(ctx),
         caller,
+        None,
         path,
         req,
         ctx.stopping.subscribe(),

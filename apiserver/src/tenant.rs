@@ -118,6 +118,7 @@ pub async fn handle(
     catalog: &Catalog,
     store: &GenericStore,
     caller: &Identity,
+    policy: Option<&kplex_rbac::Policy>,
     path: &str,
     req: &Request,
     stopping: tokio::sync::watch::Receiver<bool>,
@@ -132,10 +133,16 @@ pub async fn handle(
     }
     match segments.as_slice() {
         ["api", "v1", rest @ ..] => {
-            resource(catalog, store, caller, "", "v1", rest, req, stopping).await
+            resource(
+                catalog, store, caller, policy, "", "v1", rest, req, stopping,
+            )
+            .await
         }
         ["apis", group, version, rest @ ..] => {
-            resource(catalog, store, caller, group, version, rest, req, stopping).await
+            resource(
+                catalog, store, caller, policy, group, version, rest, req, stopping,
+            )
+            .await
         }
         _ => Err(ApiError::not_found(
             "the server could not find the requested resource",
@@ -337,7 +344,10 @@ fn target<'a>(
 }
 
 /// A list's `metadata`: its revision, and where the next page starts.
-fn list_metadata(revision: kplex_storage::Revision, continue_token: Option<String>) -> Value {
+pub(crate) fn list_metadata(
+    revision: kplex_storage::Revision,
+    continue_token: Option<String>,
+) -> Value {
     let mut metadata = json!({"resourceVersion": revision.to_string()});
     if let Some(c) = continue_token {
         metadata["continue"] = json!(c);
@@ -372,6 +382,7 @@ async fn resource(
     catalog: &Catalog,
     store: &GenericStore,
     caller: &Identity,
+    policy: Option<&kplex_rbac::Policy>,
     group: &str,
     version: &str,
     rest: &[&str],
@@ -386,6 +397,11 @@ async fn resource(
         if req.method != Method::POST || t.name.is_some() {
             return Err(method_not_allowed(&req.method));
         }
+        if t.info.namespaced && t.namespace.is_none() {
+            return Err(ApiError::not_found(
+                "the server could not find the requested resource",
+            ));
+        }
         let mut object = req.json_body()?;
         kplex_registry::meta::check_type(t.info, &mut object)?;
         kplex_registry::generic::validate(
@@ -393,7 +409,7 @@ async fn resource(
             &mut object,
             FieldValidation::parse(q("fieldValidation"))?,
         )?;
-        let answer = crate::reviews::answer(t.info, caller, object)?;
+        let answer = crate::reviews::answer(t.info, caller, policy, t.namespace, object)?;
         return Ok(json_response(StatusCode::CREATED, &answer));
     }
     let dry_run = match q("dryRun") {
@@ -545,18 +561,8 @@ async fn resource(
                 ));
             }
             let page = store.list(t.info, t.namespace, &opts).await?;
-            // A Table carries the list's metadata too: kubectl watches from
-            // its resourceVersion (`get -w`) and pages by its continue token.
             let metadata = list_metadata(page.revision, page.continue_token);
-            if req.wants_table() {
-                let mut table = render_table(t.info, &page.items);
-                table["metadata"] = metadata;
-                return Ok(ok(table));
-            }
-            if req.wants_metadata() {
-                return Ok(ok(partial_list(metadata, page.items)));
-            }
-            Ok(ok(list_of(t.info, metadata, page.items)))
+            Ok(list_response(t.info, req, metadata, page.items))
         }
         (&Method::GET, Some(name)) if !req.wants_table() && !req.wants_metadata() => {
             let stored = store.get_stored(t.info, t.namespace, name).await?;
@@ -646,6 +652,27 @@ async fn resource(
             details: None,
         }),
     }
+}
+
+/// A list of `items` as the request asks for it: a Table, metadata only,
+/// or whole objects. A Table carries the list's metadata too: kubectl
+/// watches from its resourceVersion (`get -w`) and pages by its continue
+/// token.
+pub(crate) fn list_response(
+    info: &ResourceInfo,
+    req: &Request,
+    metadata: Value,
+    items: Vec<Value>,
+) -> Response<Body> {
+    if req.wants_table() {
+        let mut table = render_table(info, &items);
+        table["metadata"] = metadata;
+        return ok(table);
+    }
+    if req.wants_metadata() {
+        return ok(partial_list(metadata, items));
+    }
+    ok(list_of(info, metadata, items))
 }
 
 /// A create's or update's object, with its JSON checked for duplicate
@@ -923,7 +950,9 @@ async fn evict(
         let guarding: Vec<&Value> = page
             .items
             .iter()
-            .filter(|b| selector_takes(&b["spec"]["selector"], &pod["metadata"]["labels"]))
+            .filter(|b| {
+                kplex_registry::selectors::takes(&b["spec"]["selector"], &pod["metadata"]["labels"])
+            })
             .collect();
         if guarding.len() > 1 {
             return Err(ApiError::internal(
@@ -964,36 +993,6 @@ async fn evict(
     }
     store.delete(t.info, t.namespace, name, &options).await?;
     Ok(created_status())
-}
-
-/// Whether a `metav1.LabelSelector` takes an object with `labels`: all of
-/// `matchLabels` and `matchExpressions` hold. An empty selector takes
-/// every object, a missing one none (policy/v1's reading for budgets).
-fn selector_takes(selector: &Value, labels: &Value) -> bool {
-    if !selector.is_object() {
-        return false;
-    }
-    let label = |key: &str| labels.get(key).and_then(Value::as_str);
-    let by_labels = selector["matchLabels"]
-        .as_object()
-        .is_none_or(|m| m.iter().all(|(k, v)| label(k) == v.as_str()));
-    let by_expressions = selector["matchExpressions"].as_array().is_none_or(|exprs| {
-        exprs.iter().all(|e| {
-            let key = e["key"].as_str().unwrap_or_default();
-            let values: Vec<&str> = e["values"]
-                .as_array()
-                .map(|v| v.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
-            match e["operator"].as_str() {
-                Some("In") => label(key).is_some_and(|l| values.contains(&l)),
-                Some("NotIn") => label(key).is_none_or(|l| !values.contains(&l)),
-                Some("Exists") => label(key).is_some(),
-                Some("DoesNotExist") => label(key).is_none(),
-                _ => false,
-            }
-        })
-    });
-    by_labels && by_expressions
 }
 
 /// The `scale` subresource: an `autoscaling/v1` Scale view of `spec.replicas`.

@@ -58,7 +58,12 @@ fn the_cli_creates_lists_issues_credentials_for_and_deletes_vcs() {
     assert!(issued.status.success(), "{}", stderr(&issued));
     let bob = dir.path().join("bob.kubeconfig");
     std::fs::write(&bob, &issued.stdout).unwrap();
-    let whoami = kubectl(&[
+    // bob is who his kubeconfig says, and may do only what bindings give
+    // him (none yet).
+    let whoami = kubectl(&["--kubeconfig", bob.to_str().unwrap(), "auth", "whoami"]);
+    assert!(whoami.status.success(), "{}", stderr(&whoami));
+    assert!(stdout(&whoami).contains("bob"), "{}", stdout(&whoami));
+    let denied = kubectl(&[
         "--kubeconfig",
         bob.to_str().unwrap(),
         "get",
@@ -67,7 +72,12 @@ fn the_cli_creates_lists_issues_credentials_for_and_deletes_vcs() {
         "-o",
         "name",
     ]);
-    assert!(whoami.status.success(), "{}", stderr(&whoami));
+    assert!(!denied.status.success());
+    assert!(
+        stderr(&denied).contains("User \"bob\" cannot list resource \"configmaps\""),
+        "{}",
+        stderr(&denied)
+    );
 
     let dup = kplex_vc(&kplex, &["create", "team-a"]);
     assert!(!dup.status.success());

@@ -298,10 +298,25 @@ pub fn create_host_vc(kplex: &Kplex, dir: &Path, name: &str) {
     create_vc_with(kplex, dir, name, HOST_VC_SPEC);
 }
 
-/// Issues a tenant kubeconfig through the admin API's kubeconfig subresource.
+/// Issues a kubeconfig for `user` as the VC's cluster-admin (group
+/// `system:masters`, as a VC's first kubeconfig) through the admin API's
+/// kubeconfig subresource.
 pub fn tenant_kubeconfig(kplex: &Kplex, dir: &Path, vc: &str, user: &str) -> PathBuf {
+    user_kubeconfig(kplex, dir, vc, user, &["system:masters"])
+}
+
+/// Issues a kubeconfig for `user` in `groups`: it may do what the VC's
+/// RBAC bindings give it.
+pub fn user_kubeconfig(
+    kplex: &Kplex,
+    dir: &Path,
+    vc: &str,
+    user: &str,
+    groups: &[&str],
+) -> PathBuf {
     let body = dir.join("kubeconfig-request.json");
-    std::fs::write(&body, format!(r#"{{"user":"{user}","groups":["dev"]}}"#)).unwrap();
+    let request = serde_json::json!({"user": user, "groups": groups});
+    std::fs::write(&body, request.to_string()).unwrap();
     let o = admin(
         kplex,
         &[

@@ -3,7 +3,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use kplex_e2e::{create_vc, kubectl, stderr, stdout, tenant_kubeconfig, Kplex, KubectlStream};
+use kplex_e2e::{
+    create_vc, kubectl, stderr, stdout, tenant_kubeconfig, user_kubeconfig, Kplex, KubectlStream,
+};
 
 fn k(kubeconfig: &Path, args: &[&str]) -> std::process::Output {
     let mut all = vec!["--kubeconfig", kubeconfig.to_str().unwrap()];
@@ -1038,31 +1040,47 @@ fn kubectl_explain_reads_the_vcs_openapi() {
 fn auth_whoami_and_can_i_answer_for_the_callers_own_credential() {
     let (s, configs) = setup(&["team-a"]);
     let alice = &configs[0];
-    let bob = tenant_kubeconfig(&s.kplex, &s.path, "team-a", "bob");
+    let bob = user_kubeconfig(&s.kplex, &s.path, "team-a", "bob", &["dev"]);
     let whoami: serde_json::Value =
         serde_json::from_str(&ok(alice, &["auth", "whoami", "-o", "json"])).unwrap();
     assert_eq!(whoami["status"]["userInfo"]["username"], "alice");
     assert_eq!(
         whoami["status"]["userInfo"]["groups"],
+        serde_json::json!(["system:masters", "system:authenticated"])
+    );
+    let bob_is: serde_json::Value =
+        serde_json::from_str(&ok(&bob, &["auth", "whoami", "-o", "json"])).unwrap();
+    assert_eq!(bob_is["status"]["userInfo"]["username"], "bob");
+    assert_eq!(
+        bob_is["status"]["userInfo"]["groups"],
         serde_json::json!(["dev", "system:authenticated"])
     );
-    assert!(ok(&bob, &["auth", "whoami"]).contains("bob"));
 
-    // No authorization layer inside a VC yet: every resource verb is allowed.
+    // The VC's cluster-admin may do anything; bob, bound to nothing, may
+    // discover the API and ask about himself only.
     assert_eq!(
         ok(alice, &["auth", "can-i", "delete", "deployments"]).trim(),
         "yes"
     );
+    let denied = k(&bob, &["auth", "can-i", "delete", "deployments"]);
+    assert_eq!(denied.status.code(), Some(1));
+    assert!(stdout(&denied).starts_with("no"), "{}", stdout(&denied));
     assert_eq!(
-        ok(alice, &["auth", "can-i", "get", "/version"]).trim(),
+        ok(&bob, &["auth", "can-i", "get", "/version"]).trim(),
         "yes"
     );
-    // Paths the VC does not serve are answered no (exit 1), with the reason.
-    let metrics = k(alice, &["auth", "can-i", "get", "/metrics"]);
+    let metrics = k(&bob, &["auth", "can-i", "get", "/metrics"]);
     assert_eq!(metrics.status.code(), Some(1));
     assert!(stdout(&metrics).starts_with("no"), "{}", stdout(&metrics));
     let list = ok(alice, &["auth", "can-i", "--list"]);
-    assert!(list.contains("*.*") && list.contains("[/apis/*]"), "{list}");
+    assert!(list.contains("*.*") && list.contains("[*]"), "{list}");
+    let list = ok(&bob, &["auth", "can-i", "--list"]);
+    assert!(
+        list.contains("selfsubjectaccessreviews.authorization.k8s.io")
+            && list.contains("[/apis/*]")
+            && !list.contains("*.*"),
+        "{list}"
+    );
 
     // Reviews are answered, not stored: there is nothing to get.
     fails_with(

@@ -781,6 +781,26 @@ async fn pods_reach_their_own_vc_with_a_token_the_syncer_keeps() {
         "{who}"
     );
     assert!(who.contains("system:serviceaccounts:default"), "{who}");
+    // A ServiceAccount may do what its VC's RBAC gives it: nothing, then
+    // what a binding gives.
+    assert!(k_fails(&as_sa, &["get", "namespaces"]).contains(
+        "User \"system:serviceaccount:default:default\" cannot list resource \"namespaces\""
+    ));
+    k(
+        &tenant,
+        &[
+            "create",
+            "clusterrolebinding",
+            "default-views",
+            "--clusterrole=view",
+            "--serviceaccount=default:default",
+        ],
+    );
+    eventually("the binding to apply", || {
+        let mut all = vec!["--kubeconfig", as_sa.to_str().unwrap()];
+        all.extend_from_slice(&["get", "namespaces"]);
+        kplex_e2e::kubectl(&all).status.success().then_some(())
+    });
     let namespaces = names(&items(&as_sa, &["namespaces"]));
     assert_eq!(namespaces, names(&items(&tenant, &["namespaces"])));
     // Another VC's URL refuses it; so does the admin API.

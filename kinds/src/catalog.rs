@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use k8s_openapi::api::{
     apps, authentication, authorization, autoscaling, batch, coordination, core, discovery, events,
-    networking, policy,
+    networking, policy, rbac,
 };
 use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope, Resource};
 use kplex_registry::{Catalog, ResourceInfo};
@@ -88,9 +88,15 @@ pub fn builtin() -> Vec<ResourceInfo> {
         row::<coordination::v1::Lease>(&[], &[]),
         row::<discovery::v1::EndpointSlice>(&[], &[]),
         row::<policy::v1::PodDisruptionBudget>(&["pdb"], &[]),
+        row::<rbac::v1::ClusterRole>(&[], &[]),
+        row::<rbac::v1::ClusterRoleBinding>(&[], &[]),
+        row::<rbac::v1::Role>(&[], &[]),
+        row::<rbac::v1::RoleBinding>(&[], &[]),
         review::<authentication::v1::SelfSubjectReview>(),
         review::<authorization::v1::SelfSubjectAccessReview>(),
         review::<authorization::v1::SelfSubjectRulesReview>(),
+        review::<authorization::v1::SubjectAccessReview>(),
+        review::<authorization::v1::LocalSubjectAccessReview>(),
     ]
 }
 
@@ -120,7 +126,7 @@ mod tests {
         assert!(deploy.has_scale() && deploy.has_status() && deploy.tracks_generation());
         assert!(c.find("apps", "v1", "pods").is_none());
         assert_eq!(c.group_versions()[0], ("", "v1"));
-        assert_eq!(c.all().iter().filter(|r| r.stored).count(), 28);
+        assert_eq!(c.all().iter().filter(|r| r.stored).count(), 32);
         let nodes = c.find("", "v1", "nodes").unwrap();
         assert!(!nodes.namespaced && nodes.has_status());
         let rc = c.find("", "v1", "replicationcontrollers").unwrap();

@@ -53,6 +53,17 @@ pub fn apply(group: &str, kind: &str, object: &mut Value) {
         // (informers and `kubectl get -o yaml` see it on a real cluster).
         object["status"]["loadBalancer"] = json!({});
     }
+    if group == "rbac.authorization.k8s.io" && kind.ends_with("Binding") {
+        // A User or Group subject is of the RBAC group unless it says.
+        for subject in object["subjects"].as_array_mut().into_iter().flatten() {
+            if matches!(subject["kind"].as_str(), Some("User" | "Group"))
+                && subject["apiGroup"].as_str().is_none_or(str::is_empty)
+            {
+                subject["apiGroup"] = json!("rbac.authorization.k8s.io");
+            }
+        }
+        return;
+    }
     if (group, kind) == ("", "PodTemplate") {
         if object["template"]["spec"].is_object() {
             pod_spec(&mut object["template"]["spec"]);

@@ -54,6 +54,14 @@ pub fn check(info: &ResourceInfo, name: &str, old: &Value, new: &Value) -> Resul
         ("batch", "Job") => job(&refuse, old, new),
         ("", "Pod") => pod(&refuse, old, new),
         ("", "PersistentVolumeClaim") => claim(&refuse, old, new),
+        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding")
+            if old["roleRef"] != new["roleRef"] =>
+        {
+            Err(refuse.error(
+                "roleRef",
+                &format!("Invalid value: {}: cannot change roleRef", new["roleRef"]),
+            ))
+        }
         _ => Ok(()),
     }
 }

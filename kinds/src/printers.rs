@@ -170,6 +170,25 @@ fn node_address(o: &Value, kind: &str) -> Value {
     json!(found.unwrap_or("<none>"))
 }
 
+/// A binding's subjects of one kind, comma-separated (`ns/name` for
+/// ServiceAccounts).
+fn subjects(o: &Value, kind: &str) -> Value {
+    join(
+        o["subjects"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| s["kind"] == kind)
+            .map(|s| {
+                let name = s["name"].as_str().unwrap_or("");
+                match s["namespace"].as_str() {
+                    Some(ns) if kind == "ServiceAccount" => format!("{ns}/{name}"),
+                    _ => name.to_owned(),
+                }
+            }),
+    )
+}
+
 /// The kind's columns between NAME and AGE (and the wide ones after AGE).
 pub fn columns(group: &str, plural: &str) -> Vec<Column> {
     match (group, plural) {
@@ -185,6 +204,19 @@ pub fn columns(group: &str, plural: &str) -> Vec<Column> {
             col("Readiness Gates", 1, |_| json!("<none>")),
         ],
         ("", "namespaces") => vec![col("Status", 0, |o| str_or(&o["status"]["phase"], ""))],
+        ("rbac.authorization.k8s.io", "rolebindings" | "clusterrolebindings") => vec![
+            col("Role", 0, |o| {
+                let r = &o["roleRef"];
+                json!(format!(
+                    "{}/{}",
+                    r["kind"].as_str().unwrap_or(""),
+                    r["name"].as_str().unwrap_or("")
+                ))
+            }),
+            col("Users", 1, |o| subjects(o, "User")),
+            col("Groups", 1, |o| subjects(o, "Group")),
+            col("ServiceAccounts", 1, |o| subjects(o, "ServiceAccount")),
+        ],
         ("", "events") => vec![
             col("Last Seen", 0, |o| {
                 let last = o["lastTimestamp"]

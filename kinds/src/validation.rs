@@ -37,6 +37,92 @@ pub fn validate(info: &ResourceInfo, object: &Value) -> Result<(), ApiError> {
     if let Some((path, spec)) = pod_spec_of(&info.group, &info.kind, object) {
         validate_pod_spec(info, object, &path, spec)?;
     }
+    if info.group == "rbac.authorization.k8s.io" && info.kind.ends_with("Binding") {
+        validate_binding(info, object)?;
+    }
+    Ok(())
+}
+
+/// A binding's role reference and subjects, as kube-apiserver checks them.
+fn validate_binding(info: &ResourceInfo, object: &Value) -> Result<(), ApiError> {
+    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+    let invalid = |field: &str, detail: String| {
+        Err(ApiError::field(
+            &info.qualified_kind(),
+            name,
+            field,
+            &detail,
+        ))
+    };
+    let role_ref = &object["roleRef"];
+    let kinds: &[&str] = if info.namespaced {
+        &["Role", "ClusterRole"]
+    } else {
+        &["ClusterRole"]
+    };
+    let kind = role_ref["kind"].as_str().unwrap_or_default();
+    if !kinds.contains(&kind) {
+        let supported: Vec<String> = kinds.iter().map(|k| format!("{k:?}")).collect();
+        return invalid(
+            "roleRef.kind",
+            format!(
+                "Unsupported value: {kind:?}: supported values: {}",
+                supported.join(", ")
+            ),
+        );
+    }
+    let group = role_ref["apiGroup"].as_str().unwrap_or_default();
+    if group != "rbac.authorization.k8s.io" {
+        return invalid(
+            "roleRef.apiGroup",
+            format!(
+                "Unsupported value: {group:?}: supported values: \"rbac.authorization.k8s.io\""
+            ),
+        );
+    }
+    if role_ref["name"].as_str().is_none_or(str::is_empty) {
+        return invalid("roleRef.name", "Required value".into());
+    }
+    for (i, subject) in object["subjects"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        if subject["name"].as_str().is_none_or(str::is_empty) {
+            return invalid(&format!("subjects[{i}].name"), "Required value".into());
+        }
+        match subject["kind"].as_str().unwrap_or_default() {
+            "ServiceAccount" => {
+                let group = subject["apiGroup"].as_str().unwrap_or_default();
+                if !group.is_empty() {
+                    return invalid(
+                        &format!("subjects[{i}].apiGroup"),
+                        format!("Unsupported value: {group:?}: supported values: \"\""),
+                    );
+                }
+                if !info.namespaced && subject["namespace"].as_str().is_none_or(str::is_empty) {
+                    return invalid(&format!("subjects[{i}].namespace"), "Required value".into());
+                }
+            }
+            "User" | "Group" => {
+                // (An empty group is defaulted to RBAC's.)
+                let group = subject["apiGroup"].as_str().unwrap_or_default();
+                if !group.is_empty() && group != "rbac.authorization.k8s.io" {
+                    return invalid(
+                        &format!("subjects[{i}].apiGroup"),
+                        format!("Unsupported value: {group:?}: supported values: \"rbac.authorization.k8s.io\""),
+                    );
+                }
+            }
+            other => {
+                return invalid(
+                    &format!("subjects[{i}].kind"),
+                    format!("Unsupported value: {other:?}: supported values: \"ServiceAccount\", \"User\", \"Group\""),
+                )
+            }
+        }
+    }
     Ok(())
 }
 

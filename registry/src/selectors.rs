@@ -220,6 +220,36 @@ impl FieldSelector {
     }
 }
 
+/// Whether a `metav1.LabelSelector` takes an object with `labels`: all of
+/// `matchLabels` and `matchExpressions` hold. An empty selector takes
+/// every object, a missing one none (policy/v1's reading for budgets).
+pub fn takes(selector: &Value, labels: &Value) -> bool {
+    if !selector.is_object() {
+        return false;
+    }
+    let label = |key: &str| labels.get(key).and_then(Value::as_str);
+    let by_labels = selector["matchLabels"]
+        .as_object()
+        .is_none_or(|m| m.iter().all(|(k, v)| label(k) == v.as_str()));
+    let by_expressions = selector["matchExpressions"].as_array().is_none_or(|exprs| {
+        exprs.iter().all(|e| {
+            let key = e["key"].as_str().unwrap_or_default();
+            let values: Vec<&str> = e["values"]
+                .as_array()
+                .map(|v| v.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            match e["operator"].as_str() {
+                Some("In") => label(key).is_some_and(|l| values.contains(&l)),
+                Some("NotIn") => label(key).is_none_or(|l| !values.contains(&l)),
+                Some("Exists") => label(key).is_some(),
+                Some("DoesNotExist") => label(key).is_none(),
+                _ => false,
+            }
+        })
+    });
+    by_labels && by_expressions
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

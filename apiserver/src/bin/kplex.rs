@@ -365,7 +365,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot prepare the token signing key: {e}"))?;
     let store = kplex_registry::watchcache::WatchCache::start(store).await;
     let catalog = kplex_kinds::catalog::shared();
+    let rbac = kplex_rbac::Authorizer::start(store.clone());
     let ctx = Arc::new(Context {
+        rbac: rbac.clone(),
         metrics,
         registry: kplex_apiserver::virtualclusters::Registry::indexed(store.clone()).await,
         hosts: kplex_apiserver::hostclusters::HostClusters::new(store.clone()),
@@ -397,8 +399,13 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             objects: args.max_objects_per_vc,
         });
     ctx.store.usage().set_source(ctx.registry.limits_source());
-    ctx.store
-        .set_departures(kplex_apiserver::virtualclusters::departures());
+    // A departed VC's policy is dropped with it.
+    let departures = kplex_apiserver::virtualclusters::departures();
+    ctx.store.set_departures(Box::new(move |event| {
+        let uid = departures(event)?;
+        rbac.forget(&uid);
+        Some(uid)
+    }));
     kplex_apiserver::system::bootstrap(&ctx)
         .await
         .map_err(|e| format!("cannot prepare the system cluster: {}", e.message))?;

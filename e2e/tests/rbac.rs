@@ -1,0 +1,380 @@
+//! RBAC inside a VC, through kubectl over real HTTPS: bindings grant what
+//! their roles hold and nothing else, `kubectl auth can-i` answers from
+//! them, nobody grants what they do not hold, the default roles are there
+//! without being stored, and one VC's bindings mean nothing in another.
+
+use std::path::Path;
+
+use kplex_e2e::{
+    create_vc, eventually, k, k_fails, kubectl, stdout, tenant_kubeconfig, user_kubeconfig, Kplex,
+};
+
+/// `kubectl auth can-i` as `kc`: yes (exit 0) or no (exit 1).
+fn can_i(kc: &Path, args: &[&str]) -> bool {
+    let mut all = vec!["--kubeconfig", kc.to_str().unwrap(), "auth", "can-i"];
+    all.extend_from_slice(args);
+    let o = kubectl(&all);
+    let answer = stdout(&o);
+    match o.status.code() {
+        Some(0) => assert!(answer.starts_with("yes"), "{answer}"),
+        Some(1) => assert!(
+            answer.starts_with("no"),
+            "can-i {args:?}: {answer} {}",
+            kplex_e2e::stderr(&o)
+        ),
+        other => panic!("kubectl auth can-i {args:?} exited {other:?}: {answer}"),
+    }
+    o.status.success()
+}
+
+/// Waits until `kc` may do `args` (a binding's change reaches the
+/// server's policy through its watch of RBAC objects).
+fn until_allowed(kc: &Path, args: &[&str]) {
+    eventually(&format!("can-i {args:?}"), || can_i(kc, args).then_some(()));
+}
+
+fn apply(kc: &Path, dir: &Path, name: &str, manifest: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, manifest).unwrap();
+    k(kc, &["apply", "-f", path.to_str().unwrap()])
+}
+
+const READER: &str = "apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  name: cm-reader
+  namespace: dev
+rules:
+- apiGroups: [\"\"]
+  resources: [configmaps]
+  verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  name: rbac-writer
+  namespace: dev
+rules:
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [create, get, list]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: bob-reads
+  namespace: dev
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: Role
+  name: cm-reader
+subjects:
+- kind: User
+  name: bob
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: bob-writes-rbac
+  namespace: dev
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: Role
+  name: rbac-writer
+subjects:
+- kind: User
+  name: bob
+";
+
+#[test]
+fn a_user_may_do_what_its_bindings_give_and_grant_no_more_than_it_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let kplex = Kplex::start_api_only(&dir.path().join("data"));
+    let d = dir.path();
+    create_vc(&kplex, d, "team-a");
+    create_vc(&kplex, d, "team-b");
+    let alice = tenant_kubeconfig(&kplex, d, "team-a", "alice");
+    let bob = user_kubeconfig(&kplex, d, "team-a", "bob", &["dev"]);
+    // Bob of the other VC: the same name and group.
+    let other_bob = user_kubeconfig(&kplex, d, "team-b", "bob", &["dev"]);
+
+    // Bound to nothing, bob may discover the API and nothing more.
+    assert!(!can_i(&bob, &["list", "configmaps", "-n", "dev"]));
+    let refused = k_fails(&bob, &["get", "configmaps", "-n", "dev"]);
+    assert!(
+        refused.contains(
+            "configmaps is forbidden: User \"bob\" cannot list resource \"configmaps\" in API group \"\" in the namespace \"dev\""
+        ),
+        "{refused}"
+    );
+    assert!(k(&bob, &["api-resources", "-o", "name"]).contains("deployments.apps"));
+
+    k(&alice, &["create", "namespace", "dev"]);
+    k(&alice, &["create", "namespace", "prod"]);
+    for ns in ["dev", "prod"] {
+        k(
+            &alice,
+            &[
+                "create",
+                "configmap",
+                "settings",
+                "-n",
+                ns,
+                "--from-literal=a=1",
+            ],
+        );
+    }
+    apply(&alice, d, "reader.yaml", READER);
+    until_allowed(&bob, &["list", "configmaps", "-n", "dev"]);
+
+    // The admin asks as bob (impersonation); bob may not impersonate.
+    assert!(can_i(
+        &alice,
+        &["list", "configmaps", "-n", "dev", "--as=bob"]
+    ));
+    assert!(!can_i(
+        &alice,
+        &["list", "configmaps", "-n", "prod", "--as=bob"]
+    ));
+    let refused = k_fails(&bob, &["get", "configmaps", "-n", "prod", "--as=alice"]);
+    assert!(
+        refused.contains("cannot impersonate resource \"users\""),
+        "{refused}"
+    );
+
+    // What the role holds, where it is bound; nothing else.
+    assert!(can_i(&bob, &["get", "configmaps/settings", "-n", "dev"]));
+    assert!(!can_i(&bob, &["delete", "configmaps", "-n", "dev"]));
+    assert!(!can_i(&bob, &["list", "configmaps", "-n", "prod"]));
+    assert!(!can_i(&bob, &["list", "secrets", "-n", "dev"]));
+    assert!(k(
+        &bob,
+        &["get", "configmap", "settings", "-n", "dev", "-o", "name"]
+    )
+    .contains("settings"));
+    let refused = k_fails(&bob, &["delete", "configmap", "settings", "-n", "dev"]);
+    assert!(
+        refused.contains("configmaps \"settings\" is forbidden: User \"bob\" cannot delete resource \"configmaps\""),
+        "{refused}"
+    );
+    let refused = k_fails(&bob, &["get", "configmaps", "-n", "prod"]);
+    assert!(refused.contains("in the namespace \"prod\""), "{refused}");
+    let refused = k_fails(&bob, &["get", "namespaces"]);
+    assert!(refused.contains("at the cluster scope"), "{refused}");
+    // Still there: a refusal changes nothing.
+    k(&alice, &["get", "configmap", "settings", "-n", "dev"]);
+    // A watch is asked as one too.
+    assert!(can_i(&bob, &["watch", "configmaps", "-n", "dev"]));
+
+    // Bob may write roles and bindings in dev, but grant only what he holds.
+    k(
+        &bob,
+        &[
+            "create",
+            "role",
+            "cm-getter",
+            "-n",
+            "dev",
+            "--verb=get",
+            "--resource=configmaps",
+        ],
+    );
+    let escalation = k_fails(
+        &bob,
+        &[
+            "create",
+            "role",
+            "secret-reader",
+            "-n",
+            "dev",
+            "--verb=get",
+            "--resource=secrets",
+        ],
+    );
+    assert!(
+        escalation.contains("is attempting to grant RBAC permissions not currently held")
+            && escalation.contains("Resources:[\"secrets\"]"),
+        "{escalation}"
+    );
+    let escalation = k_fails(
+        &bob,
+        &[
+            "create",
+            "rolebinding",
+            "bob-admin",
+            "-n",
+            "dev",
+            "--clusterrole=admin",
+            "--user=bob",
+        ],
+    );
+    assert!(escalation.contains("not currently held"), "{escalation}");
+    // A binding he may make: to a role he holds all of.
+    k(
+        &bob,
+        &[
+            "create",
+            "rolebinding",
+            "carol-gets",
+            "-n",
+            "dev",
+            "--role=cm-getter",
+            "--user=carol",
+        ],
+    );
+    // A role that does not exist cannot be bound by him…
+    let missing = k_fails(
+        &bob,
+        &[
+            "create",
+            "rolebinding",
+            "ghost",
+            "-n",
+            "dev",
+            "--role=ghost",
+            "--user=bob",
+        ],
+    );
+    assert!(
+        missing.contains("roles.rbac.authorization.k8s.io \"ghost\" not found"),
+        "{missing}"
+    );
+    // …and bound by the admin, it is stored and grants nothing.
+    k(
+        &alice,
+        &[
+            "create",
+            "rolebinding",
+            "ghost",
+            "-n",
+            "dev",
+            "--role=ghost",
+            "--user=dana",
+        ],
+    );
+    k(&alice, &["get", "rolebinding", "ghost", "-n", "dev"]);
+    let dana = user_kubeconfig(&kplex, d, "team-a", "dana", &[]);
+    assert!(!can_i(&dana, &["get", "configmaps", "-n", "dev"]));
+
+    // The same user and group in another VC hold nothing there.
+    assert!(!can_i(&other_bob, &["list", "configmaps", "-n", "dev"]));
+    assert!(k_fails(&other_bob, &["get", "configmaps", "-n", "dev"]).contains("forbidden"));
+
+    // A binding's role cannot change.
+    let changed = k_fails(
+        &alice,
+        &[
+            "patch",
+            "rolebinding",
+            "bob-reads",
+            "-n",
+            "dev",
+            "--type=merge",
+            "-p",
+            r#"{"roleRef":{"name":"rbac-writer"}}"#,
+        ],
+    );
+    assert!(changed.contains("cannot change roleRef"), "{changed}");
+
+    // Unbound, bob loses what it gave.
+    k(&alice, &["delete", "rolebinding", "bob-reads", "-n", "dev"]);
+    eventually("the binding's removal", || {
+        (!can_i(&bob, &["list", "configmaps", "-n", "dev"])).then_some(())
+    });
+}
+
+const LEASES_VIEW: &str = "apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: leases-view
+  labels:
+    rbac.authorization.k8s.io/aggregate-to-view: \"true\"
+rules:
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [get, list, watch]
+";
+
+#[test]
+fn the_default_roles_are_in_every_vc_aggregate_and_cannot_be_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let kplex = Kplex::start_api_only(&dir.path().join("data"));
+    let d = dir.path();
+    create_vc(&kplex, d, "team-a");
+    let alice = tenant_kubeconfig(&kplex, d, "team-a", "alice");
+    let erin = user_kubeconfig(&kplex, d, "team-a", "erin", &["viewers"]);
+
+    let roles = k(&alice, &["get", "clusterroles", "-o", "name"]);
+    for role in ["cluster-admin", "admin", "edit", "view", "system:discovery"] {
+        assert!(
+            roles.contains(&format!("clusterrole.rbac.authorization.k8s.io/{role}\n")),
+            "{roles}"
+        );
+    }
+    let bindings = k(&alice, &["get", "clusterrolebindings"]);
+    assert!(bindings.contains("ClusterRole/cluster-admin"), "{bindings}");
+    let view: serde_json::Value =
+        serde_json::from_str(&k(&alice, &["get", "clusterrole", "view", "-o", "json"])).unwrap();
+    let rules = view["rules"].to_string();
+    assert!(
+        rules.contains("pods") && !rules.contains("secrets"),
+        "{rules}"
+    );
+    // They are the VC's, not to be changed or deleted.
+    assert!(k_fails(&alice, &["delete", "clusterrole", "view"])
+        .contains("default of the virtual cluster"));
+    assert!(k_fails(
+        &alice,
+        &[
+            "create",
+            "clusterrole",
+            "edit",
+            "--verb=get",
+            "--resource=pods"
+        ]
+    )
+    .contains("AlreadyExists"));
+
+    // A role labelled for aggregation extends view (and edit, admin).
+    k(
+        &alice,
+        &[
+            "create",
+            "clusterrolebinding",
+            "viewers",
+            "--clusterrole=view",
+            "--group=viewers",
+        ],
+    );
+    until_allowed(&erin, &["list", "pods", "-A"]);
+    assert!(!can_i(&erin, &["get", "leases.coordination.k8s.io"]));
+    let path = d.join("leases.yaml");
+    std::fs::write(&path, LEASES_VIEW).unwrap();
+    k(&alice, &["apply", "-f", path.to_str().unwrap()]);
+    until_allowed(&erin, &["get", "leases.coordination.k8s.io"]);
+    let view: serde_json::Value =
+        serde_json::from_str(&k(&alice, &["get", "clusterrole", "view", "-o", "json"])).unwrap();
+    assert!(
+        view["rules"].to_string().contains("leases"),
+        "{}",
+        view["rules"]
+    );
+    assert!(!can_i(&erin, &["delete", "pods", "-n", "default"]));
+    let labelled = k(
+        &alice,
+        &[
+            "get",
+            "clusterroles",
+            "-l",
+            "rbac.authorization.k8s.io/aggregate-to-view=true",
+            "-o",
+            "name",
+        ],
+    );
+    assert!(
+        labelled.contains("/leases-view")
+            && labelled.contains("/system:aggregate-to-view")
+            && !labelled.contains("/cluster-admin"),
+        "{labelled}"
+    );
+}

@@ -1,0 +1,460 @@
+//! One VC's RBAC policy, compiled from its Roles, ClusterRoles and
+//! bindings (and the defaults): who may do what, answered from memory.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::request::Attributes;
+use crate::rules::Rule;
+
+/// The group every authenticated caller is in.
+pub const AUTHENTICATED: &str = "system:authenticated";
+/// The group whose members may do anything, unchecked.
+pub const MASTERS: &str = "system:masters";
+
+/// Who asks: a user name and its groups.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    /// The user name (`system:serviceaccount:<ns>:<name>` for a
+    /// ServiceAccount).
+    pub user: &'a str,
+    /// Its groups (`system:authenticated` is implied).
+    pub groups: &'a [String],
+}
+
+impl Subject<'_> {
+    fn in_group(&self, group: &str) -> bool {
+        group == AUTHENTICATED || self.groups.iter().any(|g| g == group)
+    }
+
+    /// Whether this subject is in `system:masters` (allowed everything, as
+    /// kube-apiserver allows that group before asking RBAC).
+    pub fn is_master(&self) -> bool {
+        self.groups.iter().any(|g| g == MASTERS)
+    }
+}
+
+/// A VC's RBAC objects, by key: what a policy is compiled from.
+#[derive(Debug, Clone, Default)]
+pub struct Objects {
+    /// ClusterRoles by name.
+    pub cluster_roles: BTreeMap<String, Value>,
+    /// ClusterRoleBindings by name.
+    pub cluster_role_bindings: BTreeMap<String, Value>,
+    /// Roles by (namespace, name).
+    pub roles: BTreeMap<(String, String), Value>,
+    /// RoleBindings by (namespace, name).
+    pub role_bindings: BTreeMap<(String, String), Value>,
+}
+
+impl Objects {
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.cluster_roles.is_empty()
+            && self.cluster_role_bindings.is_empty()
+            && self.roles.is_empty()
+            && self.role_bindings.is_empty()
+    }
+
+    /// Sets (`Some`) or removes (`None`) one object of `resource`.
+    pub fn set(
+        &mut self,
+        resource: &str,
+        namespace: Option<&str>,
+        name: &str,
+        object: Option<Value>,
+    ) {
+        let scoped = || (namespace.unwrap_or_default().to_owned(), name.to_owned());
+        match (resource, object) {
+            ("clusterroles", Some(o)) => drop(self.cluster_roles.insert(name.to_owned(), o)),
+            ("clusterroles", None) => drop(self.cluster_roles.remove(name)),
+            ("clusterrolebindings", Some(o)) => {
+                drop(self.cluster_role_bindings.insert(name.to_owned(), o))
+            }
+            ("clusterrolebindings", None) => drop(self.cluster_role_bindings.remove(name)),
+            ("roles", Some(o)) => drop(self.roles.insert(scoped(), o)),
+            ("roles", None) => drop(self.roles.remove(&scoped())),
+            ("rolebindings", Some(o)) => drop(self.role_bindings.insert(scoped(), o)),
+            ("rolebindings", None) => drop(self.role_bindings.remove(&scoped())),
+            _ => {}
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Who {
+    User(String),
+    Group(String),
+    ServiceAccount(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RoleRef {
+    Role(String),
+    ClusterRole(String),
+}
+
+#[derive(Debug)]
+struct Binding {
+    subjects: Vec<Who>,
+    role: RoleRef,
+}
+
+impl Binding {
+    /// A binding object in `namespace` (`""` for a ClusterRoleBinding).
+    fn read(object: &Value, namespace: &str) -> Option<Binding> {
+        let role_ref = &object["roleRef"];
+        let name = role_ref["name"].as_str()?.to_owned();
+        let role = match role_ref["kind"].as_str()? {
+            "Role" if !namespace.is_empty() => RoleRef::Role(name),
+            "ClusterRole" => RoleRef::ClusterRole(name),
+            _ => return None,
+        };
+        let subjects = object["subjects"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| {
+                let name = s["name"].as_str()?.to_owned();
+                Some(match s["kind"].as_str()? {
+                    "User" => Who::User(name),
+                    "Group" => Who::Group(name),
+                    "ServiceAccount" => {
+                        let ns = s["namespace"]
+                            .as_str()
+                            .filter(|ns| !ns.is_empty())
+                            .unwrap_or(namespace);
+                        Who::ServiceAccount(format!("system:serviceaccount:{ns}:{name}"))
+                    }
+                    _ => return None,
+                })
+            })
+            .collect();
+        Some(Binding { subjects, role })
+    }
+
+    fn applies_to(&self, subject: &Subject<'_>) -> bool {
+        self.subjects.iter().any(|who| match who {
+            Who::User(name) | Who::ServiceAccount(name) => name == subject.user,
+            Who::Group(group) => subject.in_group(group),
+        })
+    }
+}
+
+/// A VC's policy. Built whole from its objects on each change (RBAC
+/// objects change rarely); read by every request of the VC.
+#[derive(Debug, Default)]
+pub struct Policy {
+    /// Each ClusterRole's rules, aggregation applied.
+    cluster_roles: HashMap<String, Arc<[Rule]>>,
+    roles: HashMap<(String, String), Arc<[Rule]>>,
+    cluster_bindings: Vec<Binding>,
+    bindings: HashMap<String, Vec<Binding>>,
+}
+
+impl Policy {
+    /// The policy of a VC holding `objects`, with the defaults.
+    pub fn build(objects: &Objects) -> Policy {
+        let mut cluster_roles: BTreeMap<&str, &Value> = crate::defaults::cluster_roles()
+            .iter()
+            .map(|r| (r["metadata"]["name"].as_str().unwrap_or_default(), r))
+            .collect();
+        cluster_roles.extend(objects.cluster_roles.iter().map(|(k, v)| (k.as_str(), v)));
+        let mut cluster_role_bindings: BTreeMap<&str, &Value> =
+            crate::defaults::cluster_role_bindings()
+                .iter()
+                .map(|r| (r["metadata"]["name"].as_str().unwrap_or_default(), r))
+                .collect();
+        cluster_role_bindings.extend(
+            objects
+                .cluster_role_bindings
+                .iter()
+                .map(|(k, v)| (k.as_str(), v)),
+        );
+        let mut bindings: HashMap<String, Vec<Binding>> = HashMap::new();
+        for ((ns, _), object) in &objects.role_bindings {
+            if let Some(binding) = Binding::read(object, ns) {
+                bindings.entry(ns.clone()).or_default().push(binding);
+            }
+        }
+        Policy {
+            cluster_roles: aggregate(&cluster_roles),
+            roles: objects
+                .roles
+                .iter()
+                .map(|(key, role)| (key.clone(), Arc::from(Rule::all_from(role))))
+                .collect(),
+            cluster_bindings: cluster_role_bindings
+                .values()
+                .filter_map(|b| Binding::read(b, ""))
+                .collect(),
+            bindings,
+        }
+    }
+
+    /// The rules a binding's role reference grants in `namespace`; `None`
+    /// when the role does not exist (a binding to it grants nothing).
+    fn rules_of(&self, role: &RoleRef, namespace: &str) -> Option<&Arc<[Rule]>> {
+        match role {
+            RoleRef::ClusterRole(name) => self.cluster_roles.get(name),
+            RoleRef::Role(name) => self.roles.get(&(namespace.to_owned(), name.clone())),
+        }
+    }
+
+    /// The rule sets that apply to `subject` in `namespace` (cluster-wide
+    /// ones first; `""`: cluster scope only).
+    fn applicable<'a>(
+        &'a self,
+        subject: &'a Subject<'a>,
+        namespace: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<[Rule]>> + 'a {
+        let cluster = self
+            .cluster_bindings
+            .iter()
+            .filter(|b| b.applies_to(subject))
+            .filter_map(|b| self.rules_of(&b.role, ""));
+        let local = self
+            .bindings
+            .get(namespace)
+            .filter(|_| !namespace.is_empty())
+            .into_iter()
+            .flatten()
+            .filter(|b| b.applies_to(subject))
+            .filter_map(move |b| self.rules_of(&b.role, namespace));
+        cluster.chain(local)
+    }
+
+    /// Whether `subject` may do what `attributes` ask.
+    pub fn allows(&self, subject: &Subject<'_>, attributes: &Attributes) -> bool {
+        subject.is_master()
+            || self
+                .applicable(subject, &attributes.namespace)
+                .any(|rules| rules.iter().any(|r| r.allows(attributes)))
+    }
+
+    /// Every rule `subject` holds in `namespace` (cluster-wide ones
+    /// included; `""`: cluster-wide ones only).
+    pub fn rules_for(&self, subject: &Subject<'_>, namespace: &str) -> Vec<Rule> {
+        if subject.is_master() {
+            return self.cluster_roles["cluster-admin"].to_vec();
+        }
+        let mut seen = HashSet::new();
+        self.applicable(subject, namespace)
+            .flat_map(|rules| rules.iter())
+            .filter(|r| seen.insert((*r).clone()))
+            .cloned()
+            .collect()
+    }
+
+    /// The rules of the role a `roleRef` object names, for a binding in
+    /// `namespace` (`""` for a ClusterRoleBinding); `None` when that role
+    /// does not exist.
+    pub fn role_ref_rules(&self, role_ref: &Value, namespace: &str) -> Option<Vec<Rule>> {
+        let name = role_ref["name"].as_str()?.to_owned();
+        let role = match role_ref["kind"].as_str()? {
+            "Role" => RoleRef::Role(name),
+            "ClusterRole" => RoleRef::ClusterRole(name),
+            _ => return None,
+        };
+        self.rules_of(&role, namespace).map(|r| r.to_vec())
+    }
+
+    /// A ClusterRole's rules, aggregation applied (`None`: no such role).
+    pub fn cluster_role_rules(&self, name: &str) -> Option<&[Rule]> {
+        self.cluster_roles.get(name).map(|r| &r[..])
+    }
+}
+
+/// Each ClusterRole's rules: its own, or for one with an aggregation rule,
+/// the rules of every ClusterRole its selectors take (aggregated ones
+/// through theirs), without repeats.
+fn aggregate(roles: &BTreeMap<&str, &Value>) -> HashMap<String, Arc<[Rule]>> {
+    fn resolve(
+        name: &str,
+        roles: &BTreeMap<&str, &Value>,
+        visiting: &mut HashSet<String>,
+        done: &mut HashMap<String, Arc<[Rule]>>,
+    ) -> Arc<[Rule]> {
+        if let Some(rules) = done.get(name) {
+            return rules.clone();
+        }
+        let role = roles[name];
+        let selectors = role["aggregationRule"]["clusterRoleSelectors"].as_array();
+        let Some(selectors) = selectors else {
+            let rules: Arc<[Rule]> = Arc::from(Rule::all_from(role));
+            done.insert(name.to_owned(), rules.clone());
+            return rules;
+        };
+        visiting.insert(name.to_owned());
+        let mut rules: Vec<Rule> = Vec::new();
+        for (other, object) in roles {
+            let taken = selectors
+                .iter()
+                .any(|s| kplex_registry::selectors::takes(s, &object["metadata"]["labels"]));
+            if *other == name || !taken || visiting.contains(*other) {
+                continue;
+            }
+            for rule in resolve(other, roles, visiting, done).iter() {
+                if !rules.contains(rule) {
+                    rules.push(rule.clone());
+                }
+            }
+        }
+        visiting.remove(name);
+        let rules: Arc<[Rule]> = Arc::from(rules);
+        done.insert(name.to_owned(), rules.clone());
+        rules
+    }
+    let mut done = HashMap::new();
+    for name in roles.keys() {
+        resolve(name, roles, &mut HashSet::new(), &mut done);
+    }
+    done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn groups(g: &[&str]) -> Vec<String> {
+        g.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn ask(verb: &str, group: &str, resource: &str, namespace: &str) -> Attributes {
+        Attributes {
+            verb: verb.into(),
+            api_group: group.into(),
+            resource: resource.into(),
+            namespace: namespace.into(),
+            resource_request: true,
+            ..Attributes::default()
+        }
+    }
+
+    #[test]
+    fn bindings_grant_their_roles_rules_in_their_scope() {
+        let mut objects = Objects::default();
+        objects.set("roles", Some("dev"), "reader", Some(json!({
+            "rules": [{"verbs": ["get", "list"], "apiGroups": [""], "resources": ["configmaps"]}]
+        })));
+        objects.set("rolebindings", Some("dev"), "bob-reads", Some(json!({
+            "roleRef": {"kind": "Role", "name": "reader", "apiGroup": "rbac.authorization.k8s.io"},
+            "subjects": [{"kind": "User", "name": "bob"}]
+        })));
+        objects.set("rolebindings", Some("dev"), "team-edits", Some(json!({
+            "roleRef": {"kind": "ClusterRole", "name": "edit", "apiGroup": "rbac.authorization.k8s.io"},
+            "subjects": [{"kind": "Group", "name": "team"}, {"kind": "ServiceAccount", "name": "ci"}]
+        })));
+        objects.set("rolebindings", Some("dev"), "dangling", Some(json!({
+            "roleRef": {"kind": "Role", "name": "missing", "apiGroup": "rbac.authorization.k8s.io"},
+            "subjects": [{"kind": "User", "name": "carol"}]
+        })));
+        let policy = Policy::build(&objects);
+        let none: Vec<String> = Vec::new();
+        let bob = Subject {
+            user: "bob",
+            groups: &none,
+        };
+        assert!(policy.allows(&bob, &ask("list", "", "configmaps", "dev")));
+        assert!(!policy.allows(&bob, &ask("list", "", "configmaps", "prod")));
+        assert!(!policy.allows(&bob, &ask("list", "", "configmaps", "")));
+        assert!(!policy.allows(&bob, &ask("delete", "", "configmaps", "dev")));
+        let team = groups(&["team"]);
+        let member = Subject {
+            user: "dana",
+            groups: &team,
+        };
+        // `edit` is aggregated from the defaults: view's rules and edit's.
+        assert!(policy.allows(&member, &ask("create", "apps", "deployments", "dev")));
+        assert!(policy.allows(&member, &ask("watch", "", "pods", "dev")));
+        assert!(!policy.allows(
+            &member,
+            &ask("create", "rbac.authorization.k8s.io", "roles", "dev")
+        ));
+        let ci = Subject {
+            user: "system:serviceaccount:dev:ci",
+            groups: &none,
+        };
+        assert!(policy.allows(&ci, &ask("update", "", "secrets", "dev")));
+        let carol = Subject {
+            user: "carol",
+            groups: &none,
+        };
+        assert!(policy
+            .rules_for(&carol, "dev")
+            .iter()
+            .all(|r| r.non_resource_urls.len() + r.resources.len() > 0));
+        assert!(!policy.allows(&carol, &ask("get", "", "anything", "dev")));
+        // Every authenticated caller may discover and ask about itself.
+        let discovery = Attributes {
+            verb: "get".into(),
+            path: "/apis/apps/v1".into(),
+            ..Attributes::default()
+        };
+        assert!(policy.allows(&carol, &discovery));
+        assert!(policy.allows(
+            &carol,
+            &ask(
+                "create",
+                "authorization.k8s.io",
+                "selfsubjectaccessreviews",
+                ""
+            )
+        ));
+        let masters = groups(&[MASTERS]);
+        let admin = Subject {
+            user: "root",
+            groups: &masters,
+        };
+        assert!(policy.allows(&admin, &ask("delete", "x.example", "things", "")));
+    }
+
+    #[test]
+    fn aggregation_follows_labels_through_aggregated_roles() {
+        let mut objects = Objects::default();
+        objects.set("clusterroles", None, "widgets-view", Some(json!({
+            "metadata": {"name": "widgets-view", "labels": {"rbac.authorization.k8s.io/aggregate-to-view": "true"}},
+            "rules": [{"verbs": ["get"], "apiGroups": ["example.com"], "resources": ["widgets"]}]
+        })));
+        objects.set(
+            "clusterroles",
+            None,
+            "loop-a",
+            Some(json!({
+                "metadata": {"name": "loop-a", "labels": {"x": "a"}},
+                "aggregationRule": {"clusterRoleSelectors": [{"matchLabels": {"x": "b"}}]}
+            })),
+        );
+        objects.set(
+            "clusterroles",
+            None,
+            "loop-b",
+            Some(json!({
+                "metadata": {"name": "loop-b", "labels": {"x": "b"}},
+                "aggregationRule": {"clusterRoleSelectors": [{"matchLabels": {"x": "a"}}]}
+            })),
+        );
+        let policy = Policy::build(&objects);
+        let widgets = ask("get", "example.com", "widgets", "");
+        for role in ["view", "edit", "admin"] {
+            let rules = policy.cluster_role_rules(role).unwrap();
+            assert!(rules.iter().any(|r| r.allows(&widgets)), "{role}");
+        }
+        assert!(policy.cluster_role_rules("loop-a").unwrap().is_empty());
+        let admin = policy.cluster_role_rules("admin").unwrap();
+        assert!(admin.iter().any(|r| r.allows(&ask(
+            "create",
+            "rbac.authorization.k8s.io",
+            "rolebindings",
+            "x"
+        ))));
+        assert!(!policy
+            .cluster_role_rules("view")
+            .unwrap()
+            .iter()
+            .any(|r| r.allows(&ask("get", "", "secrets", "x"))));
+    }
+}
