@@ -513,6 +513,95 @@ async fn main() {
         with_cpu(pid, gets, run(CLIENTS, gets, get_op(bare.clone()))).await;
     let bare_get1 = run(1, solo, get_op(bare)).await;
 
+    // --- GET under RBAC -------------------------------------------------------
+    // The same GETs by a user RBAC must check (a RoleBinding to a Role
+    // among a few other bindings in its VC) beside the VC's cluster-admin,
+    // whom RBAC does not check (`system:masters`): what authorization adds.
+    eprintln!("bench: get under rbac");
+    let rbac_objects = [
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+               "metadata": {"name": "cm-reader"},
+               "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": "reader"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "cm-reader"},
+               "subjects": [{"kind": "User", "name": "reader"}]}),
+    ];
+    let mut readers = Vec::with_capacity(VCS);
+    for (i, (conn, base)) in tenants.iter().enumerate() {
+        let mut objects = rbac_objects.to_vec();
+        for other in 0..8 {
+            objects.push(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": format!("other-{other}")},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+                "subjects": [{"kind": "Group", "name": format!("team-{other}")}]}));
+        }
+        for object in objects {
+            let plural = if object["kind"] == "Role" {
+                "roles"
+            } else {
+                "rolebindings"
+            };
+            let (status, bytes) = call(
+                conn,
+                Method::POST,
+                &format!("{base}/apis/rbac.authorization.k8s.io/v1/namespaces/default/{plural}"),
+                Some(Bytes::from(object.to_string())),
+            )
+            .await;
+            assert_eq!(status, StatusCode::CREATED, "{bytes:?}");
+        }
+        let body = json!({"user": "reader", "groups": ["readers"]});
+        let (status, bytes) = call(
+            &admin_conn,
+            Method::POST,
+            &format!("{vcs_path}/{}/kubeconfig", vc_name(i)),
+            Some(Bytes::from(body.to_string())),
+        )
+        .await;
+        assert!(status.is_success(), "{bytes:?}");
+        let response: Value = serde_json::from_slice(&bytes).unwrap();
+        let target = parse_kubeconfig(response["kubeconfig"].as_str().unwrap()).unwrap();
+        readers.push((
+            connect(&target, target.port).await,
+            target.base_path.clone(),
+        ));
+    }
+    let readers = Arc::new(readers);
+    // The bindings reach the policy through its watch: wait for each VC's.
+    for (conn, base) in readers.iter() {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, _) = call(
+                conn,
+                Method::GET,
+                &format!("{base}/api/v1/namespaces/default/configmaps/cm-0"),
+                None,
+            )
+            .await;
+            if status == StatusCode::OK {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the reader's binding: {status}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    // Alternated, best of two each: the machine's drift between runs is
+    // of the size being measured.
+    let best = |a: Stats, b: Stats| {
+        if a.throughput() >= b.throughput() {
+            a
+        } else {
+            b
+        }
+    };
+    let rbac_get_a = run(CLIENTS, gets, get_op(readers.clone())).await;
+    let masters_get_a = run(CLIENTS, gets, get_op(tenants.clone())).await;
+    let rbac_get_b = run(CLIENTS, gets, get_op(readers.clone())).await;
+    let masters_get_b = run(CLIENTS, gets, get_op(tenants.clone())).await;
+    let rbac_get = best(rbac_get_a, rbac_get_b);
+    let masters_get = best(masters_get_a, masters_get_b);
+
     // --- LIST -----------------------------------------------------------------
     eprintln!("bench: list");
     let lists = scale(10_000);
@@ -592,6 +681,12 @@ async fn main() {
     let get = "GET configmap (baseline: bare hyper+rustls, same bytes)";
     row(get, 1, &kplex_get1, &bare_get1);
     row(get, CLIENTS, &kplex_get, &bare_get);
+    row(
+        "GET configmap as a user RBAC checks (baseline: the same GETs as the VC's cluster-admin, unchecked)",
+        CLIENTS,
+        &rbac_get,
+        &masters_get,
+    );
     let create = "CREATE configmap (baseline: raw embedded store create)";
     row(create, 1, &kplex_create1, &raw_create1);
     row(create, CLIENTS, &kplex_create, &raw_create);

@@ -1751,9 +1751,10 @@ fn watches_share_one_feed_and_idle_vcs_hold_none() {
     let (s, configs) = setup(&["team-a", "team-b", "idle-1", "idle-2"]);
     let (a, b) = (&configs[0], &configs[1]);
     assert_eq!(gauge(&s.kplex, "kplex_watch_cache_live"), 1);
-    // The one process-wide watch is the VC registry's index; VCs add none.
-    let base = gauge(&s.kplex, "kplex_watch_cache_watchers");
-    assert_eq!(base, 1, "only the VC index watches");
+    // The process-wide watches are the VC registry's index and RBAC's four
+    // (roles, cluster roles and their bindings in every VC); VCs add none.
+    wait_for_gauge(&s.kplex, "kplex_watch_cache_watchers", 5);
+    let base = 5;
     for vc in ["idle-3", "idle-4", "idle-5"] {
         create_vc(&s.kplex, &s.path, vc);
     }
@@ -1948,4 +1949,176 @@ fn kubectl_drain_evicts_within_disruption_budgets() {
         ],
     );
     assert_eq!(allowed, "0");
+}
+
+const CLUSTER_KINDS: &str = "apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {name: fast}
+provisioner: example.com/disk
+---
+apiVersion: scheduling.k8s.io/v1
+kind: PriorityClass
+metadata: {name: high}
+value: 1000
+---
+apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: {name: web}
+spec: {controller: example.com/ingress}
+---
+apiVersion: node.k8s.io/v1
+kind: RuntimeClass
+metadata: {name: sandboxed}
+handler: runsc
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: disk-1}
+spec:
+  capacity: {storage: 1Gi}
+  accessModes: [ReadWriteOnce]
+  hostPath: {path: /tmp/disk-1}
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingWebhookConfiguration
+metadata: {name: checks}
+webhooks:
+- name: checks.example.com
+  clientConfig: {url: 'https://checks.example.com/'}
+  admissionReviewVersions: [v1]
+  sideEffects: None
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata: {name: mutations}
+webhooks:
+- name: mutations.example.com
+  clientConfig: {url: 'https://mutations.example.com/'}
+  admissionReviewVersions: [v1]
+  sideEffects: None
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {name: replicas}
+spec:
+  validations:
+  - expression: 'object.spec.replicas <= 5'
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {name: replicas}
+spec: {policyName: replicas, validationActions: [Deny]}
+---
+apiVersion: certificates.k8s.io/v1
+kind: CertificateSigningRequest
+metadata: {name: alice}
+spec:
+  request: Zm9v
+  signerName: example.com/signer
+  usages: [client auth]
+---
+apiVersion: flowcontrol.apiserver.k8s.io/v1
+kind: PriorityLevelConfiguration
+metadata: {name: batch}
+spec:
+  type: Limited
+  limited:
+    nominalConcurrencyShares: 5
+    limitResponse: {type: Reject}
+---
+apiVersion: flowcontrol.apiserver.k8s.io/v1
+kind: FlowSchema
+metadata: {name: batch}
+spec:
+  priorityLevelConfiguration: {name: batch}
+---
+apiVersion: storage.k8s.io/v1
+kind: CSIDriver
+metadata: {name: disk.example.com}
+spec: {attachRequired: false}
+---
+apiVersion: storage.k8s.io/v1
+kind: CSINode
+metadata: {name: node-1}
+spec: {drivers: []}
+---
+apiVersion: storage.k8s.io/v1
+kind: VolumeAttachment
+metadata: {name: disk-1-node-1}
+spec:
+  attacher: disk.example.com
+  nodeName: node-1
+  source: {persistentVolumeName: disk-1}
+---
+apiVersion: storage.k8s.io/v1
+kind: CSIStorageCapacity
+metadata: {name: fast-zone-a, namespace: default}
+storageClassName: fast
+";
+
+#[test]
+fn the_clusters_configuration_kinds_are_served_and_stored() {
+    let (s, configs) = setup(&["team-a", "team-b"]);
+    let (a, b) = (&configs[0], &configs[1]);
+    let manifest = write(&s.path, "cluster-kinds.yaml", CLUSTER_KINDS);
+    ok(a, &["apply", "-f", &manifest]);
+    let resources = ok(a, &["api-resources", "-o", "name"]);
+    let kinds = [
+        ("storageclasses.storage.k8s.io", "fast"),
+        ("priorityclasses.scheduling.k8s.io", "high"),
+        ("ingressclasses.networking.k8s.io", "web"),
+        ("runtimeclasses.node.k8s.io", "sandboxed"),
+        ("persistentvolumes", "disk-1"),
+        (
+            "validatingwebhookconfigurations.admissionregistration.k8s.io",
+            "checks",
+        ),
+        (
+            "mutatingwebhookconfigurations.admissionregistration.k8s.io",
+            "mutations",
+        ),
+        (
+            "validatingadmissionpolicies.admissionregistration.k8s.io",
+            "replicas",
+        ),
+        (
+            "validatingadmissionpolicybindings.admissionregistration.k8s.io",
+            "replicas",
+        ),
+        ("certificatesigningrequests.certificates.k8s.io", "alice"),
+        (
+            "prioritylevelconfigurations.flowcontrol.apiserver.k8s.io",
+            "batch",
+        ),
+        ("flowschemas.flowcontrol.apiserver.k8s.io", "batch"),
+        ("csidrivers.storage.k8s.io", "disk.example.com"),
+        ("csinodes.storage.k8s.io", "node-1"),
+        ("volumeattachments.storage.k8s.io", "disk-1-node-1"),
+        ("csistoragecapacities.storage.k8s.io", "fast-zone-a"),
+    ];
+    for (resource, name) in kinds {
+        assert!(
+            resources.lines().any(|l| l == resource),
+            "{resource}: {resources}"
+        );
+        let got = ok(a, &["get", resource, "-A", "-o", "name"]);
+        assert!(got.contains(&format!("/{name}\n")), "{resource}: {got}");
+        // Each VC has its own: the other VC's list is empty.
+        assert_eq!(
+            ok(b, &["get", resource, "-A", "-o", "name"]),
+            "",
+            "{resource}"
+        );
+    }
+    // Short names, as kubectl knows them.
+    assert!(ok(a, &["get", "sc", "-o", "name"]).contains("storageclass.storage.k8s.io/fast"));
+    assert!(ok(a, &["get", "pc", "-o", "name"]).contains("priorityclass.scheduling.k8s.io/high"));
+    // A malformed one is refused with the field, and nothing is stored.
+    let bad = write(
+        &s.path,
+        "bad-pc.yaml",
+        "apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: bad}\nvalue: high\n",
+    );
+    fails_with(a, &["apply", "-f", &bad], "PriorityClass");
+    fails_with(a, &["get", "priorityclass", "bad"], "NotFound");
 }

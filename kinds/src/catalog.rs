@@ -6,8 +6,9 @@
 use std::sync::{Arc, OnceLock};
 
 use k8s_openapi::api::{
-    apps, authentication, authorization, autoscaling, batch, coordination, core, discovery, events,
-    networking, policy, rbac,
+    admissionregistration, apps, authentication, authorization, autoscaling, batch, certificates,
+    coordination, core, discovery, events, flowcontrol, networking, node, policy, rbac, scheduling,
+    storage,
 };
 use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope, Resource};
 use kplex_registry::{Catalog, ResourceInfo};
@@ -88,6 +89,25 @@ pub fn builtin() -> Vec<ResourceInfo> {
         row::<coordination::v1::Lease>(&[], &[]),
         row::<discovery::v1::EndpointSlice>(&[], &[]),
         row::<policy::v1::PodDisruptionBudget>(&["pdb"], &[]),
+        row::<core::v1::PersistentVolume>(&["pv"], &[]),
+        row::<admissionregistration::v1::MutatingWebhookConfiguration>(&[], &["api-extensions"]),
+        row::<admissionregistration::v1::ValidatingWebhookConfiguration>(&[], &["api-extensions"]),
+        row::<admissionregistration::v1::ValidatingAdmissionPolicy>(&[], &["api-extensions"]),
+        row::<admissionregistration::v1::ValidatingAdmissionPolicyBinding>(
+            &[],
+            &["api-extensions"],
+        ),
+        row::<certificates::v1::CertificateSigningRequest>(&["csr"], &[]),
+        row::<flowcontrol::v1::FlowSchema>(&[], &[]),
+        row::<flowcontrol::v1::PriorityLevelConfiguration>(&[], &[]),
+        row::<networking::v1::IngressClass>(&[], &[]),
+        row::<node::v1::RuntimeClass>(&[], &[]),
+        row::<scheduling::v1::PriorityClass>(&["pc"], &[]),
+        row::<storage::v1::StorageClass>(&["sc"], &[]),
+        row::<storage::v1::CSIDriver>(&[], &[]),
+        row::<storage::v1::CSINode>(&[], &[]),
+        row::<storage::v1::CSIStorageCapacity>(&[], &[]),
+        row::<storage::v1::VolumeAttachment>(&[], &[]),
         row::<rbac::v1::ClusterRole>(&[], &[]),
         row::<rbac::v1::ClusterRoleBinding>(&[], &[]),
         row::<rbac::v1::Role>(&[], &[]),
@@ -126,7 +146,7 @@ mod tests {
         assert!(deploy.has_scale() && deploy.has_status() && deploy.tracks_generation());
         assert!(c.find("apps", "v1", "pods").is_none());
         assert_eq!(c.group_versions()[0], ("", "v1"));
-        assert_eq!(c.all().iter().filter(|r| r.stored).count(), 32);
+        assert_eq!(c.all().iter().filter(|r| r.stored).count(), 48);
         let nodes = c.find("", "v1", "nodes").unwrap();
         assert!(!nodes.namespaced && nodes.has_status());
         let rc = c.find("", "v1", "replicationcontrollers").unwrap();

@@ -140,6 +140,14 @@ where
                 | ("autoscaling", "horizontalpodautoscalers")
                 | ("networking.k8s.io", "ingresses")
                 | ("policy", "poddisruptionbudgets")
+                | ("", "persistentvolumes")
+                | ("certificates.k8s.io", "certificatesigningrequests")
+                | ("flowcontrol.apiserver.k8s.io", _)
+                | ("storage.k8s.io", "volumeattachments")
+                | (
+                    "admissionregistration.k8s.io",
+                    "validatingadmissionpolicies"
+                )
         )
     }
 
