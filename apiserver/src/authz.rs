@@ -46,10 +46,27 @@ pub fn authorize(
         return Ok(());
     }
     let attributes = Attributes::of_request(method.as_str(), path, query);
-    if policy.allows(&who, &attributes) {
-        return Ok(());
+    if !policy.allows(&who, &attributes) {
+        return Err(forbidden(&caller.user, &attributes));
     }
-    Err(forbidden(&caller.user, &attributes))
+    // A stream into a Pod opened by a GET (a WebSocket) takes `create`
+    // too, as kube-apiserver asks since 1.30.
+    if attributes.verb == "get"
+        && attributes.resource == "pods"
+        && matches!(
+            attributes.subresource.as_str(),
+            "exec" | "attach" | "portforward"
+        )
+    {
+        let create = Attributes {
+            verb: "create".into(),
+            ..attributes
+        };
+        if !policy.allows(&who, &create) {
+            return Err(forbidden(&caller.user, &create));
+        }
+    }
+    Ok(())
 }
 
 /// The identity `caller` acts as when its request carries
@@ -235,8 +252,14 @@ impl Escalation {
         let who = subject(&self.caller);
         let name = object["metadata"]["name"].as_str().unwrap_or_default();
         let namespace = object["metadata"]["namespace"].as_str().unwrap_or_default();
-        let unchanged =
-            |fields: &[&str]| old.is_some_and(|old| fields.iter().all(|f| old[*f] == object[*f]));
+        // Only what the garbage collector changes (owners, finalizers) is
+        // let through unchecked, as kube-apiserver lets it.
+        if old.is_some_and(|old| only_gc_fields_differ(old, object)) {
+            return Ok(());
+        }
+        // `escalate` and `bind` are asked of the object's name on an
+        // update, of no name on a create (whose name is not the request's).
+        let asked_name = if old.is_some() { name } else { "" };
         let allowed = |verb: &str, resource: &str, name: &str| {
             policy.allows(
                 &who,
@@ -263,15 +286,24 @@ impl Escalation {
         };
         let wanted = match info.plural.as_str() {
             "roles" | "clusterroles" => {
-                if unchanged(&["rules", "aggregationRule"])
-                    || allowed("escalate", &info.plural, name)
-                {
+                if allowed("escalate", &info.plural, asked_name) {
                     return Ok(());
                 }
-                if object["aggregationRule"].is_object() {
-                    return Err(refuse(
-                        "must have cluster-admin privileges to use the aggregationRule".into(),
-                    ));
+                let aggregates = object["aggregationRule"].is_object()
+                    || old.is_some_and(|old| old["aggregationRule"].is_object());
+                if aggregates {
+                    let everything = [
+                        Rule::from_json(
+                            &json!({"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}),
+                        ),
+                        Rule::from_json(&json!({"verbs": ["*"], "nonResourceURLs": ["*"]})),
+                    ];
+                    let held = policy.rules_for(&who, namespace);
+                    if !kplex_rbac::rules::uncovered(&held, &everything).is_empty() {
+                        return Err(refuse(
+                            "must have cluster-admin privileges to use the aggregationRule".into(),
+                        ));
+                    }
                 }
                 Rule::all_from(object)
             }
@@ -282,17 +314,13 @@ impl Escalation {
                     _ => "clusterroles",
                 };
                 let role = role_ref["name"].as_str().unwrap_or_default();
-                if unchanged(&["roleRef", "subjects"]) || allowed("bind", resource, role) {
+                if allowed("bind", resource, role) {
                     return Ok(());
                 }
-                let kind = if resource == "roles" {
-                    "Role"
-                } else {
-                    "ClusterRole"
-                };
-                policy
-                    .role_ref_rules(role_ref, namespace)
-                    .ok_or_else(|| ApiError::not_found_object(kind, GROUP, role))?
+                match policy.role_ref_rules(role_ref, namespace) {
+                    Some(rules) => rules,
+                    None => return Err(refuse(format!("{resource}.{GROUP} {role:?} not found"))),
+                }
             }
             _ => return Ok(()),
         };
@@ -314,6 +342,28 @@ impl Escalation {
             kplex_rbac::rules::describe(&missing)
         )))
     }
+}
+
+/// Whether `new` differs from `old` only in what the garbage collector
+/// writes (owner references, finalizers) or the server keeps (revision,
+/// managed fields, generation).
+fn only_gc_fields_differ(old: &Value, new: &Value) -> bool {
+    let strip = |object: &Value| {
+        let mut object = object.clone();
+        if let Some(meta) = object["metadata"].as_object_mut() {
+            for field in [
+                "ownerReferences",
+                "finalizers",
+                "resourceVersion",
+                "managedFields",
+                "generation",
+            ] {
+                meta.remove(field);
+            }
+        }
+        object
+    };
+    strip(old) == strip(new)
 }
 
 /// A default object as the VC shows it: an aggregated ClusterRole carries
@@ -363,7 +413,7 @@ pub async fn defaults_overlay(
         )))
     };
     match (&req.method, name) {
-        (&Method::GET, Some(name)) if !req.wants_table() && !req.wants_metadata() => {
+        (&Method::GET, Some(name)) => {
             let object = match defaults::find(resource, name) {
                 Some(default) => default.clone(),
                 None if resource == "clusterroles" => match store.get(info, None, name).await {
@@ -372,10 +422,15 @@ pub async fn defaults_overlay(
                 },
                 None => return None,
             };
-            Some(Ok(crate::response::json_response(
-                StatusCode::OK,
-                &shown(policy, object),
-            )))
+            let object = shown(policy, object);
+            let body = if req.wants_table() {
+                kplex_registry::table::render(info, &[object])
+            } else if req.wants_metadata() {
+                crate::tenant::partial(object)
+            } else {
+                object
+            };
+            Some(Ok(crate::response::json_response(StatusCode::OK, &body)))
         }
         (&Method::GET, None) => {
             let params = req.params();
@@ -422,21 +477,21 @@ async fn list(
 ) -> Result<Response<Body>, ApiError> {
     let first_page = opts.continue_token.is_none();
     let page = store.list(info, None, &opts).await?;
+    // A stored object of a default's name (written before the name was
+    // reserved) is not the VC's: the default is.
     let mut items: Vec<Value> = page
         .items
         .into_iter()
+        .filter(|item| {
+            item["metadata"]["name"]
+                .as_str()
+                .is_none_or(|name| defaults::find(resource, name).is_none())
+        })
         .map(|item| shown(policy, item))
         .collect();
     if first_page {
         for default in defaults::of(resource) {
-            let named = default["metadata"]["name"].as_str();
-            let stored = items
-                .iter()
-                .any(|i| i["metadata"]["name"].as_str() == named);
-            if !stored
-                && opts.labels.matches(&default["metadata"]["labels"])
-                && opts.fields.matches(default)
-            {
+            if opts.labels.matches(&default["metadata"]["labels"]) && opts.fields.matches(default) {
                 items.push(shown(policy, default.clone()));
             }
         }
@@ -448,4 +503,132 @@ async fn list(
     }
     let metadata = crate::tenant::list_metadata(page.revision, page.continue_token);
     Ok(crate::tenant::list_response(info, req, metadata, items))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kplex_certs::Scope;
+    use kplex_rbac::Objects;
+
+    fn bob() -> Identity {
+        Identity {
+            user: "bob".into(),
+            groups: vec!["dev".into()],
+            scope: Scope::VirtualCluster { uid: "u".into() },
+        }
+    }
+
+    fn policy_granting(rules: Value) -> Policy {
+        let mut objects = Objects::default();
+        objects.set("roles", Some("dev"), "r", Some(json!({"rules": rules})));
+        objects.set(
+            "rolebindings",
+            Some("dev"),
+            "b",
+            Some(json!({
+                "roleRef": {"kind": "Role", "name": "r", "apiGroup": GROUP},
+                "subjects": [{"kind": "User", "name": "bob", "apiGroup": GROUP}]
+            })),
+        );
+        Policy::build(&objects)
+    }
+
+    #[test]
+    fn a_stream_into_a_pod_opened_by_a_get_takes_create_too() {
+        let exec = "/api/v1/namespaces/dev/pods/web/exec";
+        let read_only = policy_granting(json!([
+            {"apiGroups": [""], "resources": ["pods", "pods/exec", "pods/log"], "verbs": ["get"]}
+        ]));
+        let refused = authorize(&read_only, &bob(), &Method::GET, exec, "command=sh").unwrap_err();
+        assert_eq!(refused.code, StatusCode::FORBIDDEN);
+        assert!(
+            refused
+                .message
+                .contains("cannot create resource \"pods/exec\""),
+            "{}",
+            refused.message
+        );
+        // A log is a plain read.
+        authorize(
+            &read_only,
+            &bob(),
+            &Method::GET,
+            "/api/v1/namespaces/dev/pods/web/log",
+            "",
+        )
+        .unwrap();
+        let both = policy_granting(json!([
+            {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["get", "create"]}
+        ]));
+        authorize(&both, &bob(), &Method::GET, exec, "command=sh").unwrap();
+        authorize(&both, &bob(), &Method::POST, exec, "command=sh").unwrap();
+    }
+
+    #[test]
+    fn refusals_name_the_user_verb_resource_and_scope() {
+        let none = Policy::build(&Objects::default());
+        let err = authorize(
+            &none,
+            &bob(),
+            &Method::DELETE,
+            "/apis/apps/v1/namespaces/dev/deployments/web",
+            "",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.message,
+            "deployments.apps \"web\" is forbidden: User \"bob\" cannot delete resource \"deployments\" in API group \"apps\" in the namespace \"dev\""
+        );
+        let err = authorize(&none, &bob(), &Method::GET, "/metrics", "").unwrap_err();
+        assert_eq!(
+            err.message,
+            "forbidden: User \"bob\" cannot get path \"/metrics\""
+        );
+        // A first `watch` that says no is a list, whatever follows.
+        let lists = policy_granting(
+            json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["watch"]}]),
+        );
+        let err = authorize(
+            &lists,
+            &bob(),
+            &Method::GET,
+            "/api/v1/namespaces/dev/configmaps",
+            "watch=false&watch=true",
+        )
+        .unwrap_err();
+        assert!(err.message.contains("cannot list"), "{}", err.message);
+    }
+
+    #[test]
+    fn impersonation_takes_the_impersonate_verb_on_each_identity() {
+        let policy = policy_granting(json!([]));
+        let mut headers = hyper::HeaderMap::new();
+        assert!(impersonate(&policy, &bob(), &headers).unwrap().is_none());
+        headers.insert("impersonate-user", "alice".parse().unwrap());
+        let err = impersonate(&policy, &bob(), &headers).unwrap_err();
+        assert!(
+            err.message
+                .contains("cannot impersonate resource \"users\""),
+            "{}",
+            err.message
+        );
+        let admin = Identity {
+            groups: vec![kplex_rbac::MASTERS.into()],
+            ..bob()
+        };
+        headers.insert(
+            "impersonate-user",
+            "system:serviceaccount:dev:ci".parse().unwrap(),
+        );
+        let ci = impersonate(&policy, &admin, &headers).unwrap().unwrap();
+        assert_eq!(ci.user, "system:serviceaccount:dev:ci");
+        assert!(ci.groups.contains(&"system:serviceaccounts:dev".to_owned()));
+        let mut groups_only = hyper::HeaderMap::new();
+        groups_only.insert("impersonate-group", "x".parse().unwrap());
+        assert_eq!(
+            impersonate(&policy, &admin, &groups_only).unwrap_err().code,
+            StatusCode::BAD_REQUEST
+        );
+    }
 }

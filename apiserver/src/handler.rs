@@ -569,6 +569,18 @@ async fn tenant(
         }
         Scope::Admin => return Err(refused()),
     };
+    // One spelling per path: what the authorizer reads is what is served
+    // (an empty, `.` or `..` segment could be read one way by one and
+    // another by the other).
+    if path != "/"
+        && path
+            .strip_prefix('/')
+            .is_none_or(|p| p.split('/').any(|s| s.is_empty() || s == "." || s == ".."))
+    {
+        return Err(ApiError::not_found(
+            "the server could not find the requested resource",
+        ));
+    }
     // The VC's RBAC, from memory; its tenants ask it about every request.
     let rbac = ctx
         .rbac

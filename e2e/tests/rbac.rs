@@ -260,6 +260,64 @@ fn a_user_may_do_what_its_bindings_give_and_grant_no_more_than_it_holds() {
     assert!(!can_i(&other_bob, &["list", "configmaps", "-n", "dev"]));
     assert!(k_fails(&other_bob, &["get", "configmaps", "-n", "dev"]).contains("forbidden"));
 
+    // A path spelled with an empty segment is no way around the check.
+    for path in [
+        "/api//v1/namespaces/prod/configmaps",
+        "/api/v1/namespaces//prod/configmaps",
+        "/api/v1/namespaces/prod/configmaps/",
+    ] {
+        let refused = k_fails(&bob, &["get", "--raw", path]);
+        assert!(
+            refused.contains("NotFound") || refused.contains("not found"),
+            "{path}: {refused}"
+        );
+    }
+
+    // Labelling a role into an aggregation grants what it holds: bob, who
+    // may patch cluster roles but holds no secrets, may not.
+    k(
+        &alice,
+        &[
+            "create",
+            "clusterrole",
+            "secrets-admin",
+            "--verb=*",
+            "--resource=secrets",
+        ],
+    );
+    k(
+        &alice,
+        &[
+            "create",
+            "clusterrole",
+            "role-labeller",
+            "--verb=get,patch,update",
+            "--resource=clusterroles",
+        ],
+    );
+    k(
+        &alice,
+        &[
+            "create",
+            "clusterrolebinding",
+            "bob-labels",
+            "--clusterrole=role-labeller",
+            "--user=bob",
+        ],
+    );
+    until_allowed(&bob, &["patch", "clusterroles"]);
+    let refused = k_fails(
+        &bob,
+        &[
+            "label",
+            "clusterrole",
+            "secrets-admin",
+            "rbac.authorization.k8s.io/aggregate-to-view=true",
+        ],
+    );
+    assert!(refused.contains("not currently held"), "{refused}");
+    assert!(!k(&alice, &["get", "clusterrole", "view", "-o", "json"]).contains("\"secrets\""));
+
     // A binding's role cannot change.
     let changed = k_fails(
         &alice,
@@ -304,6 +362,12 @@ fn the_default_roles_are_in_every_vc_aggregate_and_cannot_be_changed() {
     let alice = tenant_kubeconfig(&kplex, d, "team-a", "alice");
     let erin = user_kubeconfig(&kplex, d, "team-a", "erin", &["viewers"]);
 
+    // As kubectl shows them (a Table), one and all.
+    let table = k(&alice, &["get", "clusterrole", "view"]);
+    assert!(
+        table.starts_with("NAME") && table.contains("view"),
+        "{table}"
+    );
     let roles = k(&alice, &["get", "clusterroles", "-o", "name"]);
     for role in ["cluster-admin", "admin", "edit", "view", "system:discovery"] {
         assert!(

@@ -35,13 +35,16 @@ pub const RESOURCES: [&str; 4] = [
 pub const GROUP: &str = "rbac.authorization.k8s.io";
 
 enum Slot {
-    /// Being read; the changes seen meanwhile.
-    Loading(Vec<Event>),
+    /// Being read by the loader holding `token`; the changes seen meanwhile.
+    Loading { token: u64, held: Vec<Event> },
     Ready {
         /// The revision it was read at.
         at: Revision,
         objects: Objects,
         policy: Arc<Policy>,
+        /// Raised by each change, so that a policy built outside the lock
+        /// is installed only if no change came meanwhile.
+        version: u64,
     },
 }
 
@@ -50,6 +53,19 @@ struct State {
     /// Whether the watches are open (nothing is kept otherwise).
     live: bool,
     vcs: HashMap<String, Slot>,
+    /// Numbers loads.
+    next_token: u64,
+}
+
+impl State {
+    /// The events held for the load `token`, taken; `None` when the slot is
+    /// no longer that load's (the watches broke, the VC was forgotten).
+    fn take_held(&mut self, uid: &str, token: u64) -> Option<Vec<Event>> {
+        match self.vcs.get_mut(uid) {
+            Some(Slot::Loading { token: t, held }) if *t == token => Some(std::mem::take(held)),
+            _ => None,
+        }
+    }
 }
 
 /// See the module documentation.
@@ -81,7 +97,7 @@ impl Authorizer {
 
     /// The policy of the VC with `uid`.
     pub async fn policy(&self, uid: &str) -> StoreResult<Arc<Policy>> {
-        loop {
+        let token = loop {
             if let Some(Slot::Ready { policy, .. }) =
                 self.state.read().expect("rbac index lock").vcs.get(uid)
             {
@@ -93,14 +109,19 @@ impl Authorizer {
                 let mut state = self.state();
                 match state.vcs.get(uid) {
                     Some(Slot::Ready { policy, .. }) => return Ok(policy.clone()),
-                    Some(Slot::Loading(_)) => {
+                    Some(Slot::Loading { .. }) => {
                         notified.as_mut().enable();
                         true
                     }
                     None if !state.live => false,
                     None => {
-                        state.vcs.insert(uid.to_owned(), Slot::Loading(Vec::new()));
-                        break;
+                        state.next_token += 1;
+                        let token = state.next_token;
+                        let held = Vec::new();
+                        state
+                            .vcs
+                            .insert(uid.to_owned(), Slot::Loading { token, held });
+                        break token;
                     }
                 }
             };
@@ -110,48 +131,45 @@ impl Authorizer {
                 return Ok(self.compile(&objects));
             }
             notified.await;
-        }
-        // A caller that goes away mid-read leaves no slot loading forever.
-        let mut abandoned = Abandoned {
+        };
+        // Whatever happens below (the caller going away included), the
+        // slot does not stay this load's, and its waiters wake.
+        let _done = Done {
             authorizer: self,
             uid,
-            armed: true,
+            token,
         };
-        let read = self.read(uid).await;
-        abandoned.armed = false;
+        let (mut objects, at) = self.read(uid).await?;
+        // The changes seen during the read, then the policy, built outside
+        // the lock; changes seen during the build, applied under it.
+        let Some(held) = self.state().take_held(uid, token) else {
+            return Ok(self.compile(&objects));
+        };
+        for event in held.iter().filter(|e| e.revision() > at) {
+            apply(&mut objects, event);
+        }
+        let mut policy = self.compile(&objects);
         let mut state = self.state();
-        let held = match state.vcs.remove(uid) {
-            Some(Slot::Loading(held)) => Some(held),
-            // The watches broke meanwhile: keep nothing.
-            _ => None,
+        let Some(late) = state.take_held(uid, token) else {
+            return Ok(policy);
         };
-        let result = match read {
-            Ok((mut objects, at)) => {
-                let policy = match held {
-                    Some(held) => {
-                        for event in held.iter().filter(|e| e.revision() > at) {
-                            apply(&mut objects, event);
-                        }
-                        let policy = self.compile(&objects);
-                        state.vcs.insert(
-                            uid.to_owned(),
-                            Slot::Ready {
-                                at,
-                                objects,
-                                policy: policy.clone(),
-                            },
-                        );
-                        policy
-                    }
-                    None => self.compile(&objects),
-                };
-                Ok(policy)
+        let late: Vec<&Event> = late.iter().filter(|e| e.revision() > at).collect();
+        if !late.is_empty() {
+            for event in late {
+                apply(&mut objects, event);
             }
-            Err(e) => Err(e),
-        };
-        drop(state);
-        self.loaded.notify_waiters();
-        result
+            policy = self.compile(&objects);
+        }
+        state.vcs.insert(
+            uid.to_owned(),
+            Slot::Ready {
+                at,
+                objects,
+                policy: policy.clone(),
+                version: 0,
+            },
+        );
+        Ok(policy)
     }
 
     fn compile(&self, objects: &Objects) -> Arc<Policy> {
@@ -199,22 +217,37 @@ impl Authorizer {
         let Some(parts) = TenantKeyspace::parse(event.key()) else {
             return;
         };
-        let mut state = self.state();
-        match state.vcs.get_mut(parts.vc_uid) {
-            Some(Slot::Loading(held)) => held.push(event),
-            Some(Slot::Ready {
-                at,
-                objects,
-                policy,
-            }) if event.revision() > *at => {
-                apply(objects, &event);
-                *policy = if objects.is_empty() {
-                    self.defaults.clone()
-                } else {
-                    Arc::new(Policy::build(objects))
-                };
+        let uid = parts.vc_uid;
+        // The change is applied under the lock; the policy is built
+        // outside it, and installed unless another change came meanwhile.
+        let (snapshot, built_from) = {
+            let mut state = self.state();
+            match state.vcs.get_mut(uid) {
+                Some(Slot::Loading { held, .. }) => {
+                    held.push(event);
+                    return;
+                }
+                Some(Slot::Ready {
+                    at,
+                    objects,
+                    version,
+                    ..
+                }) if event.revision() > *at => {
+                    apply(objects, &event);
+                    *version += 1;
+                    (objects.clone(), *version)
+                }
+                _ => return,
             }
-            _ => {}
+        };
+        let built = self.compile(&snapshot);
+        if let Some(Slot::Ready {
+            policy, version, ..
+        }) = self.state().vcs.get_mut(uid)
+        {
+            if *version == built_from {
+                *policy = built;
+            }
         }
     }
 
@@ -231,21 +264,19 @@ impl Authorizer {
     }
 }
 
-/// Drops a VC's loading slot (and wakes its waiters) if its read is
-/// abandoned.
-struct Abandoned<'a> {
+/// Ends a load: its slot, if still loading for it (its read failed, or its
+/// caller went away), is dropped, and its waiters wake.
+struct Done<'a> {
     authorizer: &'a Authorizer,
     uid: &'a str,
-    armed: bool,
+    token: u64,
 }
 
-impl Drop for Abandoned<'_> {
+impl Drop for Done<'_> {
     fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
         let mut state = self.authorizer.state();
-        if matches!(state.vcs.get(self.uid), Some(Slot::Loading(_))) {
+        if matches!(state.vcs.get(self.uid), Some(Slot::Loading { token, .. }) if *token == self.token)
+        {
             state.vcs.remove(self.uid);
         }
         drop(state);

@@ -149,7 +149,8 @@ impl Binding {
 pub struct Policy {
     /// Each ClusterRole's rules, aggregation applied.
     cluster_roles: HashMap<String, Arc<[Rule]>>,
-    roles: HashMap<(String, String), Arc<[Rule]>>,
+    /// Roles by namespace, then name.
+    roles: HashMap<String, HashMap<String, Arc<[Rule]>>>,
     cluster_bindings: Vec<Binding>,
     bindings: HashMap<String, Vec<Binding>>,
 }
@@ -157,22 +158,28 @@ pub struct Policy {
 impl Policy {
     /// The policy of a VC holding `objects`, with the defaults.
     pub fn build(objects: &Objects) -> Policy {
-        let mut cluster_roles: BTreeMap<&str, &Value> = crate::defaults::cluster_roles()
+        // The defaults win over stored objects of their names: a VC cannot
+        // replace them (its writes of those names are refused).
+        let named = |r: &'static Value| (r["metadata"]["name"].as_str().unwrap_or_default(), r);
+        let mut cluster_roles: BTreeMap<&str, &Value> = objects
+            .cluster_roles
             .iter()
-            .map(|r| (r["metadata"]["name"].as_str().unwrap_or_default(), r))
+            .map(|(k, v)| (k.as_str(), v))
             .collect();
-        cluster_roles.extend(objects.cluster_roles.iter().map(|(k, v)| (k.as_str(), v)));
-        let mut cluster_role_bindings: BTreeMap<&str, &Value> =
-            crate::defaults::cluster_role_bindings()
-                .iter()
-                .map(|r| (r["metadata"]["name"].as_str().unwrap_or_default(), r))
-                .collect();
-        cluster_role_bindings.extend(
-            objects
-                .cluster_role_bindings
-                .iter()
-                .map(|(k, v)| (k.as_str(), v)),
-        );
+        cluster_roles.extend(crate::defaults::cluster_roles().iter().map(named));
+        let mut cluster_role_bindings: BTreeMap<&str, &Value> = objects
+            .cluster_role_bindings
+            .iter()
+            .map(|(k, v)| (k.as_str(), v))
+            .collect();
+        cluster_role_bindings.extend(crate::defaults::cluster_role_bindings().iter().map(named));
+        let mut roles: HashMap<String, HashMap<String, Arc<[Rule]>>> = HashMap::new();
+        for ((ns, name), role) in &objects.roles {
+            roles
+                .entry(ns.clone())
+                .or_default()
+                .insert(name.clone(), Arc::from(Rule::all_from(role)));
+        }
         let mut bindings: HashMap<String, Vec<Binding>> = HashMap::new();
         for ((ns, _), object) in &objects.role_bindings {
             if let Some(binding) = Binding::read(object, ns) {
@@ -181,11 +188,7 @@ impl Policy {
         }
         Policy {
             cluster_roles: aggregate(&cluster_roles),
-            roles: objects
-                .roles
-                .iter()
-                .map(|(key, role)| (key.clone(), Arc::from(Rule::all_from(role))))
-                .collect(),
+            roles,
             cluster_bindings: cluster_role_bindings
                 .values()
                 .filter_map(|b| Binding::read(b, ""))
@@ -199,7 +202,7 @@ impl Policy {
     fn rules_of(&self, role: &RoleRef, namespace: &str) -> Option<&Arc<[Rule]>> {
         match role {
             RoleRef::ClusterRole(name) => self.cluster_roles.get(name),
-            RoleRef::Role(name) => self.roles.get(&(namespace.to_owned(), name.clone())),
+            RoleRef::Role(name) => self.roles.get(namespace).and_then(|roles| roles.get(name)),
         }
     }
 
@@ -238,7 +241,10 @@ impl Policy {
     /// included; `""`: cluster-wide ones only).
     pub fn rules_for(&self, subject: &Subject<'_>, namespace: &str) -> Vec<Rule> {
         if subject.is_master() {
-            return self.cluster_roles["cluster-admin"].to_vec();
+            return self
+                .cluster_roles
+                .get("cluster-admin")
+                .map_or_else(Vec::new, |rules| rules.to_vec());
         }
         let mut seen = HashSet::new();
         self.applicable(subject, namespace)

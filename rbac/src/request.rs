@@ -79,9 +79,11 @@ impl Attributes {
         }
         if out.name.is_empty() && out.verb == "get" {
             let params: Vec<(String, String)> = form_params(query);
+            // The first value counts, as the server reads it.
             let watching = params
                 .iter()
-                .any(|(k, v)| k == "watch" && matches!(v.as_str(), "true" | "1"));
+                .find(|(k, _)| k == "watch")
+                .is_some_and(|(_, v)| matches!(v.as_str(), "true" | "1"));
             out.verb = if watching { "watch" } else { "list" }.to_owned();
             // A list or watch of one object by name (`metadata.name=x`, as
             // informers of one object ask) is asked of that name.
