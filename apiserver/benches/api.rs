@@ -588,7 +588,13 @@ async fn main() {
     }
     // Alternated, best of three each: the machine's drift between runs is
     // of the size being measured.
-    let best = |a: Stats, b: Stats| if a.throughput() >= b.throughput() { a } else { b };
+    let best = |a: Stats, b: Stats| {
+        if a.throughput() >= b.throughput() {
+            a
+        } else {
+            b
+        }
+    };
     let (mut rbac_get, mut masters_get) = (None::<Stats>, None::<Stats>);
     for _ in 0..3 {
         let rbac = run(CLIENTS, gets, get_op(readers.clone())).await;

@@ -232,7 +232,7 @@ impl Admission for Escalation {
         if info.group == GROUP && !subject(&self.caller).is_master() {
             let policy = self
                 .authorizer
-                .policy(&self.vc)
+                .get(&self.vc)
                 .await
                 .map_err(kplex_registry::error::from_store)?;
             self.check(&policy, info, old, object)?;

@@ -584,7 +584,7 @@ async fn tenant(
     // The VC's RBAC, from memory; its tenants ask it about every request.
     let rbac = ctx
         .rbac
-        .policy(vc.uid())
+        .get(vc.uid())
         .await
         .map_err(kplex_registry::error::from_store)?;
     let tenant_caller = matches!(caller.scope, Scope::VirtualCluster { .. });

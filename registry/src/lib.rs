@@ -15,6 +15,7 @@ pub mod generic;
 pub mod managed;
 pub mod meta;
 pub mod patch;
+pub mod pervc;
 pub mod quota;
 pub mod raw;
 pub mod resource;

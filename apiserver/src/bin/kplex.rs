@@ -365,7 +365,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot prepare the token signing key: {e}"))?;
     let store = kplex_registry::watchcache::WatchCache::start(store).await;
     let catalog = kplex_kinds::catalog::shared();
-    let rbac = kplex_rbac::Authorizer::start(store.clone());
+    let rbac = kplex_rbac::index::start(store.clone());
     let ctx = Arc::new(Context {
         rbac: rbac.clone(),
         metrics,
