@@ -54,6 +54,9 @@ pub struct Context {
     pub fairness: Arc<crate::fairness::Fairness>,
     /// Each VC's RBAC policy, kept in memory.
     pub rbac: Arc<kplex_rbac::Authorizer>,
+    /// Each VC's catalog (the built-in one and its custom resources), kept
+    /// in memory.
+    pub crds: Arc<kplex_kinds::custom::Catalogs>,
 }
 
 impl Context {
@@ -63,10 +66,20 @@ impl Context {
         &self,
         vc: &crate::virtualclusters::VirtualCluster,
     ) -> Result<kplex_registry::generic::GenericStore, ApiError> {
+        self.vc_store_serving(vc, self.catalog.clone())
+    }
+
+    /// The store of `vc`'s objects, serving `catalog` (the built-in one
+    /// and the VC's custom resources).
+    pub fn vc_store_serving(
+        &self,
+        vc: &crate::virtualclusters::VirtualCluster,
+        catalog: Arc<kplex_registry::Catalog>,
+    ) -> Result<kplex_registry::generic::GenericStore, ApiError> {
         Ok(kplex_registry::generic::GenericStore::new(
             self.store.clone(),
             vc.keyspace()?,
-            self.catalog.clone(),
+            catalog,
             self.allocations.clone(),
             self.watches.clone(),
         )
@@ -605,6 +618,8 @@ async fn tenant(
     // writes grant no more than it holds.
     let admission: Arc<dyn kplex_registry::generic::Admission> =
         crate::policy::VcPolicy::new(vc.name(), vc.policy.clone());
+    let admission: Arc<dyn kplex_registry::generic::Admission> =
+        Arc::new(kplex_kinds::custom::NameConflicts { then: admission });
     let admission = if tenant_caller {
         Arc::new(crate::authz::Escalation {
             authorizer: ctx.rbac.clone(),
@@ -615,7 +630,16 @@ async fn tenant(
     } else {
         admission
     };
-    let store = ctx.vc_store(&vc)?.with_admission(admission);
+    let catalog: Arc<kplex_registry::Catalog> = Arc::clone(
+        &*ctx
+            .crds
+            .get(vc.uid())
+            .await
+            .map_err(kplex_registry::error::from_store)?,
+    );
+    let store = ctx
+        .vc_store_serving(&vc, catalog.clone())?
+        .with_admission(admission);
     if let Some(served) =
         crate::authz::defaults_overlay(&ctx.catalog, &store, &rbac, path, req).await
     {
@@ -644,8 +668,23 @@ async fn tenant(
         return crate::proxy::to_host(ctx, &vc, ns, pod, uid, sub, req).await;
     }
     let span = tracing::debug_span!("tenant", vc = name, method = %req.method, path);
-    crate::tenant::handle(
-        &ctx.catalog,
+    // Deleting a CRD deletes its objects once it is gone.
+    let deleted_crd = match crd_path(path) {
+        Some(name) if req.method == Method::DELETE => {
+            let crds = ctx
+                .catalog
+                .find(
+                    kplex_kinds::custom::GROUP,
+                    "v1",
+                    kplex_kinds::custom::PLURAL,
+                )
+                .expect("catalogued");
+            store.get(crds, None, name).await.ok()
+        }
+        _ => None,
+    };
+    let served = crate::tenant::handle(
+        &catalog,
         &store,
         caller,
         Some(&rbac),
@@ -654,7 +693,46 @@ async fn tenant(
         ctx.stopping.subscribe(),
     )
     .instrument(span)
-    .await
+    .await;
+    if let (Some(crd), Ok(response)) = (deleted_crd, &served) {
+        if response.status().is_success() && !response.status().eq(&StatusCode::ACCEPTED) {
+            delete_custom_objects(ctx, &vc, &crd).await;
+        }
+    }
+    served
+}
+
+/// `/apis/apiextensions.k8s.io/v1/customresourcedefinitions/<name>`: the name.
+fn crd_path(path: &str) -> Option<&str> {
+    path.strip_prefix("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/")
+        .filter(|name| !name.is_empty() && !name.contains('/'))
+}
+
+/// Deletes every object of a deleted CRD's resource in its VC, a batch
+/// at a time.
+async fn delete_custom_objects(
+    ctx: &Context,
+    vc: &crate::virtualclusters::VirtualCluster,
+    crd: &serde_json::Value,
+) {
+    let group = crd["spec"]["group"].as_str().unwrap_or_default();
+    let plural = crd["spec"]["names"]["plural"].as_str().unwrap_or_default();
+    let Ok(prefix) = vc.keyspace().and_then(|k| {
+        k.resource_prefix(group, plural)
+            .map_err(kplex_registry::error::from_store)
+    }) else {
+        return;
+    };
+    loop {
+        match ctx.store.delete_batch(&prefix, 1000).await {
+            Ok(deleted) if deleted.more => continue,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, vc = vc.name(), group, plural, "deleting a CRD's objects failed");
+                return;
+            }
+        }
+    }
 }
 
 /// `/api/v1/namespaces/<ns>/pods/<name>/<sub>` for a subresource the

@@ -48,6 +48,13 @@ pub fn document(catalog: &Catalog, group: &str, version: &str) -> Option<Arc<Val
     if !catalog.group_versions().contains(&(group, version)) {
         return None;
     }
+    // A custom resource's document is its VC's own: built each time.
+    let builtin = kplex_kinds::catalog::shared()
+        .group_versions()
+        .contains(&(group, version));
+    if !builtin {
+        return Some(Arc::new(build(catalog, group, version)));
+    }
     let cache = CACHE.get_or_init(Default::default);
     let key = (group.to_owned(), version.to_owned());
     if let Some(doc) = cache.lock().expect("openapi cache").get(&key) {

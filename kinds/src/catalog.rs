@@ -10,6 +10,7 @@ use k8s_openapi::api::{
     coordination, core, discovery, events, flowcontrol, networking, node, policy, rbac, scheduling,
     storage,
 };
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions;
 use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope, Resource};
 use kplex_registry::{Catalog, ResourceInfo};
 
@@ -108,6 +109,7 @@ pub fn builtin() -> Vec<ResourceInfo> {
         row::<storage::v1::CSINode>(&[], &[]),
         row::<storage::v1::CSIStorageCapacity>(&[], &[]),
         row::<storage::v1::VolumeAttachment>(&[], &[]),
+        row::<apiextensions::v1::CustomResourceDefinition>(&["crd", "crds"], &["api-extensions"]),
         row::<rbac::v1::ClusterRole>(&[], &[]),
         row::<rbac::v1::ClusterRoleBinding>(&[], &[]),
         row::<rbac::v1::Role>(&[], &[]),
@@ -146,7 +148,7 @@ mod tests {
         assert!(deploy.has_scale() && deploy.has_status() && deploy.tracks_generation());
         assert!(c.find("apps", "v1", "pods").is_none());
         assert_eq!(c.group_versions()[0], ("", "v1"));
-        assert_eq!(c.all().iter().filter(|r| r.stored).count(), 48);
+        assert_eq!(c.all().iter().filter(|r| r.stored).count(), 49);
         let nodes = c.find("", "v1", "nodes").unwrap();
         assert!(!nodes.namespaced && nodes.has_status());
         let rc = c.find("", "v1", "replicationcontrollers").unwrap();

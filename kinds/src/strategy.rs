@@ -107,6 +107,7 @@ where
                 let qos = crate::defaults::qos_class(&object["spec"]);
                 object["status"] = json!({"phase": "Pending", "qosClass": qos});
             }
+            ("apiextensions.k8s.io", "CustomResourceDefinition") => crate::custom::accept(object),
             _ => {}
         }
     }
@@ -140,6 +141,7 @@ where
                 | ("autoscaling", "horizontalpodautoscalers")
                 | ("networking.k8s.io", "ingresses")
                 | ("policy", "poddisruptionbudgets")
+                | ("apiextensions.k8s.io", "customresourcedefinitions")
                 | ("", "persistentvolumes")
                 | ("certificates.k8s.io", "certificatesigningrequests")
                 | ("flowcontrol.apiserver.k8s.io", _)
@@ -227,4 +229,17 @@ where
         }
         Some(T::schema_name().into_owned())
     }
+}
+
+/// Adds ObjectMeta's schema (and those it refers to) to `schemas`; its
+/// name there.
+pub fn meta_schemas(schemas: &mut Map<String, Value>) -> String {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use schemars::JsonSchema;
+    let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
+    generator.subschema_for::<ObjectMeta>();
+    for (name, schema) in generator.take_definitions(true) {
+        schemas.entry(name).or_insert(schema);
+    }
+    ObjectMeta::schema_name().into_owned()
 }

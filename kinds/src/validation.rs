@@ -37,6 +37,23 @@ pub fn validate(info: &ResourceInfo, object: &Value) -> Result<(), ApiError> {
     if let Some((path, spec)) = pod_spec_of(&info.group, &info.kind, object) {
         validate_pod_spec(info, object, &path, spec)?;
     }
+    if (info.group.as_str(), info.kind.as_str())
+        == ("apiextensions.k8s.io", "CustomResourceDefinition")
+    {
+        let problems = crate::custom::problems(object);
+        if object["spec"]
+            .to_string()
+            .contains("\"x-kubernetes-validations\"")
+        {
+            kplex_registry::warnings::add(
+                "x-kubernetes-validations (CEL) rules are stored but not enforced by kplex yet",
+            );
+        }
+        if !problems.is_empty() {
+            let name = object["metadata"]["name"].as_str().unwrap_or_default();
+            return Err(ApiError::fields(&info.qualified_kind(), name, &problems));
+        }
+    }
     if info.group == "rbac.authorization.k8s.io" && info.kind.ends_with("Binding") {
         validate_binding(info, object)?;
     }

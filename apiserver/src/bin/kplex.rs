@@ -366,8 +366,10 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let store = kplex_registry::watchcache::WatchCache::start(store).await;
     let catalog = kplex_kinds::catalog::shared();
     let rbac = kplex_rbac::index::start(store.clone());
+    let crds = kplex_kinds::custom::start(store.clone());
     let ctx = Arc::new(Context {
         rbac: rbac.clone(),
+        crds: crds.clone(),
         metrics,
         registry: kplex_apiserver::virtualclusters::Registry::indexed(store.clone()).await,
         hosts: kplex_apiserver::hostclusters::HostClusters::new(store.clone()),
@@ -399,11 +401,12 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             objects: args.max_objects_per_vc,
         });
     ctx.store.usage().set_source(ctx.registry.limits_source());
-    // A departed VC's policy is dropped with it.
+    // A departed VC's policy and custom resources are dropped with it.
     let departures = kplex_apiserver::virtualclusters::departures();
     ctx.store.set_departures(Box::new(move |event| {
         let uid = departures(event)?;
         rbac.forget(&uid);
+        crds.forget(&uid);
         Some(uid)
     }));
     kplex_apiserver::system::bootstrap(&ctx)

@@ -1,0 +1,421 @@
+//! CustomResourceDefinitions inside a VC, through kubectl and a kube-rs
+//! `Controller` over real HTTPS: a VC's CRD serves its resource in that VC
+//! only, with its schema enforced, its columns, subresources and
+//! server-side apply; two VCs hold conflicting CRDs of one group; deleting
+//! a CRD deletes its objects.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kplex_e2e::{create_vc, eventually, k, k_fails, tenant_kubeconfig, Kplex};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+
+fn widgets_crd(size_max: u32, extra_version: bool) -> String {
+    let beta = if extra_version {
+        "  - name: v1beta1\n    served: true\n    storage: false\n    schema:\n      openAPIV3Schema:\n        type: object\n        x-kubernetes-preserve-unknown-fields: true\n"
+    } else {
+        ""
+    };
+    format!(
+        "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {{plural: widgets, singular: widget, kind: Widget, shortNames: [wd], categories: [all]}}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources: {{status: {{}}}}
+    additionalPrinterColumns:
+    - {{name: Size, type: integer, jsonPath: .spec.size}}
+    - {{name: Color, type: string, jsonPath: .spec.color}}
+    - {{name: Ready, type: boolean, jsonPath: .status.ready}}
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            required: [size]
+            properties:
+              size: {{type: integer, minimum: 1, maximum: {size_max}}}
+              color: {{type: string, enum: [red, blue], default: red}}
+              name: {{type: string, pattern: '^[a-z]+$'}}
+              port: {{x-kubernetes-int-or-string: true}}
+              tags:
+                type: array
+                x-kubernetes-list-type: set
+                items: {{type: string}}
+              labels:
+                type: object
+                additionalProperties: {{type: string}}
+          status:
+            type: object
+            properties:
+              ready: {{type: boolean}}
+{beta}"
+    )
+}
+
+fn apply(kc: &Path, dir: &Path, name: &str, manifest: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, manifest).unwrap();
+    k(kc, &["apply", "-f", path.to_str().unwrap()])
+}
+
+fn write(dir: &Path, name: &str, manifest: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, manifest).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn a_vcs_crd_serves_its_resource_with_its_schema_columns_and_subresources() {
+    let dir = tempfile::tempdir().unwrap();
+    let kplex = Kplex::start_api_only(&dir.path().join("data"));
+    let d = dir.path();
+    create_vc(&kplex, d, "team-a");
+    create_vc(&kplex, d, "team-b");
+    let a = tenant_kubeconfig(&kplex, d, "team-a", "alice");
+    let b = tenant_kubeconfig(&kplex, d, "team-b", "bob");
+
+    apply(&a, d, "crd.yaml", &widgets_crd(10, true));
+    k(
+        &a,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/widgets.example.com",
+            "--timeout=20s",
+        ],
+    );
+    let crd: serde_json::Value =
+        serde_json::from_str(&k(&a, &["get", "crd", "widgets.example.com", "-o", "json"])).unwrap();
+    let conditions = crd["status"]["conditions"].to_string();
+    assert!(
+        conditions.contains("NamesAccepted") && conditions.contains("Established"),
+        "{conditions}"
+    );
+    assert_eq!(crd["status"]["acceptedNames"]["listKind"], "WidgetList");
+    assert_eq!(crd["status"]["storedVersions"], serde_json::json!(["v1"]));
+
+    // Served in its VC only: discovery, api-resources, explain.
+    let resources = k(&a, &["api-resources", "--api-group=example.com"]);
+    assert!(
+        resources.contains("widgets") && resources.contains("wd"),
+        "{resources}"
+    );
+    assert!(!k(&b, &["api-resources"]).contains("example.com"));
+    assert!(k_fails(&b, &["get", "widgets"]).contains("doesn't have a resource type"));
+    let explained = k(&a, &["explain", "widget.spec"]);
+    assert!(
+        explained.contains("size") && explained.contains("color"),
+        "{explained}"
+    );
+
+    // Objects: pruned, defaulted, shown with the columns.
+    let widget = "apiVersion: example.com/v1
+kind: Widget
+metadata: {name: w1, namespace: default}
+spec: {size: 3, port: http, tags: [a, b], labels: {x: one}}
+";
+    apply(&a, d, "w1.yaml", widget);
+    let table = k(&a, &["get", "widgets"]);
+    assert!(
+        table.starts_with("NAME") && table.contains("SIZE") && table.contains("COLOR"),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("w1") && l.contains(" 3 ") && l.contains("red")),
+        "{table}"
+    );
+    assert!(k(&a, &["get", "all", "-o", "name"]).contains("widget.example.com/w1"));
+    // Unknown fields: refused by kubectl's strict validation, pruned when
+    // the client asks for no validation.
+    let extra = write(d, "extra.yaml", "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w2}\nspec: {size: 2, extra: x}\n");
+    assert!(k_fails(&a, &["create", "-f", &extra]).contains("unknown field \"spec.extra\""));
+    k(&a, &["create", "-f", &extra, "--validate=false"]);
+    let w2: serde_json::Value =
+        serde_json::from_str(&k(&a, &["get", "widget", "w2", "-o", "json"])).unwrap();
+    assert!(w2["spec"].get("extra").is_none(), "{}", w2["spec"]);
+
+    // An invalid object is refused with each field's path, and not stored.
+    for (spec, field, says) in [
+        ("{size: big}", "spec.size", "must be of type integer"),
+        ("{size: 11}", "spec.size", "less than or equal to 10"),
+        (
+            "{color: green, size: 1}",
+            "spec.color",
+            "Unsupported value: \"green\"",
+        ),
+        ("{size: 1, name: 'No'}", "spec.name", "should match"),
+        ("{size: 1, port: [1]}", "spec.port", "integer or string"),
+        ("{size: 1, tags: [a, a]}", "spec.tags[1]", "Duplicate value"),
+        (
+            "{size: 1, labels: {x: 1}}",
+            "spec.labels.x",
+            "must be of type string",
+        ),
+        ("{color: red}", "spec.size", "Required value"),
+    ] {
+        let bad = write(
+            d,
+            "bad.yaml",
+            &format!(
+                "apiVersion: example.com/v1\nkind: Widget\nmetadata: {{name: bad}}\nspec: {spec}\n"
+            ),
+        );
+        let refused = k_fails(&a, &["create", "-f", &bad]);
+        assert!(
+            refused.contains("is invalid") && refused.contains(field) && refused.contains(says),
+            "{spec}: {refused}"
+        );
+    }
+    assert!(k_fails(&a, &["get", "widget", "bad"]).contains("NotFound"));
+
+    // The status subresource: a write to the object keeps status, one to
+    // /status changes only status; spec changes move the generation.
+    k(
+        &a,
+        &[
+            "patch",
+            "widget",
+            "w1",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"ready":true}}"#,
+        ],
+    );
+    k(
+        &a,
+        &[
+            "patch",
+            "widget",
+            "w1",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"size":4},"status":{"ready":false}}"#,
+        ],
+    );
+    let w1: serde_json::Value =
+        serde_json::from_str(&k(&a, &["get", "widget", "w1", "-o", "json"])).unwrap();
+    assert_eq!(w1["status"]["ready"], true);
+    assert_eq!(w1["spec"]["size"], 4);
+    assert_eq!(w1["metadata"]["generation"], 2);
+
+    // Server-side apply with two managers, and the conflict.
+    let applied = |manager: &str, size: u32, force: bool| {
+        let path = write(d, "ssa.yaml", &format!("apiVersion: example.com/v1\nkind: Widget\nmetadata: {{name: w3, namespace: default}}\nspec: {{size: {size}}}\n"));
+        let mut args = vec![
+            "apply",
+            "--server-side",
+            "--field-manager",
+            manager,
+            "-f",
+            path.as_str(),
+        ];
+        if force {
+            args.push("--force-conflicts");
+        }
+        let mut all = vec!["--kubeconfig", a.to_str().unwrap()];
+        all.extend_from_slice(&args);
+        kplex_e2e::kubectl(&all)
+    };
+    assert!(applied("alice", 2, false).status.success());
+    let conflict = applied("bob", 5, false);
+    assert!(!conflict.status.success());
+    assert!(
+        kplex_e2e::stderr(&conflict).contains("conflict with \"alice\""),
+        "{}",
+        kplex_e2e::stderr(&conflict)
+    );
+    assert!(applied("bob", 5, true).status.success());
+
+    // The other served version reads the same objects.
+    let beta = k(&a, &["get", "widgets.v1beta1.example.com", "-o", "name"]);
+    assert!(beta.contains("w1") && beta.contains("w3"), "{beta}");
+
+    // Another VC installs a conflicting CRD of the same group: each VC
+    // validates by its own.
+    apply(&b, d, "crd-b.yaml", &widgets_crd(100, false));
+    k(
+        &b,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/widgets.example.com",
+            "--timeout=20s",
+        ],
+    );
+    let big = write(
+        d,
+        "big.yaml",
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: big}\nspec: {size: 50}\n",
+    );
+    k(&b, &["create", "-f", &big]);
+    assert!(k_fails(&a, &["create", "-f", &big]).contains("less than or equal to 10"));
+    assert!(!k(&a, &["get", "widgets", "-o", "name"]).contains("big"));
+
+    // Deleting the CRD deletes its objects: a new one starts empty.
+    k(&a, &["delete", "crd", "widgets.example.com"]);
+    apply(&a, d, "crd.yaml", &widgets_crd(10, true));
+    k(
+        &a,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/widgets.example.com",
+            "--timeout=20s",
+        ],
+    );
+    eventually("the resource served again", || {
+        let mut all = vec!["--kubeconfig", a.to_str().unwrap()];
+        all.extend_from_slice(&["get", "widgets", "-o", "name"]);
+        let o = kplex_e2e::kubectl(&all);
+        o.status.success().then(|| kplex_e2e::stdout(&o))
+    })
+    .is_empty()
+    .then_some(())
+    .expect("the deleted CRD's objects are gone");
+    assert!(k(&b, &["get", "widgets", "-o", "name"]).contains("big"));
+}
+
+#[test]
+fn a_bad_crd_is_refused_with_its_causes() {
+    let dir = tempfile::tempdir().unwrap();
+    let kplex = Kplex::start_api_only(&dir.path().join("data"));
+    let d = dir.path();
+    create_vc(&kplex, d, "team-a");
+    let a = tenant_kubeconfig(&kplex, d, "team-a", "alice");
+    let crd = |name: &str, group: &str, versions: &str| {
+        format!("apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {{name: {name}}}\nspec:\n  group: {group}\n  scope: Namespaced\n  names: {{plural: things, kind: Thing}}\n  versions:\n{versions}")
+    };
+    let typed = "  - name: v1\n    served: true\n    storage: true\n    schema:\n      openAPIV3Schema: {type: object}\n";
+    for (manifest, says) in [
+        (crd("wrong.example.com", "example.com", typed), "must be spec.names.plural+\".\"+spec.group"),
+        (crd("things.storage.k8s.io", "storage.k8s.io", typed), "built-in API"),
+        (crd("things.example.com", "example.com", "  - {name: v1, served: true, storage: false, schema: {openAPIV3Schema: {type: object}}}\n"), "exactly one version marked as storage version"),
+        (crd("things.example.com", "example.com", "  - {name: v1, served: true, storage: true, schema: {openAPIV3Schema: {type: object, properties: {spec: {properties: {a: {type: string}}}}}}}\n"), "properties[spec].type: Required value"),
+        (crd("things.example.com", "example.com", "  - {name: v1, served: true, storage: true}\n"), "schemas are required"),
+    ] {
+        let path = write(d, "bad-crd.yaml", &manifest);
+        let refused = k_fails(&a, &["create", "-f", &path]);
+        assert!(refused.contains("is invalid") && refused.contains(says), "{says}: {refused}");
+    }
+    assert!(k(&a, &["get", "crds", "-o", "name"]).is_empty());
+    // A second CRD of the group may not take the first's kind.
+    let first = write(
+        d,
+        "first.yaml",
+        &crd("things.example.com", "example.com", typed),
+    );
+    k(&a, &["create", "-f", &first]);
+    let second =
+        crd("gizmos.example.com", "example.com", typed).replace("plural: things", "plural: gizmos");
+    let second = write(d, "second.yaml", &second);
+    let refused = k_fails(&a, &["create", "-f", &second]);
+    assert!(
+        refused.contains("spec.names.kind")
+            && refused.contains("already in use by \"things.example.com\""),
+        "{refused}"
+    );
+    // CEL rules are kept, not enforced, and the client is told.
+    let cel = crd("rules.example.com", "example.com", "  - name: v1\n    served: true\n    storage: true\n    schema:\n      openAPIV3Schema:\n        type: object\n        x-kubernetes-validations: [{rule: 'self.spec.a > 0'}]\n")
+        .replace("plural: things, kind: Thing", "plural: rules, kind: Rule");
+    let cel = write(d, "cel.yaml", &cel);
+    let o = kplex_e2e::kubectl(&["--kubeconfig", a.to_str().unwrap(), "create", "-f", &cel]);
+    assert!(o.status.success(), "{}", kplex_e2e::stderr(&o));
+    assert!(
+        kplex_e2e::stderr(&o).contains("not enforced"),
+        "{}",
+        kplex_e2e::stderr(&o)
+    );
+}
+
+/// What the test controller does: marks each Widget ready.
+async fn reconcile(
+    widget: Arc<DynamicObject>,
+    api: Arc<Api<DynamicObject>>,
+) -> Result<Action, kube::Error> {
+    let name = widget.metadata.name.clone().unwrap_or_default();
+    if widget.data["status"]["ready"] != true {
+        api.patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"status": {"ready": true}})),
+        )
+        .await?;
+    }
+    Ok(Action::await_change())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kube_rs_controller_reconciles_a_custom_resource_in_a_vc() {
+    let dir = tempfile::tempdir().unwrap();
+    let kplex = Kplex::start_api_only(&dir.path().join("data"));
+    let d = dir.path().to_owned();
+    create_vc(&kplex, &d, "team-a");
+    let a = tenant_kubeconfig(&kplex, &d, "team-a", "alice");
+    apply(&a, &d, "crd.yaml", &widgets_crd(10, false));
+    k(
+        &a,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/widgets.example.com",
+            "--timeout=20s",
+        ],
+    );
+
+    let kubeconfig = kube::config::Kubeconfig::read_from(&a).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let client = kube::Client::try_from(config).unwrap();
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk("example.com", "v1", "Widget"));
+    let api: Api<DynamicObject> = Api::namespaced_with(client, "default", &resource);
+    let shared = Arc::new(api.clone());
+    let controller =
+        Controller::new_with(api.clone(), watcher::Config::default(), resource.clone())
+            .run(
+                move |widget, _| reconcile(widget, shared.clone()),
+                |_, _, _| Action::requeue(Duration::from_secs(1)),
+                Arc::new(()),
+            )
+            .for_each(|_| async {});
+    let controller = tokio::spawn(controller);
+
+    for name in ["one", "two"] {
+        let widget = write(&d, "w.yaml", &format!("apiVersion: example.com/v1\nkind: Widget\nmetadata: {{name: {name}}}\nspec: {{size: 1}}\n"));
+        k(&a, &["create", "-f", &widget]);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = api.list(&Default::default()).await.unwrap();
+        if list.items.len() == 2 && list.items.iter().all(|w| w.data["status"]["ready"] == true) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the controller did not mark both ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let table = k(&a, &["get", "widgets"]);
+    assert!(
+        table.lines().filter(|l| l.contains("true")).count() == 2,
+        "{table}"
+    );
+    controller.abort();
+}
