@@ -6,7 +6,8 @@
 //! Prints: RSS per stored object beside its stored size; the RSS peak
 //! while the VC is deleted, above the level before (target: < 100 MB);
 //! and the RSS a minute after the delete beside the level before the VC
-//! was filled (target: back to it). `KPLEX_BENCH_SCALE` scales the count;
+//! was filled (target: back to it); the RSS a VC's 50 CRDs cost beside
+//! their JSON. `KPLEX_BENCH_SCALE` scales the count;
 //! `KPLEX_BENCH_CACHE_MIB` sets the embedded store's page cache.
 
 #[path = "../../storage/benches/support/mod.rs"]
@@ -127,6 +128,8 @@ async fn main() {
     }
     let settled_s = settle.elapsed().as_secs_f64();
 
+    let (crd_growth, crd_json) = fifty_crds(&server, dir.path(), &admin).await;
+
     println!("## Memory (embedded storage, one VC of {objects} ConfigMaps)\n");
     println!("| measure | value | target |");
     println!("|---|---|---|");
@@ -147,6 +150,79 @@ async fn main() {
         after as f64 / MIB,
         before as f64 / MIB
     );
+    println!(
+        "| RSS growth of a VC with {CRDS} CRDs served, beside their JSON | {:.2} MiB, beside {:.2} MiB of CRD JSON ({:.1}×) | what its schemas cost |",
+        crd_growth as f64 / MIB,
+        crd_json as f64 / MIB,
+        crd_growth as f64 / crd_json as f64
+    );
+}
+
+/// CRDs in one VC.
+const CRDS: usize = 50;
+
+/// RSS growth once a VC holds [`CRDS`] CRDs (each with a schema of 40
+/// described fields) and serves them, beside their stored JSON: what a
+/// VC's custom resources cost the server.
+async fn fifty_crds(server: &kplex_e2e::Kplex, dir: &Path, admin: &kube::Client) -> (u64, u64) {
+    let pid = server.pid();
+    create_vcs_with(admin, vec!["crds".into()], json!({})).await;
+    let kc = kplex_e2e::tenant_kubeconfig(server, dir, "crds", "admin");
+    let tenant = client_at(&kc, "").await;
+    let get = |path: String| {
+        let tenant = tenant.clone();
+        async move {
+            let req = hyper::Request::get(path).body(Vec::new()).unwrap();
+            tenant.request_text(req).await.unwrap()
+        }
+    };
+    // The VC served once (its catalog kept) before the level is taken.
+    get("/api/v1/namespaces".into()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = rss(pid);
+    let mut json_bytes = 0;
+    for i in 0..CRDS {
+        let properties: serde_json::Map<String, serde_json::Value> = (0..40)
+            .map(|f| {
+                (
+                    format!("field{f}"),
+                    json!({"type": "string", "description": format!("Field {f} of kind {i}: what it holds, as a CRD's generated schema describes each field.")}),
+                )
+            })
+            .collect();
+        let crd = json!({
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": format!("kind{i}s.bench.example.com")},
+            "spec": {
+                "group": "bench.example.com",
+                "scope": "Namespaced",
+                "names": {"plural": format!("kind{i}s"), "kind": format!("Kind{i}")},
+                "versions": [{"name": "v1", "served": true, "storage": true,
+                    "subresources": {"status": {}},
+                    "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                        "spec": {"type": "object", "properties": properties},
+                        "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+                    }}}}],
+            },
+        });
+        let body = serde_json::to_vec(&crd).unwrap();
+        json_bytes += body.len() as u64;
+        let req = hyper::Request::post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions")
+            .header("content-type", "application/json")
+            .body(body)
+            .unwrap();
+        tenant.request_text(req).await.unwrap();
+    }
+    // Every kind served (the VC's catalog holds all fifty).
+    for i in 0..CRDS {
+        get(format!(
+            "/apis/bench.example.com/v1/namespaces/default/kind{i}s"
+        ))
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    (rss(pid).saturating_sub(before), json_bytes)
 }
 
 fn configmap(i: usize) -> ConfigMap {

@@ -1751,10 +1751,11 @@ fn watches_share_one_feed_and_idle_vcs_hold_none() {
     let (s, configs) = setup(&["team-a", "team-b", "idle-1", "idle-2"]);
     let (a, b) = (&configs[0], &configs[1]);
     assert_eq!(gauge(&s.kplex, "kplex_watch_cache_live"), 1);
-    // The process-wide watches are the VC registry's index and RBAC's four
-    // (roles, cluster roles and their bindings in every VC); VCs add none.
-    wait_for_gauge(&s.kplex, "kplex_watch_cache_watchers", 5);
-    let base = 5;
+    // The process-wide watches are the VC registry's index, RBAC's four
+    // (roles, cluster roles and their bindings in every VC) and the CRDs'
+    // one; VCs add none.
+    wait_for_gauge(&s.kplex, "kplex_watch_cache_watchers", 6);
+    let base = 6;
     for vc in ["idle-3", "idle-4", "idle-5"] {
         create_vc(&s.kplex, &s.path, vc);
     }
