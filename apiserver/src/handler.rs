@@ -668,20 +668,26 @@ async fn tenant(
         return crate::proxy::to_host(ctx, &vc, ns, pod, uid, sub, req).await;
     }
     let span = tracing::debug_span!("tenant", vc = name, method = %req.method, path);
-    // Deleting a CRD deletes its objects once it is gone.
-    let deleted_crd = match crd_path(path) {
-        Some(name) if req.method == Method::DELETE => {
-            let crds = ctx
-                .catalog
-                .find(
-                    kplex_kinds::custom::GROUP,
-                    "v1",
-                    kplex_kinds::custom::PLURAL,
-                )
-                .expect("catalogued");
-            store.get(crds, None, name).await.ok()
-        }
-        _ => None,
+    // A write to the VC's CRDs: the CRDs it may remove are read first, so
+    // that their objects go once they are gone; its answer waits until
+    // the VC's catalog has it.
+    let crds = ctx
+        .catalog
+        .find(
+            kplex_kinds::custom::GROUP,
+            "v1",
+            kplex_kinds::custom::PLURAL,
+        )
+        .expect("catalogued");
+    let crd_write = crd_request(path).filter(|_| req.method != Method::GET);
+    let before: Vec<serde_json::Value> = match crd_write {
+        Some(Some(name)) => store.get(crds, None, name).await.ok().into_iter().collect(),
+        Some(None) if req.method == Method::DELETE => store
+            .list(crds, None, &Default::default())
+            .await
+            .map(|page| page.items)
+            .unwrap_or_default(),
+        _ => Vec::new(),
     };
     let served = crate::tenant::handle(
         &catalog,
@@ -694,18 +700,72 @@ async fn tenant(
     )
     .instrument(span)
     .await;
-    if let (Some(crd), Ok(response)) = (deleted_crd, &served) {
-        if response.status().is_success() && !response.status().eq(&StatusCode::ACCEPTED) {
-            delete_custom_objects(ctx, &vc, &crd).await;
-        }
+    let dry_run = req.params().get("dryRun").is_some_and(|v| !v.is_empty());
+    let succeeded = matches!(&served, Ok(r) if r.status().is_success());
+    if let (Some(named), true, false) = (crd_write, succeeded, dry_run) {
+        settle_crds(ctx, &vc, &store, crds, named, &before).await;
     }
     served
 }
 
-/// `/apis/apiextensions.k8s.io/v1/customresourcedefinitions/<name>`: the name.
-fn crd_path(path: &str) -> Option<&str> {
-    path.strip_prefix("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/")
-        .filter(|name| !name.is_empty() && !name.contains('/'))
+/// `/apis/apiextensions.k8s.io/v1/customresourcedefinitions[/<name>[/status]]`:
+/// `Some(name)`, or `None` for the collection.
+fn crd_request(path: &str) -> Option<Option<&str>> {
+    let rest = path.strip_prefix("/apis/apiextensions.k8s.io/v1/customresourcedefinitions")?;
+    match rest.strip_prefix('/') {
+        None if rest.is_empty() => Some(None),
+        Some(rest) => Some(Some(rest.split('/').next().unwrap_or(rest))),
+        None => None,
+    }
+}
+
+/// After a write to a VC's CRDs: the objects of each CRD it removed are
+/// deleted, and the VC's catalog has caught up with the CRD written
+/// (bounded: the write is done either way).
+async fn settle_crds(
+    ctx: &Context,
+    vc: &crate::virtualclusters::VirtualCluster,
+    store: &kplex_registry::generic::GenericStore,
+    crds: &kplex_registry::ResourceInfo,
+    named: Option<&str>,
+    before: &[serde_json::Value],
+) {
+    for crd in before {
+        let name = crd["metadata"]["name"].as_str().unwrap_or_default();
+        if matches!(store.get(crds, None, name).await, Err(e) if e.code == StatusCode::NOT_FOUND) {
+            delete_custom_objects(ctx, vc, crd).await;
+        }
+    }
+    let Some(name) = named else {
+        return;
+    };
+    let now = store.get(crds, None, name).await.ok();
+    let written = now
+        .as_ref()
+        .and_then(|crd| crd["metadata"]["resourceVersion"].as_str())
+        .and_then(|rv| rv.parse::<u64>().ok());
+    let plural = name
+        .split_once('.')
+        .map(|(plural, group)| (group.to_owned(), plural.to_owned()));
+    let caught_up = ctx
+        .crds
+        .until(
+            vc.uid(),
+            std::time::Duration::from_secs(5),
+            |catalog, seen| match (written, &plural) {
+                (Some(revision), _) => seen.get() >= revision,
+                (None, Some((group, plural))) => catalog.find_resource(group, plural).is_none(),
+                (None, None) => true,
+            },
+        )
+        .await;
+    if !matches!(caught_up, Ok(true)) {
+        tracing::warn!(
+            vc = vc.name(),
+            crd = name,
+            "the VC's catalog did not catch up with a CRD's write in 5 s"
+        );
+    }
 }
 
 /// Deletes every object of a deleted CRD's resource in its VC, a batch

@@ -248,16 +248,8 @@ spec: {size: 3, port: http, tags: [a, b], labels: {x: one}}
 
     // Another VC installs a conflicting CRD of the same group: each VC
     // validates by its own.
+    // Once the write is answered, the resource is served (no wait).
     apply(&b, d, "crd-b.yaml", &widgets_crd(100, false));
-    k(
-        &b,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/widgets.example.com",
-            "--timeout=20s",
-        ],
-    );
     let big = write(
         d,
         "big.yaml",
@@ -266,6 +258,29 @@ spec: {size: 3, port: http, tags: [a, b], labels: {x: one}}
     k(&b, &["create", "-f", &big]);
     assert!(k_fails(&a, &["create", "-f", &big]).contains("less than or equal to 10"));
     assert!(!k(&a, &["get", "widgets", "-o", "name"]).contains("big"));
+
+    // A dry run of the CRD's deletion deletes nothing.
+    k(
+        &a,
+        &["delete", "crd", "widgets.example.com", "--dry-run=server"],
+    );
+    assert!(k(&a, &["get", "widgets", "-o", "name"]).contains("w1"));
+    // Its scope is what its objects' keys are made of: it cannot change.
+    let scoped = k_fails(
+        &a,
+        &[
+            "patch",
+            "crd",
+            "widgets.example.com",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"scope":"Cluster"}}"#,
+        ],
+    );
+    assert!(
+        scoped.contains("spec.scope") && scoped.contains("immutable"),
+        "{scoped}"
+    );
 
     // Deleting the CRD deletes its objects: a new one starts empty.
     k(&a, &["delete", "crd", "widgets.example.com"]);
@@ -337,7 +352,7 @@ fn a_bad_crd_is_refused_with_its_causes() {
     let o = kplex_e2e::kubectl(&["--kubeconfig", a.to_str().unwrap(), "create", "-f", &cel]);
     assert!(o.status.success(), "{}", kplex_e2e::stderr(&o));
     assert!(
-        kplex_e2e::stderr(&o).contains("not enforced"),
+        kplex_e2e::stderr(&o).contains("does not enforce"),
         "{}",
         kplex_e2e::stderr(&o)
     );

@@ -54,6 +54,17 @@ pub fn check(info: &ResourceInfo, name: &str, old: &Value, new: &Value) -> Resul
         ("batch", "Job") => job(&refuse, old, new),
         ("", "Pod") => pod(&refuse, old, new),
         ("", "PersistentVolumeClaim") => claim(&refuse, old, new),
+        ("apiextensions.k8s.io", "CustomResourceDefinition")
+            if old["spec"]["scope"] != new["spec"]["scope"] =>
+        {
+            Err(refuse.error(
+                "spec.scope",
+                &format!(
+                    "Invalid value: {}: field is immutable",
+                    new["spec"]["scope"]
+                ),
+            ))
+        }
         ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding")
             if old["roleRef"] != new["roleRef"] =>
         {

@@ -42,7 +42,7 @@ impl<T: Resource> Default for Builtin<T> {
 }
 
 /// Round-trips `object` through `T`, collecting the fields `T` ignores.
-fn decode_as<T>(object: &Value) -> Decoded
+pub(crate) fn decode_as<T>(object: &Value) -> Decoded
 where
     T: serde::de::DeserializeOwned + serde::Serialize,
 {

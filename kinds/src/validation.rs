@@ -41,13 +41,12 @@ pub fn validate(info: &ResourceInfo, object: &Value) -> Result<(), ApiError> {
         == ("apiextensions.k8s.io", "CustomResourceDefinition")
     {
         let problems = crate::custom::problems(object);
-        if object["spec"]
-            .to_string()
-            .contains("\"x-kubernetes-validations\"")
-        {
-            kplex_registry::warnings::add(
-                "x-kubernetes-validations (CEL) rules are stored but not enforced by kplex yet",
-            );
+        let ignored = crate::custom::not_enforced(object);
+        if !ignored.is_empty() {
+            kplex_registry::warnings::add(format!(
+                "this CRD's schemas use {} which kplex stores but does not enforce yet",
+                ignored.join(", ")
+            ));
         }
         if !problems.is_empty() {
             let name = object["metadata"]["name"].as_str().unwrap_or_default();

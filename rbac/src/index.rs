@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use kplex_registry::pervc::{Derive, Objects as Stored, PerVc};
 use kplex_registry::watchcache::WatchCache;
+use serde_json::Value;
 
 use crate::policy::{Objects, Policy};
 
@@ -34,7 +35,7 @@ impl Derive for Rbac {
                 &at.resource,
                 at.namespace.as_deref(),
                 &at.name,
-                Some(object.clone()),
+                Some(Value::clone(object)),
             );
         }
         Policy::build(&objects)

@@ -39,8 +39,10 @@ pub struct ObjectRef {
     pub name: String,
 }
 
-/// A VC's objects of the resources a value is derived from.
-pub type Objects = BTreeMap<ObjectRef, Value>;
+/// A VC's objects of the resources a value is derived from (without
+/// their managed fields and last-applied annotation: what only clients
+/// read), shared with the values built from them.
+pub type Objects = BTreeMap<ObjectRef, Arc<Value>>;
 
 /// How a value is derived from a VC's objects.
 pub trait Derive: Send + Sync + 'static {
@@ -62,6 +64,8 @@ enum Slot<T> {
         /// Raised by each change, so that a value built outside the lock
         /// is installed only if no change came meanwhile.
         version: u64,
+        /// The newest revision the value reflects.
+        seen: Revision,
     },
 }
 
@@ -94,6 +98,8 @@ pub struct PerVc<D: Derive> {
     derive: D,
     state: RwLock<State<D::Output>>,
     loaded: tokio::sync::Notify,
+    /// Woken whenever a VC's value is installed or changed.
+    changed: tokio::sync::Notify,
     /// The value of a VC storing none of the objects.
     empty: Arc<D::Output>,
 }
@@ -119,6 +125,7 @@ impl<D: Derive> PerVc<D> {
                 next_token: 0,
             }),
             loaded: tokio::sync::Notify::new(),
+            changed: tokio::sync::Notify::new(),
             empty,
         });
         tokio::spawn(feed(Arc::downgrade(&this)));
@@ -201,8 +208,10 @@ impl<D: Derive> PerVc<D> {
                 objects,
                 value: value.clone(),
                 version: 0,
+                seen: at,
             },
         );
+        self.changed.notify_waiters();
         Ok(value)
     }
 
@@ -260,6 +269,7 @@ impl<D: Derive> PerVc<D> {
             return;
         };
         let uid = parts.vc_uid;
+        let revision = event.revision();
         // The change is applied under the lock; the value is built outside
         // it, and installed unless another change came meanwhile.
         let (snapshot, built_from) = {
@@ -283,9 +293,46 @@ impl<D: Derive> PerVc<D> {
             }
         };
         let built = self.build(&snapshot);
-        if let Some(Slot::Ready { value, version, .. }) = self.state().vcs.get_mut(uid) {
+        if let Some(Slot::Ready {
+            value,
+            version,
+            seen,
+            ..
+        }) = self.state().vcs.get_mut(uid)
+        {
             if *version == built_from {
                 *value = built;
+                *seen = (*seen).max(revision);
+            }
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Waits (at most `limit`) until the VC's value satisfies `holds`,
+    /// given it and the newest revision it reflects: how a write that
+    /// changes it is answered only once it is in effect.
+    pub async fn until(
+        &self,
+        uid: &str,
+        limit: Duration,
+        holds: impl Fn(&D::Output, Revision) -> bool,
+    ) -> StoreResult<bool> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let value = self.get(uid).await?;
+            let seen = match self.state.read().expect("per-VC index lock").vcs.get(uid) {
+                Some(Slot::Ready { seen, .. }) => *seen,
+                // Not kept (the watches are down): what was read is current.
+                _ => Revision::new(u64::MAX),
+            };
+            if holds(&value, seen) {
+                return Ok(true);
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return Ok(false);
             }
         }
     }
@@ -341,11 +388,19 @@ fn set(objects: &mut Objects, key: &Key, value: Option<&[u8]>) {
         name: parts.name.to_owned(),
     };
     match value.map(serde_json::from_slice::<Value>) {
-        Some(Ok(object)) => {
-            objects.insert(at, object);
+        Some(Ok(mut object)) => {
+            if let Some(meta) = object["metadata"].as_object_mut() {
+                meta.remove("managedFields");
+                if let Some(annotations) =
+                    meta.get_mut("annotations").and_then(Value::as_object_mut)
+                {
+                    annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+                }
+            }
+            objects.insert(at, Arc::new(object));
         }
-        Some(Err(_)) => {}
-        None => {
+        // Unreadable, or gone: not the VC's any more.
+        Some(Err(_)) | None => {
             objects.remove(&at);
         }
     }
