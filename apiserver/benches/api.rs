@@ -527,8 +527,7 @@ async fn main() {
                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "cm-reader"},
                "subjects": [{"kind": "User", "name": "reader"}]}),
     ];
-    let mut readers = Vec::with_capacity(VCS);
-    for (i, (conn, base)) in tenants.iter().enumerate() {
+    for (conn, base) in tenants.iter() {
         let mut objects = rbac_objects.to_vec();
         for other in 0..8 {
             objects.push(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
@@ -551,6 +550,12 @@ async fn main() {
             .await;
             assert_eq!(status, StatusCode::CREATED, "{bytes:?}");
         }
+    }
+    // Each reader's connection is used as soon as it is open (the server
+    // closes one that sends no request within 10 s); its first GETs wait
+    // for the binding to reach the policy through its watch.
+    let mut readers = Vec::with_capacity(VCS);
+    for i in 0..VCS {
         let body = json!({"user": "reader", "groups": ["readers"]});
         let (status, bytes) = call(
             &admin_conn,
@@ -562,18 +567,12 @@ async fn main() {
         assert!(status.is_success(), "{bytes:?}");
         let response: Value = serde_json::from_slice(&bytes).unwrap();
         let target = parse_kubeconfig(response["kubeconfig"].as_str().unwrap()).unwrap();
-        readers.push((
-            connect(&target, target.port).await,
-            target.base_path.clone(),
-        ));
-    }
-    let readers = Arc::new(readers);
-    // The bindings reach the policy through its watch: wait for each VC's.
-    for (conn, base) in readers.iter() {
+        let conn = connect(&target, target.port).await;
+        let base = target.base_path.clone();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let (status, _) = call(
-                conn,
+                &conn,
                 Method::GET,
                 &format!("{base}/api/v1/namespaces/default/configmaps/cm-0"),
                 None,
@@ -585,7 +584,9 @@ async fn main() {
             assert!(Instant::now() < deadline, "the reader's binding: {status}");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        readers.push((conn, base));
     }
+    let readers = Arc::new(readers);
     // Alternated (ABBA), best of four each: the machine's drift between
     // runs is of the size being measured.
     let best = |a: Stats, b: Stats| {
