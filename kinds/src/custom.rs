@@ -55,11 +55,8 @@ impl Derive for Crds {
         if objects.is_empty() {
             return shared;
         }
-        let mut rows: Vec<ResourceInfo> = shared.all().iter().map(|r| (**r).clone()).collect();
-        for crd in objects.values() {
-            rows.extend(served_rows(crd));
-        }
-        Arc::new(Catalog::new(rows))
+        let custom: Vec<ResourceInfo> = objects.values().flat_map(served_rows).collect();
+        Arc::new(shared.with(custom))
     }
 }
 

@@ -314,6 +314,13 @@ impl Catalog {
         }
     }
 
+    /// This catalog's rows (shared, not copied) and `more`.
+    pub fn with(&self, more: Vec<ResourceInfo>) -> Catalog {
+        let mut resources = self.resources.clone();
+        resources.extend(more.into_iter().map(Arc::new));
+        Catalog { resources }
+    }
+
     /// Every resource.
     pub fn all(&self) -> &[Arc<ResourceInfo>] {
         &self.resources
