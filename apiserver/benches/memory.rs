@@ -65,7 +65,7 @@ async fn main() {
     .await;
     // First, while the process is fresh (a large VC's fill and delete
     // leave the allocator holding pages that would hide the growth).
-    let (crd_growth, crd_json) = fifty_crds(&server, dir.path(), &admin).await;
+    let (crd_growth, crd_json, crd_control) = fifty_crds(&server, dir.path(), &admin).await;
     let kc = kplex_e2e::tenant_kubeconfig(&server, dir.path(), "big", "admin");
     let tenant = client_at(&kc, "").await;
     let cms: Api<ConfigMap> = Api::namespaced(tenant, "default");
@@ -152,10 +152,10 @@ async fn main() {
         before as f64 / MIB
     );
     println!(
-        "| RSS growth of a VC with {CRDS} CRDs served, beside their JSON | {:.2} MiB, beside {:.2} MiB of CRD JSON ({:.1}×) | what its schemas cost |",
+        "| RSS growth of a VC with {CRDS} CRDs served, beside their JSON and the same bytes stored as {CRDS} ConfigMaps (the control) | {:.2} MiB, beside {:.2} MiB of CRD JSON; control {:.2} MiB | what its schemas cost |",
         crd_growth as f64 / MIB,
         crd_json as f64 / MIB,
-        crd_growth as f64 / crd_json as f64
+        crd_control as f64 / MIB,
     );
 }
 
@@ -165,7 +165,11 @@ const CRDS: usize = 50;
 /// RSS growth once a VC holds [`CRDS`] CRDs (each with a schema of 40
 /// described fields) and serves them, beside their stored JSON: what a
 /// VC's custom resources cost the server.
-async fn fifty_crds(server: &kplex_e2e::Kplex, dir: &Path, admin: &kube::Client) -> (u64, u64) {
+async fn fifty_crds(
+    server: &kplex_e2e::Kplex,
+    dir: &Path,
+    admin: &kube::Client,
+) -> (u64, u64, u64) {
     let pid = server.pid();
     create_vcs_with(admin, vec!["crds".into()], json!({})).await;
     let kc = kplex_e2e::tenant_kubeconfig(server, dir, "crds", "admin");
@@ -180,33 +184,26 @@ async fn fifty_crds(server: &kplex_e2e::Kplex, dir: &Path, admin: &kube::Client)
     // The VC served once (its catalog kept) before the level is taken.
     get("/api/v1/namespaces".into()).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // The control: the same bytes stored as ConfigMaps (what storing them
+    // costs: page cache, watch cache, allocator), before the CRDs.
+    let control_before = rss(pid);
+    for i in 0..CRDS {
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": format!("control-{i}")},
+            "data": {"crd": serde_json::to_string(&crd_of(i)).unwrap()}});
+        let req = hyper::Request::post("/api/v1/namespaces/default/configmaps")
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&cm).unwrap())
+            .unwrap();
+        tenant.request_text(req).await.unwrap();
+    }
+    get("/api/v1/namespaces/default/configmaps".into()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let control = rss(pid).saturating_sub(control_before);
     let before = rss(pid);
     let mut json_bytes = 0;
     for i in 0..CRDS {
-        let properties: serde_json::Map<String, serde_json::Value> = (0..40)
-            .map(|f| {
-                (
-                    format!("field{f}"),
-                    json!({"type": "string", "description": format!("Field {f} of kind {i}: what it holds, as a CRD's generated schema describes each field.")}),
-                )
-            })
-            .collect();
-        let crd = json!({
-            "apiVersion": "apiextensions.k8s.io/v1",
-            "kind": "CustomResourceDefinition",
-            "metadata": {"name": format!("kind{i}s.bench.example.com")},
-            "spec": {
-                "group": "bench.example.com",
-                "scope": "Namespaced",
-                "names": {"plural": format!("kind{i}s"), "kind": format!("Kind{i}")},
-                "versions": [{"name": "v1", "served": true, "storage": true,
-                    "subresources": {"status": {}},
-                    "schema": {"openAPIV3Schema": {"type": "object", "properties": {
-                        "spec": {"type": "object", "properties": properties},
-                        "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
-                    }}}}],
-            },
-        });
+        let crd = crd_of(i);
         let body = serde_json::to_vec(&crd).unwrap();
         json_bytes += body.len() as u64;
         let req = hyper::Request::post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions")
@@ -223,7 +220,35 @@ async fn fifty_crds(server: &kplex_e2e::Kplex, dir: &Path, admin: &kube::Client)
         .await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    (rss(pid).saturating_sub(before), json_bytes)
+    (rss(pid).saturating_sub(before), json_bytes, control)
+}
+
+/// The `i`th CRD: a schema of 40 described string fields.
+fn crd_of(i: usize) -> serde_json::Value {
+    let properties: serde_json::Map<String, serde_json::Value> = (0..40)
+        .map(|f| {
+            (
+                format!("field{f}"),
+                json!({"type": "string", "description": format!("Field {f} of kind {i}: what it holds, as a CRD's generated schema describes each field.")}),
+            )
+        })
+        .collect();
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": format!("kind{i}s.bench.example.com")},
+        "spec": {
+            "group": "bench.example.com",
+            "scope": "Namespaced",
+            "names": {"plural": format!("kind{i}s"), "kind": format!("Kind{i}")},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "subresources": {"status": {}},
+                "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                    "spec": {"type": "object", "properties": properties},
+                    "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+                }}}}],
+        },
+    })
 }
 
 fn configmap(i: usize) -> ConfigMap {
