@@ -345,17 +345,104 @@ fn a_bad_crd_is_refused_with_its_causes() {
             && refused.contains("already in use by \"things.example.com\""),
         "{refused}"
     );
-    // CEL rules are kept, not enforced, and the client is told.
-    let cel = crd("rules.example.com", "example.com", "  - name: v1\n    served: true\n    storage: true\n    schema:\n      openAPIV3Schema:\n        type: object\n        x-kubernetes-validations: [{rule: 'self.spec.a > 0'}]\n")
-        .replace("plural: things, kind: Thing", "plural: rules, kind: Rule");
-    let cel = write(d, "cel.yaml", &cel);
-    let o = kplex_e2e::kubectl(&["--kubeconfig", a.to_str().unwrap(), "create", "-f", &cel]);
+    // A keyword kplex does not enforce is stored, and the client told.
+    let any_of = crd("looses.example.com", "example.com", "  - name: v1\n    served: true\n    storage: true\n    schema:\n      openAPIV3Schema:\n        type: object\n        properties:\n          spec:\n            type: object\n            properties: {a: {type: string, format: email}}\n")
+        .replace("plural: things, kind: Thing", "plural: looses, kind: Loose");
+    let any_of = write(d, "loose.yaml", &any_of);
+    let o = kplex_e2e::kubectl(&["--kubeconfig", a.to_str().unwrap(), "create", "-f", &any_of]);
     assert!(o.status.success(), "{}", kplex_e2e::stderr(&o));
     assert!(
         kplex_e2e::stderr(&o).contains("does not enforce"),
         "{}",
         kplex_e2e::stderr(&o)
     );
+    // A CEL rule too expensive to run is refused when the CRD is written.
+    let costly = crd("costlies.example.com", "example.com", "  - name: v1\n    served: true\n    storage: true\n    schema:\n      openAPIV3Schema:\n        type: object\n        properties:\n          tags: {type: array, items: {type: string}}\n        x-kubernetes-validations: [{rule: 'self.tags.all(x, self.tags.all(y, x == y))'}]\n")
+        .replace("plural: things, kind: Thing", "plural: costlies, kind: Costly");
+    let costly = write(d, "costly.yaml", &costly);
+    let refused = k_fails(&a, &["create", "-f", &costly]);
+    assert!(
+        refused.contains("estimated rule cost exceeds budget"),
+        "{refused}"
+    );
+}
+
+const RULES_CRD: &str = "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: gauges.example.com}
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: gauges, kind: Gauge}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            x-kubernetes-validations:
+            - {rule: 'self.min <= self.max', message: 'min may not exceed max'}
+            properties:
+              min: {type: integer}
+              max: {type: integer}
+              level:
+                type: integer
+                x-kubernetes-validations:
+                - {rule: 'self >= oldSelf', message: 'level may not go down'}
+";
+
+#[test]
+fn cel_rules_of_a_crd_are_enforced_on_its_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let kplex = Kplex::start_api_only(&dir.path().join("data"));
+    let d = dir.path();
+    create_vc(&kplex, d, "team-a");
+    let a = tenant_kubeconfig(&kplex, d, "team-a", "alice");
+    apply(&a, d, "gauges.yaml", RULES_CRD);
+    let gauge = |name: &str, min: i64, max: i64, level: i64| {
+        write(d, &format!("{name}.yaml"), &format!("apiVersion: example.com/v1\nkind: Gauge\nmetadata: {{name: {name}}}\nspec: {{min: {min}, max: {max}, level: {level}}}\n"))
+    };
+    let refused = k_fails(&a, &["create", "-f", &gauge("bad", 5, 1, 0)]);
+    assert!(
+        refused.contains("spec: Invalid value: \"object\": min may not exceed max"),
+        "{refused}"
+    );
+    assert!(k_fails(&a, &["get", "gauge", "bad"]).contains("NotFound"));
+    // A transition rule is not asked on create, and is on update.
+    k(&a, &["create", "-f", &gauge("g", 1, 5, 3)]);
+    let refused = k_fails(
+        &a,
+        &[
+            "patch",
+            "gauge",
+            "g",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"level":2}}"#,
+        ],
+    );
+    assert!(
+        refused.contains("spec.level") && refused.contains("level may not go down"),
+        "{refused}"
+    );
+    k(
+        &a,
+        &[
+            "patch",
+            "gauge",
+            "g",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"level":4}}"#,
+        ],
+    );
+    let g: serde_json::Value =
+        serde_json::from_str(&k(&a, &["get", "gauge", "g", "-o", "json"])).unwrap();
+    assert_eq!(g["spec"]["level"], 4);
 }
 
 /// What the test controller does: marks each Widget ready.

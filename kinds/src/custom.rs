@@ -150,6 +150,7 @@ pub fn served_rows(crd: &Arc<Value>) -> Vec<ResourceInfo> {
             let schema = &version["schema"]["openAPIV3Schema"];
             let mut patterns = HashMap::new();
             collect_patterns(schema, &mut patterns);
+            let rules = crate::cel::compile_all(schema, "", &mut Vec::new());
             ResourceInfo {
                 group: group.to_owned(),
                 version: text(version, "name").to_owned(),
@@ -165,7 +166,7 @@ pub fn served_rows(crd: &Arc<Value>) -> Vec<ResourceInfo> {
                     kind: kind.to_owned(),
                     crd: crd.clone(),
                     index,
-                    patterns,
+                    compiled: Compiled { patterns, rules },
                     status: subresources["status"].is_object(),
                     scale: subresources["scale"].is_object(),
                 }),
@@ -200,6 +201,13 @@ fn children(schema: &Value) -> impl Iterator<Item = &Value> {
     properties.chain(items).chain(additional)
 }
 
+/// What a schema's checks need compiled: its patterns and rules.
+#[derive(Default)]
+pub struct Compiled {
+    patterns: HashMap<String, Regex>,
+    rules: crate::cel::Rules,
+}
+
 /// The strategy of one version of a custom resource.
 pub struct Custom {
     group: String,
@@ -209,8 +217,8 @@ pub struct Custom {
     crd: Arc<Value>,
     /// Which of the CRD's versions.
     index: usize,
-    /// The schema's patterns, compiled.
-    patterns: HashMap<String, Regex>,
+    /// The schema's patterns and rules, compiled.
+    compiled: Compiled,
     status: bool,
     scale: bool,
 }
@@ -268,11 +276,45 @@ impl Strategy for Custom {
             fields.remove("metadata");
         }
         let mut errors = Vec::new();
-        check(self.schema(), &rest, "", &self.patterns, &mut errors);
+        check(self.schema(), &rest, "", &self.compiled, &mut errors);
         if errors.is_empty() {
             return Ok(());
         }
         let name = text(&object["metadata"], "name");
+        Err(ApiError::fields(&info.qualified_kind(), name, &errors))
+    }
+
+    fn validate_update(
+        &self,
+        info: &ResourceInfo,
+        name: &str,
+        old: &Value,
+        new: &Value,
+    ) -> Result<(), ApiError> {
+        if self.compiled.rules.values().all(|r| !r.transition) {
+            return Ok(());
+        }
+        let strip = |object: &Value| {
+            let mut rest = object.clone();
+            if let Some(fields) = rest.as_object_mut() {
+                fields.remove("apiVersion");
+                fields.remove("kind");
+                fields.remove("metadata");
+            }
+            rest
+        };
+        let mut errors = Vec::new();
+        transitions(
+            self.schema(),
+            &strip(new),
+            &strip(old),
+            "",
+            &self.compiled,
+            &mut errors,
+        );
+        if errors.is_empty() {
+            return Ok(());
+        }
         Err(ApiError::fields(&info.qualified_kind(), name, &errors))
     }
 
@@ -496,7 +538,7 @@ fn check(
     schema: &Value,
     value: &Value,
     path: &str,
-    patterns: &HashMap<String, Regex>,
+    compiled: &Compiled,
     errors: &mut Vec<(String, String)>,
 ) {
     if errors.len() >= MAX_ERRORS {
@@ -597,7 +639,11 @@ fn check(
             ));
         }
         if let Some(pattern) = schema["pattern"].as_str() {
-            if patterns.get(pattern).is_some_and(|re| !re.is_match(s)) {
+            if compiled
+                .patterns
+                .get(pattern)
+                .is_some_and(|re| !re.is_match(s))
+            {
                 fail(format!(
                     "Invalid value: {}: {shown_path} in body should match '{pattern}'",
                     shown(value)
@@ -605,6 +651,7 @@ fn check(
             }
         }
     }
+    rules_hold(schema, value, None, shown_path, compiled, errors);
     match value {
         Value::Object(fields) => {
             let count = fields.len() as u64;
@@ -653,7 +700,7 @@ fn check(
             for (key, item) in fields {
                 let item_schema = properties.and_then(|p| p.get(key)).or(additional);
                 if let Some(item_schema) = item_schema {
-                    check(item_schema, item, &join(path, key), patterns, errors);
+                    check(item_schema, item, &join(path, key), compiled, errors);
                 }
             }
         }
@@ -677,11 +724,62 @@ fn check(
             duplicates(schema, items, path, errors);
             if let Some(item_schema) = schema.get("items") {
                 for (i, item) in items.iter().enumerate() {
-                    check(item_schema, item, &format!("{path}[{i}]"), patterns, errors);
+                    check(item_schema, item, &format!("{path}[{i}]"), compiled, errors);
                 }
             }
         }
         _ => {}
+    }
+}
+
+/// Evaluates the node's CEL rules on `value`: those that read `oldSelf`
+/// only when `old` is given (an update), the others only when it is not.
+fn rules_hold(
+    schema: &Value,
+    value: &Value,
+    old: Option<&Value>,
+    path: &str,
+    compiled: &Compiled,
+    errors: &mut Vec<(String, String)>,
+) {
+    for rule in schema["x-kubernetes-validations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let Some(rule) = rule["rule"].as_str().and_then(|r| compiled.rules.get(r)) else {
+            continue;
+        };
+        if rule.transition != old.is_some() || errors.len() >= MAX_ERRORS {
+            continue;
+        }
+        if let Err((suffix, message)) = rule.check(value, old) {
+            errors.push((format!("{path}{suffix}"), message));
+        }
+    }
+}
+
+/// The transition rules (`oldSelf`) of an update from `old` to `value`,
+/// at every node both have.
+fn transitions(
+    schema: &Value,
+    value: &Value,
+    old: &Value,
+    path: &str,
+    compiled: &Compiled,
+    errors: &mut Vec<(String, String)>,
+) {
+    let shown_path = if path.is_empty() { "body" } else { path };
+    rules_hold(schema, value, Some(old), shown_path, compiled, errors);
+    if let (Some(fields), Some(before)) = (value.as_object(), old.as_object()) {
+        let properties = schema["properties"].as_object();
+        let additional = schema.get("additionalProperties").filter(|s| s.is_object());
+        for (key, item) in fields {
+            let item_schema = properties.and_then(|p| p.get(key)).or(additional);
+            if let (Some(item_schema), Some(was)) = (item_schema, before.get(key)) {
+                transitions(item_schema, item, was, &join(path, key), compiled, errors);
+            }
+        }
     }
 }
 
@@ -824,14 +922,7 @@ fn dns1035(s: &str) -> bool {
 
 /// Schema keywords kplex does not enforce (a CRD using them is stored, and
 /// its author told).
-const NOT_ENFORCED: &[&str] = &[
-    "allOf",
-    "anyOf",
-    "oneOf",
-    "not",
-    "format",
-    "x-kubernetes-validations",
-];
+const NOT_ENFORCED: &[&str] = &["allOf", "anyOf", "oneOf", "not", "format"];
 
 /// What is wrong with a CRD, as kube-apiserver's validation words it;
 /// and the keywords it uses that kplex does not enforce.
@@ -963,6 +1054,7 @@ pub fn problems(crd: &Value) -> Vec<(String, String)> {
             );
         }
         structural(schema, &format!("{at}.schema.openAPIV3Schema"), 0, &mut out);
+        crate::cel::compile_all(schema, &format!("{at}.schema.openAPIV3Schema"), &mut out);
         if let Some(scale) = version["subresources"]["scale"].as_object() {
             let spec_path = scale.get("specReplicasPath").and_then(Value::as_str);
             if spec_path != Some(".spec.replicas") {
@@ -1055,20 +1147,19 @@ fn structural(schema: &Value, path: &str, depth: usize, out: &mut Vec<(String, S
             "Required value: must not be empty if x-kubernetes-list-type is map",
         );
     }
-    let mut patterns = HashMap::new();
     if let Some(pattern) = schema["pattern"].as_str() {
         let compiled = regex::RegexBuilder::new(pattern)
             .size_limit(PATTERN_SIZE)
             .build();
-        match compiled {
-            Ok(re) => drop(patterns.insert(pattern.to_owned(), re)),
-            Err(_) => push(out, format!("{path}.pattern"), format!("Invalid value: {pattern:?}: must be a valid regular expression, of bounded size")),
+        if compiled.is_err() {
+            push(out, format!("{path}.pattern"), format!("Invalid value: {pattern:?}: must be a valid regular expression, of bounded size"));
         }
     }
     if let Some(default) = schema.get("default") {
         let mut errors = Vec::new();
-        collect_patterns(schema, &mut patterns);
-        check(schema, default, "", &patterns, &mut errors);
+        let mut compiled = Compiled::default();
+        collect_patterns(schema, &mut compiled.patterns);
+        check(schema, default, "", &compiled, &mut errors);
         for (_, detail) in errors {
             push(
                 out,
@@ -1262,7 +1353,14 @@ mod tests {
         let mut cel = crd(schema());
         cel["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["x-kubernetes-validations"] =
             json!([{"rule": "true"}]);
-        assert_eq!(not_enforced(&cel), ["x-kubernetes-validations"]);
+        assert!(not_enforced(&cel).is_empty());
+        cel["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["x-kubernetes-validations"] =
+            json!([{"rule": "self.spec.size >"}]);
+        assert!(
+            problems(&cel)[0].1.contains("compilation failed"),
+            "{:?}",
+            problems(&cel)
+        );
     }
 
     #[test]
@@ -1275,7 +1373,7 @@ mod tests {
             &schema,
             &Value::Array(items),
             "spec.tags",
-            &HashMap::new(),
+            &Compiled::default(),
             &mut errors,
         );
         assert_eq!(errors.len(), MAX_ERRORS);

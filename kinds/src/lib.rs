@@ -5,6 +5,7 @@
 //! bodies. The generic store (`kplex-registry`) knows none of this by name.
 
 pub mod catalog;
+pub mod cel;
 pub mod custom;
 pub mod defaults;
 pub mod fields;
