@@ -702,7 +702,13 @@ async fn tenant(
     .await;
     let dry_run = req.params().get("dryRun").is_some_and(|v| !v.is_empty());
     let succeeded = matches!(&served, Ok(r) if r.status().is_success());
+    // A create names its CRD in the body.
+    let created = (req.method == Method::POST)
+        .then(|| req.json_body().ok())
+        .flatten()
+        .and_then(|body| body["metadata"]["name"].as_str().map(str::to_owned));
     if let (Some(named), true, false) = (crd_write, succeeded, dry_run) {
+        let named = named.or(created.as_deref());
         settle_crds(ctx, &vc, &store, crds, named, &before).await;
     }
     served
