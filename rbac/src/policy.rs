@@ -100,6 +100,9 @@ enum RoleRef {
 struct Binding {
     subjects: Vec<Who>,
     role: RoleRef,
+    /// The role's rules, resolved when the policy is built (`None`: the
+    /// role does not exist, and the binding grants nothing).
+    rules: Option<Arc<[Rule]>>,
 }
 
 impl Binding {
@@ -132,7 +135,25 @@ impl Binding {
                 })
             })
             .collect();
-        Some(Binding { subjects, role })
+        Some(Binding {
+            subjects,
+            role,
+            rules: None,
+        })
+    }
+
+    /// This binding with its role's rules, from `cluster_roles` and the
+    /// `roles` of its namespace.
+    fn resolved(
+        mut self,
+        cluster_roles: &HashMap<String, Arc<[Rule]>>,
+        roles: Option<&HashMap<String, Arc<[Rule]>>>,
+    ) -> Binding {
+        self.rules = match &self.role {
+            RoleRef::ClusterRole(name) => cluster_roles.get(name).cloned(),
+            RoleRef::Role(name) => roles.and_then(|r| r.get(name)).cloned(),
+        };
+        self
     }
 
     fn applies_to(&self, subject: &Subject<'_>) -> bool {
@@ -151,8 +172,36 @@ pub struct Policy {
     cluster_roles: HashMap<String, Arc<[Rule]>>,
     /// Roles by namespace, then name.
     roles: HashMap<String, HashMap<String, Arc<[Rule]>>>,
-    cluster_bindings: Vec<Binding>,
+    cluster_bindings: Vec<Arc<Binding>>,
     bindings: HashMap<String, Vec<Binding>>,
+}
+
+/// What every VC's policy shares of the defaults (one copy per process,
+/// so that a request's check reads memory other VCs' requests keep warm):
+/// the default ClusterRoles' rules as the defaults alone aggregate them,
+/// and the default bindings.
+struct Shared {
+    cluster_roles: HashMap<String, Arc<[Rule]>>,
+    cluster_bindings: HashMap<String, Arc<Binding>>,
+}
+
+fn shared() -> &'static Shared {
+    static SHARED: std::sync::OnceLock<Shared> = std::sync::OnceLock::new();
+    SHARED.get_or_init(|| {
+        let named = |r: &'static Value| (r["metadata"]["name"].as_str().unwrap_or_default(), r);
+        let roles: BTreeMap<&str, &Value> =
+            crate::defaults::cluster_roles().iter().map(named).collect();
+        let shared_roles = aggregate(&roles);
+        Shared {
+            cluster_bindings: crate::defaults::cluster_role_bindings()
+                .iter()
+                .map(named)
+                .filter_map(|(name, b)| Some((name.to_owned(), Binding::read(b, "")?)))
+                .map(|(name, b)| (name, Arc::new(b.resolved(&shared_roles, None))))
+                .collect(),
+            cluster_roles: shared_roles,
+        }
+    })
 }
 
 impl Policy {
@@ -180,19 +229,35 @@ impl Policy {
                 .or_default()
                 .insert(name.clone(), Arc::from(Rule::all_from(role)));
         }
+        let mut aggregated = aggregate(&cluster_roles);
+        let shared = shared();
+        // Rules equal to the shared defaults' are the shared ones (a VC's
+        // own aggregated roles may differ; they are its own).
+        for (name, rules) in aggregated.iter_mut() {
+            if let Some(common) = shared.cluster_roles.get(name).filter(|c| **c == *rules) {
+                *rules = common.clone();
+            }
+        }
         let mut bindings: HashMap<String, Vec<Binding>> = HashMap::new();
         for ((ns, _), object) in &objects.role_bindings {
             if let Some(binding) = Binding::read(object, ns) {
+                let binding = binding.resolved(&aggregated, roles.get(ns));
                 bindings.entry(ns.clone()).or_default().push(binding);
             }
         }
+        // The default bindings are the shared ones (their roles are
+        // defaults, which a VC cannot change).
+        let cluster_bindings = cluster_role_bindings
+            .iter()
+            .filter_map(|(name, b)| match shared.cluster_bindings.get(*name) {
+                Some(common) => Some(common.clone()),
+                None => Binding::read(b, "").map(|b| Arc::new(b.resolved(&aggregated, None))),
+            })
+            .collect();
         Policy {
-            cluster_roles: aggregate(&cluster_roles),
+            cluster_roles: aggregated,
             roles,
-            cluster_bindings: cluster_role_bindings
-                .values()
-                .filter_map(|b| Binding::read(b, ""))
-                .collect(),
+            cluster_bindings,
             bindings,
         }
     }
@@ -217,7 +282,7 @@ impl Policy {
             .cluster_bindings
             .iter()
             .filter(|b| b.applies_to(subject))
-            .filter_map(|b| self.rules_of(&b.role, ""));
+            .filter_map(|b| b.rules.as_ref());
         let local = self
             .bindings
             .get(namespace)
@@ -225,7 +290,7 @@ impl Policy {
             .into_iter()
             .flatten()
             .filter(|b| b.applies_to(subject))
-            .filter_map(move |b| self.rules_of(&b.role, namespace));
+            .filter_map(|b| b.rules.as_ref());
         cluster.chain(local)
     }
 
