@@ -96,8 +96,36 @@ enum RoleRef {
     ClusterRole(String),
 }
 
+/// A subject's key: a hash of what it is (`u` user, `g` group) and its
+/// name, compared before the name (a binding's keys sit inline with it,
+/// so a check of a binding that does not apply reads no string).
+fn key(kind: u8, name: &str) -> u64 {
+    // FNV-1a.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in std::iter::once(kind).chain(name.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+/// The keys a subject matches by: its user's and each of its groups'.
+struct Keys(Vec<u64>);
+
+impl Keys {
+    fn of(subject: &Subject<'_>) -> Keys {
+        let mut keys = Vec::with_capacity(subject.groups.len() + 2);
+        keys.push(key(b'u', subject.user));
+        keys.push(key(b'g', AUTHENTICATED));
+        keys.extend(subject.groups.iter().map(|g| key(b'g', g)));
+        Keys(keys)
+    }
+}
+
 #[derive(Debug)]
 struct Binding {
+    /// Its subjects' keys, in the order of `subjects`.
+    keys: Box<[u64]>,
     subjects: Vec<Who>,
     role: RoleRef,
     /// The role's rules, resolved when the policy is built (`None`: the
@@ -115,7 +143,7 @@ impl Binding {
             "ClusterRole" => RoleRef::ClusterRole(name),
             _ => return None,
         };
-        let subjects = object["subjects"]
+        let subjects: Vec<Who> = object["subjects"]
             .as_array()
             .into_iter()
             .flatten()
@@ -135,7 +163,15 @@ impl Binding {
                 })
             })
             .collect();
+        let keys = subjects
+            .iter()
+            .map(|who| match who {
+                Who::User(name) | Who::ServiceAccount(name) => key(b'u', name.as_str()),
+                Who::Group(name) => key(b'g', name.as_str()),
+            })
+            .collect();
         Some(Binding {
+            keys,
             subjects,
             role,
             rules: None,
@@ -156,11 +192,15 @@ impl Binding {
         self
     }
 
-    fn applies_to(&self, subject: &Subject<'_>) -> bool {
-        self.subjects.iter().any(|who| match who {
-            Who::User(name) | Who::ServiceAccount(name) => name == subject.user,
-            Who::Group(group) => subject.in_group(group),
-        })
+    fn applies_to(&self, subject: &Subject<'_>, keys: &Keys) -> bool {
+        self.keys
+            .iter()
+            .zip(&self.subjects)
+            .filter(|(k, _)| keys.0.contains(k))
+            .any(|(_, who)| match who {
+                Who::User(name) | Who::ServiceAccount(name) => name == subject.user,
+                Who::Group(group) => subject.in_group(group),
+            })
     }
 }
 
@@ -276,12 +316,13 @@ impl Policy {
     fn applicable<'a>(
         &'a self,
         subject: &'a Subject<'a>,
+        keys: &'a Keys,
         namespace: &'a str,
     ) -> impl Iterator<Item = &'a Arc<[Rule]>> + 'a {
         let cluster = self
             .cluster_bindings
             .iter()
-            .filter(|b| b.applies_to(subject))
+            .filter(move |b| b.applies_to(subject, keys))
             .filter_map(|b| b.rules.as_ref());
         let local = self
             .bindings
@@ -289,7 +330,7 @@ impl Policy {
             .filter(|_| !namespace.is_empty())
             .into_iter()
             .flatten()
-            .filter(|b| b.applies_to(subject))
+            .filter(move |b| b.applies_to(subject, keys))
             .filter_map(|b| b.rules.as_ref());
         cluster.chain(local)
     }
@@ -298,7 +339,7 @@ impl Policy {
     pub fn allows(&self, subject: &Subject<'_>, attributes: &Attributes) -> bool {
         subject.is_master()
             || self
-                .applicable(subject, &attributes.namespace)
+                .applicable(subject, &Keys::of(subject), &attributes.namespace)
                 .any(|rules| rules.iter().any(|r| r.allows(attributes)))
     }
 
@@ -312,7 +353,8 @@ impl Policy {
                 .map_or_else(Vec::new, |rules| rules.to_vec());
         }
         let mut seen = HashSet::new();
-        self.applicable(subject, namespace)
+        let keys = Keys::of(subject);
+        self.applicable(subject, &keys, namespace)
             .flat_map(|rules| rules.iter())
             .filter(|r| seen.insert((*r).clone()))
             .cloned()
