@@ -140,6 +140,22 @@ async fn with_cpu<T>(kplex: u32, ops: usize, f: impl Future<Output = T>) -> (T, 
     (out, Cpu::now(kplex).per_op(before, ops))
 }
 
+/// A kubeconfig for `user` in `group` of VC `vc`, issued through the
+/// admin API.
+async fn issue(admin: &Sender, vc: &str, user: &str, group: &str) -> KubeconfigTarget {
+    let body = json!({"user": user, "groups": [group]});
+    let (status, bytes) = call(
+        admin,
+        Method::POST,
+        &format!("/apis/tenancy.kplex.dev/v1alpha1/virtualclusters/{vc}/kubeconfig"),
+        Some(Bytes::from(body.to_string())),
+    )
+    .await;
+    assert!(status.is_success(), "{bytes:?}");
+    let response: Value = serde_json::from_slice(&bytes).unwrap();
+    parse_kubeconfig(response["kubeconfig"].as_str().unwrap()).unwrap()
+}
+
 /// One HTTP/2 connection with the target's credentials.
 async fn connect(target: &KubeconfigTarget, port: u16) -> Sender {
     let mut tls = (*target.tls).clone();
@@ -311,17 +327,7 @@ async fn main() {
     eprintln!("bench: connections");
     let mut targets = Vec::with_capacity(VCS);
     for i in 0..VCS {
-        let body = json!({"user": "bench", "groups": ["system:masters"]});
-        let (status, bytes) = call(
-            &admin_conn,
-            Method::POST,
-            &format!("{vcs_path}/{}/kubeconfig", vc_name(i)),
-            Some(Bytes::from(body.to_string())),
-        )
-        .await;
-        assert!(status.is_success(), "{bytes:?}");
-        let response: Value = serde_json::from_slice(&bytes).unwrap();
-        targets.push(parse_kubeconfig(response["kubeconfig"].as_str().unwrap()).unwrap());
+        targets.push(issue(&admin_conn, &vc_name(i), "bench", "system:masters").await);
     }
     let mut tenants = Vec::with_capacity(VCS);
     for t in &targets {
@@ -556,17 +562,7 @@ async fn main() {
     // for the binding to reach the policy through its watch.
     let mut readers = Vec::with_capacity(VCS);
     for i in 0..VCS {
-        let body = json!({"user": "reader", "groups": ["readers"]});
-        let (status, bytes) = call(
-            &admin_conn,
-            Method::POST,
-            &format!("{vcs_path}/{}/kubeconfig", vc_name(i)),
-            Some(Bytes::from(body.to_string())),
-        )
-        .await;
-        assert!(status.is_success(), "{bytes:?}");
-        let response: Value = serde_json::from_slice(&bytes).unwrap();
-        let target = parse_kubeconfig(response["kubeconfig"].as_str().unwrap()).unwrap();
+        let target = issue(&admin_conn, &vc_name(i), "reader", "readers").await;
         let conn = connect(&target, target.port).await;
         let base = target.base_path.clone();
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -671,19 +671,25 @@ async fn tenant(
     // A write to the VC's CRDs: the CRDs it may remove are read first, so
     // that their objects go once they are gone; its answer waits until
     // the VC's catalog has it.
-    let crds = ctx
-        .catalog
-        .find(
-            kplex_kinds::custom::GROUP,
-            "v1",
-            kplex_kinds::custom::PLURAL,
-        )
-        .expect("catalogued");
     let crd_write = crd_request(path).filter(|_| req.method != Method::GET);
+    let crds = || {
+        ctx.catalog
+            .find(
+                kplex_kinds::custom::GROUP,
+                "v1",
+                kplex_kinds::custom::PLURAL,
+            )
+            .expect("catalogued")
+    };
     let before: Vec<serde_json::Value> = match crd_write {
-        Some(Some(name)) => store.get(crds, None, name).await.ok().into_iter().collect(),
+        Some(Some(name)) => store
+            .get(crds(), None, name)
+            .await
+            .ok()
+            .into_iter()
+            .collect(),
         Some(None) if req.method == Method::DELETE => store
-            .list(crds, None, &Default::default())
+            .list(crds(), None, &Default::default())
             .await
             .map(|page| page.items)
             .unwrap_or_default(),
@@ -700,17 +706,20 @@ async fn tenant(
     )
     .instrument(span)
     .await;
+    let Some(named) = crd_write else {
+        return served;
+    };
     let dry_run = req.params().get("dryRun").is_some_and(|v| !v.is_empty());
-    let succeeded = matches!(&served, Ok(r) if r.status().is_success());
+    if dry_run || !matches!(&served, Ok(r) if r.status().is_success()) {
+        return served;
+    }
     // A create names its CRD in the body.
     let created = (req.method == Method::POST)
         .then(|| req.json_body().ok())
         .flatten()
         .and_then(|body| body["metadata"]["name"].as_str().map(str::to_owned));
-    if let (Some(named), true, false) = (crd_write, succeeded, dry_run) {
-        let named = named.or(created.as_deref());
-        settle_crds(ctx, &vc, &store, crds, named, &before).await;
-    }
+    let named = named.or(created.as_deref());
+    settle_crds(ctx, &vc, &store, crds(), named, &before).await;
     served
 }
 

@@ -71,6 +71,19 @@ fn apply(kc: &Path, dir: &Path, name: &str, manifest: &str) -> String {
     k(kc, &["apply", "-f", path.to_str().unwrap()])
 }
 
+/// Waits for the widgets CRD to be Established, as a user would.
+fn established(kc: &Path) {
+    k(
+        kc,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/widgets.example.com",
+            "--timeout=20s",
+        ],
+    );
+}
+
 fn write(dir: &Path, name: &str, manifest: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, manifest).unwrap();
@@ -88,15 +101,7 @@ fn a_vcs_crd_serves_its_resource_with_its_schema_columns_and_subresources() {
     let b = tenant_kubeconfig(&kplex, d, "team-b", "bob");
 
     apply(&a, d, "crd.yaml", &widgets_crd(10, true));
-    k(
-        &a,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/widgets.example.com",
-            "--timeout=20s",
-        ],
-    );
+    established(&a);
     let crd: serde_json::Value =
         serde_json::from_str(&k(&a, &["get", "crd", "widgets.example.com", "-o", "json"])).unwrap();
     let conditions = crd["status"]["conditions"].to_string();
@@ -115,6 +120,9 @@ fn a_vcs_crd_serves_its_resource_with_its_schema_columns_and_subresources() {
     );
     assert!(!k(&b, &["api-resources"]).contains("example.com"));
     assert!(k_fails(&b, &["get", "widgets"]).contains("doesn't have a resource type"));
+    // Nor does another VC's OpenAPI document carry its schema.
+    assert!(k_fails(&b, &["explain", "widget"]).contains("widget"));
+    assert!(!k(&b, &["get", "--raw", "/openapi/v3"]).contains("example.com"));
     let explained = k(&a, &["explain", "widget.spec"]);
     assert!(
         explained.contains("size") && explained.contains("color"),
@@ -285,15 +293,7 @@ spec: {size: 3, port: http, tags: [a, b], labels: {x: one}}
     // Deleting the CRD deletes its objects: a new one starts empty.
     k(&a, &["delete", "crd", "widgets.example.com"]);
     apply(&a, d, "crd.yaml", &widgets_crd(10, true));
-    k(
-        &a,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/widgets.example.com",
-            "--timeout=20s",
-        ],
-    );
+    established(&a);
     eventually("the resource served again", || {
         let mut all = vec!["--kubeconfig", a.to_str().unwrap()];
         all.extend_from_slice(&["get", "widgets", "-o", "name"]);
@@ -470,15 +470,7 @@ async fn a_kube_rs_controller_reconciles_a_custom_resource_in_a_vc() {
     create_vc(&kplex, &d, "team-a");
     let a = tenant_kubeconfig(&kplex, &d, "team-a", "alice");
     apply(&a, &d, "crd.yaml", &widgets_crd(10, false));
-    k(
-        &a,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/widgets.example.com",
-            "--timeout=20s",
-        ],
-    );
+    established(&a);
 
     let kubeconfig = kube::config::Kubeconfig::read_from(&a).unwrap();
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())

@@ -66,7 +66,7 @@ impl Rule {
             context.add_variable_from_value("oldSelf", to_cel(old));
         }
         let field = self.field_path.clone().unwrap_or_default();
-        let kind = json_type(value);
+        let kind = crate::schema::type_name(value);
         match self.program.execute(&context) {
             Ok(cel::Value::Bool(true)) => Ok(()),
             Ok(cel::Value::Bool(false)) => {
@@ -91,18 +91,6 @@ impl Rule {
                 ),
             )),
         }
-    }
-}
-
-fn json_type(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
     }
 }
 

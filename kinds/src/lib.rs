@@ -12,6 +12,7 @@ pub mod fields;
 pub mod immutable;
 pub mod printers;
 pub mod protobuf;
+pub mod schema;
 pub mod services;
 pub mod strategy;
 pub mod validation;
