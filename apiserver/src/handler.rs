@@ -17,8 +17,10 @@ use crate::response::{json_response, text_response, Body};
 use crate::virtualclusters::Registry;
 use kplex_registry::ApiError;
 
-/// The Kubernetes minor version kplex presents (its types are k8s-openapi's 1.33).
-const KUBE_MINOR: &str = "33";
+/// The Kubernetes minor version kplex presents (its types are k8s-openapi's 1.35).
+const KUBE_MINOR: &str = "35";
+/// Where a TokenReview is created: answered from the VC's tokens.
+const TOKEN_REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
 /// Largest request body accepted (kube-apiserver's limit is 3 MiB).
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
@@ -656,6 +658,21 @@ async fn tenant(
             req,
         )
         .await;
+    }
+    if path == TOKEN_REVIEWS {
+        if req.method != Method::POST {
+            return Err(crate::tenant::method_not_allowed(&req.method));
+        }
+        let info = ctx
+            .catalog
+            .find("authentication.k8s.io", "v1", "tokenreviews")
+            .expect("catalogued");
+        let object = crate::tenant::review_object(info, req)?;
+        let status =
+            crate::tokens::review(&ctx.tokens, vc.uid(), &store, &ctx.catalog, &object["spec"])
+                .await?;
+        let answer = crate::reviews::answered(object, None, status);
+        return Ok(json_response(StatusCode::CREATED, &answer));
     }
     if let Some((ns, pod, sub)) = streamed_pod_path(path) {
         if !crate::proxy::allowed(sub, &req.method) {

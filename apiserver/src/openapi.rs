@@ -118,7 +118,7 @@ fn build(catalog: &Catalog, group: &str, version: &str) -> Value {
     }
     json!({
         "openapi": "3.0.0",
-        "info": {"title": "Kubernetes", "version": "v1.33.0"},
+        "info": {"title": "Kubernetes", "version": "v1.35.0"},
         "paths": paths,
         "components": {"schemas": schemas},
     })

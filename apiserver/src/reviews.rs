@@ -3,7 +3,7 @@
 //! may I (`SelfSubjectAccessReview`, `kubectl auth can-i`), what may I
 //! (`SelfSubjectRulesReview`, `kubectl auth can-i --list`), may they
 //! (`SubjectAccessReview`, and `LocalSubjectAccessReview` within one
-//! namespace).
+//! namespace). `TokenReview` is answered by `crate::tokens::review`.
 //!
 //! The answers come from the VC's RBAC policy (`kplex_rbac`), as
 //! kube-apiserver's come from its authorizer. kplex's own components
@@ -25,7 +25,7 @@ pub fn answer(
     caller: &Identity,
     policy: Option<&Policy>,
     namespace: Option<&str>,
-    mut object: Value,
+    object: Value,
 ) -> Result<Value, ApiError> {
     let invalid =
         |field: &str, detail: &str| ApiError::field(&info.qualified_kind(), "", field, detail);
@@ -98,12 +98,18 @@ pub fn answer(
         }
         other => return Err(ApiError::internal(format!("{other} is not a review kind"))),
     };
+    Ok(answered(object, namespace, status))
+}
+
+/// A review `object` answered with `status`, as it is sent back (never
+/// stored: its metadata is only its namespace).
+pub fn answered(mut object: Value, namespace: Option<&str>, status: Value) -> Value {
     object["metadata"] = match namespace {
         Some(ns) => json!({"creationTimestamp": null, "namespace": ns}),
         None => json!({"creationTimestamp": null}),
     };
     object["status"] = status;
-    Ok(object)
+    object
 }
 
 fn subject(caller: &Identity) -> Subject<'_> {

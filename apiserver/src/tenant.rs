@@ -377,6 +377,19 @@ pub(crate) fn method_not_allowed(method: &Method) -> ApiError {
     }
 }
 
+/// The review object `req` creates, decoded and validated as `info`'s kind.
+pub(crate) fn review_object(info: &ResourceInfo, req: &Request) -> Result<Value, ApiError> {
+    let mut object = req.json_body()?;
+    kplex_registry::meta::check_type(info, &mut object)?;
+    let params = req.params();
+    kplex_registry::generic::validate(
+        info,
+        &mut object,
+        FieldValidation::parse(params.get("fieldValidation"))?,
+    )?;
+    Ok(object)
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn resource(
     catalog: &Catalog,
@@ -402,13 +415,7 @@ async fn resource(
                 "the server could not find the requested resource",
             ));
         }
-        let mut object = req.json_body()?;
-        kplex_registry::meta::check_type(t.info, &mut object)?;
-        kplex_registry::generic::validate(
-            t.info,
-            &mut object,
-            FieldValidation::parse(q("fieldValidation"))?,
-        )?;
+        let object = review_object(t.info, req)?;
         let answer = crate::reviews::answer(t.info, caller, policy, t.namespace, object)?;
         return Ok(json_response(StatusCode::CREATED, &answer));
     }

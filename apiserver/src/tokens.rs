@@ -202,6 +202,17 @@ impl Tokens {
     /// The claims of `token` if kplex signed it, it is current and meant
     /// for kplex (its audience includes the issuer).
     pub fn verify(&self, token: &str) -> Result<Claims, String> {
+        self.verify_for(token, &[ISSUER]).map(|(claims, _)| claims)
+    }
+
+    /// The claims of `token` if kplex signed it and it is current, with
+    /// those of `audiences` it is meant for (at least one, or it is
+    /// refused).
+    pub fn verify_for(
+        &self,
+        token: &str,
+        audiences: &[&str],
+    ) -> Result<(Claims, Vec<String>), String> {
         let mut parts = token.split('.');
         let (Some(header), Some(body), Some(signature), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -227,8 +238,13 @@ impl Tokens {
         if claims.iss != ISSUER {
             return Err("token issuer is not kplex".into());
         }
-        if !claims.aud.iter().any(|a| a == ISSUER) {
-            return Err("token audience does not include kplex".into());
+        let meant: Vec<String> = audiences
+            .iter()
+            .filter(|a| claims.aud.iter().any(|c| c == *a))
+            .map(|a| (*a).to_owned())
+            .collect();
+        if meant.is_empty() {
+            return Err("token audiences is invalid for the current issuer".into());
         }
         if claims.exp + LEEWAY <= now {
             return Err("token has expired".into());
@@ -236,7 +252,7 @@ impl Tokens {
         if claims.nbf > now + LEEWAY {
             return Err("token is not valid yet".into());
         }
-        Ok(claims)
+        Ok((claims, meant))
     }
 }
 
@@ -406,38 +422,122 @@ pub async fn authenticate(
         return None;
     }
     let store = ctx.vc_store(&vc).ok()?;
+    still_bound(&store, &ctx.catalog, &claims).await.ok()?;
+    Some(identity(claims))
+}
+
+/// Whether the ServiceAccount and the Pod `claims` name still exist in
+/// `store` (the claims' VC) with the UIDs they name.
+async fn still_bound(
+    store: &kplex_registry::generic::GenericStore,
+    catalog: &kplex_registry::Catalog,
+    claims: &Claims,
+) -> Result<(), String> {
     let k = &claims.kubernetes;
-    let find = |plural: &str| ctx.catalog.find("", "v1", plural).expect("catalogued");
-    let still =
-        |object: serde_json::Value, uid: &str| object["metadata"]["uid"].as_str() == Some(uid);
+    let find = |plural: &str| catalog.find("", "v1", plural).expect("catalogued");
+    let uid_of = |object: Result<serde_json::Value, kplex_registry::ApiError>| {
+        object
+            .ok()
+            .and_then(|o| o["metadata"]["uid"].as_str().map(str::to_owned))
+    };
     let account = store
         .get(
             find("serviceaccounts"),
             Some(&k.namespace),
             &k.serviceaccount.name,
         )
-        .await
-        .ok()?;
-    if !still(account, &k.serviceaccount.uid) {
-        return None;
+        .await;
+    if uid_of(account).as_deref() != Some(k.serviceaccount.uid.as_str()) {
+        return Err("service account token has been invalidated".into());
     }
     if let Some(pod) = &k.pod {
-        let object = store
-            .get(find("pods"), Some(&k.namespace), &pod.name)
-            .await
-            .ok()?;
-        if !still(object, &pod.uid) {
-            return None;
+        let object = store.get(find("pods"), Some(&k.namespace), &pod.name).await;
+        if uid_of(object).as_deref() != Some(pod.uid.as_str()) {
+            return Err(format!(
+                "pod \"{}\" bound to the token no longer exists",
+                pod.name
+            ));
         }
     }
-    Some(kplex_certs::Identity {
-        user: claims.sub,
+    Ok(())
+}
+
+/// The identity a token with `claims` authenticates as.
+fn identity(claims: Claims) -> kplex_certs::Identity {
+    kplex_certs::Identity {
         groups: vec![
             "system:serviceaccounts".to_owned(),
-            format!("system:serviceaccounts:{}", k.namespace),
+            format!("system:serviceaccounts:{}", claims.kubernetes.namespace),
         ],
+        user: claims.sub,
         scope: kplex_certs::Scope::VirtualCluster { uid: claims.vc },
-    })
+    }
+}
+
+/// The status of a TokenReview of `spec` in the VC `vc_uid` (whose objects
+/// `store` holds): authenticated only for a token of this VC, current,
+/// meant for one of the audiences asked (kplex's when none are), whose
+/// ServiceAccount and bound Pod still exist. A token of another VC is
+/// refused as any invalid token is: nothing says the other VC exists.
+pub async fn review(
+    tokens: &Tokens,
+    vc_uid: &str,
+    store: &kplex_registry::generic::GenericStore,
+    catalog: &kplex_registry::Catalog,
+    spec: &serde_json::Value,
+) -> Result<serde_json::Value, kplex_registry::ApiError> {
+    use serde_json::json;
+    let token = spec["token"].as_str().unwrap_or_default();
+    if token.is_empty() {
+        return Err(kplex_registry::ApiError::bad_request(
+            "token is required for TokenReview in authentication",
+        ));
+    }
+    let asked: Vec<&str> = spec["audiences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str())
+        .collect();
+    let audiences = if asked.is_empty() {
+        vec![ISSUER]
+    } else {
+        asked
+    };
+    let verified = tokens
+        .verify_for(token, &audiences)
+        .map_err(|_| "invalid bearer token".to_owned())
+        .and_then(|(claims, meant)| match claims.vc == vc_uid {
+            true => Ok((claims, meant)),
+            false => Err("invalid bearer token".to_owned()),
+        });
+    let (claims, meant) = match verified {
+        Ok(found) => found,
+        Err(error) => return Ok(json!({"user": {}, "error": error})),
+    };
+    if let Err(error) = still_bound(store, catalog, &claims).await {
+        return Ok(json!({"user": {}, "error": error}));
+    }
+    let mut extra = serde_json::Map::new();
+    if let Some(pod) = &claims.kubernetes.pod {
+        extra.insert(
+            "authentication.kubernetes.io/pod-name".into(),
+            json!([pod.name]),
+        );
+        extra.insert(
+            "authentication.kubernetes.io/pod-uid".into(),
+            json!([pod.uid]),
+        );
+    }
+    let uid = claims.kubernetes.serviceaccount.uid.clone();
+    let who = identity(claims);
+    let mut groups = who.groups;
+    groups.push("system:authenticated".to_owned());
+    Ok(json!({
+        "authenticated": true,
+        "user": {"username": who.user, "uid": uid, "groups": groups, "extra": extra},
+        "audiences": meant,
+    }))
 }
 
 #[cfg(test)]

@@ -2055,6 +2055,62 @@ apiVersion: storage.k8s.io/v1
 kind: CSIStorageCapacity
 metadata: {name: fast-zone-a, namespace: default}
 storageClassName: fast
+---
+apiVersion: storage.k8s.io/v1
+kind: VolumeAttributesClass
+metadata: {name: gold}
+driverName: disk.example.com
+parameters: {iops: \"1000\"}
+---
+apiVersion: networking.k8s.io/v1
+kind: ServiceCIDR
+metadata: {name: extra}
+spec: {cidrs: [10.100.0.0/16]}
+---
+apiVersion: networking.k8s.io/v1
+kind: IPAddress
+metadata: {name: 10.100.0.50}
+spec: {parentRef: {group: \"\", resource: services, name: web, namespace: default}}
+---
+apiVersion: resource.k8s.io/v1
+kind: DeviceClass
+metadata: {name: gpu.example.com}
+spec:
+  selectors: [{cel: {expression: 'device.driver == \"gpu.example.com\"'}}]
+---
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaimTemplate
+metadata: {name: one-gpu, namespace: default}
+spec:
+  spec:
+    devices:
+      requests: [{name: gpu, exactly: {deviceClassName: gpu.example.com}}]
+---
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaim
+metadata: {name: gpu-claim, namespace: default}
+spec:
+  devices:
+    requests: [{name: gpu, exactly: {deviceClassName: gpu.example.com}}]
+---
+apiVersion: resource.k8s.io/v1
+kind: ResourceSlice
+metadata: {name: node-1-gpu}
+spec:
+  driver: gpu.example.com
+  nodeName: node-1
+  pool: {name: node-1, generation: 1, resourceSliceCount: 1}
+  devices: [{name: gpu-0}]
+---
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata: {name: v1beta1.metrics.example.com}
+spec:
+  group: metrics.example.com
+  version: v1beta1
+  groupPriorityMinimum: 100
+  versionPriority: 100
+  service: {name: metrics, namespace: default}
 ";
 
 #[test]
@@ -2096,6 +2152,17 @@ fn the_clusters_configuration_kinds_are_served_and_stored() {
         ("csinodes.storage.k8s.io", "node-1"),
         ("volumeattachments.storage.k8s.io", "disk-1-node-1"),
         ("csistoragecapacities.storage.k8s.io", "fast-zone-a"),
+        ("volumeattributesclasses.storage.k8s.io", "gold"),
+        ("servicecidrs.networking.k8s.io", "extra"),
+        ("ipaddresses.networking.k8s.io", "10.100.0.50"),
+        ("deviceclasses.resource.k8s.io", "gpu.example.com"),
+        ("resourceclaimtemplates.resource.k8s.io", "one-gpu"),
+        ("resourceclaims.resource.k8s.io", "gpu-claim"),
+        ("resourceslices.resource.k8s.io", "node-1-gpu"),
+        (
+            "apiservices.apiregistration.k8s.io",
+            "v1beta1.metrics.example.com",
+        ),
     ];
     for (resource, name) in kinds {
         assert!(

@@ -442,3 +442,109 @@ fn the_default_roles_are_in_every_vc_aggregate_and_cannot_be_changed() {
         "{labelled}"
     );
 }
+
+/// The status of a TokenReview of `token` for `audiences`, created as `kc`.
+fn review_token(kc: &Path, dir: &Path, token: &str, audiences: &[&str]) -> serde_json::Value {
+    let review = serde_json::json!({
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenReview",
+        "spec": {"token": token, "audiences": audiences},
+    });
+    let path = dir.join("review.json");
+    std::fs::write(&path, review.to_string()).unwrap();
+    let answer = k(kc, &["create", "-f", path.to_str().unwrap(), "-o", "json"]);
+    serde_json::from_str::<serde_json::Value>(&answer).unwrap()["status"].clone()
+}
+
+#[test]
+fn a_token_review_authenticates_its_own_vcs_tokens_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let kplex = Kplex::start_api_only(&dir.path().join("data"));
+    let d = dir.path();
+    create_vc(&kplex, d, "team-a");
+    create_vc(&kplex, d, "team-b");
+    let alice = tenant_kubeconfig(&kplex, d, "team-a", "alice");
+    let other = tenant_kubeconfig(&kplex, d, "team-b", "olga");
+    k(&alice, &["create", "serviceaccount", "robot"]);
+    let uid = k(
+        &alice,
+        &["get", "sa", "robot", "-o", "jsonpath={.metadata.uid}"],
+    );
+    let token = k(&alice, &["create", "token", "robot"]).trim().to_owned();
+
+    // Its own VC knows the token: the ServiceAccount, its UID, its groups
+    // and the audience it was issued for (kplex's, none being asked).
+    let status = review_token(&alice, d, &token, &[]);
+    assert_eq!(status["authenticated"], true, "{status}");
+    assert_eq!(
+        status["user"]["username"],
+        "system:serviceaccount:default:robot"
+    );
+    assert_eq!(status["user"]["uid"], uid.as_str());
+    let groups = status["user"]["groups"].to_string();
+    for group in [
+        "system:serviceaccounts",
+        "system:serviceaccounts:default",
+        "system:authenticated",
+    ] {
+        assert!(groups.contains(&format!("\"{group}\"")), "{groups}");
+    }
+    assert_eq!(
+        status["audiences"],
+        serde_json::json!(["https://kubernetes.default.svc.cluster.local"])
+    );
+
+    // Another VC does not: its answer is an invalid token's, nothing more.
+    let elsewhere = review_token(&other, d, &token, &[]);
+    assert_ne!(elsewhere["authenticated"], true, "{elsewhere}");
+    assert_eq!(elsewhere["error"], "invalid bearer token");
+    assert_eq!(elsewhere["user"], serde_json::json!({}));
+
+    // A token for another audience authenticates for that audience only.
+    let vault = k(&alice, &["create", "token", "robot", "--audience", "vault"])
+        .trim()
+        .to_owned();
+    assert_ne!(review_token(&alice, d, &vault, &[])["authenticated"], true);
+    let for_vault = review_token(&alice, d, &vault, &["vault", "consul"]);
+    assert_eq!(for_vault["authenticated"], true, "{for_vault}");
+    assert_eq!(for_vault["audiences"], serde_json::json!(["vault"]));
+
+    // Forged, empty, or of a deleted ServiceAccount: not authenticated.
+    let mut forged = token.clone();
+    forged.pop();
+    assert_ne!(review_token(&alice, d, &forged, &[])["authenticated"], true);
+    let path = d.join("empty.json");
+    std::fs::write(
+        &path,
+        r#"{"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview","spec":{"token":""}}"#,
+    )
+    .unwrap();
+    let refused = k_fails(&alice, &["create", "-f", path.to_str().unwrap()]);
+    assert!(refused.contains("token is required"), "{refused}");
+    k(&alice, &["delete", "serviceaccount", "robot"]);
+    let gone = review_token(&alice, d, &token, &[]);
+    assert_ne!(gone["authenticated"], true, "{gone}");
+    assert!(
+        gone["error"].as_str().unwrap().contains("invalidated"),
+        "{gone}"
+    );
+
+    // Asking takes `create tokenreviews`, which system:auth-delegator holds.
+    let bob = user_kubeconfig(&kplex, d, "team-a", "bob", &[]);
+    assert!(!can_i(
+        &bob,
+        &["create", "tokenreviews.authentication.k8s.io"]
+    ));
+    k(
+        &alice,
+        &[
+            "create",
+            "clusterrolebinding",
+            "bob-delegates",
+            "--clusterrole=system:auth-delegator",
+            "--user=bob",
+        ],
+    );
+    until_allowed(&bob, &["create", "tokenreviews.authentication.k8s.io"]);
+    assert_ne!(review_token(&bob, d, &token, &[])["authenticated"], true);
+}

@@ -7,10 +7,11 @@ use std::sync::{Arc, OnceLock};
 
 use k8s_openapi::api::{
     admissionregistration, apps, authentication, authorization, autoscaling, batch, certificates,
-    coordination, core, discovery, events, flowcontrol, networking, node, policy, rbac, scheduling,
-    storage,
+    coordination, core, discovery, events, flowcontrol, networking, node, policy, rbac, resource,
+    scheduling, storage,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions;
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration;
 use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope, Resource};
 use kplex_registry::{Catalog, ResourceInfo};
 
@@ -109,12 +110,21 @@ pub fn builtin() -> Vec<ResourceInfo> {
         row::<storage::v1::CSINode>(&[], &[]),
         row::<storage::v1::CSIStorageCapacity>(&[], &[]),
         row::<storage::v1::VolumeAttachment>(&[], &[]),
+        row::<storage::v1::VolumeAttributesClass>(&["vac"], &[]),
+        row::<networking::v1::IPAddress>(&["ip"], &[]),
+        row::<networking::v1::ServiceCIDR>(&[], &[]),
+        row::<resource::v1::DeviceClass>(&[], &[]),
+        row::<resource::v1::ResourceClaim>(&[], &[]),
+        row::<resource::v1::ResourceClaimTemplate>(&[], &[]),
+        row::<resource::v1::ResourceSlice>(&[], &[]),
+        row::<apiregistration::v1::APIService>(&[], &["api-extensions"]),
         row::<apiextensions::v1::CustomResourceDefinition>(&["crd", "crds"], &["api-extensions"]),
         row::<rbac::v1::ClusterRole>(&[], &[]),
         row::<rbac::v1::ClusterRoleBinding>(&[], &[]),
         row::<rbac::v1::Role>(&[], &[]),
         row::<rbac::v1::RoleBinding>(&[], &[]),
         review::<authentication::v1::SelfSubjectReview>(),
+        review::<authentication::v1::TokenReview>(),
         review::<authorization::v1::SelfSubjectAccessReview>(),
         review::<authorization::v1::SelfSubjectRulesReview>(),
         review::<authorization::v1::SubjectAccessReview>(),
@@ -148,7 +158,7 @@ mod tests {
         assert!(deploy.has_scale() && deploy.has_status() && deploy.tracks_generation());
         assert!(c.find("apps", "v1", "pods").is_none());
         assert_eq!(c.group_versions()[0], ("", "v1"));
-        assert_eq!(c.all().iter().filter(|r| r.stored).count(), 49);
+        assert_eq!(c.all().iter().filter(|r| r.stored).count(), 57);
         let nodes = c.find("", "v1", "nodes").unwrap();
         assert!(!nodes.namespaced && nodes.has_status());
         let rc = c.find("", "v1", "replicationcontrollers").unwrap();

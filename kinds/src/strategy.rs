@@ -146,6 +146,9 @@ where
                 | ("certificates.k8s.io", "certificatesigningrequests")
                 | ("flowcontrol.apiserver.k8s.io", _)
                 | ("storage.k8s.io", "volumeattachments")
+                | ("networking.k8s.io", "servicecidrs")
+                | ("resource.k8s.io", "resourceclaims")
+                | ("apiregistration.k8s.io", "apiservices")
                 | (
                     "admissionregistration.k8s.io",
                     "validatingadmissionpolicies"
@@ -164,7 +167,7 @@ where
     fn tracks_generation(&self) -> bool {
         matches!(
             self.group,
-            "apps" | "batch" | "networking.k8s.io" | "policy" | "autoscaling"
+            "apps" | "batch" | "networking.k8s.io" | "policy" | "autoscaling" | "resource.k8s.io"
         ) || (self.group, self.plural) == ("", "replicationcontrollers")
     }
 

@@ -287,6 +287,18 @@ fn build_cluster_roles() -> Vec<Value> {
             ],
         ),
         cluster_role(
+            "system:auth-delegator",
+            json!({}),
+            vec![
+                rule(&["authentication.k8s.io"], &["tokenreviews"], &["create"]),
+                rule(
+                    &["authorization.k8s.io"],
+                    &["subjectaccessreviews"],
+                    &["create"],
+                ),
+            ],
+        ),
+        cluster_role(
             "system:public-info-viewer",
             json!({}),
             vec![paths(
