@@ -555,7 +555,7 @@ async fn resource(
             if let Some(flags) = flags {
                 return watch(store, t.info, t.namespace, opts, stopping, flags).await;
             }
-            let plain = !req.wants_table() && !req.wants_metadata();
+            let plain = !req.wants_table() && !req.wants_metadata() && !t.info.converts();
             if plain {
                 // The common case: the stored bytes, streamed.
                 let page = store.list_stored(t.info, t.namespace, &opts).await?;
@@ -571,7 +571,9 @@ async fn resource(
             let metadata = list_metadata(page.revision, page.continue_token);
             Ok(list_response(t.info, req, metadata, page.items))
         }
-        (&Method::GET, Some(name)) if !req.wants_table() && !req.wants_metadata() => {
+        (&Method::GET, Some(name))
+            if !req.wants_table() && !req.wants_metadata() && !t.info.converts() =>
+        {
             let stored = store.get_stored(t.info, t.namespace, name).await?;
             Ok(crate::response::bytes_response(
                 StatusCode::OK,
@@ -745,6 +747,8 @@ async fn watch(
     // event then carries a one-row Table.
     let table_info = flags.table.then(|| info.clone());
     let metadata_only = flags.metadata;
+    // Objects possibly stored in another version are converted to this one.
+    let served = info.converts().then(|| info.clone());
     Ok(crate::watchstream::respond(
         crate::watchstream::EventStream {
             initial,
@@ -754,13 +758,25 @@ async fn watch(
                 let _held = &permit;
                 kplex_registry::generic::watch_event_stored(event, &opts.labels, &opts.fields)
             },
-            render: move |object: Object| match &table_info {
-                Some(info) => Some(Object::Decoded(render_table(
-                    info,
-                    &[object.into_value().ok()?],
-                ))),
-                None if metadata_only => Some(Object::Decoded(partial(object.into_value().ok()?))),
-                None => Some(object),
+            render: move |object: Object| {
+                let object = match &served {
+                    Some(info) => {
+                        let mut value = object.into_value().ok()?;
+                        info.as_served(&mut value);
+                        Object::Decoded(value)
+                    }
+                    None => object,
+                };
+                match &table_info {
+                    Some(info) => Some(Object::Decoded(render_table(
+                        info,
+                        &[object.into_value().ok()?],
+                    ))),
+                    None if metadata_only => {
+                        Some(Object::Decoded(partial(object.into_value().ok()?)))
+                    }
+                    None => Some(object),
+                }
             },
             kind: info.kind.to_owned(),
             api_version: info.api_version(),

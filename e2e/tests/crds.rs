@@ -513,3 +513,167 @@ async fn a_kube_rs_controller_reconciles_a_custom_resource_in_a_vc() {
     );
     controller.abort();
 }
+
+/// A CRD of gadgets served as v1 and v2, `storage` the one stored.
+fn gadgets_crd(versions: &[&str], storage: &str) -> String {
+    let versions: String = versions
+        .iter()
+        .map(|v| {
+            format!(
+                "  - name: {v}\n    served: true\n    storage: {}\n    schema:\n      openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}\n",
+                *v == storage
+            )
+        })
+        .collect();
+    format!(
+        "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {{name: gadgets.example.com}}
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {{plural: gadgets, singular: gadget, kind: Gadget}}
+  versions:
+{versions}"
+    )
+}
+
+/// `gadget/name` read through `version`, as JSON.
+fn gadget(kc: &Path, version: &str, name: &str) -> serde_json::Value {
+    let resource = format!("gadgets.{version}.example.com");
+    serde_json::from_str(&k(kc, &["get", &resource, name, "-o", "json"])).unwrap()
+}
+
+fn stored_versions(kc: &Path) -> String {
+    k(
+        kc,
+        &[
+            "get",
+            "crd",
+            "gadgets.example.com",
+            "-o",
+            "jsonpath={.status.storedVersions}",
+        ],
+    )
+}
+
+#[test]
+fn a_crds_versions_share_one_storage_and_answer_as_the_version_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let kplex = Kplex::start_api_only(&dir.path().join("data"));
+    let d = dir.path();
+    create_vc(&kplex, d, "team-a");
+    let a = tenant_kubeconfig(&kplex, d, "team-a", "alice");
+    apply(&a, d, "gadgets.yaml", &gadgets_crd(&["v1", "v2"], "v1"));
+    assert_eq!(stored_versions(&a), r#"["v1"]"#);
+
+    // Written through v2, read through either: each answer names the
+    // version asked (conversion None), the object is one.
+    let created = k(
+        &a,
+        &[
+            "create",
+            "-f",
+            &write(
+                d,
+                "g2.yaml",
+                "apiVersion: example.com/v2\nkind: Gadget\nmetadata: {name: g2}\nspec: {x: 1}\n",
+            ),
+            "-o",
+            "jsonpath={.apiVersion}",
+        ],
+    );
+    assert_eq!(created, "example.com/v2");
+    let (one, two) = (gadget(&a, "v1", "g2"), gadget(&a, "v2", "g2"));
+    assert_eq!(one["apiVersion"], "example.com/v1");
+    assert_eq!(two["apiVersion"], "example.com/v2");
+    assert_eq!(one["metadata"]["uid"], two["metadata"]["uid"]);
+    assert_eq!(one["spec"], serde_json::json!({"x": 1}));
+    let listed = k(
+        &a,
+        &[
+            "get",
+            "gadgets.v2.example.com",
+            "-o",
+            "jsonpath={.items[*].apiVersion}",
+        ],
+    );
+    assert_eq!(listed, "example.com/v2");
+    // A watch's events too.
+    let events = k(
+        &a,
+        &[
+            "get",
+            "--raw",
+            "/apis/example.com/v2/namespaces/default/gadgets?watch=1&timeoutSeconds=1",
+        ],
+    );
+    let event: serde_json::Value = serde_json::from_str(events.lines().next().unwrap()).unwrap();
+    assert_eq!(event["type"], "ADDED");
+    assert_eq!(event["object"]["apiVersion"], "example.com/v2");
+    // A patch through v1 leaves it v1's to read, v2's through v2.
+    let patched = k(
+        &a,
+        &[
+            "patch",
+            "gadgets.v1.example.com",
+            "g2",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"x":2}}"#,
+            "-o",
+            "json",
+        ],
+    );
+    let patched: serde_json::Value = serde_json::from_str(&patched).unwrap();
+    assert_eq!(patched["apiVersion"], "example.com/v1");
+    assert_eq!(gadget(&a, "v2", "g2")["spec"]["x"], 2);
+
+    // The storage version moves to v2: storedVersions keeps v1 (objects
+    // may still be stored as it), and v1 cannot be dropped until it goes.
+    apply(&a, d, "gadgets.yaml", &gadgets_crd(&["v1", "v2"], "v2"));
+    assert_eq!(stored_versions(&a), r#"["v1","v2"]"#);
+    let dropped = write(d, "v2-only.yaml", &gadgets_crd(&["v2"], "v2"));
+    let refused = k_fails(&a, &["apply", "-f", &dropped]);
+    assert!(
+        refused.contains(
+            r#"status.storedVersions[0]: Invalid value: "v1": must appear in spec.versions"#
+        ),
+        "{refused}"
+    );
+    assert_eq!(gadget(&a, "v2", "g2")["apiVersion"], "example.com/v2");
+
+    // A storage migration: each object written back unchanged moves to
+    // v2 (a new resourceVersion); then v1 may leave storedVersions and
+    // the CRD, and the objects read as v2 with v1 gone.
+    let before = gadget(&a, "v2", "g2");
+    let path = write(d, "g2.json", &before.to_string());
+    k(&a, &["replace", "-f", &path]);
+    let after = gadget(&a, "v2", "g2");
+    assert_ne!(
+        before["metadata"]["resourceVersion"],
+        after["metadata"]["resourceVersion"]
+    );
+    k(
+        &a,
+        &[
+            "patch",
+            "crd",
+            "gadgets.example.com",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"storedVersions":["v2"]}}"#,
+        ],
+    );
+    k(&a, &["apply", "-f", &dropped]);
+    eventually("v1 no longer served", || {
+        let mut all = vec!["--kubeconfig", a.to_str().unwrap()];
+        all.extend_from_slice(&["get", "gadgets.v1.example.com"]);
+        (!kplex_e2e::kubectl(&all).status.success()).then_some(())
+    });
+    let migrated = gadget(&a, "v2", "g2");
+    assert_eq!(migrated["apiVersion"], "example.com/v2");
+    assert_eq!(migrated["spec"]["x"], 2);
+    assert_eq!(stored_versions(&a), r#"["v2"]"#);
+}

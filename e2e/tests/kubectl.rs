@@ -332,10 +332,15 @@ fn kubectl_manages_objects_inside_a_virtual_cluster() {
     let o = k(kc, &["api-resources", "-o", "name", "-v=6", &cache_flag]);
     assert!(o.status.success(), "{}", stderr(&o));
     let log = stderr(&o);
+    // Each kubectl's log line of a request: `verb="GET" url="…"` (1.33
+    // on), or `GET https://… 200 OK` (before).
     let fetched: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("verb=\"GET\""))
-        .filter_map(|l| l.split("url=\"").nth(1)?.split('?').next())
+        .filter_map(|l| match l.split_once("verb=\"GET\"") {
+            Some(_) => l.split("url=\"").nth(1),
+            None => l.split("] GET ").nth(1),
+        })
+        .filter_map(|url| url.split(['?', ' ']).next())
         .filter_map(|url| url.split("/clusters/team-a").nth(1))
         .collect();
     assert_eq!(fetched, ["/api", "/apis"], "{log}");

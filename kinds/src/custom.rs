@@ -131,6 +131,7 @@ pub fn served_rows(crd: &Arc<Value>) -> Vec<ResourceInfo> {
         .take(MAX_VERSIONS)
         .collect();
     versions.sort_by_key(|(_, v)| version_order(text(v, "name")));
+    let storage = converting_storage(crd);
     versions
         .into_iter()
         .map(|(index, version)| {
@@ -154,6 +155,7 @@ pub fn served_rows(crd: &Arc<Value>) -> Vec<ResourceInfo> {
                     compiled: Compiled::of(schema),
                     status: subresources["status"].is_object(),
                     scale: subresources["scale"].is_object(),
+                    storage: storage.clone(),
                 }),
             }
         })
@@ -173,6 +175,73 @@ pub struct Custom {
     compiled: Compiled,
     status: bool,
     scale: bool,
+    /// The storage version, if objects may be stored in a version other
+    /// than one served (see [`converting_storage`]).
+    storage: Option<String>,
+}
+
+/// The CRD's storage version, if its objects may be read through another
+/// version: it has several, or objects written as an earlier storage
+/// version may remain (`status.storedVersions`). A CRD of one version that
+/// was always its storage needs no conversion.
+fn converting_storage(crd: &Value) -> Option<String> {
+    let versions = crd["spec"]["versions"].as_array()?;
+    let storage = versions.iter().find(|v| v["storage"] == true)?;
+    let storage = text(storage, "name");
+    let earlier = crd["status"]["storedVersions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|v| v.as_str() != Some(storage));
+    (versions.len() > 1 || earlier).then(|| storage.to_owned())
+}
+
+/// Adds the CRD's storage version to `status.storedVersions` (the versions
+/// objects may be stored as), as kube-apiserver does when a CRD's storage
+/// version changes.
+pub fn record_storage_version(crd: &mut Value) {
+    let Some(storage) = crd["spec"]["versions"]
+        .as_array()
+        .and_then(|versions| versions.iter().find(|v| v["storage"] == true))
+        .map(|v| v["name"].clone())
+    else {
+        return;
+    };
+    if !crd["status"].is_object() {
+        crd["status"] = json!({});
+    }
+    let stored = &mut crd["status"]["storedVersions"];
+    match stored.as_array_mut() {
+        Some(versions) if versions.contains(&storage) => {}
+        Some(versions) => versions.push(storage),
+        None => *stored = json!([storage]),
+    }
+}
+
+/// The stored versions an update leaves without a place in
+/// `spec.versions`: kube-apiserver refuses to drop a version objects may
+/// still be stored as (`status.storedVersions` must be trimmed first, once
+/// the objects are migrated).
+pub fn orphaned_stored_versions(crd: &Value) -> Vec<(String, String)> {
+    let declared: Vec<&str> = crd["spec"]["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| text(v, "name"))
+        .collect();
+    crd["status"]["storedVersions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .filter(|(_, v)| !v.as_str().is_some_and(|v| declared.contains(&v)))
+        .map(|(i, v)| {
+            (
+                format!("status.storedVersions[{i}]"),
+                format!("Invalid value: {v}: must appear in spec.versions"),
+            )
+        })
+        .collect()
 }
 
 impl Custom {
@@ -258,6 +327,10 @@ impl Strategy for Custom {
 
     fn has_status(&self) -> bool {
         self.status
+    }
+
+    fn storage_version(&self) -> Option<&str> {
+        self.storage.as_deref()
     }
 
     fn has_scale(&self) -> bool {
@@ -594,6 +667,33 @@ pub fn not_enforced(crd: &Value) -> Vec<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_versions_grow_with_the_storage_version_and_are_kept_declared() {
+        let mut two = json!({
+            "spec": {"group": "example.com", "versions": [
+                {"name": "v1", "storage": false}, {"name": "v2", "storage": true}]},
+            "status": {"storedVersions": ["v1"]},
+        });
+        record_storage_version(&mut two);
+        assert_eq!(two["status"]["storedVersions"], json!(["v1", "v2"]));
+        record_storage_version(&mut two);
+        assert_eq!(two["status"]["storedVersions"], json!(["v1", "v2"]));
+        assert!(orphaned_stored_versions(&two).is_empty());
+        assert_eq!(converting_storage(&two).as_deref(), Some("v2"));
+        two["spec"]["versions"] = json!([{"name": "v2", "storage": true}]);
+        assert_eq!(
+            orphaned_stored_versions(&two),
+            [(
+                "status.storedVersions[0]".to_owned(),
+                "Invalid value: \"v1\": must appear in spec.versions".to_owned()
+            )]
+        );
+        // One version, always the storage: nothing to convert.
+        assert_eq!(converting_storage(&two).as_deref(), Some("v2"));
+        two["status"]["storedVersions"] = json!(["v2"]);
+        assert_eq!(converting_storage(&two), None);
+    }
 
     fn crd(schema: Value) -> Value {
         json!({

@@ -65,6 +65,15 @@ pub fn check(info: &ResourceInfo, name: &str, old: &Value, new: &Value) -> Resul
                 ),
             ))
         }
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => {
+            match crate::custom::orphaned_stored_versions(new)
+                .into_iter()
+                .next()
+            {
+                Some((field, detail)) => Err(refuse.error(&field, &detail)),
+                None => Ok(()),
+            }
+        }
         ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding")
             if old["roleRef"] != new["roleRef"] =>
         {

@@ -112,6 +112,12 @@ where
         }
     }
 
+    fn prepare_for_update(&self, _old: &Value, new: &mut Value) {
+        if (self.group, self.kind) == ("apiextensions.k8s.io", "CustomResourceDefinition") {
+            crate::custom::record_storage_version(new);
+        }
+    }
+
     fn validate_update(
         &self,
         info: &ResourceInfo,

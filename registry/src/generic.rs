@@ -307,6 +307,24 @@ fn object_of(kv: &kplex_storage::KeyValue) -> Result<Value, ApiError> {
     crate::raw::decode(kv)
 }
 
+/// The object stored in `kv`, as `info`'s version serves it.
+fn served(info: &ResourceInfo, kv: &kplex_storage::KeyValue) -> Result<Value, ApiError> {
+    let mut object = object_of(kv)?;
+    info.as_served(&mut object);
+    Ok(object)
+}
+
+/// The bytes stored for `object` of `info`'s kind: [`encode`]'s, in the
+/// kind's storage version.
+fn encode_as(info: &ResourceInfo, object: &Value) -> Bytes {
+    if !info.converts() {
+        return encode(object);
+    }
+    let mut stored = object.clone();
+    info.as_stored(&mut stored);
+    encode(&stored)
+}
+
 /// The bytes stored for an object: everything but `resourceVersion`, which
 /// the store's revision supplies on every read.
 fn encode(object: &Value) -> Bytes {
@@ -426,7 +444,7 @@ impl GenericStore {
             .await
             .map_err(from_store)?
         {
-            Some(kv) => object_of(&kv),
+            Some(kv) => served(info, &kv),
             None => Err(Self::not_found(info, name)),
         }
     }
@@ -458,7 +476,13 @@ impl GenericStore {
             items: page
                 .items
                 .into_iter()
-                .map(|(kv, object)| object.map_or_else(|| object_of(&kv), Ok))
+                .map(|(kv, object)| match object {
+                    Some(mut object) => {
+                        info.as_served(&mut object);
+                        Ok(object)
+                    }
+                    None => served(info, &kv),
+                })
                 .collect::<Result<_, _>>()?,
             revision: page.revision,
             continue_token: page.continue_token,
@@ -732,7 +756,7 @@ impl GenericStore {
                 }
                 return Ok(object);
             }
-            match self.store.create(&key, encode(&object)).await {
+            match self.store.create(&key, encode_as(info, &object)).await {
                 Ok(kv) => {
                     object["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
                     self.create_companions(info, &object).await?;
@@ -800,9 +824,13 @@ impl GenericStore {
         let key = self.key(info, ns, name)?;
         for _ in 0..RACE_RETRIES {
             let current = self.current(info, &key, name).await?;
-            let mut object = object_of(&current)?;
+            let mut object = served(info, &current)?;
             change(&mut object)?;
-            match self.store.update_from(&current, encode(&object)).await {
+            match self
+                .store
+                .update_from(&current, encode_as(info, &object))
+                .await
+            {
                 Ok(kv) => {
                     object["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
                     return Ok(object);
@@ -834,7 +862,7 @@ impl GenericStore {
         let pinned = crate::patch::pins_resource_version(kind, body);
         for _ in 0..RACE_RETRIES {
             let current = self.current(info, &key, name).await?;
-            let old = object_of(&current)?;
+            let old = served(info, &current)?;
             let mut patched = crate::patch::apply(&old, kind, body)?;
             crate::meta::check_type(info, &mut patched)?;
             validate(info, &mut patched, write.validation)?;
@@ -957,7 +985,7 @@ impl GenericStore {
                     }
                 }
             };
-            let live = object_of(&current)?;
+            let live = served(info, &current)?;
             if want_rv
                 .as_ref()
                 .is_some_and(|rv| *rv != current.mod_revision.to_string())
@@ -1001,7 +1029,11 @@ impl GenericStore {
         write: &WriteOptions,
     ) -> Result<Value, ApiError> {
         let dry_run = write.dry_run;
-        let old = object_of(current)?;
+        let mut old = object_of(current)?;
+        // Stored in an earlier storage version: written back even unchanged
+        // (how a storage migration moves objects to the current version).
+        let migrates = info.stored_elsewhere(&old);
+        info.as_served(&mut old);
         // A body naming another object (its UID) or another namespace is
         // refused, as kube-apiserver does, not silently overwritten.
         let given = |field: &str| object["metadata"][field].as_str().filter(|v| !v.is_empty());
@@ -1052,6 +1084,7 @@ impl GenericStore {
                 None => meta.remove(field),
             };
         }
+        info.strategy.prepare_for_update(&old, &mut object);
         crate::managed::track(
             Some(&old),
             &mut object,
@@ -1089,7 +1122,7 @@ impl GenericStore {
             meta.remove("generation");
         }
         info.strategy.validate_update(info, name, &old, &object)?;
-        if same_object(&object, &old) {
+        if same_object(&object, &old) && !migrates {
             // Nothing changed: no write, no new revision, no MODIFIED event
             // (controllers that write back what they read must not loop).
             return Ok(old);
@@ -1097,7 +1130,11 @@ impl GenericStore {
         if dry_run {
             return Ok(object);
         }
-        match self.store.update_from(current, encode(&object)).await {
+        match self
+            .store
+            .update_from(current, encode_as(info, &object))
+            .await
+        {
             Ok(kv) => {
                 object["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
                 // The last finalizer of a deleted object is gone: so is the object.
@@ -1156,7 +1193,7 @@ impl GenericStore {
         crate::meta::validate_name(info, name).map_err(|_| Self::not_found(info, name))?;
         let key = self.key(info, ns, name)?;
         let current = self.current(info, &key, name).await?;
-        let object = object_of(&current)?;
+        let object = served(info, &current)?;
         // What follows writes at `current`'s revision: a precondition
         // checked here holds for the write, or the write is a 409.
         opts.check(&info.qualified(), name, &current, &object)?;
@@ -1213,7 +1250,7 @@ impl GenericStore {
         // delete (marking adds a few bytes).
         match self
             .store
-            .update_unlimited(&current.key, encode(&object), current.mod_revision)
+            .update_unlimited(&current.key, encode_as(info, &object), current.mod_revision)
             .await
         {
             Ok(kv) => {

@@ -100,6 +100,19 @@ pub trait Strategy: Send + Sync + 'static {
     /// finalizer and phase).
     fn prepare_for_create(&self, _object: &mut Value) {}
 
+    /// What an update of `old` sets whatever the client sent, once the
+    /// stored status and server-owned metadata are back in `new` (a CRD's
+    /// stored versions).
+    fn prepare_for_update(&self, _old: &Value, _new: &mut Value) {}
+
+    /// The version objects are stored as, for a kind served in several
+    /// versions over one storage (a CRD's versions, conversion `None`):
+    /// written as it, read back as the version asked for (only
+    /// `apiVersion` differs). `None`: stored as served, nothing converts.
+    fn storage_version(&self) -> Option<&str> {
+        None
+    }
+
     /// Refuses an update of `old` to `new` that changes what the kind keeps
     /// (both decoded and defaulted).
     fn validate_update(
@@ -276,6 +289,41 @@ impl ResourceInfo {
             self.plural.clone()
         } else {
             format!("{}.{}", self.plural, self.group)
+        }
+    }
+
+    /// Whether objects of the kind may be stored in another version than
+    /// this one (see [`Strategy::storage_version`]): what is read is
+    /// converted, so the stored bytes are not answered as they are.
+    pub fn converts(&self) -> bool {
+        self.strategy.storage_version().is_some()
+    }
+
+    /// `object` as this version serves it (conversion `None`: its
+    /// `apiVersion`).
+    pub fn as_served(&self, object: &mut Value) {
+        if self.converts() && object.is_object() {
+            object["apiVersion"] = Value::String(self.api_version());
+        }
+    }
+
+    /// Whether `stored` (as read from storage) is in another version than
+    /// the kind's storage version.
+    pub fn stored_elsewhere(&self, stored: &Value) -> bool {
+        self.strategy.storage_version().is_some_and(|version| {
+            stored["apiVersion"]
+                .as_str()
+                .and_then(|v| v.rsplit_once('/'))
+                != Some((self.group.as_str(), version))
+        })
+    }
+
+    /// `object` as it is stored (its `apiVersion` the storage version's).
+    pub fn as_stored(&self, object: &mut Value) {
+        if let Some(version) = self.strategy.storage_version() {
+            if object.is_object() {
+                object["apiVersion"] = Value::String(format!("{}/{version}", self.group));
+            }
         }
     }
 
