@@ -64,6 +64,9 @@ pub struct Clients {
     /// Based at the system cluster (`/system`): `Api::all` on it reads the
     /// admin records a system component may (the VCs).
     pub system_cluster: kube::Client,
+    /// What the clients were made of, for the clients of one VC (see
+    /// [`Clients::in_vc`]).
+    config: kube::Config,
 }
 
 impl Clients {
@@ -78,7 +81,18 @@ impl Clients {
             system_cluster: kube::Client::try_from(system_cluster).map_err(Error::client)?,
             across: kube::Client::try_from(across).map_err(Error::client)?,
             root: kube::Client::try_from(config.clone()).map_err(Error::client)?,
+            config: config.clone(),
         })
+    }
+
+    /// A client based at `vc` (`/clusters/<vc>`): `Api::all` on it lists
+    /// and watches a resource of that VC alone (its custom resources, which
+    /// no cross-VC watch serves).
+    pub fn in_vc(&self, vc: &Vc) -> Result<kube::Client, Error> {
+        let mut config = self.config.clone();
+        config.cluster_url =
+            with_path(&self.config.cluster_url, &format!("/clusters/{}", vc.name))?;
+        kube::Client::try_from(config).map_err(Error::client)
     }
 
     /// The API of kind `K` in namespace `ns` (or cluster-scoped) of `vc`.

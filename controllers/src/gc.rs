@@ -17,6 +17,16 @@
 //! a reference to another VC's UID finds nothing there and is treated as
 //! any reference to a missing owner. Whether an owner exists is read from
 //! the controllers' caches when they hold it, else from the API.
+//!
+//! Custom resources are owners and dependents too: each VC's CRDs are
+//! watched across VCs, and each of its custom resources watched in that VC
+//! ([`custom`]). An owner of a kind the VC does not serve is kept, as
+//! kube's collector keeps what it cannot resolve; learning the kind looks
+//! at its dependents again.
+
+mod custom;
+
+pub use custom::start_custom_watches;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -121,6 +131,8 @@ pub struct Graph {
     inner: Mutex<Inner>,
     /// Kinds by (group, kind), from discovery, to address owners.
     kinds: RwLock<HashMap<(String, String), Arc<KindRef>>>,
+    /// Each VC's custom kinds and the watches of their objects.
+    custom: Mutex<custom::Custom>,
 }
 
 fn group_of(api_version: &str) -> &str {
@@ -242,9 +254,47 @@ impl Graph {
         }
     }
 
+    /// The kind an owner reference names in `vc`: built-in, or one of the
+    /// VC's custom kinds.
+    fn kind_in(&self, vc: &Vc, api_version: &str, kind: &str) -> Option<Arc<KindRef>> {
+        self.kind(api_version, kind).or_else(|| {
+            self.custom
+                .lock()
+                .expect("custom lock")
+                .kind(vc, group_of(api_version), kind)
+        })
+    }
+
+    /// Looks again at `vc`'s dependents of owners of `group`'s `kind` (the
+    /// kind was learned, or its CRD went with every object of it).
+    fn recheck_owned_by(&self, ctx: &Ctx, vc: &Vc, group: &str, kind: &str) {
+        let owned: Vec<String> = {
+            let inner = self.inner.lock().expect("graph lock");
+            inner
+                .nodes
+                .iter()
+                .filter(|((node_vc, _), node)| {
+                    *node_vc == vc.uid
+                        && node
+                            .owners
+                            .iter()
+                            .any(|o| o.kind == kind && group_of(&o.api_version) == group)
+                })
+                .map(|((_, uid), _)| uid.clone())
+                .collect()
+        };
+        for uid in owned {
+            ctx.queue.add(Task::Collect(Item {
+                vc: vc.clone(),
+                uid,
+            }));
+        }
+    }
+
     /// Every object of `vc`, which was deleted, is gone: nothing of it is
     /// left to collect.
     pub fn forget_vc(&self, vc: &Vc) {
+        self.custom.lock().expect("custom lock").forget_vc(vc);
         let mut inner = self.inner.lock().expect("graph lock");
         inner.nodes.retain(|(owner_vc, _), _| *owner_vc != vc.uid);
         inner
@@ -354,9 +404,10 @@ async fn owner_exists(
     if owner_cached(ctx, vc, ns, owner) {
         return Ok(true);
     }
-    let Some(kind) = ctx.graph.kind(&owner.api_version, &owner.kind) else {
-        // A kind this server does not serve: no such owner.
-        return Ok(false);
+    let Some(kind) = ctx.graph.kind_in(vc, &owner.api_version, &owner.kind) else {
+        // A kind the VC does not serve (yet): kept, as kube's collector
+        // keeps a dependent whose owner it cannot resolve.
+        return Ok(true);
     };
     match get(ctx, &kind.path(vc, ns, &owner.name)).await? {
         Some(object) => Ok(object["metadata"]["uid"].as_str() == Some(owner.uid.as_str())),
@@ -512,6 +563,8 @@ const TYPED: &[(&str, &str)] = &[
     ("batch", "cronjobs"),
     ("discovery.k8s.io", "endpointslices"),
     ("events.k8s.io", "events"),
+    // Watched whole, for the custom kinds they define (`custom`).
+    ("apiextensions.k8s.io", "customresourcedefinitions"),
 ];
 
 /// Learns the served kinds, then watches the metadata of those the

@@ -367,6 +367,7 @@ pub fn start(ctx: &Arc<Ctx>, tasks: &mut tokio::task::JoinSet<()>) {
         });
     }
     gc::start_metadata_watches(ctx, tasks);
+    gc::start_custom_watches(ctx, tasks);
 }
 
 /// How an object came by, for the watches that keep nothing.

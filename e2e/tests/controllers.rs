@@ -818,3 +818,118 @@ async fn a_cronjob_starts_its_job_at_the_next_minute() {
     })
     .await;
 }
+
+const WIDGETS: &str = "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: widgets.example.com}
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+";
+
+/// Creates `widget/name` in `kc`'s VC; its UID.
+fn widget(kc: &Path, dir: &Path, name: &str) -> String {
+    let file = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &file,
+        format!("apiVersion: example.com/v1\nkind: Widget\nmetadata: {{name: {name}}}\n"),
+    )
+    .unwrap();
+    k(kc, &["create", "-f", file.to_str().unwrap()]);
+    get(kc, &["widget", name])["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Creates ConfigMap `name` owned by `owner` (kind, name, UID).
+fn owned_configmap(kc: &Path, dir: &Path, name: &str, owner: (&str, &str, &str)) {
+    let (kind, owner_name, uid) = owner;
+    let api_version = if kind == "Widget" {
+        "example.com/v1"
+    } else {
+        "v1"
+    };
+    let file = dir.join(format!("cm-{name}.json"));
+    let cm = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name, "ownerReferences": [
+            {"apiVersion": api_version, "kind": kind, "name": owner_name, "uid": uid}]},
+    });
+    std::fs::write(&file, cm.to_string()).unwrap();
+    k(kc, &["create", "-f", file.to_str().unwrap()]);
+}
+
+fn configmap_gone(kc: &Path, name: &str) -> Option<()> {
+    let names: Vec<String> = items(kc, &["configmaps"])
+        .iter()
+        .filter_map(|c| c["metadata"]["name"].as_str().map(str::to_owned))
+        .collect();
+    (!names.iter().any(|n| n == name)).then_some(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_garbage_collector_follows_custom_resource_owners() {
+    let s = setup(&["team-a", "team-b"]);
+    let (a, b) = (s.configs[0].clone(), s.configs[1].clone());
+    let d = s.dir.path().to_owned();
+    blocking(move || {
+        let crd = d.join("widgets.yaml");
+        std::fs::write(&crd, WIDGETS).unwrap();
+        for kc in [&a, &b] {
+            k(kc, &["apply", "-f", crd.to_str().unwrap()]);
+        }
+        // A dependent of a live custom resource stays: the collector has
+        // looked at it once a dependent queued after it is collected.
+        let w1 = widget(&a, &d, "w1");
+        owned_configmap(&a, &d, "of-w1", ("Widget", "w1", &w1));
+        let ghost = "00000000-0000-0000-0000-000000000000";
+        owned_configmap(&a, &d, "probe", ("ConfigMap", "ghost", ghost));
+        eventually("the probe collected", || configmap_gone(&a, "probe"));
+        assert!(configmap_gone(&a, "of-w1").is_none(), "of-w1 was collected");
+
+        // Background: the owner goes, then its dependent.
+        k(&a, &["delete", "widget", "w1"]);
+        eventually("of-w1 collected", || configmap_gone(&a, "of-w1"));
+
+        // Foreground: the owner waits for its dependent, then goes.
+        let w2 = widget(&a, &d, "w2");
+        owned_configmap(&a, &d, "of-w2", ("Widget", "w2", &w2));
+        k(
+            &a,
+            &[
+                "delete",
+                "widget",
+                "w2",
+                "--cascade=foreground",
+                "--wait=false",
+            ],
+        );
+        eventually("w2 and of-w2 gone", || {
+            (configmap_gone(&a, "of-w2").is_some() && items(&a, &["widgets"]).is_empty())
+                .then_some(())
+        });
+
+        // Owners are looked up in the dependent's VC: team-b's w1 is not
+        // team-a's (another UID), so team-b's dependent of team-a's goes.
+        let w3 = widget(&a, &d, "w3");
+        widget(&b, &d, "w3");
+        owned_configmap(&b, &d, "of-a-w3", ("Widget", "w3", &w3));
+        eventually("team-b's dependent collected", || {
+            configmap_gone(&b, "of-a-w3")
+        });
+
+        // The CRD goes with its objects, and their dependents follow.
+        owned_configmap(&a, &d, "of-w3", ("Widget", "w3", &w3));
+        k(&a, &["delete", "crd", "widgets.example.com"]);
+        eventually("of-w3 collected", || configmap_gone(&a, "of-w3"));
+    })
+    .await;
+}
