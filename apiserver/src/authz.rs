@@ -403,6 +403,7 @@ pub async fn defaults_overlay(
     policy: &Policy,
     path: &str,
     req: &Request,
+    stopping: &tokio::sync::watch::Sender<bool>,
 ) -> Option<Result<Response<Body>, ApiError>> {
     let (resource, name) = default_path(path)?;
     let info = catalog.find(GROUP, "v1", resource)?;
@@ -438,8 +439,20 @@ pub async fn defaults_overlay(
                 Ok(request) => request,
                 Err(e) => return Some(Err(e)),
             };
-            if request.watch.is_some() {
-                return None;
+            if let Some(flags) = request.watch {
+                // The defaults are among the current objects a watch
+                // starts with; they never change, so no event follows.
+                let defaults = matching_defaults(policy, resource, &request.opts).collect();
+                let watch = crate::tenant::watch(
+                    store,
+                    info,
+                    None,
+                    request.opts,
+                    stopping.subscribe(),
+                    flags,
+                    defaults,
+                );
+                return Some(watch.await);
             }
             Some(list(store, info, policy, resource, request.opts, req).await)
         }
@@ -465,8 +478,27 @@ pub async fn defaults_overlay(
     }
 }
 
-/// A list of stored objects with the defaults among them (on the first
-/// page), sorted by name as stored lists are.
+/// The defaults of `resource` the selectors of `opts` match, as `policy`
+/// shows them.
+fn matching_defaults<'a>(
+    policy: &'a Policy,
+    resource: &str,
+    opts: &'a ListOptions,
+) -> impl Iterator<Item = Value> + 'a {
+    defaults::of(resource)
+        .iter()
+        .filter(|d| opts.labels.matches(&d["metadata"]["labels"]) && opts.fields.matches(d))
+        .map(|d| shown(policy, d.clone()))
+}
+
+fn name_of(object: &Value) -> &str {
+    object["metadata"]["name"].as_str().unwrap_or_default()
+}
+
+/// A list of stored objects with the defaults among them, sorted by name
+/// as stored lists are. Pages hold at most `limit` objects: each holds the
+/// defaults whose names fall in its span of the stored names, and a page
+/// cut short by them continues after its last object.
 async fn list(
     store: &GenericStore,
     info: &ResourceInfo,
@@ -475,33 +507,44 @@ async fn list(
     opts: ListOptions,
     req: &Request,
 ) -> Result<Response<Body>, ApiError> {
-    let first_page = opts.continue_token.is_none();
+    let after = match &opts.continue_token {
+        Some(token) => Some(
+            kplex_registry::generic::continued_after(token)
+                .ok_or_else(|| ApiError::bad_request("continue key is not valid"))?,
+        ),
+        None => None,
+    };
     let page = store.list(info, None, &opts).await?;
+    // Where the stored page stops (none: the stored list ends in it).
+    let until = page
+        .continue_token
+        .as_ref()
+        .and_then(|_| page.items.last())
+        .map(|last| name_of(last).to_owned());
     // A stored object of a default's name (written before the name was
     // reserved) is not the VC's: the default is.
     let mut items: Vec<Value> = page
         .items
         .into_iter()
-        .filter(|item| {
-            item["metadata"]["name"]
-                .as_str()
-                .is_none_or(|name| defaults::find(resource, name).is_none())
-        })
+        .filter(|item| defaults::find(resource, name_of(item)).is_none())
         .map(|item| shown(policy, item))
         .collect();
-    if first_page {
-        for default in defaults::of(resource) {
-            if opts.labels.matches(&default["metadata"]["labels"]) && opts.fields.matches(default) {
-                items.push(shown(policy, default.clone()));
-            }
-        }
-        items.sort_by(|a, b| {
-            a["metadata"]["name"]
-                .as_str()
-                .cmp(&b["metadata"]["name"].as_str())
-        });
+    items.extend(matching_defaults(policy, resource, &opts).filter(|d| {
+        after.as_deref().is_none_or(|a| name_of(d) > a)
+            && until.as_deref().is_none_or(|u| name_of(d) <= u)
+    }));
+    items.sort_by(|a, b| name_of(a).cmp(name_of(b)));
+    let mut continue_token = page.continue_token;
+    if opts.limit > 0 && items.len() > opts.limit {
+        items.truncate(opts.limit);
+        let last = items.last().map(name_of).unwrap_or_default();
+        continue_token = Some(kplex_registry::generic::continue_after(
+            page.revision,
+            None,
+            last,
+        ));
     }
-    let metadata = crate::tenant::list_metadata(page.revision, page.continue_token);
+    let metadata = crate::tenant::list_metadata(page.revision, continue_token);
     Ok(crate::tenant::list_response(info, req, metadata, items))
 }
 

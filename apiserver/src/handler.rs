@@ -643,7 +643,7 @@ async fn tenant(
         .vc_store_serving(&vc, catalog.clone())?
         .with_admission(admission);
     if let Some(served) =
-        crate::authz::defaults_overlay(&ctx.catalog, &store, &rbac, path, req).await
+        crate::authz::defaults_overlay(&ctx.catalog, &store, &rbac, path, req, &ctx.stopping).await
     {
         return served;
     }

@@ -553,7 +553,16 @@ async fn resource(
             let CollectionRequest { opts, watch: flags } =
                 collection_request(t.info, req, &params)?;
             if let Some(flags) = flags {
-                return watch(store, t.info, t.namespace, opts, stopping, flags).await;
+                return watch(
+                    store,
+                    t.info,
+                    t.namespace,
+                    opts,
+                    stopping,
+                    flags,
+                    Vec::new(),
+                )
+                .await;
             }
             let plain = !req.wants_table() && !req.wants_metadata() && !t.info.converts();
             if plain {
@@ -695,14 +704,16 @@ fn object_body(req: &Request, write: &WriteOptions) -> Result<Value, ApiError> {
 }
 
 /// A watch: newline-delimited JSON events, flushed per event. Without a
-/// `resourceVersion` (or `0`) the current objects come first as ADDED.
-async fn watch(
+/// `resourceVersion` (or `0`) the current objects come first as ADDED,
+/// `unstored` (objects the server adds to the list) among them.
+pub(crate) async fn watch(
     store: &GenericStore,
     info: &ResourceInfo,
     ns: Namespace<'_>,
     opts: ListOptions,
     stopping: tokio::sync::watch::Receiver<bool>,
     flags: WatchFlags<'_>,
+    unstored: Vec<Value>,
 ) -> Result<Response<Body>, ApiError> {
     // Held by the stream: the slot is free again when the watch ends.
     let permit = store.watch_permit()?;
@@ -731,6 +742,7 @@ async fn watch(
                 )
                 .await?;
             initial = page.items.into_iter().map(Object::Stored).collect();
+            initial.extend(unstored.into_iter().map(Object::Decoded));
             page.revision
         }
     };

@@ -441,6 +441,77 @@ fn the_default_roles_are_in_every_vc_aggregate_and_cannot_be_changed() {
             && !labelled.contains("/cluster-admin"),
         "{labelled}"
     );
+
+    // Paged, the list holds the same roles once each, in order, no page
+    // over its limit; a watch starts with the defaults too.
+    for name in ["aaa-first", "mmm-middle", "zzz-last"] {
+        k(
+            &alice,
+            &[
+                "create",
+                "clusterrole",
+                name,
+                "--verb=get",
+                "--resource=pods",
+            ],
+        );
+    }
+    let whole = k(&alice, &["get", "clusterroles", "-o", "name"]);
+    assert!(whole.contains("/aaa-first\n") && whole.contains("/zzz-last\n"));
+    assert_eq!(
+        k(
+            &alice,
+            &["get", "clusterroles", "-o", "name", "--chunk-size=2"]
+        ),
+        whole
+    );
+    let mut names = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page: serde_json::Value = serde_json::from_str(&k(
+            &alice,
+            &[
+                "get",
+                "--raw",
+                &format!(
+                    "/apis/rbac.authorization.k8s.io/v1/clusterroles?limit=3&continue={token}"
+                ),
+            ],
+        ))
+        .unwrap();
+        let items = page["items"].as_array().unwrap();
+        assert!(items.len() <= 3, "{}", items.len());
+        names.extend(
+            items
+                .iter()
+                .map(|i| i["metadata"]["name"].as_str().unwrap().to_owned()),
+        );
+        match page["metadata"]["continue"].as_str() {
+            Some(next) if !next.is_empty() => token = next.to_owned(),
+            _ => break,
+        }
+    }
+    let listed: Vec<&str> = whole
+        .lines()
+        .map(|l| l.trim_start_matches("clusterrole.rbac.authorization.k8s.io/"))
+        .collect();
+    assert_eq!(names, listed);
+    let events = k(
+        &alice,
+        &[
+            "get",
+            "--raw",
+            "/apis/rbac.authorization.k8s.io/v1/clusterroles?watch=1&timeoutSeconds=1",
+        ],
+    );
+    let mut added: Vec<String> = events
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["type"] == "ADDED")
+        .map(|e| e["object"]["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    added.sort();
+    assert_eq!(added, listed);
 }
 
 /// The status of a TokenReview of `token` for `audiences`, created as `kc`.

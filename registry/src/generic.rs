@@ -592,12 +592,11 @@ impl GenericStore {
 
     fn encode_continue(&self, revision: Revision, last: &Key) -> String {
         let parts = TenantKeyspace::parse(last);
-        let token = json!({
-            "rv": revision.get(),
-            "ns": parts.as_ref().and_then(|p| p.namespace),
-            "name": parts.as_ref().map(|p| p.name),
-        });
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token.to_string())
+        continue_after(
+            revision,
+            parts.as_ref().and_then(|p| p.namespace),
+            parts.as_ref().map_or("", |p| p.name),
+        )
     }
 
     /// A continue token names a position by namespace and name only; the key
@@ -1541,6 +1540,24 @@ pub fn watch_event_stored(
             }),
         )),
     }
+}
+
+/// A continue token for a list read at `revision` that goes on after the
+/// object `name` (in `ns`), stored or not: a page that ends on an object
+/// the server adds to a list (a VC's default roles) continues after it.
+pub fn continue_after(revision: Revision, ns: Option<&str>, name: &str) -> String {
+    let token = json!({"rv": revision.get(), "ns": ns, "name": name});
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token.to_string())
+}
+
+/// The name a continue token goes on after (`None`: not a token this
+/// server made; the list refuses it).
+pub fn continued_after(token: &str) -> Option<String> {
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()?;
+    let value: Value = serde_json::from_slice(&raw).ok()?;
+    value["name"].as_str().map(str::to_owned)
 }
 
 /// Decodes a stored value as the watch sends it.
