@@ -133,6 +133,20 @@ impl Cpu {
     }
 }
 
+impl Cpu {
+    /// The mean of several runs' figures.
+    fn mean(runs: &[Cpu]) -> Cpu {
+        let n = runs.len().max(1) as f64;
+        let sum = |f: fn(&Cpu) -> f64| runs.iter().map(f).sum::<f64>() / n;
+        Cpu {
+            kplex: sum(|c| c.kplex),
+            kplex_writer: sum(|c| c.kplex_writer),
+            bench: sum(|c| c.bench),
+            bench_writer: sum(|c| c.bench_writer),
+        }
+    }
+}
+
 /// Runs `f` and returns its result with the CPU it cost per operation.
 async fn with_cpu<T>(kplex: u32, ops: usize, f: impl Future<Output = T>) -> (T, Cpu) {
     let before = Cpu::now(kplex);
@@ -593,15 +607,22 @@ async fn main() {
         }
     };
     let (mut rbac_get, mut masters_get) = (None::<Stats>, None::<Stats>);
+    // The server's CPU per GET, summed over the rounds: steadier than
+    // throughput on a machine whose clients share its cores.
+    let (mut rbac_cpu, mut masters_cpu) = (Vec::new(), Vec::new());
     for round in 0..4 {
+        let rbac_run = || with_cpu(pid, gets, run(CLIENTS, gets, get_op(readers.clone())));
+        let masters_run = || with_cpu(pid, gets, run(CLIENTS, gets, get_op(tenants.clone())));
         // ABBA: neither side always runs first.
-        let (rbac, masters) = if round % 2 == 0 {
-            let rbac = run(CLIENTS, gets, get_op(readers.clone())).await;
-            (rbac, run(CLIENTS, gets, get_op(tenants.clone())).await)
+        let ((rbac, rbac_used), (masters, masters_used)) = if round % 2 == 0 {
+            let rbac = rbac_run().await;
+            (rbac, masters_run().await)
         } else {
-            let masters = run(CLIENTS, gets, get_op(tenants.clone())).await;
-            (run(CLIENTS, gets, get_op(readers.clone())).await, masters)
+            let masters = masters_run().await;
+            (rbac_run().await, masters)
         };
+        rbac_cpu.push(rbac_used);
+        masters_cpu.push(masters_used);
         rbac_get = Some(match rbac_get {
             Some(before) => best(before, rbac),
             None => rbac,
@@ -612,6 +633,7 @@ async fn main() {
         });
     }
     let (rbac_get, masters_get) = (rbac_get.unwrap(), masters_get.unwrap());
+    let (rbac_cpu, masters_cpu) = (Cpu::mean(&rbac_cpu), Cpu::mean(&masters_cpu));
 
     // --- LIST -----------------------------------------------------------------
     eprintln!("bench: list");
@@ -770,6 +792,21 @@ async fn main() {
     joint("CREATE, bare server + raw store", CLIENTS, floor_create_cpu);
     split("GET, kplex", CLIENTS, kplex_get_cpu);
     joint("GET, bare server", CLIENTS, bare_get_cpu);
+    split(
+        "GET as a user RBAC checks, kplex (mean of 4 runs)",
+        CLIENTS,
+        rbac_cpu,
+    );
+    split(
+        "GET as the VC's cluster-admin, unchecked, kplex (mean of 4 runs)",
+        CLIENTS,
+        masters_cpu,
+    );
+    println!(
+        "\nServer CPU per GET under RBAC beside unchecked: **{:.3}** ({:+.1}%).",
+        rbac_cpu.kplex / masters_cpu.kplex,
+        (rbac_cpu.kplex / masters_cpu.kplex - 1.0) * 100.0
+    );
 
     println!("\n### Virtual clusters\n");
     println!("| measure | value | target |");

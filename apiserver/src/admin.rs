@@ -356,7 +356,7 @@ async fn list(ctx: &Context, req: &Request) -> Result<Response, ApiError> {
     if req.wants_table() {
         let objects: Vec<Value> = vcs
             .iter()
-            .map(|vc| with_status(&ctx.url, vc.object.clone()))
+            .map(|vc| with_status(&ctx.url, vc.object()))
             .collect();
         let mut table = table(&objects);
         table["metadata"] = json!({"resourceVersion": revision.to_string()});
@@ -378,7 +378,7 @@ async fn list(ctx: &Context, req: &Request) -> Result<Response, ApiError> {
 /// The VC as served: the record plus its status (with `count`, as one VC
 /// is read: its object count and its quota's use).
 async fn present(ctx: &Context, vc: &VirtualCluster, count: bool) -> Result<Value, ApiError> {
-    let mut object = with_status(&ctx.url, vc.object.clone());
+    let mut object = with_status(&ctx.url, vc.object());
     if count {
         object["status"]["objectCount"] = json!(ctx.registry.object_count(vc).await?);
         object["status"]["limits"] = limits_status(ctx, vc).await?;
@@ -544,7 +544,7 @@ async fn watch(ctx: &Context, req: &Request) -> Result<Response, ApiError> {
         crate::virtualclusters::Registry::prefix()?,
         async {
             let (vcs, revision) = ctx.registry.list().await?;
-            Ok((vcs.into_iter().map(|vc| vc.object).collect(), revision))
+            Ok((vcs.into_iter().map(|vc| vc.object()).collect(), revision))
         },
         present,
         table,

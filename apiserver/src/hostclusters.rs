@@ -67,7 +67,7 @@ pub fn redacted(mut object: Value) -> Value {
 
 /// Whether `vc` is placed on host `name`, given the default host.
 pub fn placed_on(vc: &VirtualCluster, name: &str, default: Option<&str>) -> bool {
-    match vc.object["spec"]["hostCluster"]
+    match vc.object()["spec"]["hostCluster"]
         .as_str()
         .filter(|h| !h.is_empty())
     {

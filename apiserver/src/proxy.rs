@@ -236,7 +236,7 @@ impl rustls::client::danger::ServerCertVerifier for NoVerification {
 
 /// The host kubeconfig of the host `vc` is placed on.
 async fn placement(ctx: &Context, vc: &VirtualCluster) -> Result<Option<String>, ApiError> {
-    let named = vc.object["spec"]["hostCluster"]
+    let named = vc.object()["spec"]["hostCluster"]
         .as_str()
         .filter(|h| !h.is_empty())
         .map(str::to_owned);

@@ -115,8 +115,12 @@ const DELETE_BATCH: usize = 1000;
 /// A VC as stored: the object the admin API serves, plus its revision.
 #[derive(Debug, Clone)]
 pub struct VirtualCluster {
-    /// The object (`apiVersion`, `kind`, `metadata`, `spec`, `status`).
-    pub object: Value,
+    /// The object (`apiVersion`, `kind`, `metadata`, `spec`, `status`) as
+    /// JSON: a few hundred bytes, where its decoded tree would take several
+    /// KiB of every idle VC's memory (see [`VirtualCluster::object`]).
+    record: Box<[u8]>,
+    uid: Box<str>,
+    name: Box<str>,
     /// Its isolation policy, read once (the safe default if the record
     /// holds none or one that does not parse).
     pub policy: Arc<kplex_api::isolation::Isolation>,
@@ -127,12 +131,17 @@ pub struct VirtualCluster {
 impl VirtualCluster {
     /// The VC's UID.
     pub fn uid(&self) -> &str {
-        self.object["metadata"]["uid"].as_str().unwrap_or_default()
+        &self.uid
     }
 
     /// The VC's name.
     pub fn name(&self) -> &str {
-        self.object["metadata"]["name"].as_str().unwrap_or_default()
+        &self.name
+    }
+
+    /// The object, decoded.
+    pub fn object(&self) -> Value {
+        serde_json::from_slice(&self.record).expect("encoded from a Value")
     }
 
     /// The VC's keyspace.
@@ -336,7 +345,7 @@ impl Registry {
             let Some(kv) = self.store.get(&key).await.map_err(store_error)? else {
                 return Err(ApiError::not_found_object(KIND, GROUP, name));
             };
-            let current = decode(&kv)?.object;
+            let current = decode(&kv)?.object();
             // `change` sees the record without its resourceVersion: one in
             // what it makes is the request's own precondition.
             let mut unversioned = current.clone();
@@ -646,10 +655,35 @@ fn with_revision(mut object: Value, revision: kplex_storage::Revision) -> Virtua
     object["metadata"]["resourceVersion"] = Value::String(revision.to_string());
     let policy = kplex_api::isolation::Isolation::from_spec(&object["spec"]).unwrap_or_default();
     let limits = kplex_api::limits::Limits::from_spec(&object["spec"]).unwrap_or_default();
+    let text = |field: &str| {
+        object["metadata"][field]
+            .as_str()
+            .unwrap_or_default()
+            .into()
+    };
     VirtualCluster {
-        object,
-        policy: Arc::new(policy),
+        uid: text("uid"),
+        name: text("name"),
+        record: serde_json::to_vec(&object)
+            .expect("a Value encodes")
+            .into_boxed_slice(),
+        policy: shared_policy(policy),
         limits,
+    }
+}
+
+/// `policy`, as one shared copy when it is the default's (most VCs').
+fn shared_policy(policy: kplex_api::isolation::Isolation) -> Arc<kplex_api::isolation::Isolation> {
+    static DEFAULT: std::sync::OnceLock<Arc<kplex_api::isolation::Isolation>> =
+        std::sync::OnceLock::new();
+    let default = DEFAULT.get_or_init(|| {
+        let spec = serde_json::json!({});
+        Arc::new(kplex_api::isolation::Isolation::from_spec(&spec).unwrap_or_default())
+    });
+    if policy == **default {
+        default.clone()
+    } else {
+        Arc::new(policy)
     }
 }
 

@@ -192,6 +192,8 @@ impl Binding {
         self
     }
 
+    /// Whether one of this binding's subjects is `subject` (keys compared
+    /// first, names to rule out a collision).
     fn applies_to(&self, subject: &Subject<'_>, keys: &Keys) -> bool {
         self.keys
             .iter()
@@ -204,6 +206,59 @@ impl Binding {
     }
 }
 
+/// Bindings of one scope, indexed by their subjects' keys: a check reads
+/// one small sorted array and then only the bindings that name one of the
+/// caller's keys, not every binding of the scope (memory another VC's
+/// requests have made cold).
+#[derive(Debug)]
+struct Indexed<B> {
+    /// (subject key, index in `bindings`), sorted.
+    by_key: Box<[(u64, u32)]>,
+    bindings: Vec<B>,
+}
+
+impl<B> Default for Indexed<B> {
+    fn default() -> Indexed<B> {
+        Indexed {
+            by_key: Box::new([]),
+            bindings: Vec::new(),
+        }
+    }
+}
+
+impl<B: std::ops::Deref<Target = Binding>> Indexed<B> {
+    fn new(bindings: Vec<B>) -> Indexed<B> {
+        let mut by_key: Vec<(u64, u32)> = bindings
+            .iter()
+            .enumerate()
+            .flat_map(|(i, b)| b.keys.iter().map(move |k| (*k, i as u32)))
+            .collect();
+        by_key.sort_unstable();
+        by_key.dedup();
+        Indexed {
+            by_key: by_key.into_boxed_slice(),
+            bindings,
+        }
+    }
+
+    /// The bindings naming `subject` (one may come once per key it
+    /// matches), with their indices (the bindings' order).
+    fn naming<'a>(
+        &'a self,
+        subject: &'a Subject<'a>,
+        keys: &'a Keys,
+    ) -> impl Iterator<Item = (u32, &'a Binding)> + 'a {
+        keys.0.iter().flat_map(move |key| {
+            let start = self.by_key.partition_point(|(k, _)| k < key);
+            self.by_key[start..]
+                .iter()
+                .take_while(move |(k, _)| k == key)
+                .map(|(_, i)| (*i, &*self.bindings[*i as usize]))
+                .filter(move |(_, b)| b.applies_to(subject, keys))
+        })
+    }
+}
+
 /// A VC's policy. Built whole from its objects on each change (RBAC
 /// objects change rarely); read by every request of the VC.
 #[derive(Debug, Default)]
@@ -212,8 +267,8 @@ pub struct Policy {
     cluster_roles: HashMap<String, Arc<[Rule]>>,
     /// Roles by namespace, then name.
     roles: HashMap<String, HashMap<String, Arc<[Rule]>>>,
-    cluster_bindings: Vec<Arc<Binding>>,
-    bindings: HashMap<String, Vec<Binding>>,
+    cluster_bindings: Indexed<Arc<Binding>>,
+    bindings: HashMap<String, Indexed<Box<Binding>>>,
 }
 
 /// What every VC's policy shares of the defaults (one copy per process,
@@ -278,13 +333,20 @@ impl Policy {
                 *rules = common.clone();
             }
         }
-        let mut bindings: HashMap<String, Vec<Binding>> = HashMap::new();
+        let mut bindings: HashMap<String, Vec<Box<Binding>>> = HashMap::new();
         for ((ns, _), object) in &objects.role_bindings {
             if let Some(binding) = Binding::read(object, ns) {
                 let binding = binding.resolved(&aggregated, roles.get(ns));
-                bindings.entry(ns.clone()).or_default().push(binding);
+                bindings
+                    .entry(ns.clone())
+                    .or_default()
+                    .push(Box::new(binding));
             }
         }
+        let bindings = bindings
+            .into_iter()
+            .map(|(ns, b)| (ns, Indexed::new(b)))
+            .collect();
         // The default bindings are the shared ones (their roles are
         // defaults, which a VC cannot change).
         let cluster_bindings = cluster_role_bindings
@@ -297,7 +359,7 @@ impl Policy {
         Policy {
             cluster_roles: aggregated,
             roles,
-            cluster_bindings,
+            cluster_bindings: Indexed::new(cluster_bindings),
             bindings,
         }
     }
@@ -311,27 +373,26 @@ impl Policy {
         }
     }
 
-    /// The rule sets that apply to `subject` in `namespace` (cluster-wide
-    /// ones first; `""`: cluster scope only).
+    /// The rule sets that apply to `subject` in `namespace` (`""`: cluster
+    /// scope only), each with where its binding stands (cluster-wide ones
+    /// first, then in the bindings' order); a set may come more than once.
     fn applicable<'a>(
         &'a self,
         subject: &'a Subject<'a>,
         keys: &'a Keys,
         namespace: &'a str,
-    ) -> impl Iterator<Item = &'a Arc<[Rule]>> + 'a {
+    ) -> impl Iterator<Item = ((bool, u32), &'a Arc<[Rule]>)> + 'a {
         let cluster = self
             .cluster_bindings
-            .iter()
-            .filter(move |b| b.applies_to(subject, keys))
-            .filter_map(|b| b.rules.as_ref());
+            .naming(subject, keys)
+            .filter_map(|(i, b)| Some(((false, i), b.rules.as_ref()?)));
         let local = self
             .bindings
             .get(namespace)
             .filter(|_| !namespace.is_empty())
             .into_iter()
-            .flatten()
-            .filter(move |b| b.applies_to(subject, keys))
-            .filter_map(|b| b.rules.as_ref());
+            .flat_map(move |bindings| bindings.naming(subject, keys))
+            .filter_map(|(i, b)| Some(((true, i), b.rules.as_ref()?)));
         cluster.chain(local)
     }
 
@@ -340,7 +401,7 @@ impl Policy {
         subject.is_master()
             || self
                 .applicable(subject, &Keys::of(subject), &attributes.namespace)
-                .any(|rules| rules.iter().any(|r| r.allows(attributes)))
+                .any(|(_, rules)| rules.iter().any(|r| r.allows(attributes)))
     }
 
     /// Every rule `subject` holds in `namespace` (cluster-wide ones
@@ -354,8 +415,10 @@ impl Policy {
         }
         let mut seen = HashSet::new();
         let keys = Keys::of(subject);
-        self.applicable(subject, &keys, namespace)
-            .flat_map(|rules| rules.iter())
+        let mut sets: Vec<_> = self.applicable(subject, &keys, namespace).collect();
+        sets.sort_by_key(|(at, _)| *at);
+        sets.into_iter()
+            .flat_map(|(_, rules)| rules.iter())
             .filter(|r| seen.insert((*r).clone()))
             .cloned()
             .collect()
