@@ -40,6 +40,7 @@ pub fn kplex_bin() -> PathBuf {
         "apiserver",
         "registry",
         "kinds",
+        "rbac",
         "storage",
         "certs",
         "api",

@@ -662,3 +662,93 @@ async fn discovery_and_openapi_answer_304_to_a_client_that_has_them() {
         assert!(kplex_e2e::stdout(&o).contains("deployments"));
     }
 }
+
+/// Metadata informers (client-go's metadata client, kube-rs's
+/// `metadata_watcher`) read every kind as `PartialObjectMetadata`: lists,
+/// single objects and watch events carry metadata and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_informers_read_every_kind_as_partial_object_metadata() {
+    use kube::api::PartialObjectMeta;
+    use kube::runtime::watcher;
+    let dir = tempfile::tempdir().unwrap();
+    let kplex = Kplex::start_api_only(&dir.path().join("data"));
+    create_vc(&kplex, dir.path(), "team-a");
+    let path = tenant_kubeconfig(&kplex, dir.path(), "team-a", "alice");
+    let client = kube::Client::try_from(config_of(&path).await).unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    cms.create(&PostParams::default(), &configmap("one", "v"))
+        .await
+        .unwrap();
+
+    // Lists of several kinds (stored, cluster-scoped, with the VC's
+    // default roles among them, empty).
+    let accept = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1";
+    for (collection, expected) in [
+        ("/api/v1/namespaces/default/configmaps", Some("one")),
+        ("/api/v1/namespaces", Some("default")),
+        (
+            "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+            Some("view"),
+        ),
+        ("/apis/apps/v1/deployments", None),
+        ("/apis/storage.k8s.io/v1/storageclasses", None),
+    ] {
+        let req = http::Request::get(collection)
+            .header("accept", accept)
+            .body(Vec::new())
+            .unwrap();
+        let list: serde_json::Value = client.request(req).await.unwrap();
+        assert_eq!(list["kind"], "PartialObjectMetadataList", "{collection}");
+        assert_eq!(list["apiVersion"], "meta.k8s.io/v1", "{collection}");
+        let items = list["items"].as_array().unwrap();
+        for item in items {
+            let fields: Vec<&String> = item.as_object().unwrap().keys().collect();
+            assert!(
+                fields
+                    .iter()
+                    .all(|f| ["metadata", "kind", "apiVersion"].contains(&f.as_str())),
+                "{collection}: {fields:?}"
+            );
+        }
+        let names: Vec<&str> = items
+            .iter()
+            .filter_map(|i| i["metadata"]["name"].as_str())
+            .collect();
+        match expected {
+            Some(name) => assert!(names.contains(&name), "{collection}: {names:?}"),
+            None => assert!(names.is_empty(), "{collection}: {names:?}"),
+        }
+    }
+
+    // One object, through kube-rs's metadata API.
+    let one = cms.get_metadata("one").await.unwrap();
+    assert_eq!(one.types.as_ref().unwrap().kind, "PartialObjectMetadata");
+    assert_eq!(one.metadata.name.as_deref(), Some("one"));
+    let listed = cms.list_metadata(&ListParams::default()).await.unwrap();
+    assert_eq!(listed.items.len(), 1);
+
+    // A metadata watcher (kube-rs asks for metadata only through an
+    // `Api<PartialObjectMeta<_>>`) sees the current objects, then a new one.
+    let metas: Api<PartialObjectMeta<ConfigMap>> = Api::namespaced(client.clone(), "default");
+    let mut events = watcher(metas, watcher::Config::default()).boxed();
+    let mut created = false;
+    let seen = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(event) = events.try_next().await.unwrap() {
+            match event {
+                watcher::Event::InitDone if !created => {
+                    created = true;
+                    cms.create(&PostParams::default(), &configmap("two", "w"))
+                        .await
+                        .unwrap();
+                }
+                watcher::Event::Apply(meta) => return meta,
+                _ => {}
+            }
+        }
+        panic!("the metadata watch ended");
+    })
+    .await
+    .expect("the new object's event");
+    assert_eq!(seen.metadata.name.as_deref(), Some("two"));
+    assert_eq!(seen.types.unwrap().kind, "PartialObjectMetadata");
+}
