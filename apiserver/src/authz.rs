@@ -53,10 +53,7 @@ pub fn authorize(
     // too, as kube-apiserver asks since 1.30.
     if attributes.verb == "get"
         && attributes.resource == "pods"
-        && matches!(
-            attributes.subresource.as_str(),
-            "exec" | "attach" | "portforward"
-        )
+        && matches!(&*attributes.subresource, "exec" | "attach" | "portforward")
     {
         let create = Attributes {
             verb: "create".into(),
@@ -177,7 +174,7 @@ pub fn forbidden(user: &str, a: &Attributes) -> ApiError {
         ));
     }
     let resource = if a.subresource.is_empty() {
-        a.resource.clone()
+        a.resource.to_string()
     } else {
         format!("{}/{}", a.resource, a.subresource)
     };
@@ -187,7 +184,7 @@ pub fn forbidden(user: &str, a: &Attributes) -> ApiError {
         format!("in the namespace {:?}", a.namespace)
     };
     let qualified = if a.api_group.is_empty() {
-        a.resource.clone()
+        a.resource.to_string()
     } else {
         format!("{}.{}", a.resource, a.api_group)
     };

@@ -141,13 +141,13 @@ fn decide(
 
 /// The request an access review asks about: exactly one of
 /// `resourceAttributes` and `nonResourceAttributes`.
-fn attributes_of(
-    spec: &Value,
+fn attributes_of<'a>(
+    spec: &'a Value,
     invalid: &dyn Fn(&str, &str) -> ApiError,
-) -> Result<Attributes, ApiError> {
+) -> Result<Attributes<'a>, ApiError> {
     let resource = spec.get("resourceAttributes").filter(|v| v.is_object());
     let path = spec.get("nonResourceAttributes").filter(|v| v.is_object());
-    let text = |v: &Value, field: &str| v[field].as_str().unwrap_or_default().to_owned();
+    let text = |v: &'a Value, field: &str| v[field].as_str().unwrap_or_default().into();
     match (resource, path) {
         (Some(r), None) => Ok(Attributes {
             verb: text(r, "verb"),
@@ -157,7 +157,7 @@ fn attributes_of(
             subresource: text(r, "subresource"),
             namespace: text(r, "namespace"),
             name: text(r, "name"),
-            path: String::new(),
+            path: "".into(),
         }),
         (None, Some(p)) => Ok(Attributes {
             verb: text(p, "verb"),

@@ -499,7 +499,12 @@ mod tests {
         g.iter().map(|s| (*s).to_owned()).collect()
     }
 
-    fn ask(verb: &str, group: &str, resource: &str, namespace: &str) -> Attributes {
+    fn ask<'a>(
+        verb: &'a str,
+        group: &'a str,
+        resource: &'a str,
+        namespace: &'a str,
+    ) -> Attributes<'a> {
         Attributes {
             verb: verb.into(),
             api_group: group.into(),

@@ -2,45 +2,48 @@
 //! `RequestInfo`): verb, group, resource, subresource, namespace and name
 //! for a resource path; verb and path for any other.
 
-/// A request's attributes.
+use std::borrow::Cow;
+
+/// A request's attributes (borrowed from the request where they can be: a
+/// check on the request path allocates nothing for them).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Attributes {
+pub struct Attributes<'a> {
     /// `get`, `list`, `watch`, `create`, `update`, `patch`, `delete`,
     /// `deletecollection` (or a special verb such as `bind`, `escalate`).
-    pub verb: String,
+    pub verb: Cow<'a, str>,
     /// Whether the path names a resource (else `path` is what is asked).
     pub resource_request: bool,
     /// The API group (`""`: core).
-    pub api_group: String,
+    pub api_group: Cow<'a, str>,
     /// The resource (plural).
-    pub resource: String,
+    pub resource: Cow<'a, str>,
     /// The subresource (`status`, `scale`, `log`, …) or `""`.
-    pub subresource: String,
+    pub subresource: Cow<'a, str>,
     /// The namespace (`""`: cluster scope).
-    pub namespace: String,
+    pub namespace: Cow<'a, str>,
     /// The object's name (`""` for collections).
-    pub name: String,
+    pub name: Cow<'a, str>,
     /// The path of a non-resource request.
-    pub path: String,
+    pub path: Cow<'a, str>,
 }
 
 /// Subresources of a namespace (its own, not a resource inside it).
 const NAMESPACE_SUBRESOURCES: &[&str] = &["status", "finalize"];
 
-impl Attributes {
+impl<'a> Attributes<'a> {
     /// The attributes of `method` on `path` (relative to the VC) with
     /// `query` (its raw query string).
-    pub fn of_request(method: &str, path: &str, query: &str) -> Attributes {
+    pub fn of_request(method: &'a str, path: &'a str, query: &str) -> Attributes<'a> {
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
         let mut out = Attributes {
-            path: path.to_owned(),
-            verb: method.to_ascii_lowercase(),
+            path: path.into(),
+            verb: method.to_ascii_lowercase().into(),
             ..Attributes::default()
         };
         let rest: &[&str] = match parts.as_slice() {
             ["api", version, rest @ ..] if !rest.is_empty() && !version.is_empty() => rest,
             ["apis", group, version, rest @ ..] if !rest.is_empty() && !version.is_empty() => {
-                out.api_group = (*group).to_owned();
+                out.api_group = (*group).into();
                 rest
             }
             _ => return out,
@@ -57,10 +60,10 @@ impl Attributes {
             "DELETE" => "delete",
             _ => "",
         }
-        .to_owned();
+        .into();
         let rest = match rest {
             ["namespaces", ns, inner @ ..] => {
-                out.namespace = (*ns).to_owned();
+                out.namespace = (*ns).into();
                 match inner.first() {
                     Some(first) if !NAMESPACE_SUBRESOURCES.contains(first) => inner,
                     _ => rest,
@@ -69,13 +72,13 @@ impl Attributes {
             _ => rest,
         };
         if let Some(resource) = rest.first() {
-            out.resource = (*resource).to_owned();
+            out.resource = (*resource).into();
         }
         if let Some(name) = rest.get(1) {
-            out.name = (*name).to_owned();
+            out.name = (*name).into();
         }
         if let Some(sub) = rest.get(2) {
-            out.subresource = (*sub).to_owned();
+            out.subresource = (*sub).into();
         }
         if out.name.is_empty() && out.verb == "get" {
             let params: Vec<(String, String)> = form_params(query);
@@ -84,7 +87,7 @@ impl Attributes {
                 .iter()
                 .find(|(k, _)| k == "watch")
                 .is_some_and(|(_, v)| matches!(v.as_str(), "true" | "1"));
-            out.verb = if watching { "watch" } else { "list" }.to_owned();
+            out.verb = if watching { "watch" } else { "list" }.into();
             // A list or watch of one object by name (`metadata.name=x`, as
             // informers of one object ask) is asked of that name.
             if let Some((_, selector)) = params.iter().find(|(k, _)| k == "fieldSelector") {
@@ -92,12 +95,12 @@ impl Attributes {
                     .strip_prefix("metadata.name=")
                     .filter(|n| !n.is_empty() && !n.contains([',', '=', '!', '/']))
                 {
-                    out.name = name.to_owned();
+                    out.name = name.to_owned().into();
                 }
             }
         }
         if out.name.is_empty() && out.verb == "delete" {
-            out.verb = "deletecollection".to_owned();
+            out.verb = "deletecollection".into();
         }
         out
     }
@@ -147,7 +150,7 @@ fn decode(s: &str) -> String {
 mod tests {
     use super::*;
 
-    fn of(method: &str, path: &str, query: &str) -> Attributes {
+    fn of<'a>(method: &'a str, path: &'a str, query: &str) -> Attributes<'a> {
         Attributes::of_request(method, path, query)
     }
 
@@ -155,12 +158,7 @@ mod tests {
     fn resource_paths_are_read_as_kube_apiserver_reads_them() {
         let a = of("GET", "/api/v1/namespaces/default/pods", "");
         assert_eq!(
-            (
-                a.verb.as_str(),
-                a.resource.as_str(),
-                a.namespace.as_str(),
-                a.name.as_str()
-            ),
+            (&*a.verb, &*a.resource, &*a.namespace, &*a.name),
             ("list", "pods", "default", "")
         );
         assert!(a.resource_request);
@@ -171,7 +169,7 @@ mod tests {
         );
         assert_eq!(a.verb, "watch");
         let a = of("GET", "/api/v1/watch/namespaces/default/pods", "");
-        assert_eq!((a.verb.as_str(), a.resource.as_str()), ("watch", "pods"));
+        assert_eq!((&*a.verb, &*a.resource), ("watch", "pods"));
         let a = of(
             "GET",
             "/apis/apps/v1/namespaces/x/deployments/web/scale",
@@ -179,11 +177,11 @@ mod tests {
         );
         assert_eq!(
             (
-                a.verb.as_str(),
-                a.api_group.as_str(),
-                a.resource.as_str(),
-                a.name.as_str(),
-                a.subresource.as_str()
+                &*a.verb,
+                &*a.api_group,
+                &*a.resource,
+                &*a.name,
+                &*a.subresource
             ),
             ("get", "apps", "deployments", "web", "scale")
         );
@@ -191,45 +189,32 @@ mod tests {
         assert_eq!(a.verb, "deletecollection");
         let a = of("PATCH", "/api/v1/nodes/n1/status", "");
         assert_eq!(
-            (
-                a.verb.as_str(),
-                a.resource.as_str(),
-                a.namespace.as_str(),
-                a.subresource.as_str()
-            ),
+            (&*a.verb, &*a.resource, &*a.namespace, &*a.subresource),
             ("patch", "nodes", "", "status")
         );
         // A namespace is its own namespace; its status is its subresource.
         let a = of("GET", "/api/v1/namespaces/team", "");
         assert_eq!(
-            (
-                a.verb.as_str(),
-                a.resource.as_str(),
-                a.namespace.as_str(),
-                a.name.as_str()
-            ),
+            (&*a.verb, &*a.resource, &*a.namespace, &*a.name),
             ("get", "namespaces", "team", "team")
         );
         let a = of("PUT", "/api/v1/namespaces/team/finalize", "");
-        assert_eq!(
-            (a.resource.as_str(), a.subresource.as_str()),
-            ("namespaces", "finalize")
-        );
+        assert_eq!((&*a.resource, &*a.subresource), ("namespaces", "finalize"));
         let a = of("GET", "/api/v1/namespaces", "");
-        assert_eq!((a.verb.as_str(), a.namespace.as_str()), ("list", ""));
+        assert_eq!((&*a.verb, &*a.namespace), ("list", ""));
         let a = of(
             "GET",
             "/api/v1/namespaces/d/secrets",
             "fieldSelector=metadata.name%3Dtoken&watch=1",
         );
-        assert_eq!((a.verb.as_str(), a.name.as_str()), ("watch", "token"));
+        assert_eq!((&*a.verb, &*a.name), ("watch", "token"));
         let a = of(
             "POST",
             "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
             "",
         );
         assert_eq!(
-            (a.verb.as_str(), a.api_group.as_str()),
+            (&*a.verb, &*a.api_group),
             ("create", "authorization.k8s.io")
         );
     }
@@ -247,7 +232,7 @@ mod tests {
         ] {
             let a = of("GET", path, "");
             assert!(!a.resource_request, "{path}");
-            assert_eq!((a.verb.as_str(), a.path.as_str()), ("get", path));
+            assert_eq!((&*a.verb, &*a.path), ("get", path));
         }
     }
 }

@@ -89,7 +89,8 @@ impl Rule {
                 &attributes.resource,
                 &attributes.subresource,
             )
-            && (self.resource_names.is_empty() || self.resource_names.contains(&attributes.name))
+            && (self.resource_names.is_empty()
+                || self.resource_names.iter().any(|n| *n == attributes.name))
     }
 
     /// Whether this rule grants everything `other` grants.
@@ -248,7 +249,13 @@ mod tests {
         Rule::from_json(&v)
     }
 
-    fn request(verb: &str, group: &str, resource: &str, sub: &str, name: &str) -> Attributes {
+    fn request<'a>(
+        verb: &'a str,
+        group: &'a str,
+        resource: &'a str,
+        sub: &'a str,
+        name: &'a str,
+    ) -> Attributes<'a> {
         Attributes {
             verb: verb.into(),
             api_group: group.into(),
@@ -257,7 +264,7 @@ mod tests {
             name: name.into(),
             namespace: "default".into(),
             resource_request: true,
-            path: String::new(),
+            path: "".into(),
         }
     }
 
@@ -286,7 +293,7 @@ mod tests {
     #[test]
     fn non_resource_rules_match_paths_and_prefixes() {
         let r = rule(json!({"verbs": ["get"], "nonResourceURLs": ["/healthz", "/apis/*"]}));
-        let path = |p: &str| Attributes {
+        let path = |p: &'static str| Attributes {
             verb: "get".into(),
             path: p.into(),
             ..Attributes::default()
