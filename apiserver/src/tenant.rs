@@ -405,7 +405,11 @@ async fn resource(
     let t = target(catalog, group, version, rest)?;
     let params = req.params();
     let q = |k: &str| params.get(k);
-    if !t.info.stored {
+    if (t.info.group.as_str(), t.info.kind.as_str()) == ("", "ComponentStatus") {
+        return component_statuses(store, &t, req).await;
+    }
+    let binding = (t.info.group.as_str(), t.info.kind.as_str()) == ("", "Binding");
+    if !t.info.stored && !binding {
         // A review: created on the collection, answered, not stored.
         if req.method != Method::POST || t.name.is_some() {
             return Err(method_not_allowed(&req.method));
@@ -428,6 +432,25 @@ async fn resource(
             )))
         }
     };
+    if binding {
+        // The older spelling of `pods/<name>/binding`: the Pod is the
+        // Binding's name.
+        if req.method != Method::POST || t.name.is_some() || t.namespace.is_none() {
+            return Err(method_not_allowed(&req.method));
+        }
+        let body = req.json_body()?;
+        let pod = body["metadata"]["name"]
+            .as_str()
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| ApiError::invalid("Binding", "", "metadata.name", "Required value"))?;
+        let pods = Target {
+            info: catalog.find("", "v1", "pods").expect("catalogued"),
+            namespace: t.namespace,
+            name: Some(pod),
+            sub: Some("binding"),
+        };
+        return bind(store, &pods, pod, req, dry_run).await;
+    }
     let apply =
         req.method == Method::PATCH && req.media_type() == kplex_registry::patch::APPLY_MEDIA_TYPE;
     // An apply names its manager; other writes default to the client's
@@ -885,6 +908,43 @@ async fn bind(
     }
     Ok(created_status())
 }
+
+/// `componentstatuses` (deprecated since Kubernetes 1.19, still listed by
+/// `kubectl get cs`): what the server can say of its parts. kplex reports
+/// its storage, read at once; the scheduler and controller-manager a
+/// cluster would list are not a VC's own (Pods are placed by the syncer,
+/// the shared controllers serve every VC), so they are not reported.
+async fn component_statuses(
+    store: &GenericStore,
+    t: &Target<'_>,
+    req: &Request,
+) -> Result<Response<Body>, ApiError> {
+    if req.method != Method::GET {
+        return Err(method_not_allowed(&req.method));
+    }
+    kplex_registry::warnings::add("v1 ComponentStatus is deprecated in v1.19+");
+    let condition = match store.store().current_revision().await {
+        Ok(_) => json!({"type": "Healthy", "status": "True", "message": "{\"health\":\"true\"}"}),
+        Err(e) => json!({"type": "Healthy", "status": "False", "error": e.to_string()}),
+    };
+    let storage = json!({
+        "kind": "ComponentStatus",
+        "apiVersion": "v1",
+        "metadata": {"name": STORAGE_COMPONENT, "creationTimestamp": null},
+        "conditions": [condition],
+    });
+    match t.name {
+        Some(STORAGE_COMPONENT) if req.wants_table() => Ok(ok(render_table(t.info, &[storage]))),
+        Some(STORAGE_COMPONENT) => Ok(ok(storage)),
+        Some(name) => Err(ApiError::not_found(format!(
+            "componentstatuses \"{name}\" not found"
+        ))),
+        None => Ok(list_response(t.info, req, json!({}), vec![storage])),
+    }
+}
+
+/// The one component `componentstatuses` reports.
+const STORAGE_COMPONENT: &str = "storage";
 
 /// `services/<name>/clusterip` (system credentials only): the syncer gives
 /// a tenant's Service the ClusterIP(s) and node ports its host copy got,

@@ -2195,3 +2195,54 @@ fn the_clusters_configuration_kinds_are_served_and_stored() {
     fails_with(a, &["apply", "-f", &bad], "PriorityClass");
     fails_with(a, &["get", "priorityclass", "bad"], "NotFound");
 }
+
+#[test]
+fn componentstatuses_and_the_top_level_bindings_are_served() {
+    let (s, configs) = setup(&["team-a"]);
+    let kc = &configs[0];
+    let resources = ok(kc, &["api-resources", "-o", "name"]);
+    for resource in ["componentstatuses", "bindings"] {
+        assert!(resources.lines().any(|l| l == resource), "{resources}");
+    }
+    // `kubectl get cs`: the server's storage, healthy, with the
+    // deprecation warning kube-apiserver gives.
+    let o = k(kc, &["get", "cs"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = stdout(&o);
+    assert!(
+        table.contains("storage") && table.contains("Healthy"),
+        "{table}"
+    );
+    assert!(stderr(&o).contains("v1 ComponentStatus is deprecated"));
+    let storage: serde_json::Value = serde_json::from_str(&ok(
+        kc,
+        &["get", "componentstatus", "storage", "-o", "json"],
+    ))
+    .unwrap();
+    assert_eq!(storage["conditions"][0]["status"], "True");
+    fails_with(kc, &["get", "cs", "scheduler"], "NotFound");
+    fails_with(kc, &["delete", "cs", "storage"], "not allow");
+
+    // A Pod bound through `bindings` (the older spelling of pods/binding).
+    ok(kc, &["run", "web", "--image=nginx"]);
+    let binding = write(
+        &s.path,
+        "binding.json",
+        r#"{"apiVersion":"v1","kind":"Binding","metadata":{"name":"web"},"target":{"kind":"Node","name":"node-1"}}"#,
+    );
+    ok(kc, &["create", "-f", &binding]);
+    assert_eq!(
+        ok(
+            kc,
+            &["get", "pod", "web", "-o", "jsonpath={.spec.nodeName}"]
+        ),
+        "node-1"
+    );
+    fails_with(kc, &["create", "-f", &binding], "already assigned");
+    let nameless = write(
+        &s.path,
+        "nameless.json",
+        r#"{"apiVersion":"v1","kind":"Binding","metadata":{"name":""},"target":{"kind":"Node","name":"node-1"}}"#,
+    );
+    fails_with(kc, &["create", "-f", &nameless], "name");
+}

@@ -46,16 +46,27 @@ where
     }
 }
 
-/// A review kind: created, answered, never stored.
-fn review<T>() -> ResourceInfo
+/// A kind the server answers without storing it: a review (created,
+/// answered), a top-level `Binding` (created: it binds its Pod), or
+/// `ComponentStatus` (read: what the server reports of its parts).
+fn unstored<T>(short_names: &[&str]) -> ResourceInfo
 where
     T: Resource + serde::de::DeserializeOwned + serde::Serialize + schemars::JsonSchema + 'static,
     T::Scope: ScopeFlag,
 {
     ResourceInfo {
         stored: false,
-        ..row::<T>(&[], &[])
+        ..row::<T>(short_names, &[])
     }
+}
+
+/// A review kind: created, answered, never stored.
+fn review<T>() -> ResourceInfo
+where
+    T: Resource + serde::de::DeserializeOwned + serde::Serialize + schemars::JsonSchema + 'static,
+    T::Scope: ScopeFlag,
+{
+    unstored::<T>(&[])
 }
 
 const ALL: &[&str] = &["all"];
@@ -123,6 +134,8 @@ pub fn builtin() -> Vec<ResourceInfo> {
         row::<rbac::v1::ClusterRoleBinding>(&[], &[]),
         row::<rbac::v1::Role>(&[], &[]),
         row::<rbac::v1::RoleBinding>(&[], &[]),
+        unstored::<core::v1::Binding>(&[]),
+        unstored::<core::v1::ComponentStatus>(&["cs"]),
         review::<authentication::v1::SelfSubjectReview>(),
         review::<authentication::v1::TokenReview>(),
         review::<authorization::v1::SelfSubjectAccessReview>(),
@@ -165,6 +178,10 @@ mod tests {
         assert!(rc.has_scale() && rc.tracks_generation());
         let reviews = c.find("authorization.k8s.io", "v1", "selfsubjectaccessreviews");
         assert_eq!(reviews.unwrap().verbs(), ["create"]);
+        let statuses = c.find("", "v1", "componentstatuses").unwrap();
+        assert_eq!(statuses.verbs(), ["get", "list"]);
+        assert!(!statuses.namespaced && !statuses.stored);
+        assert_eq!(c.find("", "v1", "bindings").unwrap().verbs(), ["create"]);
         assert!(pods.verbs().contains(&"deletecollection"));
         assert!(!ns.verbs().contains(&"deletecollection"));
     }

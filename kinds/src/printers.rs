@@ -192,6 +192,18 @@ fn subjects(o: &Value, kind: &str) -> Value {
 /// The kind's columns between NAME and AGE (and the wide ones after AGE).
 pub fn columns(group: &str, plural: &str) -> Vec<Column> {
     match (group, plural) {
+        ("", "componentstatuses") => vec![
+            col("Status", 0, |o| {
+                let healthy = o["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Healthy" && c["status"] == "True");
+                json!(if healthy { "Healthy" } else { "Unhealthy" })
+            }),
+            col("Message", 0, |o| str_or(&o["conditions"][0]["message"], "")),
+            col("Error", 0, |o| str_or(&o["conditions"][0]["error"], "")),
+        ],
         ("", "pods") => vec![
             col("Ready", 0, pod_ready),
             col("Status", 0, pod_status),

@@ -112,6 +112,10 @@ where
         }
     }
 
+    fn verbs(&self) -> Option<&'static [&'static str]> {
+        ((self.group, self.kind) == ("", "ComponentStatus")).then_some(&["get", "list"][..])
+    }
+
     fn prepare_for_update(&self, _old: &Value, new: &mut Value) {
         if (self.group, self.kind) == ("apiextensions.k8s.io", "CustomResourceDefinition") {
             crate::custom::record_storage_version(new);

@@ -105,6 +105,13 @@ pub trait Strategy: Send + Sync + 'static {
     /// stored versions).
     fn prepare_for_update(&self, _old: &Value, _new: &mut Value) {}
 
+    /// The verbs served, for a kind that is neither stored nor a review
+    /// (`componentstatuses`: get and list of what the server reports);
+    /// `None`: as the row says (see [`ResourceInfo::verbs`]).
+    fn verbs(&self) -> Option<&'static [&'static str]> {
+        None
+    }
+
     /// The version objects are stored as, for a kind served in several
     /// versions over one storage (a CRD's versions, conversion `None`):
     /// written as it, read back as the version asked for (only
@@ -245,7 +252,9 @@ impl std::fmt::Debug for ResourceInfo {
 impl ResourceInfo {
     /// The verbs served.
     pub fn verbs(&self) -> &'static [&'static str] {
-        if self.is_namespaces() {
+        if let Some(verbs) = self.strategy.verbs() {
+            verbs
+        } else if self.is_namespaces() {
             NAMESPACE_VERBS
         } else if self.stored {
             VERBS
