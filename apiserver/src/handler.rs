@@ -642,6 +642,10 @@ async fn tenant(
     let store = ctx
         .vc_store_serving(&vc, catalog.clone())?
         .with_admission(admission);
+    let store = match caller.scope {
+        Scope::System { .. } => store.with_system_watches(),
+        _ => store,
+    };
     if let Some(served) =
         crate::authz::defaults_overlay(&ctx.catalog, &store, &rbac, path, req, &ctx.stopping).await
     {

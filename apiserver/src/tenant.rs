@@ -728,7 +728,8 @@ fn object_body(req: &Request, write: &WriteOptions) -> Result<Value, ApiError> {
 
 /// A watch: newline-delimited JSON events, flushed per event. Without a
 /// `resourceVersion` (or `0`) the current objects come first as ADDED,
-/// `unstored` (objects the server adds to the list) among them.
+/// `unstored` (objects the server adds to the list, in place of stored
+/// ones of their names) among them.
 pub(crate) async fn watch(
     store: &GenericStore,
     info: &ResourceInfo,
@@ -764,7 +765,18 @@ pub(crate) async fn watch(
                     },
                 )
                 .await?;
-            initial = page.items.into_iter().map(Object::Stored).collect();
+            // An unstored object stands in place of a stored one of its
+            // name (a VC's default roles over stored objects so named).
+            let replaced = |kv: &kplex_storage::KeyValue| {
+                let name = kv.key.as_str().rsplit('/').next().unwrap_or_default();
+                unstored.iter().any(|o| o["metadata"]["name"] == name)
+            };
+            initial = page
+                .items
+                .into_iter()
+                .filter(|kv| !replaced(kv))
+                .map(Object::Stored)
+                .collect();
             initial.extend(unstored.into_iter().map(Object::Decoded));
             page.revision
         }
@@ -919,7 +931,10 @@ async fn component_statuses(
     t: &Target<'_>,
     req: &Request,
 ) -> Result<Response<Body>, ApiError> {
-    if req.method != Method::GET {
+    let params = req.params();
+    let watching = matches!(params.get("watch"), Some("true" | "1"));
+    if req.method != Method::GET || watching {
+        // Nothing to watch: kube-apiserver serves get and list only.
         return Err(method_not_allowed(&req.method));
     }
     kplex_registry::warnings::add("v1 ComponentStatus is deprecated in v1.19+");

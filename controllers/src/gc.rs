@@ -291,6 +291,29 @@ impl Graph {
         }
     }
 
+    /// Every object of `group`'s `kind` in `vc` is gone (its CRD was
+    /// deleted): the graph holds none of them.
+    fn forget_kind(&self, vc: &Vc, group: &str, kind: &str) {
+        let mut inner = self.inner.lock().expect("graph lock");
+        let gone: Vec<(String, Vec<String>)> = inner
+            .nodes
+            .iter()
+            .filter(|((node_vc, _), node)| {
+                *node_vc == vc.uid && node.kind.group == group && node.kind.kind == kind
+            })
+            .map(|((_, uid), node)| {
+                let owners = node.owners.iter().map(|o| o.uid.clone()).collect();
+                (uid.clone(), owners)
+            })
+            .collect();
+        for (uid, owners) in gone {
+            inner.nodes.remove(&(vc.uid.clone(), uid.clone()));
+            for owner in owners {
+                inner.unlink(&vc.uid, &owner, &uid);
+            }
+        }
+    }
+
     /// Every object of `vc`, which was deleted, is gone: nothing of it is
     /// left to collect.
     pub fn forget_vc(&self, vc: &Vc) {

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use kplex_e2e::kubelet::{client_of, FakeKubelet, Fate};
-use kplex_e2e::{create_vc, eventually, get, items, k, k_fails, tenant_kubeconfig, Kplex};
+use kplex_e2e::{
+    create_vc, create_vc_with, eventually, get, items, k, k_fails, tenant_kubeconfig, Kplex,
+};
 use kube::ResourceExt;
 use serde_json::Value;
 
@@ -932,4 +934,38 @@ async fn the_garbage_collector_follows_custom_resource_owners() {
         eventually("of-w3 collected", || configmap_gone(&a, "of-w3"));
     })
     .await;
+}
+
+/// The collector's watch of a VC's custom resources is the platform's: it
+/// takes none of the VC's own watch limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_collectors_watches_take_none_of_a_vcs_watch_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let kplex = Kplex::start(&dir.path().join("data"));
+    create_vc_with(&kplex, dir.path(), "tight", "{limits: {watches: 1}}");
+    let kc = tenant_kubeconfig(&kplex, dir.path(), "tight", "admin");
+    let d = dir.path().to_owned();
+    blocking(move || {
+        let crd = d.join("widgets.yaml");
+        std::fs::write(&crd, WIDGETS).unwrap();
+        k(&kc, &["apply", "-f", crd.to_str().unwrap()]);
+        // The collector watches the VC's widgets: a dependent of a deleted
+        // one is collected.
+        let w = widget(&kc, &d, "w");
+        owned_configmap(&kc, &d, "of-w", ("Widget", "w", &w));
+        k(&kc, &["delete", "widget", "w"]);
+        eventually("of-w collected", || configmap_gone(&kc, "of-w"));
+        // The tenant's one watch is still its own.
+        let events = k(
+            &kc,
+            &[
+                "get",
+                "--raw",
+                "/apis/example.com/v1/namespaces/default/widgets?watch=1&timeoutSeconds=1",
+            ],
+        );
+        assert!(!events.contains("TooManyRequests"), "{events}");
+    })
+    .await;
+    drop(kplex);
 }

@@ -2222,6 +2222,11 @@ fn componentstatuses_and_the_top_level_bindings_are_served() {
     assert_eq!(storage["conditions"][0]["status"], "True");
     fails_with(kc, &["get", "cs", "scheduler"], "NotFound");
     fails_with(kc, &["delete", "cs", "storage"], "not allow");
+    fails_with(
+        kc,
+        &["get", "--raw", "/api/v1/componentstatuses?watch=1"],
+        "MethodNotAllowed",
+    );
 
     // A Pod bound through `bindings` (the older spelling of pods/binding).
     ok(kc, &["run", "web", "--image=nginx"]);

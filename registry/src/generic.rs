@@ -64,6 +64,9 @@ pub struct GenericStore {
     watches: Arc<crate::quota::WatchLimits>,
     /// This VC's limit on open watches (`None`: the default).
     watch_limit: Option<usize>,
+    /// Watches opened by kplex's own components: counted apart from the
+    /// VC's (its limit is its tenants').
+    system_watches: bool,
     admission: Option<Arc<dyn Admission>>,
 }
 
@@ -152,8 +155,16 @@ impl GenericStore {
             allocations,
             watches,
             watch_limit: None,
+            system_watches: false,
             admission: None,
         }
+    }
+
+    /// This store's watches are kplex's own components' (the collector's,
+    /// the syncer's): they take none of the VC's watch limit.
+    pub fn with_system_watches(mut self) -> GenericStore {
+        self.system_watches = true;
+        self
     }
 
     /// This store, with the VC's own limit on open watches.
@@ -190,6 +201,11 @@ impl GenericStore {
     /// A slot for one more open watch of this VC (429 at its limit).
     pub fn watch_permit(&self) -> Result<crate::quota::WatchPermit, ApiError> {
         let vc = self.keyspace.prefix().as_str();
+        if self.system_watches {
+            return self
+                .watches
+                .acquire_within(&format!("{vc}(system)"), usize::MAX);
+        }
         match self.watch_limit {
             Some(max) => self.watches.acquire_within(vc, max),
             None => self.watches.acquire(vc),

@@ -173,11 +173,17 @@ pub fn host_pod(vc: &Vc, ns: &str, pod: &Pod) -> Pod {
         });
     }
     // A projected ServiceAccount token would be the host's, for the host's
-    // ServiceAccount: never the tenant's to have.
+    // ServiceAccount, and a projected Pod certificate one the host's signer
+    // issues for the host Pod's identity: never the tenant's to have. A
+    // ClusterTrustBundle is the host's object, not the VC's.
     for volume in spec.volumes.iter_mut().flatten() {
         if let Some(projected) = volume.projected.as_mut() {
             if let Some(sources) = projected.sources.as_mut() {
-                sources.retain(|s| s.service_account_token.is_none());
+                sources.retain(|s| {
+                    s.service_account_token.is_none()
+                        && s.pod_certificate.is_none()
+                        && s.cluster_trust_bundle.is_none()
+                });
             }
         }
     }
@@ -1043,7 +1049,12 @@ mod tests {
         };
         let p = pod(json!({"containers": [{"name": "c", "image": "nginx"}],
             "nodeName": "virtual", "serviceAccountName": "builder",
-            "priorityClassName": "high", "schedulerName": "mine"}));
+            "priorityClassName": "high", "schedulerName": "mine",
+            "volumes": [{"name": "creds", "projected": {"sources": [
+                {"serviceAccountToken": {"path": "token"}},
+                {"podCertificate": {"signerName": "host.example.com/identity", "keyType": "ED25519"}},
+                {"clusterTrustBundle": {"signerName": "host.example.com/identity", "path": "ca"}},
+                {"configMap": {"name": "kept"}}]}}]}));
         let copy = host_pod(&vc, "shop", &p);
         assert_eq!(copy.metadata.name.as_deref(), Some("web"));
         assert_eq!(
@@ -1082,5 +1093,16 @@ mod tests {
         assert_eq!(spec.enable_service_links, Some(false));
         assert_eq!(spec.priority_class_name, None);
         assert_eq!(spec.scheduler_name, None);
+        // Of the projected sources, only the VC's own objects stay.
+        let volumes = spec.volumes.unwrap();
+        let sources = volumes[0]
+            .projected
+            .as_ref()
+            .unwrap()
+            .sources
+            .as_ref()
+            .unwrap();
+        assert_eq!(sources.len(), 1);
+        assert_eq!(sources[0].config_map.as_ref().unwrap().name, "kept");
     }
 }

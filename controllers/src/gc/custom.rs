@@ -29,23 +29,33 @@ struct Followed {
     watch: Option<tokio::task::AbortHandle>,
 }
 
+/// How long a deleted VC is remembered: a CRD event of it that arrives
+/// after its deletion (the two come on separate watches) starts nothing.
+const GONE_FOR: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Each VC's custom kinds, by VC UID and CRD name.
 #[derive(Default)]
 pub(super) struct Custom {
     by_vc: HashMap<Arc<str>, HashMap<String, Followed>>,
+    /// VCs deleted lately, by UID, and when.
+    gone: HashMap<Arc<str>, std::time::Instant>,
 }
 
 impl Custom {
-    /// The custom kind `kind` of `group` in `vc`.
+    /// The custom kind `kind` of `group` in `vc`: a served CRD's, else a
+    /// deleted one's (its objects then read as gone).
     pub(super) fn kind(&self, vc: &Vc, group: &str, kind: &str) -> Option<Arc<KindRef>> {
-        self.by_vc
-            .get(&vc.uid)?
-            .values()
-            .find(|f| f.kind.group == group && f.kind.kind == kind)
+        let crds = self.by_vc.get(&vc.uid)?;
+        let named = |f: &&Followed| f.kind.group == group && f.kind.kind == kind;
+        crds.values()
+            .filter(named)
+            .find(|f| f.watch.is_some())
+            .or_else(|| crds.values().find(named))
             .map(|f| f.kind.clone())
     }
 
-    /// `vc` was deleted: its watches end, its kinds are forgotten.
+    /// `vc` was deleted: its watches end, its kinds are forgotten, and a
+    /// late event of its CRDs is ignored.
     pub(super) fn forget_vc(&mut self, vc: &Vc) {
         for followed in self
             .by_vc
@@ -57,6 +67,9 @@ impl Custom {
                 watch.abort();
             }
         }
+        let now = std::time::Instant::now();
+        self.gone.retain(|_, at| now.duration_since(*at) < GONE_FOR);
+        self.gone.insert(vc.uid.clone(), now);
     }
 }
 
@@ -108,6 +121,9 @@ fn follow(ctx: &Arc<Ctx>, vc: &Vc, crd: &CustomResourceDefinition) {
     };
     {
         let mut custom = ctx.graph.custom.lock().expect("custom lock");
+        if custom.gone.contains_key(&vc.uid) {
+            return;
+        }
         let crds = custom.by_vc.entry(vc.uid.clone()).or_default();
         if crds
             .get(&name)
@@ -115,6 +131,13 @@ fn follow(ctx: &Arc<Ctx>, vc: &Vc, crd: &CustomResourceDefinition) {
         {
             return;
         }
+        // A deleted CRD of the same kind is this one's now.
+        crds.retain(|other, f| {
+            *other == name
+                || f.watch.is_some()
+                || (f.kind.group.as_str(), f.kind.kind.as_str())
+                    != (kind.group.as_str(), kind.kind.as_str())
+        });
         let kind = Arc::new(kind.clone());
         let watch = tokio::spawn(watch_objects(ctx.clone(), vc.clone(), kind.clone()));
         let followed = Followed {
@@ -142,6 +165,9 @@ fn unfollow(ctx: &Arc<Ctx>, vc: &Vc, crd: &CustomResourceDefinition) {
             watch.abort();
         }
     }
+    // Its objects went with it (their deletions come on no watch now).
+    ctx.graph
+        .forget_kind(vc, &crd.spec.group, &crd.spec.names.kind);
     ctx.graph
         .recheck_owned_by(ctx, vc, &crd.spec.group, &crd.spec.names.kind);
 }
