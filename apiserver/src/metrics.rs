@@ -260,6 +260,10 @@ impl Store for MeteredStore {
     async fn compact(&self, revision: Revision) -> StoreResult<()> {
         self.timed("compact", self.inner.compact(revision)).await
     }
+    async fn forget_history(&self, prefix: &KeyPrefix) -> StoreResult<()> {
+        self.timed("forget_history", self.inner.forget_history(prefix))
+            .await
+    }
     async fn watch(&self, prefix: &KeyPrefix, after: Revision) -> StoreResult<WatchStream> {
         self.timed("watch", self.inner.watch(prefix, after)).await
     }

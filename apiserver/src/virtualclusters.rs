@@ -546,7 +546,15 @@ impl Registry {
             loop {
                 match store.delete_batch(&prefix, DELETE_BATCH).await {
                     Ok(batch) if batch.more => failures = 0,
-                    Ok(_) => return Ok(()),
+                    Ok(_) => {
+                        // Its history serves nobody now (its watches are
+                        // refused): it goes ahead of compaction, and the
+                        // storage pages it held with it.
+                        if let Err(e) = store.forget_history(&prefix).await {
+                            tracing::warn!(error = %e, prefix = %prefix.as_str(), "a deleted VC's history is left until compaction");
+                        }
+                        return Ok(());
+                    }
                     Err(e) if failures < 8 => {
                         failures += 1;
                         tracing::warn!(error = %e, prefix = %prefix.as_str(), "deleting a VC's keys failed; retrying");

@@ -809,6 +809,9 @@ impl Store for WatchCache {
     async fn compact(&self, revision: Revision) -> StoreResult<()> {
         self.store.compact(revision).await
     }
+    async fn forget_history(&self, prefix: &KeyPrefix) -> StoreResult<()> {
+        self.store.forget_history(prefix).await
+    }
     async fn watch(&self, prefix: &KeyPrefix, after: Revision) -> StoreResult<WatchStream> {
         self.subscribe(prefix, after).await
     }

@@ -211,6 +211,15 @@ pub trait Store: Send + Sync + 'static {
     /// revisions fail with [`crate::StoreError::Compacted`] afterwards.
     async fn compact(&self, revision: Revision) -> StoreResult<()>;
 
+    /// Forgets the history of the keys under `prefix` at once, ahead of
+    /// compaction (a deleted VC's: nothing may read or watch it again).
+    /// Reads of those keys at older revisions then see them as they are
+    /// now. A backend that cannot (etcd keeps one history for all keys)
+    /// keeps it until compaction.
+    async fn forget_history(&self, _prefix: &KeyPrefix) -> StoreResult<()> {
+        Ok(())
+    }
+
     /// Every change under `prefix` after revision `after`, in order, exactly
     /// once, then live changes; `Progress` when idle.
     async fn watch(&self, prefix: &KeyPrefix, after: Revision) -> StoreResult<WatchStream>;

@@ -209,3 +209,65 @@ fn find_key(printed: &str) -> Key {
         .object_key("", parts[4], Some(parts[5]), parts[6])
         .unwrap()
 }
+
+/// A deleted VC's history goes at once: a watch of another VC from the
+/// start still replays that VC's changes, one of the deleted VC's replays
+/// none of its past, and history outside the prefix is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefixs_history_is_forgotten_and_the_rest_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    // Three history entries per write: the forgetting takes several.
+    let options = EmbeddedOptions {
+        forget_batch: 3,
+        ..support::embedded_options()
+    };
+    let store = EmbeddedStore::open(dir.path(), options).await.unwrap();
+    let (gone, kept) = (
+        TenantKeyspace::for_vc("gone").unwrap(),
+        TenantKeyspace::for_vc("kept").unwrap(),
+    );
+    let cm = |ks: &TenantKeyspace, name: &str| {
+        ks.object_key("", "configmaps", Some("default"), name)
+            .unwrap()
+    };
+    let start = store.current_revision().await.unwrap();
+    for i in 0..5 {
+        for ks in [&gone, &kept] {
+            store
+                .create(&cm(ks, &format!("cm-{i}")), Bytes::from_static(b"{}"))
+                .await
+                .unwrap();
+        }
+    }
+    while store.delete_batch(gone.prefix(), 2).await.unwrap().more {}
+    store.forget_history(gone.prefix()).await.unwrap();
+    let next = |watch: kplex_storage::WatchStream| async move {
+        let mut watch = watch;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), watch.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap()
+            {
+                WatchEvent::Change(e) => return (e.key().clone(), watch),
+                WatchEvent::Progress(_) => {}
+            }
+        }
+    };
+    // The kept VC's five creations replay from history, in order.
+    let mut watch = store.watch(kept.prefix(), start).await.unwrap();
+    for i in 0..5 {
+        let (key, w) = next(watch).await;
+        assert_eq!(key, cm(&kept, &format!("cm-{i}")));
+        watch = w;
+    }
+    // The deleted VC's watch from the start sees nothing of its past: its
+    // first event is the next change.
+    let gone_watch = store.watch(gone.prefix(), start).await.unwrap();
+    store
+        .create(&cm(&gone, "later"), Bytes::from_static(b"{}"))
+        .await
+        .unwrap();
+    assert_eq!(next(gone_watch).await.0, cm(&gone, "later"));
+}

@@ -63,6 +63,10 @@ pub struct EmbeddedOptions {
     /// operating system's page cache holds the file as well, so a smaller
     /// cache costs a system call per miss, not a disk read.
     pub cache_bytes: usize,
+    /// History entries looked at per write when a prefix's history is
+    /// forgotten ([`Store::forget_history`]): other writes wait for no
+    /// more than that.
+    pub forget_batch: usize,
 }
 
 /// [`EmbeddedOptions::cache_bytes`] unless told otherwise.
@@ -75,6 +79,7 @@ impl Default for EmbeddedOptions {
             compaction_interval: Some(Duration::from_secs(300)),
             progress_interval: DEFAULT_PROGRESS_INTERVAL,
             cache_bytes: DEFAULT_CACHE_BYTES,
+            forget_batch: 10_000,
         }
     }
 }
@@ -483,6 +488,25 @@ impl Store for EmbeddedStore {
     async fn compact(&self, revision: Revision) -> StoreResult<()> {
         self.submit(|reply| WriteOp::Compact { revision, reply })
             .await
+    }
+
+    async fn forget_history(&self, prefix: &KeyPrefix) -> StoreResult<()> {
+        // In bounded writes, as a VC's keys are deleted.
+        let mut after = None;
+        loop {
+            let prefix = prefix.clone();
+            after = self
+                .submit(|reply| WriteOp::ForgetHistory {
+                    prefix,
+                    after,
+                    limit: self.inner.options.forget_batch.max(1),
+                    reply,
+                })
+                .await?;
+            if after.is_none() {
+                return Ok(());
+            }
+        }
     }
 
     async fn watch(&self, prefix: &KeyPrefix, after: Revision) -> StoreResult<WatchStream> {

@@ -64,7 +64,19 @@ pub(super) enum WriteOp {
         revision: Revision,
         reply: oneshot::Sender<StoreResult<()>>,
     },
+    /// Forgets the history of `prefix`'s keys among the `limit` entries
+    /// after `after`; answers where to go on (`None`: done).
+    ForgetHistory {
+        prefix: KeyPrefix,
+        after: Option<HistoryKey>,
+        limit: usize,
+        reply: oneshot::Sender<StoreResult<Option<HistoryKey>>>,
+    },
 }
+
+/// A history entry's key: its revision, and its place among the revision's
+/// events.
+pub(super) type HistoryKey = (u64, u32);
 
 /// An answer held back until the batch's commit has succeeded.
 enum Pending {
@@ -78,6 +90,10 @@ enum Pending {
         StoreResult<DeletedRange>,
     ),
     Unit(oneshot::Sender<StoreResult<()>>, StoreResult<()>),
+    Position(
+        oneshot::Sender<StoreResult<Option<HistoryKey>>>,
+        StoreResult<Option<HistoryKey>>,
+    ),
 }
 
 impl Pending {
@@ -95,6 +111,7 @@ impl Pending {
             Pending::Deleted(tx, r) => drop(tx.send(pick(r, commit_error))),
             Pending::Range(tx, r) => drop(tx.send(pick(r, commit_error))),
             Pending::Unit(tx, r) => drop(tx.send(pick(r, commit_error))),
+            Pending::Position(tx, r) => drop(tx.send(pick(r, commit_error))),
         }
     }
 }
@@ -171,6 +188,12 @@ impl Writer {
                             revision: target,
                             reply,
                         } => Pending::Unit(reply, tx.compact(target, &mut compacted)),
+                        WriteOp::ForgetHistory {
+                            prefix,
+                            after,
+                            limit,
+                            reply,
+                        } => Pending::Position(reply, tx.forget_history(&prefix, after, limit)),
                     });
                 }
                 let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
@@ -354,6 +377,41 @@ impl Tx<'_, '_> {
             revision,
             more,
         })
+    }
+
+    /// Drops the history events of the keys under `prefix` among the
+    /// `limit` entries after `after` (one bounded write: other writes wait
+    /// for no more than that); where to go on, `None` at the end.
+    fn forget_history(
+        &mut self,
+        prefix: &KeyPrefix,
+        after: Option<HistoryKey>,
+        limit: usize,
+    ) -> StoreResult<Option<HistoryKey>> {
+        use std::ops::Bound;
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut doomed = Vec::new();
+        let (mut seen, mut last) = (0, None);
+        for entry in self
+            .history
+            .range::<HistoryKey>((start, Bound::Unbounded))
+            .map_err(StoreError::internal)?
+        {
+            let (key, raw) = entry.map_err(StoreError::internal)?;
+            seen += 1;
+            last = Some(key.value());
+            let raw = raw.value();
+            if super::codec::event_key(raw).is_ok_and(|k| k.starts_with(prefix.as_str())) {
+                doomed.push(key.value());
+            }
+            if seen >= limit {
+                break;
+            }
+        }
+        for key in doomed {
+            self.history.remove(key).map_err(StoreError::internal)?;
+        }
+        Ok(last.filter(|_| seen >= limit))
     }
 
     fn compact(&mut self, target: Revision, compacted: &mut u64) -> StoreResult<()> {
