@@ -23,7 +23,7 @@ use kplex_registry::{Catalog, ResourceInfo};
 
 mod subresources;
 
-use subresources::{bind, component_statuses, evict, scale, set_addresses};
+use subresources::{bind, bind_named, component_statuses, evict, scale, set_addresses};
 
 /// What a watch request asked for.
 #[derive(Debug, Clone, Copy)]
@@ -409,24 +409,6 @@ async fn resource(
     let t = target(catalog, group, version, rest)?;
     let params = req.params();
     let q = |k: &str| params.get(k);
-    if (t.info.group.as_str(), t.info.kind.as_str()) == ("", "ComponentStatus") {
-        return component_statuses(store, &t, req).await;
-    }
-    let binding = (t.info.group.as_str(), t.info.kind.as_str()) == ("", "Binding");
-    if !t.info.stored && !binding {
-        // A review: created on the collection, answered, not stored.
-        if req.method != Method::POST || t.name.is_some() {
-            return Err(method_not_allowed(&req.method));
-        }
-        if t.info.namespaced && t.namespace.is_none() {
-            return Err(ApiError::not_found(
-                "the server could not find the requested resource",
-            ));
-        }
-        let object = review_object(t.info, req)?;
-        let answer = crate::reviews::answer(t.info, caller, policy, t.namespace, object)?;
-        return Ok(json_response(StatusCode::CREATED, &answer));
-    }
     let dry_run = match q("dryRun") {
         None | Some("") => false,
         Some("All") => true,
@@ -436,24 +418,23 @@ async fn resource(
             )))
         }
     };
-    if binding {
-        // The older spelling of `pods/<name>/binding`: the Pod is the
-        // Binding's name.
-        if req.method != Method::POST || t.name.is_some() || t.namespace.is_none() {
-            return Err(method_not_allowed(&req.method));
-        }
-        let body = req.json_body()?;
-        let pod = body["metadata"]["name"]
-            .as_str()
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| ApiError::invalid("Binding", "", "metadata.name", "Required value"))?;
-        let pods = Target {
-            info: catalog.find("", "v1", "pods").expect("catalogued"),
-            namespace: t.namespace,
-            name: Some(pod),
-            sub: Some("binding"),
+    if !t.info.stored {
+        return match (t.info.group.as_str(), t.info.kind.as_str()) {
+            ("", "ComponentStatus") => component_statuses(store, &t, req).await,
+            ("", "Binding") => bind_named(catalog, store, &t, req, dry_run).await,
+            // A review: created on the collection, answered, not stored.
+            _ if req.method != Method::POST || t.name.is_some() => {
+                Err(method_not_allowed(&req.method))
+            }
+            _ if t.info.namespaced && t.namespace.is_none() => Err(ApiError::not_found(
+                "the server could not find the requested resource",
+            )),
+            _ => {
+                let object = review_object(t.info, req)?;
+                let answer = crate::reviews::answer(t.info, caller, policy, t.namespace, object)?;
+                Ok(json_response(StatusCode::CREATED, &answer))
+            }
         };
-        return bind(store, &pods, pod, req, dry_run).await;
     }
     let apply =
         req.method == Method::PATCH && req.media_type() == kplex_registry::patch::APPLY_MEDIA_TYPE;

@@ -70,6 +70,32 @@ pub(super) async fn bind(
     Ok(created_status())
 }
 
+/// The top-level `bindings` (the older spelling of `pods/<name>/binding`):
+/// the Binding's name is the Pod's.
+pub(super) async fn bind_named(
+    catalog: &Catalog,
+    store: &GenericStore,
+    t: &Target<'_>,
+    req: &Request,
+    dry_run: bool,
+) -> Result<Response<Body>, ApiError> {
+    if req.method != Method::POST || t.name.is_some() || t.namespace.is_none() {
+        return Err(method_not_allowed(&req.method));
+    }
+    let body = req.json_body()?;
+    let pod = body["metadata"]["name"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::invalid("Binding", "", "metadata.name", "Required value"))?;
+    let pods = Target {
+        info: catalog.find("", "v1", "pods").expect("catalogued"),
+        namespace: t.namespace,
+        name: Some(pod),
+        sub: Some("binding"),
+    };
+    bind(store, &pods, pod, req, dry_run).await
+}
+
 /// `componentstatuses` (deprecated since Kubernetes 1.19, still listed by
 /// `kubectl get cs`): what the server can say of its parts. kplex reports
 /// its storage, read at once; the scheduler and controller-manager a
