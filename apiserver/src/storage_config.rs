@@ -30,6 +30,10 @@ pub struct StorageArgs {
     /// Memory for the embedded store's cache of its file's pages.
     #[arg(long, default_value_t = kplex_storage::DEFAULT_CACHE_BYTES >> 20, value_name = "MIB")]
     pub embedded_cache_mib: usize,
+    /// Memory for the embedded store's current values of recently read
+    /// keys (0: none), which point reads serve without reading the file.
+    #[arg(long, default_value_t = kplex_storage::DEFAULT_POINT_CACHE_BYTES >> 20, value_name = "MIB")]
+    pub embedded_point_cache_mib: usize,
 }
 
 /// Why storage could not be opened.
@@ -55,6 +59,7 @@ impl StorageArgs {
             let dir = self.data_dir.join("store");
             let options = EmbeddedOptions {
                 cache_bytes: self.embedded_cache_mib << 20,
+                point_cache_bytes: self.embedded_point_cache_mib << 20,
                 ..Default::default()
             };
             let store = EmbeddedStore::open(&dir, options).await?;

@@ -19,7 +19,9 @@ mod etcd;
 mod keyspace;
 mod store;
 
-pub use embedded::{EmbeddedOptions, EmbeddedStore, DEFAULT_CACHE_BYTES};
+pub use embedded::{
+    EmbeddedOptions, EmbeddedStore, DEFAULT_CACHE_BYTES, DEFAULT_POINT_CACHE_BYTES,
+};
 pub use error::{StoreError, StoreResult};
 pub use etcd::{EtcdOptions, EtcdStore, EtcdTls};
 pub use keyspace::{

@@ -1,5 +1,5 @@
 //! Behaviour particular to the embedded backend: restart, crash safety,
-//! exclusive opening, background compaction.
+//! exclusive opening, background compaction, point reads from memory.
 
 mod support;
 
@@ -270,4 +270,82 @@ async fn a_prefixs_history_is_forgotten_and_the_rest_kept() {
         .await
         .unwrap();
     assert_eq!(next(gone_watch).await.0, cm(&gone, "later"));
+}
+
+/// Point reads come from memory once read (`EmbeddedOptions::point_cache_bytes`):
+/// a read that follows a write's acknowledgement never answers with the
+/// value the write replaced or removed, whatever reads raced with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn point_reads_never_answer_a_value_an_acknowledged_write_replaced() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path(), support::embedded_options())
+        .await
+        .unwrap();
+    let value = |n: u64| Bytes::from(n.to_string());
+    let read = |store: EmbeddedStore, name: &'static str| async move {
+        store
+            .get(&key(name))
+            .await
+            .unwrap()
+            .map(|kv| String::from_utf8(kv.value.to_vec()).unwrap())
+    };
+
+    // Each kind of change is seen by the read after it, the key having
+    // been read (and kept) before it.
+    let kv = store.create(&key("a"), value(1)).await.unwrap();
+    assert_eq!(read(store.clone(), "a").await.as_deref(), Some("1"));
+    assert_eq!(read(store.clone(), "a").await.as_deref(), Some("1"));
+    let kv = store
+        .update(&key("a"), value(2), kv.mod_revision)
+        .await
+        .unwrap();
+    let got = store.get(&key("a")).await.unwrap().unwrap();
+    assert_eq!((got.value, got.mod_revision), (value(2), kv.mod_revision));
+    store.delete(&key("a"), kv.mod_revision).await.unwrap();
+    assert_eq!(read(store.clone(), "a").await, None);
+    store.create(&key("a"), value(3)).await.unwrap();
+    assert_eq!(read(store.clone(), "a").await.as_deref(), Some("3"));
+    let prefix = TenantKeyspace::for_vc("vc").unwrap();
+    store.delete_range(prefix.prefix()).await.unwrap();
+    assert_eq!(read(store.clone(), "a").await, None);
+
+    // Readers race a writer: each read starts after some acknowledged
+    // write and must answer that write's value or a later one.
+    let mut kv = store.create(&key("race"), value(0)).await.unwrap();
+    let acked = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (store, acked, done) = (store.clone(), acked.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut reads = 0u64;
+                while !done.load(Ordering::Acquire) {
+                    let floor = acked.load(Ordering::Acquire);
+                    let got = store.get(&key("race")).await.unwrap().unwrap();
+                    let n: u64 = std::str::from_utf8(&got.value).unwrap().parse().unwrap();
+                    assert!(n >= floor, "read {n} after write {floor} was acknowledged");
+                    reads += 1;
+                    tokio::task::yield_now().await;
+                }
+                reads
+            })
+        })
+        .collect();
+    for n in 1..=300 {
+        kv = store
+            .update(&key("race"), value(n), kv.mod_revision)
+            .await
+            .unwrap();
+        acked.store(n, Ordering::Release);
+    }
+    done.store(true, Ordering::Release);
+    let mut reads = 0;
+    for reader in readers {
+        reads += reader.await.unwrap();
+    }
+    assert!(reads > 0);
+    assert_eq!(read(store.clone(), "race").await.as_deref(), Some("300"));
 }

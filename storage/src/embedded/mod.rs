@@ -8,6 +8,7 @@
 //! - `meta`: the current and compacted revisions.
 
 mod codec;
+mod points;
 mod watch;
 mod writer;
 
@@ -31,6 +32,7 @@ use crate::store::{
     DEFAULT_MAX_VALUE_BYTES, DEFAULT_PROGRESS_INTERVAL,
 };
 use codec::{decode_event, decode_kv, event_key};
+use points::PointCache;
 use writer::{Hub, WriteOp, Writer};
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
@@ -67,10 +69,15 @@ pub struct EmbeddedOptions {
     /// forgotten ([`Store::forget_history`]): other writes wait for no
     /// more than that.
     pub forget_batch: usize,
+    /// Memory for the current values of recently read keys, in bytes (0:
+    /// none): a point read of one of them opens no redb transaction.
+    pub point_cache_bytes: usize,
 }
 
 /// [`EmbeddedOptions::cache_bytes`] unless told otherwise.
 pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+/// [`EmbeddedOptions::point_cache_bytes`] unless told otherwise.
+pub const DEFAULT_POINT_CACHE_BYTES: usize = 32 << 20;
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
@@ -80,6 +87,7 @@ impl Default for EmbeddedOptions {
             progress_interval: DEFAULT_PROGRESS_INTERVAL,
             cache_bytes: DEFAULT_CACHE_BYTES,
             forget_batch: 10_000,
+            point_cache_bytes: DEFAULT_POINT_CACHE_BYTES,
         }
     }
 }
@@ -94,6 +102,7 @@ pub struct EmbeddedStore {
 struct Inner {
     db: Arc<Database>,
     hub: Arc<Hub>,
+    points: Arc<PointCache>,
     options: EmbeddedOptions,
     path: PathBuf,
     queue: Mutex<Option<mpsc::Sender<WriteOp>>>,
@@ -128,7 +137,8 @@ impl EmbeddedStore {
             published: AtomicU64::new(revision),
         });
         let (queue, rx) = mpsc::channel();
-        let writer = Writer::new(db.clone(), hub.clone(), revision, compacted);
+        let points = Arc::new(PointCache::new(options.point_cache_bytes));
+        let writer = Writer::new(db.clone(), hub.clone(), points.clone(), revision, compacted);
         let handle = std::thread::Builder::new()
             .name("kplex-store-writer".into())
             .spawn(move || writer.run(rx))
@@ -136,6 +146,7 @@ impl EmbeddedStore {
         let inner = Arc::new(Inner {
             db,
             hub,
+            points,
             options,
             path: dir.join(FILE_NAME),
             queue: Mutex::new(Some(queue)),
@@ -385,14 +396,22 @@ async fn compact_periodically(inner: Weak<Inner>, interval: Duration) {
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn get(&self, key: &Key) -> StoreResult<Option<KeyValue>> {
+        let ticket = match self.inner.points.get(key) {
+            Ok(kv) => return Ok(Some(kv)),
+            Err(ticket) => ticket,
+        };
         // A point read is a few microseconds from redb's cache: cheaper on
         // this thread than a hop to the blocking pool and back.
         let txn = self.inner.db.begin_read().map_err(StoreError::internal)?;
         let kv = txn.open_table(KV).map_err(StoreError::internal)?;
-        match kv.get(key.as_str()).map_err(StoreError::internal)? {
-            Some(v) => Ok(Some(decode_kv(key.as_str(), v.value())?)),
-            None => Ok(None),
+        let Some(v) = kv.get(key.as_str()).map_err(StoreError::internal)? else {
+            return Ok(None);
+        };
+        let kv = decode_kv(key.as_str(), v.value())?;
+        if let Some(ticket) = ticket {
+            self.inner.points.fill(ticket, &kv);
         }
+        Ok(Some(kv))
     }
 
     async fn range(&self, request: RangeRequest) -> StoreResult<RangeResponse> {

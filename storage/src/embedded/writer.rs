@@ -15,6 +15,7 @@ use redb::{Database, ReadableTable, Table};
 use tokio::sync::{broadcast, oneshot};
 
 use super::codec::{decode_kv, encode_event, encode_kv};
+use super::points::PointCache;
 use super::{HISTORY, KV, META, META_COMPACTED, META_REVISION};
 use crate::error::{StoreError, StoreResult};
 use crate::keyspace::{Key, KeyPrefix};
@@ -119,15 +120,23 @@ impl Pending {
 pub(super) struct Writer {
     db: Arc<Database>,
     hub: Arc<Hub>,
+    points: Arc<PointCache>,
     revision: u64,
     compacted: u64,
 }
 
 impl Writer {
-    pub fn new(db: Arc<Database>, hub: Arc<Hub>, revision: u64, compacted: u64) -> Writer {
+    pub fn new(
+        db: Arc<Database>,
+        hub: Arc<Hub>,
+        points: Arc<PointCache>,
+        revision: u64,
+        compacted: u64,
+    ) -> Writer {
         Writer {
             db,
             hub,
+            points,
             revision,
             compacted,
         }
@@ -202,7 +211,12 @@ impl Writer {
                 meta.insert(META_COMPACTED, compacted)
                     .map_err(|e| e.to_string())?;
             }
-            txn.commit().map_err(|e| e.to_string())
+            // The cache neither serves nor keeps the keys changed while
+            // the commit makes them visible (see `points`).
+            self.points.begin(events.iter().map(|e| e.key().as_str()));
+            let committed = txn.commit().map_err(|e| e.to_string());
+            self.points.end(events.iter().map(|e| e.key().as_str()));
+            committed
         })();
         match result {
             Ok(()) => {
