@@ -257,6 +257,9 @@ impl Store for MeteredStore {
         self.timed("current_revision", self.inner.current_revision())
             .await
     }
+    fn local_revision(&self) -> Option<Revision> {
+        self.inner.local_revision()
+    }
     async fn compact(&self, revision: Revision) -> StoreResult<()> {
         self.timed("compact", self.inner.compact(revision)).await
     }

@@ -346,9 +346,10 @@ impl WatchCache {
             .await
             .ok()?;
         let mut state = self.state();
-        if !state.live || state.floor > base {
-            // The ring no longer reaches back to `base`: answer at `base`
-            // (any revision will do) without caching.
+        if !state.live || state.floor > base || state.departed_prefix(prefix) {
+            // The ring no longer reaches back to `base` (or no longer
+            // holds the departed VC's events): answer at `base` (any
+            // revision will do) without caching.
             return Some((page.kvs, base));
         }
         let mut objects: BTreeMap<String, KeyValue> = page
@@ -377,6 +378,61 @@ impl WatchCache {
                 .insert(prefix.as_str().to_owned(), CachedList { objects, used });
         }
         Some((out, revision))
+    }
+
+    /// The objects under `prefix` for a consistent list, if the cache holds
+    /// them and has applied `revision` (storage's revision when the list
+    /// began: every write acknowledged before it); `None`: storage answers
+    /// (and its page may be offered with [`WatchCache::adopt`]).
+    pub fn cached_list(
+        &self,
+        prefix: &KeyPrefix,
+        revision: Revision,
+    ) -> Option<(Vec<KeyValue>, Revision)> {
+        let mut state = self.state();
+        if !state.live || state.revision < revision {
+            return None;
+        }
+        state.clock += 1;
+        let (clock, revision) = (state.clock, state.revision);
+        let list = state.lists.get_mut(prefix.as_str())?;
+        list.used = clock;
+        Some((list.objects.values().cloned().collect(), revision))
+    }
+
+    /// Keeps `kvs`, every object under `prefix` as storage read them at
+    /// `revision`, as the prefix's cached list — if the cache has applied
+    /// `revision`, its ring reaches back to it, and there is room without
+    /// evicting another list (a flood of lists of many prefixes costs the
+    /// cache no scans).
+    pub fn adopt(&self, prefix: &KeyPrefix, kvs: &[KeyValue], revision: Revision) {
+        let mut state = self.state();
+        let room = state.listed_objects + kvs.len() <= state.limits.list_budget
+            && state.lists.len() < state.limits.list_prefixes;
+        if !room
+            || !state.live
+            || state.revision < revision
+            || state.floor > revision
+            || state.lists.contains_key(prefix.as_str())
+            || state.departed_prefix(prefix)
+        {
+            return;
+        }
+        let mut objects: BTreeMap<String, KeyValue> = kvs
+            .iter()
+            .map(|kv| (kv.key.as_str().to_owned(), kv.clone()))
+            .collect();
+        for event in state.events_after(revision) {
+            if prefix.contains(event.key()) {
+                apply_to(&mut objects, event);
+            }
+        }
+        state.listed_objects += objects.len();
+        state.clock += 1;
+        let used = state.clock;
+        state
+            .lists
+            .insert(prefix.as_str().to_owned(), CachedList { objects, used });
     }
 
     /// A watch of `prefix` after `after`, from the cache when it reaches back
@@ -547,7 +603,9 @@ impl State {
 
     fn apply(&mut self, event: Event) {
         let revision = event.revision();
-        if revision <= self.revision {
+        // Older than what is applied: seen already. One revision may carry
+        // several events (a range deleted at once): each is applied.
+        if revision < self.revision {
             return;
         }
         self.revision = revision;
@@ -674,6 +732,15 @@ impl State {
     fn events_after(&self, revision: Revision) -> impl Iterator<Item = &Event> {
         let first = self.ring.partition_point(|e| e.revision() <= revision);
         self.ring.range(first..)
+    }
+
+    /// Whether `prefix` is in a VC that departed lately (the ring no
+    /// longer holds its events, so no list of it can be brought up to date).
+    fn departed_prefix(&self, prefix: &KeyPrefix) -> bool {
+        self.departed.keys().any(|uid| {
+            TenantKeyspace::for_vc(uid)
+                .is_ok_and(|ks| prefix.as_str().starts_with(ks.prefix().as_str()))
+        })
     }
 
     fn evict_one(&mut self) {
@@ -805,6 +872,9 @@ impl Store for WatchCache {
     }
     async fn current_revision(&self) -> StoreResult<Revision> {
         self.store.current_revision().await
+    }
+    fn local_revision(&self) -> Option<Revision> {
+        self.store.local_revision()
     }
     async fn compact(&self, revision: Revision) -> StoreResult<()> {
         self.store.compact(revision).await

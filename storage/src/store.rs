@@ -207,6 +207,15 @@ pub trait Store: Send + Sync + 'static {
     /// The revision of the last write.
     async fn current_revision(&self) -> StoreResult<Revision>;
 
+    /// The revision of the last acknowledged write, when this process
+    /// knows it without asking anyone (the embedded store, whose only
+    /// writer is here); `None` when only storage can tell (etcd). Wrappers
+    /// forward it: one that does not only sends its consistent lists to
+    /// storage instead of the watch cache.
+    fn local_revision(&self) -> Option<Revision> {
+        None
+    }
+
     /// Forgets history before `revision`: reads and watches from older
     /// revisions fail with [`crate::StoreError::Compacted`] afterwards.
     async fn compact(&self, revision: Revision) -> StoreResult<()>;

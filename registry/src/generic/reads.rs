@@ -273,6 +273,17 @@ impl GenericStore {
                 return self.page_from_cache(kvs, revision, opts);
             }
         }
+        // A consistent list (as kube-apiserver's from its watch cache):
+        // from memory when the cache holds the prefix and has applied every
+        // write acknowledged before the list began — known without a round
+        // trip only where storage is this process's (embedded).
+        let consistent = revision.is_none() && opts.continue_token.is_none();
+        let current = consistent.then(|| self.store.local_revision()).flatten();
+        if let Some(current) = current {
+            if let Some((kvs, revision)) = self.store.cached_list(&prefix, current) {
+                return self.page_from_cache(kvs, revision, opts);
+            }
+        }
         let mut items = Vec::new();
         loop {
             // Selectors filter after the read, so read in pages until the
@@ -311,6 +322,11 @@ impl GenericStore {
                     }
                     e => from_store(e),
                 })?;
+            // The whole of a small prefix, read at one revision: the cache
+            // may keep it for the next consistent list.
+            if current.is_some() && after.is_none() && !page.more {
+                self.store.adopt(&prefix, &page.kvs, page.revision);
+            }
             revision = Some(page.revision);
             after = page.kvs.last().map(|kv| kv.key.clone());
             for kv in page.kvs {

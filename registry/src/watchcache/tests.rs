@@ -48,6 +48,9 @@ impl Store for CountingStore {
     async fn current_revision(&self) -> StoreResult<Revision> {
         self.inner.current_revision().await
     }
+    fn local_revision(&self) -> Option<Revision> {
+        self.inner.local_revision()
+    }
     async fn compact(&self, revision: Revision) -> StoreResult<()> {
         self.inner.compact(revision).await
     }
@@ -582,4 +585,137 @@ async fn a_departed_vcs_events_leave_the_ring_and_the_others_stay_replayable() {
     for name in ["cm-00", "cm-01", "cm-02", "after"] {
         assert_eq!(next_change(&mut b).await.key(), &key("b", "default", name));
     }
+}
+
+/// A consistent list is answered from memory only with every acknowledged
+/// write in it: the cache must have applied storage's revision of when the
+/// list began, else storage answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_lists_from_memory_hold_every_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let counted = Arc::new(CountingStore {
+        inner: embedded(dir.path()).await,
+        ranges: Default::default(),
+    });
+    let cache = WatchCache::start(counted.clone()).await;
+    let prefix = configmaps("a");
+    for name in ["one", "two"] {
+        cache
+            .create(&key("a", "default", name), Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+    }
+    // Nothing cached yet: storage answers, and its page is adopted.
+    let now = cache.local_revision().expect("the embedded store knows");
+    assert!(cache.cached_list(&prefix, now).is_none());
+    let page = cache
+        .range(RangeRequest::prefix(prefix.clone()))
+        .await
+        .unwrap();
+    caught_up(&cache, page.revision).await;
+    // A write between the read and its adoption is applied from the ring.
+    cache
+        .create(&key("a", "default", "three"), Bytes::from_static(b"{}"))
+        .await
+        .unwrap();
+    caught_up(&cache, cache.local_revision().unwrap()).await;
+    cache.adopt(&prefix, &page.kvs, page.revision);
+    let ranges = counted.ranges.load(std::sync::atomic::Ordering::SeqCst);
+    let (listed, _) = cache
+        .cached_list(&prefix, cache.local_revision().unwrap())
+        .expect("cached and current");
+    assert_eq!(listed.len(), 3);
+
+    // Each list right after a write: storage's (None) or one holding it.
+    let (mut from_memory, mut from_storage) = (0, 0);
+    for i in 0..300 {
+        let name = format!("n-{i}");
+        let written = cache
+            .create(&key("a", "default", &name), Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        match cache.cached_list(&prefix, cache.local_revision().unwrap()) {
+            Some((objects, revision)) => {
+                assert!(revision >= written.mod_revision);
+                assert!(
+                    objects.iter().any(|kv| kv.key == written.key),
+                    "{name} acknowledged but not listed"
+                );
+                assert_eq!(objects.len(), 3 + i + 1);
+                from_memory += 1;
+            }
+            None => from_storage += 1,
+        }
+        if i % 50 == 0 {
+            // Some lists come once the cache has caught up.
+            caught_up(&cache, written.mod_revision).await;
+            assert!(cache
+                .cached_list(&prefix, cache.local_revision().unwrap())
+                .is_some());
+            from_memory += 1;
+        }
+    }
+    assert!(from_memory > 0, "{from_storage} lists all went to storage");
+    assert_eq!(
+        counted.ranges.load(std::sync::atomic::Ordering::SeqCst),
+        ranges,
+        "no list of the cached prefix read storage"
+    );
+
+    // No room without evicting another list: nothing adopted.
+    let full = WatchCache::start_with(
+        counted.clone(),
+        Limits {
+            list_budget: 2,
+            ..Limits::default()
+        },
+    )
+    .await;
+    let page = full
+        .range(RangeRequest::prefix(prefix.clone()))
+        .await
+        .unwrap();
+    caught_up(&full, page.revision).await;
+    full.adopt(&prefix, &page.kvs, page.revision);
+    assert_eq!(full.stats().lists, 0);
+}
+
+/// A range deleted in one write is one revision of several events: the
+/// cached lists lose every key of it and a watch hears every deletion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_of_a_range_deleted_at_once_reaches_lists_and_watches() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = WatchCache::start(embedded(dir.path()).await).await;
+    let prefix = configmaps("a");
+    for name in ["one", "two", "three"] {
+        cache
+            .create(&key("a", "default", name), Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+    }
+    let start = cache.current_revision().await.unwrap();
+    caught_up(&cache, start).await;
+    let (listed, _) = cache.list(&prefix, None).await.unwrap();
+    assert_eq!(listed.len(), 3);
+    let mut watch = cache.watch(&prefix, start).await.unwrap();
+    let deleted = cache.delete_range(&prefix).await.unwrap();
+    assert_eq!(deleted.deleted, 3);
+    let mut gone = Vec::new();
+    for _ in 0..3 {
+        match next_change(&mut watch).await {
+            Event::Delete { prev, revision } => {
+                assert_eq!(revision, deleted.revision);
+                gone.push(prev.key.as_str().rsplit('/').next().unwrap().to_owned());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    gone.sort();
+    assert_eq!(gone, ["one", "three", "two"]);
+    caught_up(&cache, deleted.revision).await;
+    let (listed, _) = cache.list(&prefix, None).await.unwrap();
+    assert!(listed.is_empty(), "{listed:?}");
+    let current = cache.local_revision().unwrap();
+    let (listed, _) = cache.cached_list(&prefix, current).unwrap();
+    assert!(listed.is_empty(), "{listed:?}");
 }
