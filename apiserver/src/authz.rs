@@ -377,6 +377,11 @@ fn shown(policy: &Policy, mut object: Value) -> Value {
     object
 }
 
+/// Whether [`defaults_overlay`] may answer a request for `path`.
+pub fn is_default_path(path: &str) -> bool {
+    default_path(path).is_some()
+}
+
 /// `/apis/rbac.authorization.k8s.io/v1/<clusterroles|clusterrolebindings>[/<name>]`:
 /// the resource and name.
 fn default_path(path: &str) -> Option<(&str, Option<&str>)> {

@@ -304,7 +304,9 @@ where
     // No client certificate: a ServiceAccount token may say who it is.
     let caller = match (caller, crate::tokens::bearer(req.headers())) {
         (Some(caller), _) => Some(caller.clone()),
-        (None, Some(token)) => crate::tokens::authenticate(ctx, token).await.map(Arc::new),
+        (None, Some(token)) => Box::pin(crate::tokens::authenticate(ctx, token))
+            .await
+            .map(Arc::new),
         (None, None) => None,
     };
     let Some(caller) = caller else {
@@ -378,9 +380,8 @@ where
         Err(e) => return (crate::response::error_response(&e), Some(level), zero),
     };
     let response = if level.is_heavy() {
-        ctx.fairness
-            .run_list(serve(ctx.clone(), Some(caller), req))
-            .await
+        let listed = ctx.fairness.run_list(serve(ctx.clone(), Some(caller), req));
+        Box::pin(listed).await
     } else {
         serve(ctx.clone(), Some(caller), req).await
     };
@@ -449,7 +450,9 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     kplex_registry::warnings::collect(async {
-        match route(&ctx, caller.as_deref(), req).await {
+        // Boxed: the layers above (the warnings' scope, the seat, hyper's
+        // task) each hold this future, and would each hold a copy of it.
+        match Box::pin(route(&ctx, caller.as_deref(), req)).await {
             Ok(response) => response,
             Err(e) => crate::response::error_response(&e),
         }
@@ -469,7 +472,7 @@ where
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
     if is_public(&path) {
-        return public(ctx, req.method(), &path).await;
+        return Box::pin(public(ctx, req.method(), &path)).await;
     }
     // (Authenticated before its seat was taken: see `fairly`.)
     let caller = caller.ok_or_else(ApiError::unauthorized)?;
@@ -496,7 +499,7 @@ where
     }
     if let Some(rest) = path.strip_prefix(kplex_api::names::SYSTEM_CLUSTER_PATH) {
         if rest.is_empty() || rest.starts_with('/') {
-            return crate::system::system_cluster(ctx, caller, rest, &request).await;
+            return Box::pin(crate::system::system_cluster(ctx, caller, rest, &request)).await;
         }
     }
     // A VC's credential on a path without `/clusters/<vc>` (an in-cluster
@@ -532,7 +535,7 @@ where
             ),
         ));
     }
-    crate::admin::handle(ctx, request).await
+    Box::pin(crate::admin::handle(ctx, request)).await
 }
 
 /// A tenant's cluster. The credential must name this VC's UID.
@@ -551,7 +554,8 @@ async fn tenant(
     };
     // kubectl's --raw spells `*` percent-encoded; both mean every VC.
     if name == kplex_api::names::ALL_CLUSTERS || name.eq_ignore_ascii_case("%2A") {
-        return crate::system::across(ctx, caller, path, req, ctx.stopping.subscribe()).await;
+        let across = crate::system::across(ctx, caller, path, req, ctx.stopping.subscribe());
+        return Box::pin(across).await;
     }
     let writes = req.method != Method::GET;
     let (vc, _write) = match &caller.scope {
@@ -613,25 +617,8 @@ async fn tenant(
         crate::authz::authorize(&rbac, caller, &req.method, path, &req.query)?;
     }
     if is_public(path) {
-        return public(ctx, &req.method, path).await;
+        return Box::pin(public(ctx, &req.method, path)).await;
     }
-    // Every write into the VC, whoever makes it (a tenant, the shared
-    // controllers), meets the VC's isolation policy; a tenant's RBAC
-    // writes grant no more than it holds.
-    let admission: Arc<dyn kplex_registry::generic::Admission> =
-        crate::policy::VcPolicy::new(vc.name(), vc.policy.clone());
-    let admission: Arc<dyn kplex_registry::generic::Admission> =
-        Arc::new(kplex_kinds::custom::NameConflicts { then: admission });
-    let admission = if tenant_caller {
-        Arc::new(crate::authz::Escalation {
-            authorizer: ctx.rbac.clone(),
-            vc: vc.uid().to_owned(),
-            caller: caller.clone(),
-            then: admission,
-        })
-    } else {
-        admission
-    };
     let catalog: Arc<kplex_registry::Catalog> = Arc::clone(
         &*ctx
             .crds
@@ -639,20 +626,44 @@ async fn tenant(
             .await
             .map_err(kplex_registry::error::from_store)?,
     );
-    let store = ctx
-        .vc_store_serving(&vc, catalog.clone())?
-        .with_admission(admission);
+    let store = ctx.vc_store_serving(&vc, catalog.clone())?;
+    // Every write into the VC, whoever makes it (a tenant, the shared
+    // controllers), meets the VC's isolation policy; a tenant's RBAC
+    // writes grant no more than it holds. (A GET writes nothing.)
+    let store = if writes {
+        let admission: Arc<dyn kplex_registry::generic::Admission> =
+            crate::policy::VcPolicy::new(vc.name(), vc.policy.clone());
+        let admission: Arc<dyn kplex_registry::generic::Admission> =
+            Arc::new(kplex_kinds::custom::NameConflicts { then: admission });
+        let admission = if tenant_caller {
+            Arc::new(crate::authz::Escalation {
+                authorizer: ctx.rbac.clone(),
+                vc: vc.uid().to_owned(),
+                caller: caller.clone(),
+                then: admission,
+            })
+        } else {
+            admission
+        };
+        store.with_admission(admission)
+    } else {
+        store
+    };
     let store = match caller.scope {
         Scope::System { .. } => store.with_system_watches(),
         _ => store,
     };
-    if let Some(served) =
-        crate::authz::defaults_overlay(&ctx.catalog, &store, &rbac, path, req, &ctx.stopping).await
-    {
-        return served;
+    // The rarer paths' futures are boxed: each request's future (copied
+    // when hyper spawns it) is only as large as the common path's.
+    if crate::authz::is_default_path(path) {
+        let overlay =
+            crate::authz::defaults_overlay(&ctx.catalog, &store, &rbac, path, req, &ctx.stopping);
+        if let Some(served) = Box::pin(overlay).await {
+            return served;
+        }
     }
     if let Some((ns, account)) = token_request_path(path) {
-        return crate::tokens::token_request(
+        return Box::pin(crate::tokens::token_request(
             &ctx.tokens,
             vc.uid(),
             &store,
@@ -660,7 +671,7 @@ async fn tenant(
             ns,
             account,
             req,
-        )
+        ))
         .await;
     }
     if path == TOKEN_REVIEWS {
@@ -672,9 +683,9 @@ async fn tenant(
             .find("authentication.k8s.io", "v1", "tokenreviews")
             .expect("catalogued");
         let object = crate::tenant::review_object(info, req)?;
-        let status =
-            crate::tokens::review(&ctx.tokens, vc.uid(), &store, &ctx.catalog, &object["spec"])
-                .await?;
+        let review =
+            crate::tokens::review(&ctx.tokens, vc.uid(), &store, &ctx.catalog, &object["spec"]);
+        let status = Box::pin(review).await?;
         let answer = crate::reviews::answered(object, None, status);
         return Ok(json_response(StatusCode::CREATED, &answer));
     }
@@ -684,9 +695,9 @@ async fn tenant(
         }
         let pods = ctx.catalog.find("", "v1", "pods").expect("catalogued");
         // The Pod must exist in this VC: nothing else of the host is reached.
-        let object = store.get(pods, Some(ns), pod).await?;
+        let object = Box::pin(store.get(pods, Some(ns), pod)).await?;
         let uid = object["metadata"]["uid"].as_str().map(str::to_owned);
-        return crate::proxy::to_host(ctx, &vc, ns, pod, uid, sub, req).await;
+        return Box::pin(crate::proxy::to_host(ctx, &vc, ns, pod, uid, sub, req)).await;
     }
     let span = tracing::debug_span!("tenant", vc = name, method = %req.method, path);
     // A write to the VC's CRDs: the CRDs it may remove are read first, so
@@ -703,17 +714,17 @@ async fn tenant(
             .expect("catalogued")
     };
     let before: Vec<serde_json::Value> = match crd_write {
-        Some(Some(name)) => store
-            .get(crds(), None, name)
+        Some(Some(name)) => Box::pin(store.get(crds(), None, name))
             .await
             .ok()
             .into_iter()
             .collect(),
-        Some(None) if req.method == Method::DELETE => store
-            .list(crds(), None, &Default::default())
-            .await
-            .map(|page| page.items)
-            .unwrap_or_default(),
+        Some(None) if req.method == Method::DELETE => {
+            Box::pin(store.list(crds(), None, &Default::default()))
+                .await
+                .map(|page| page.items)
+                .unwrap_or_default()
+        }
         _ => Vec::new(),
     };
     let served = crate::tenant::handle(
@@ -740,7 +751,7 @@ async fn tenant(
         .flatten()
         .and_then(|body| body["metadata"]["name"].as_str().map(str::to_owned));
     let named = named.or(created.as_deref());
-    settle_crds(ctx, &vc, &store, crds(), named, &before).await;
+    Box::pin(settle_crds(ctx, &vc, &store, crds(), named, &before)).await;
     served
 }
 

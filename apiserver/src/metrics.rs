@@ -60,9 +60,17 @@ impl Histogram {
 
 #[derive(Default)]
 struct Inner {
-    requests: BTreeMap<(String, String, u16), u64>,
-    latency: BTreeMap<(String, String), Histogram>,
+    /// Verb → resource → what its requests did (nested, so a request
+    /// already seen is counted without allocating its labels).
+    requests: BTreeMap<String, BTreeMap<String, Served>>,
     storage: BTreeMap<&'static str, Histogram>,
+}
+
+/// The requests of one verb and resource.
+#[derive(Default)]
+struct Served {
+    codes: BTreeMap<u16, u64>,
+    latency: Histogram,
 }
 
 /// The server's metrics.
@@ -75,15 +83,16 @@ impl Metrics {
     /// Records one served request.
     pub fn observe_request(&self, verb: &str, resource: &str, code: u16, elapsed: Duration) {
         let mut inner = self.inner.lock().expect("metrics lock");
-        *inner
-            .requests
-            .entry((verb.to_owned(), resource.to_owned(), code))
-            .or_default() += 1;
-        inner
-            .latency
-            .entry((verb.to_owned(), resource.to_owned()))
-            .or_default()
-            .observe(elapsed);
+        if !inner.requests.contains_key(verb) {
+            inner.requests.insert(verb.to_owned(), BTreeMap::new());
+        }
+        let by_resource = inner.requests.get_mut(verb).expect("inserted");
+        if !by_resource.contains_key(resource) {
+            by_resource.insert(resource.to_owned(), Served::default());
+        }
+        let served = by_resource.get_mut(resource).expect("inserted");
+        *served.codes.entry(code).or_default() += 1;
+        served.latency.observe(elapsed);
     }
 
     fn observe_storage(&self, op: &'static str, elapsed: Duration) {
@@ -97,18 +106,25 @@ impl Metrics {
         let mut out = String::new();
         out.push_str("# HELP kplex_apiserver_requests_total Requests served, by verb, resource and HTTP code.\n");
         out.push_str("# TYPE kplex_apiserver_requests_total counter\n");
-        for ((verb, resource, code), n) in &inner.requests {
-            let (verb, resource) = (escape(verb), escape(resource));
-            let _ = writeln!(
-                out,
-                "kplex_apiserver_requests_total{{verb=\"{verb}\",resource=\"{resource}\",code=\"{code}\"}} {n}"
-            );
+        let served = || {
+            inner.requests.iter().flat_map(|(verb, by_resource)| {
+                by_resource
+                    .iter()
+                    .map(move |(resource, served)| (escape(verb), escape(resource), served))
+            })
+        };
+        for (verb, resource, served) in served() {
+            for (code, n) in &served.codes {
+                let _ = writeln!(
+                    out,
+                    "kplex_apiserver_requests_total{{verb=\"{verb}\",resource=\"{resource}\",code=\"{code}\"}} {n}"
+                );
+            }
         }
         out.push_str("# HELP kplex_apiserver_request_duration_seconds Request latency, by verb and resource.\n");
         out.push_str("# TYPE kplex_apiserver_request_duration_seconds histogram\n");
-        for ((verb, resource), h) in &inner.latency {
-            let (verb, resource) = (escape(verb), escape(resource));
-            h.render(
+        for (verb, resource, served) in served() {
+            served.latency.render(
                 &mut out,
                 "kplex_apiserver_request_duration_seconds",
                 &format!("verb=\"{verb}\",resource=\"{resource}\""),

@@ -420,8 +420,8 @@ async fn resource(
     };
     if !t.info.stored {
         return match (t.info.group.as_str(), t.info.kind.as_str()) {
-            ("", "ComponentStatus") => component_statuses(store, &t, req).await,
-            ("", "Binding") => bind_named(catalog, store, &t, req, dry_run).await,
+            ("", "ComponentStatus") => Box::pin(component_statuses(store, &t, req)).await,
+            ("", "Binding") => Box::pin(bind_named(catalog, store, &t, req, dry_run)).await,
             // A review: created on the collection, answered, not stored.
             _ if req.method != Method::POST || t.name.is_some() => {
                 Err(method_not_allowed(&req.method))
@@ -484,15 +484,15 @@ async fn resource(
         if req.method != Method::PUT {
             return Err(method_not_allowed(&req.method));
         }
-        return set_addresses(store, &t, name, req).await;
+        return Box::pin(set_addresses(store, &t, name, req)).await;
     }
     if let (Some(sub @ ("binding" | "eviction")), Some(name)) = (t.sub, t.name) {
         if req.method != Method::POST {
             return Err(method_not_allowed(&req.method));
         }
         return match sub {
-            "binding" => bind(store, &t, name, req, dry_run).await,
-            _ => evict(catalog, store, &t, name, req, dry_run).await,
+            "binding" => Box::pin(bind(store, &t, name, req, dry_run)).await,
+            _ => Box::pin(evict(catalog, store, &t, name, req, dry_run)).await,
         };
     }
     if t.sub.is_some() && !matches!(req.method, Method::GET | Method::PUT | Method::PATCH) {
@@ -500,7 +500,7 @@ async fn resource(
     }
     if t.sub == Some("scale") {
         if let Some(name) = t.name {
-            return scale(store, &t, name, req, write).await;
+            return Box::pin(scale(store, &t, name, req, write)).await;
         }
     }
     let labels = || LabelSelector::parse(q("labelSelector").unwrap_or(""));
@@ -543,12 +543,12 @@ async fn resource(
                 fields: fields()?,
                 ..Default::default()
             };
-            let page = store.list(t.info, t.namespace, &opts).await?;
+            let page = Box::pin(store.list(t.info, t.namespace, &opts)).await?;
             let mut deleted = Vec::with_capacity(page.items.len());
             for item in &page.items {
                 let name = item["metadata"]["name"].as_str().unwrap_or_default();
                 let ns = item["metadata"]["namespace"].as_str();
-                match store.delete(t.info, ns, name, &delete).await {
+                match Box::pin(store.delete(t.info, ns, name, &delete)).await {
                     Ok(object) => deleted.push(object),
                     // Gone meanwhile: nothing left to delete.
                     Err(e) if e.code == StatusCode::NOT_FOUND => {}
@@ -561,7 +561,7 @@ async fn resource(
             let CollectionRequest { opts, watch: flags } =
                 collection_request(t.info, req, &params)?;
             if let Some(flags) = flags {
-                return watch(
+                return Box::pin(watch(
                     store,
                     t.info,
                     t.namespace,
@@ -569,13 +569,13 @@ async fn resource(
                     stopping,
                     flags,
                     Vec::new(),
-                )
+                ))
                 .await;
             }
             let plain = !req.wants_table() && !req.wants_metadata() && !t.info.converts();
             if plain {
                 // The common case: the stored bytes, streamed.
-                let page = store.list_stored(t.info, t.namespace, &opts).await?;
+                let page = Box::pin(store.list_stored(t.info, t.namespace, &opts)).await?;
                 let metadata = list_metadata(page.revision, page.continue_token);
                 return Ok(crate::response::stored_list(
                     &format!("{}List", t.info.kind),
@@ -584,7 +584,7 @@ async fn resource(
                     page.items,
                 ));
             }
-            let page = store.list(t.info, t.namespace, &opts).await?;
+            let page = Box::pin(store.list(t.info, t.namespace, &opts)).await?;
             let metadata = list_metadata(page.revision, page.continue_token);
             Ok(list_response(t.info, req, metadata, page.items))
         }
@@ -599,7 +599,7 @@ async fn resource(
             ))
         }
         (&Method::GET, Some(name)) => {
-            let object = store.get(t.info, t.namespace, name).await?;
+            let object = Box::pin(store.get(t.info, t.namespace, name)).await?;
             Ok(if req.wants_table() {
                 ok(render_table(t.info, &[object]))
             } else if req.wants_metadata() {
@@ -616,22 +616,27 @@ async fn resource(
             }
             let body = object_body(req, &write)?;
             if let Some(ns) = t.namespace {
-                crate::admission::admit_create(store, catalog, t.info, ns, &body, write.dry_run)
-                    .await?;
+                let admitted = crate::admission::admit_create(
+                    store,
+                    catalog,
+                    t.info,
+                    ns,
+                    &body,
+                    write.dry_run,
+                );
+                Box::pin(admitted).await?;
             }
-            let object = store.create(t.info, t.namespace, body, write).await?;
+            let object = Box::pin(store.create(t.info, t.namespace, body, write)).await?;
             Ok(json_response(StatusCode::CREATED, &object))
         }
         (&Method::PUT, Some(name)) => {
-            let object = store
-                .update(t.info, t.namespace, name, object_body(req, &write)?, write)
-                .await?;
+            let body = object_body(req, &write)?;
+            let object = Box::pin(store.update(t.info, t.namespace, name, body, write)).await?;
             Ok(ok(object))
         }
         (&Method::PATCH, Some(name)) if apply => {
-            let (object, created) = store
-                .apply(t.info, t.namespace, name, &req.body, force, write)
-                .await?;
+            let applied = store.apply(t.info, t.namespace, name, &req.body, force, write);
+            let (object, created) = Box::pin(applied).await?;
             let code = if created {
                 StatusCode::CREATED
             } else {
@@ -642,15 +647,13 @@ async fn resource(
         (&Method::PATCH, Some(name)) => {
             let media = req.media_type();
             let kind = kplex_registry::patch::PatchType::from_media_type(&media)?;
-            let object = store
-                .patch(t.info, t.namespace, name, kind, &req.body, write)
-                .await?;
+            let patched = store.patch(t.info, t.namespace, name, kind, &req.body, write);
+            let object = Box::pin(patched).await?;
             Ok(ok(object))
         }
         (&Method::DELETE, Some(name)) => {
-            let object = store
-                .delete(t.info, t.namespace, name, &delete_options()?)
-                .await?;
+            let options = delete_options()?;
+            let object = Box::pin(store.delete(t.info, t.namespace, name, &options)).await?;
             if object["metadata"]["deletionTimestamp"].is_string() {
                 // Deferred (finalizers, a terminating namespace): 202 with
                 // the object as it now stands, as kube-apiserver answers.

@@ -138,6 +138,19 @@ impl<D: Derive> PerVc<D> {
 
     /// The value of the VC with `uid`.
     pub async fn get(&self, uid: &str) -> StoreResult<Arc<D::Output>> {
+        if let Some(Slot::Ready { value, .. }) =
+            self.state.read().expect("per-VC index lock").vcs.get(uid)
+        {
+            return Ok(value.clone());
+        }
+        // Boxed: every request asks, and its future stays as small as
+        // this answer from memory.
+        Box::pin(self.load(uid)).await
+    }
+
+    /// The value of the VC with `uid`, loaded unless another caller is
+    /// loading it.
+    async fn load(&self, uid: &str) -> StoreResult<Arc<D::Output>> {
         let token = loop {
             if let Some(Slot::Ready { value, .. }) =
                 self.state.read().expect("per-VC index lock").vcs.get(uid)

@@ -387,14 +387,15 @@ impl Catalog {
     pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<&Arc<ResourceInfo>> {
         self.resources
             .iter()
-            .find(|r| r.group == group && r.version == version && r.plural == plural)
+            // The plural first: it tells most rows apart at once.
+            .find(|r| r.plural == plural && r.group == group && r.version == version)
     }
 
     /// The resource of this group and plural, in whichever version is served.
     pub fn find_resource(&self, group: &str, plural: &str) -> Option<&Arc<ResourceInfo>> {
         self.resources
             .iter()
-            .find(|r| r.group == group && r.plural == plural)
+            .find(|r| r.plural == plural && r.group == group)
     }
 
     /// The group/versions served, core first, in order of first appearance.
