@@ -4,7 +4,8 @@
 //!
 //! - GET of a configmap across 1,000 VCs vs a bare hyper+rustls server (same
 //!   TLS setup, client certificates verified) answering the same bytes: the
-//!   HTTP stack's own limit;
+//!   HTTP stack's own limit, with the bare server in the client's process
+//!   and in a process of its own (as kplex is);
 //! - CREATE vs the raw embedded store's create at the same concurrency;
 //! - LIST (a namespace of 20 configmaps) vs the raw store's range of it;
 //! - WATCH: 10,000 open watches (10 per VC), event delivery latency from the
@@ -15,7 +16,8 @@
 //!
 //! Client and server share the machine's cores, for kplex and baselines alike.
 //! `KPLEX_BENCH_PERF=<file>` records a `perf` profile of kplex during the
-//! 64-client CREATE run.
+//! 64-client CREATE run (`KPLEX_BENCH_PERF_OP=get,get-bare,list`: those runs', each to
+//! `<file>.<op>`; `get-bare` is the bare server in its own process).
 //! Run: `hack/bench-api`. `KPLEX_BENCH_SCALE` scales the operation counts
 //! (not the VC or watch counts).
 
@@ -288,12 +290,83 @@ fn bare_server(tls: Arc<rustls::ServerConfig>, respond: Respond) -> u16 {
     port
 }
 
+/// Set in a child of this benchmark that serves as a bare server in a
+/// process of its own: the data directory it takes its TLS from and its
+/// answer from (`response`).
+const BARE_CHILD: &str = "KPLEX_BENCH_BARE_CHILD";
+
+/// A [`bare_server`] in a process of its own (this executable again),
+/// answering every request with the same bytes: the ceiling of a server
+/// that, like kplex, does not share the client's process. Ends when
+/// dropped.
+struct BareProcess {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl BareProcess {
+    /// `dir` holds the CA (`pki/ca.crt`, `pki/ca.key`) it issues its
+    /// serving certificate from.
+    fn start(dir: &Path, response: &Bytes) -> BareProcess {
+        use std::io::BufRead;
+        std::fs::write(dir.join("response"), response).unwrap();
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .env(BARE_CHILD, dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line.trim().parse().expect("the bare server's port");
+        BareProcess { child, port }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for BareProcess {
+    fn drop(&mut self) {
+        // Closing its stdin ends it.
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// The child's side of [`BareProcess`]: serves until its stdin closes.
+async fn bare_child(dir: &Path) {
+    let tls =
+        kplex_apiserver::bootstrap::prepare(dir, &["127.0.0.1".to_owned()], "https://127.0.0.1")
+            .unwrap()
+            .tls;
+    let response = Bytes::from(std::fs::read(dir.join("response")).unwrap());
+    let port = bare_server(
+        tls,
+        Arc::new(move |_| {
+            let response = response.clone();
+            Box::pin(async move { response })
+        }),
+    );
+    println!("{port}");
+    let _ = tokio::task::spawn_blocking(|| {
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new())
+    })
+    .await;
+}
+
 fn memory_row(label: &str, value: String, target: &str) {
     println!("| {label} | {value} | {target} |");
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    if let Some(dir) = std::env::var_os(BARE_CHILD) {
+        return bare_child(Path::new(&dir)).await;
+    }
     let dir = tempfile::tempdir().unwrap();
     // The API alone: the controllers have their own benchmark.
     let server = kplex_e2e::Kplex::start_bin(
@@ -434,7 +507,7 @@ async fn main() {
             }
         }
     };
-    let profile = Profile::start(pid);
+    let profile = Profile::start_for("create", pid);
     let (kplex_create, kplex_create_cpu) =
         with_cpu(pid, creates, run(CLIENTS, creates, kplex_create_op("cm"))).await;
     drop(profile);
@@ -501,6 +574,7 @@ async fn main() {
         None,
     )
     .await;
+    let get_sample = sample.clone();
     let get_op = |conns: Arc<Vec<(Sender, String)>>| {
         move |i: usize| {
             let conns = conns.clone();
@@ -518,8 +592,10 @@ async fn main() {
             }
         }
     };
+    let profile = Profile::start_for("get", pid);
     let (kplex_get, kplex_get_cpu) =
         with_cpu(pid, gets, run(CLIENTS, gets, get_op(tenants.clone()))).await;
+    drop(profile);
     let kplex_get1 = run(1, solo, get_op(tenants.clone())).await;
     let bare_port = bare_server(
         bare_tls.clone(),
@@ -532,6 +608,24 @@ async fn main() {
     let (bare_get, bare_get_cpu) =
         with_cpu(pid, gets, run(CLIENTS, gets, get_op(bare.clone()))).await;
     let bare_get1 = run(1, solo, get_op(bare)).await;
+    // The same bare server in a process of its own, as kplex is.
+    let own_dir = dir.path().join("bare-process");
+    std::fs::create_dir_all(own_dir.join("pki")).unwrap();
+    for file in ["ca.crt", "ca.key"] {
+        std::fs::copy(bare_pki.join(file), own_dir.join("pki").join(file)).unwrap();
+    }
+    let own = BareProcess::start(&own_dir, &get_sample);
+    let own_conns = connect_all(own.port).await;
+    let profile = Profile::start_for("get-bare", own.pid());
+    let (own_get, own_get_cpu) = with_cpu(
+        own.pid(),
+        gets,
+        run(CLIENTS, gets, get_op(own_conns.clone())),
+    )
+    .await;
+    drop(profile);
+    let own_get1 = run(1, solo, get_op(own_conns)).await;
+    drop(own);
 
     // --- GET under RBAC -------------------------------------------------------
     // The same GETs by a user RBAC must check (a RoleBinding to a Role
@@ -639,6 +733,7 @@ async fn main() {
     eprintln!("bench: list");
     let lists = scale(10_000);
     let t = tenants.clone();
+    let profile = Profile::start_for("list", pid);
     let kplex_list = run(CLIENTS, lists, move |i| {
         let t = t.clone();
         async move {
@@ -655,6 +750,7 @@ async fn main() {
         }
     })
     .await;
+    drop(profile);
     // The ceiling: a bare server answering the same list's bytes.
     let (_, list_sample) = call(
         &tenants[0].0,
@@ -663,6 +759,7 @@ async fn main() {
         None,
     )
     .await;
+    let own_list_sample = list_sample.clone();
     let bare_list_port = bare_server(
         bare_tls,
         Arc::new(move |_| {
@@ -671,21 +768,26 @@ async fn main() {
         }),
     );
     let bare_lists = connect_all(bare_list_port).await;
-    let bare_list = run(CLIENTS, lists, move |i| {
-        let b = bare_lists.clone();
-        async move {
-            let (conn, base) = &b[i % VCS];
-            let (status, _) = call(
-                conn,
-                Method::GET,
-                &format!("{base}/api/v1/namespaces/default/configmaps"),
-                None,
-            )
-            .await;
-            assert_eq!(status, StatusCode::OK);
+    let list_op = |conns: Arc<Vec<(Sender, String)>>| {
+        move |i: usize| {
+            let conns = conns.clone();
+            async move {
+                let (conn, base) = &conns[i % VCS];
+                let (status, _) = call(
+                    conn,
+                    Method::GET,
+                    &format!("{base}/api/v1/namespaces/default/configmaps"),
+                    None,
+                )
+                .await;
+                assert_eq!(status, StatusCode::OK);
+            }
         }
-    })
-    .await;
+    };
+    let bare_list = run(CLIENTS, lists, list_op(bare_lists)).await;
+    let own = BareProcess::start(&own_dir, &own_list_sample);
+    let own_list = run(CLIENTS, lists, list_op(connect_all(own.port).await)).await;
+    drop(own);
     let (r, k) = (raw.clone(), keyspaces.clone());
     let raw_list = run(CLIENTS, lists, move |i| {
         let (r, k) = (r.clone(), k.clone());
@@ -714,6 +816,16 @@ async fn main() {
     let get = "GET configmap (baseline: bare hyper+rustls, same bytes)";
     row(get, 1, &kplex_get1, &bare_get1);
     row(get, CLIENTS, &kplex_get, &bare_get);
+    let own_get_label =
+        "GET configmap (baseline: the bare server in a process of its own, as kplex is)";
+    row(own_get_label, 1, &kplex_get1, &own_get1);
+    row(own_get_label, CLIENTS, &kplex_get, &own_get);
+    row(
+        "GET through the bare server in a process of its own (baseline: the bare server in the client's process)",
+        CLIENTS,
+        &own_get,
+        &bare_get,
+    );
     row(
         "GET configmap as a user RBAC checks (baseline: the same GETs as the VC's cluster-admin, unchecked)",
         CLIENTS,
@@ -746,6 +858,18 @@ async fn main() {
         "LIST through a bare hyper+rustls server answering the same bytes, no API work (baseline: raw store range)",
         CLIENTS,
         &bare_list,
+        &raw_list,
+    );
+    row(
+        &format!("LIST {OBJECTS_PER_VC} configmaps (baseline: the bare server in a process of its own, as kplex is)"),
+        CLIENTS,
+        &kplex_list,
+        &own_list,
+    );
+    row(
+        "LIST through the bare server in a process of its own, no API work (baseline: raw store range)",
+        CLIENTS,
+        &own_list,
         &raw_list,
     );
     row(
@@ -792,6 +916,7 @@ async fn main() {
     joint("CREATE, bare server + raw store", CLIENTS, floor_create_cpu);
     split("GET, kplex", CLIENTS, kplex_get_cpu);
     joint("GET, bare server", CLIENTS, bare_get_cpu);
+    split("GET, bare server in its own process", CLIENTS, own_get_cpu);
     split(
         "GET as a user RBAC checks, kplex (mean of 4 runs)",
         CLIENTS,

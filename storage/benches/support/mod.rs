@@ -95,9 +95,25 @@ pub struct Profile(Option<std::process::Child>);
 
 impl Profile {
     pub fn start(pid: u32) -> Profile {
-        let Ok(out) = std::env::var("KPLEX_BENCH_PERF") else {
+        Profile::start_for("", pid)
+    }
+
+    /// A profile of the run named `op` only, when `KPLEX_BENCH_PERF_OP`
+    /// names it (a comma-separated list: each run named goes to
+    /// `<KPLEX_BENCH_PERF>.<op>`), or the first profiled run when it is
+    /// unset.
+    pub fn start_for(op: &str, pid: u32) -> Profile {
+        let wanted = std::env::var("KPLEX_BENCH_PERF_OP").unwrap_or_default();
+        if !(wanted.is_empty() && matches!(op, "" | "create") || wanted.split(',').any(|w| w == op))
+        {
+            return Profile(None);
+        }
+        let Ok(mut out) = std::env::var("KPLEX_BENCH_PERF") else {
             return Profile(None);
         };
+        if !wanted.is_empty() {
+            out = format!("{out}.{op}");
+        }
         let child = std::process::Command::new("perf")
             .args([
                 "record",
