@@ -273,7 +273,7 @@ impl Store for MeteredStore {
         self.timed("current_revision", self.inner.current_revision())
             .await
     }
-    fn local_revision(&self) -> Option<Revision> {
+    fn local_revision(&self) -> Option<kplex_storage::LocalRevision> {
         self.inner.local_revision()
     }
     async fn compact(&self, revision: Revision) -> StoreResult<()> {

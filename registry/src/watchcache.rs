@@ -38,9 +38,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use kplex_storage::{
-    AcrossClusters, Deleted, DeletedRange, Event, Key, KeyPrefix, KeyValue, RangeRequest,
-    RangeResponse, Revision, Store, StoreError, StoreResult, TenantKeyspace, WatchEvent,
-    WatchStream,
+    AcrossClusters, Deleted, DeletedRange, Event, Key, KeyPrefix, KeyValue, LocalRevision,
+    RangeRequest, RangeResponse, Revision, Store, StoreError, StoreResult, TenantKeyspace,
+    WatchEvent, WatchStream,
 };
 use tokio::sync::mpsc;
 
@@ -86,8 +86,13 @@ struct State {
     limits: Limits,
     /// Whether the feed is running (otherwise watches go to storage).
     live: bool,
-    /// Every event up to this revision has been applied.
+    /// Every event before this revision has been applied, and
+    /// `at_revision` of its own.
     revision: Revision,
+    /// Events of `revision` applied (`usize::MAX`: all of them, as a
+    /// progress report or the feed's start says; a range deleted at once
+    /// is several events of one revision, which arrive one by one).
+    at_revision: usize,
     /// The ring holds every event after this revision.
     floor: Revision,
     ring: VecDeque<Event>,
@@ -381,16 +386,17 @@ impl WatchCache {
     }
 
     /// The objects under `prefix` for a consistent list, if the cache holds
-    /// them and has applied `revision` (storage's revision when the list
-    /// began: every write acknowledged before it); `None`: storage answers
-    /// (and its page may be offered with [`WatchCache::adopt`]).
+    /// them and has applied all of `storage` (its revision when the list
+    /// began: every write acknowledged before it, each event of that
+    /// revision included); `None`: storage answers (and its page may be
+    /// offered with [`WatchCache::adopt`]).
     pub fn cached_list(
         &self,
         prefix: &KeyPrefix,
-        revision: Revision,
+        storage: LocalRevision,
     ) -> Option<(Vec<KeyValue>, Revision)> {
         let mut state = self.state();
-        if !state.live || state.revision < revision {
+        if !state.live || !state.has_applied(storage) {
             return None;
         }
         state.clock += 1;
@@ -585,6 +591,7 @@ impl State {
     fn go_live(&mut self, revision: Revision) {
         self.live = true;
         self.revision = revision;
+        self.at_revision = usize::MAX;
         self.floor = revision;
         self.ring.clear();
         self.applied.0.send_replace(revision);
@@ -608,6 +615,11 @@ impl State {
         if revision < self.revision {
             return;
         }
+        self.at_revision = if revision > self.revision {
+            1
+        } else {
+            self.at_revision.saturating_add(1)
+        };
         self.revision = revision;
         let key = event.key().as_str().to_owned();
         for (end, _) in key.match_indices('/') {
@@ -709,6 +721,7 @@ impl State {
             return;
         }
         self.revision = revision;
+        self.at_revision = usize::MAX;
         self.applied.0.send_replace(revision);
         self.progress_sent = Some(std::time::Instant::now());
         for subscribers in self.subscribers.values_mut() {
@@ -732,6 +745,13 @@ impl State {
     fn events_after(&self, revision: Revision) -> impl Iterator<Item = &Event> {
         let first = self.ring.partition_point(|e| e.revision() <= revision);
         self.ring.range(first..)
+    }
+
+    /// Whether every event of `storage`'s revision, and of those before
+    /// it, has been applied.
+    fn has_applied(&self, storage: LocalRevision) -> bool {
+        self.revision > storage.revision
+            || (self.revision == storage.revision && self.at_revision >= storage.events as usize)
     }
 
     /// Whether `prefix` is in a VC that departed lately (the ring no
@@ -873,7 +893,7 @@ impl Store for WatchCache {
     async fn current_revision(&self) -> StoreResult<Revision> {
         self.store.current_revision().await
     }
-    fn local_revision(&self) -> Option<Revision> {
+    fn local_revision(&self) -> Option<LocalRevision> {
         self.store.local_revision()
     }
     async fn compact(&self, revision: Revision) -> StoreResult<()> {

@@ -28,6 +28,6 @@ pub use keyspace::{
     AcrossClusters, Key, KeyPrefix, SystemKeyspace, TenantKeyParts, TenantKeyspace, MAX_SEGMENT_LEN,
 };
 pub use store::{
-    Deleted, DeletedRange, Event, KeyValue, RangeRequest, RangeResponse, Revision, Store,
-    WatchEvent, WatchStream, DEFAULT_MAX_VALUE_BYTES, DEFAULT_PROGRESS_INTERVAL,
+    Deleted, DeletedRange, Event, KeyValue, LocalRevision, RangeRequest, RangeResponse, Revision,
+    Store, WatchEvent, WatchStream, DEFAULT_MAX_VALUE_BYTES, DEFAULT_PROGRESS_INTERVAL,
 };

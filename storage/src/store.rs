@@ -97,6 +97,23 @@ impl Event {
     }
 }
 
+/// Storage's latest revision as this process knows it
+/// ([`Store::local_revision`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalRevision {
+    /// The revision of the last acknowledged write.
+    pub revision: Revision,
+    /// How many events that revision made: one, or several for a range
+    /// deleted at once (at most [`LocalRevision::MOST_EVENTS`]: a
+    /// revision of more reads as one a cache cannot know it has all of).
+    pub events: u32,
+}
+
+impl LocalRevision {
+    /// The most events a [`LocalRevision`] counts.
+    pub const MOST_EVENTS: u32 = (1 << 20) - 1;
+}
+
 /// What a watch stream yields.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum WatchEvent {
@@ -207,12 +224,13 @@ pub trait Store: Send + Sync + 'static {
     /// The revision of the last write.
     async fn current_revision(&self) -> StoreResult<Revision>;
 
-    /// The revision of the last acknowledged write, when this process
-    /// knows it without asking anyone (the embedded store, whose only
-    /// writer is here); `None` when only storage can tell (etcd). Wrappers
-    /// forward it: one that does not only sends its consistent lists to
-    /// storage instead of the watch cache.
-    fn local_revision(&self) -> Option<Revision> {
+    /// The revision of the last acknowledged write and how many events it
+    /// made, when this process knows them without asking anyone (the
+    /// embedded store, whose only writer is here); `None` when only
+    /// storage can tell (etcd). Wrappers forward it: one that does not
+    /// only sends its consistent lists to storage instead of the watch
+    /// cache.
+    fn local_revision(&self) -> Option<LocalRevision> {
         None
     }
 

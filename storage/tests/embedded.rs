@@ -308,9 +308,15 @@ async fn point_reads_never_answer_a_value_an_acknowledged_write_replaced() {
     assert_eq!(read(store.clone(), "a").await, None);
     store.create(&key("a"), value(3)).await.unwrap();
     assert_eq!(read(store.clone(), "a").await.as_deref(), Some("3"));
+    let written = store.create(&key("b"), value(4)).await.unwrap();
+    let local = store.local_revision().unwrap();
+    assert_eq!((local.revision, local.events), (written.mod_revision, 1));
     let prefix = TenantKeyspace::for_vc("vc").unwrap();
-    store.delete_range(prefix.prefix()).await.unwrap();
+    let deleted = store.delete_range(prefix.prefix()).await.unwrap();
     assert_eq!(read(store.clone(), "a").await, None);
+    // Two keys deleted at one revision: two events of it.
+    let local = store.local_revision().unwrap();
+    assert_eq!((local.revision, local.events), (deleted.revision, 2));
 
     // Readers race a writer: each read starts after some acknowledged
     // write and must answer that write's value or a later one.

@@ -48,7 +48,7 @@ impl Store for CountingStore {
     async fn current_revision(&self) -> StoreResult<Revision> {
         self.inner.current_revision().await
     }
-    fn local_revision(&self) -> Option<Revision> {
+    fn local_revision(&self) -> Option<kplex_storage::LocalRevision> {
         self.inner.local_revision()
     }
     async fn compact(&self, revision: Revision) -> StoreResult<()> {
@@ -618,7 +618,7 @@ async fn consistent_lists_from_memory_hold_every_acknowledged_write() {
         .create(&key("a", "default", "three"), Bytes::from_static(b"{}"))
         .await
         .unwrap();
-    caught_up(&cache, cache.local_revision().unwrap()).await;
+    caught_up(&cache, cache.local_revision().unwrap().revision).await;
     cache.adopt(&prefix, &page.kvs, page.revision);
     let ranges = counted.ranges.load(std::sync::atomic::Ordering::SeqCst);
     let (listed, _) = cache
@@ -718,4 +718,39 @@ async fn every_event_of_a_range_deleted_at_once_reaches_lists_and_watches() {
     let current = cache.local_revision().unwrap();
     let (listed, _) = cache.cached_list(&prefix, current).unwrap();
     assert!(listed.is_empty(), "{listed:?}");
+}
+
+/// The events of a range deleted at once arrive one by one: the cache
+/// counts a revision as applied only once it has all of them (as storage
+/// counts them), or a progress report or a later revision says so.
+#[test]
+fn a_revision_counts_as_applied_only_with_all_its_events() {
+    let local = |revision: u64, events: u32| LocalRevision {
+        revision: Revision::new(revision),
+        events,
+    };
+    let deleted = |name: &str, revision: u64| Event::Delete {
+        prev: KeyValue {
+            key: key("a", "default", name),
+            value: Bytes::from_static(b"{}"),
+            create_revision: Revision::new(1),
+            mod_revision: Revision::new(2),
+        },
+        revision: Revision::new(revision),
+    };
+    let mut state = State::default();
+    state.go_live(Revision::new(10));
+    // Started at 10: all of 10 is in, however many events it made.
+    assert!(state.has_applied(local(10, LocalRevision::MOST_EVENTS)));
+    state.apply(deleted("one", 11));
+    assert!(state.has_applied(local(11, 1)));
+    assert!(!state.has_applied(local(11, 3)), "one of three deletions");
+    state.apply(deleted("two", 11));
+    assert!(!state.has_applied(local(11, 3)));
+    state.apply(deleted("three", 11));
+    assert!(state.has_applied(local(11, 3)));
+    assert!(!state.has_applied(local(12, 1)));
+    // Progress at 12: everything up to 12 is in.
+    state.progress(Revision::new(12));
+    assert!(state.has_applied(local(12, LocalRevision::MOST_EVENTS)));
 }

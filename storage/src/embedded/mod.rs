@@ -28,8 +28,8 @@ use tokio::sync::{broadcast, oneshot};
 use crate::error::{StoreError, StoreResult};
 use crate::keyspace::{Key, KeyPrefix};
 use crate::store::{
-    Deleted, DeletedRange, KeyValue, RangeRequest, RangeResponse, Revision, Store, WatchStream,
-    DEFAULT_MAX_VALUE_BYTES, DEFAULT_PROGRESS_INTERVAL,
+    Deleted, DeletedRange, KeyValue, LocalRevision, RangeRequest, RangeResponse, Revision, Store,
+    WatchStream, DEFAULT_MAX_VALUE_BYTES, DEFAULT_PROGRESS_INTERVAL,
 };
 use codec::{decode_event, decode_kv, event_key};
 use points::PointCache;
@@ -135,6 +135,10 @@ impl EmbeddedStore {
         let hub = Arc::new(Hub {
             batches,
             published: AtomicU64::new(revision),
+            // How many events the revision opened with made is not known
+            // here: the most, which only a cache that has all of it (from
+            // its start, a later event or progress) takes as applied.
+            last: AtomicU64::new(Hub::pack(revision, LocalRevision::MOST_EVENTS as usize)),
         });
         let (queue, rx) = mpsc::channel();
         let points = Arc::new(PointCache::new(options.point_cache_bytes));
@@ -496,17 +500,17 @@ impl Store for EmbeddedStore {
     }
 
     async fn current_revision(&self) -> StoreResult<Revision> {
-        Ok(self.local_revision().expect("known here"))
-    }
-
-    fn local_revision(&self) -> Option<Revision> {
-        // Raised before any write of the batch is acknowledged.
-        Some(Revision::new(
+        Ok(Revision::new(
             self.inner
                 .hub
                 .published
                 .load(std::sync::atomic::Ordering::Acquire),
         ))
+    }
+
+    fn local_revision(&self) -> Option<LocalRevision> {
+        // Set before any write of the batch is acknowledged.
+        Some(self.inner.hub.last())
     }
 
     async fn compact(&self, revision: Revision) -> StoreResult<()> {
