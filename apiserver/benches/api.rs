@@ -732,24 +732,25 @@ async fn main() {
     // --- LIST -----------------------------------------------------------------
     eprintln!("bench: list");
     let lists = scale(10_000);
-    let t = tenants.clone();
-    let profile = Profile::start_for("list", pid);
-    let kplex_list = run(CLIENTS, lists, move |i| {
-        let t = t.clone();
-        async move {
-            let (conn, base) = &t[i % VCS];
-            let (status, bytes) = call(
-                conn,
-                Method::GET,
-                &format!("{base}/api/v1/namespaces/default/configmaps"),
-                None,
-            )
-            .await;
-            assert_eq!(status, StatusCode::OK);
-            debug_assert!(bytes.len() > OBJECTS_PER_VC * 400);
+    let list_op = |conns: Arc<Vec<(Sender, String)>>| {
+        move |i: usize| {
+            let conns = conns.clone();
+            async move {
+                let (conn, base) = &conns[i % VCS];
+                let (status, bytes) = call(
+                    conn,
+                    Method::GET,
+                    &format!("{base}/api/v1/namespaces/default/configmaps"),
+                    None,
+                )
+                .await;
+                assert_eq!(status, StatusCode::OK);
+                debug_assert!(bytes.len() > OBJECTS_PER_VC * 400);
+            }
         }
-    })
-    .await;
+    };
+    let profile = Profile::start_for("list", pid);
+    let kplex_list = run(CLIENTS, lists, list_op(tenants.clone())).await;
     drop(profile);
     // The ceiling: a bare server answering the same list's bytes.
     let (_, list_sample) = call(
@@ -768,22 +769,6 @@ async fn main() {
         }),
     );
     let bare_lists = connect_all(bare_list_port).await;
-    let list_op = |conns: Arc<Vec<(Sender, String)>>| {
-        move |i: usize| {
-            let conns = conns.clone();
-            async move {
-                let (conn, base) = &conns[i % VCS];
-                let (status, _) = call(
-                    conn,
-                    Method::GET,
-                    &format!("{base}/api/v1/namespaces/default/configmaps"),
-                    None,
-                )
-                .await;
-                assert_eq!(status, StatusCode::OK);
-            }
-        }
-    };
     let bare_list = run(CLIENTS, lists, list_op(bare_lists)).await;
     let own = BareProcess::start(&own_dir, &own_list_sample);
     let own_list = run(CLIENTS, lists, list_op(connect_all(own.port).await)).await;

@@ -605,6 +605,11 @@ async fn consistent_lists_from_memory_hold_every_acknowledged_write() {
             .await
             .unwrap();
     }
+    // VC "ab", whose name "a" is a textual prefix of: never in "a"'s list.
+    cache
+        .create(&key("ab", "default", "other"), Bytes::from_static(b"{}"))
+        .await
+        .unwrap();
     // Nothing cached yet: storage answers, and its page is adopted.
     let now = cache.local_revision().expect("the embedded store knows");
     assert!(cache.cached_list(&prefix, now).is_none());
@@ -625,6 +630,20 @@ async fn consistent_lists_from_memory_hold_every_acknowledged_write() {
         .cached_list(&prefix, cache.local_revision().unwrap())
         .expect("cached and current");
     assert_eq!(listed.len(), 3);
+    assert!(
+        listed.iter().all(|kv| prefix.contains(&kv.key)),
+        "{listed:?}"
+    );
+    // Nor does another VC's write reach it.
+    let other = cache
+        .create(&key("ab", "default", "later"), Bytes::from_static(b"{}"))
+        .await
+        .unwrap();
+    caught_up(&cache, other.mod_revision).await;
+    let (listed, _) = cache
+        .cached_list(&prefix, cache.local_revision().unwrap())
+        .expect("cached and current");
+    assert_eq!(listed.len(), 3, "{listed:?}");
 
     // Each list right after a write: storage's (None) or one holding it.
     let (mut from_memory, mut from_storage) = (0, 0);

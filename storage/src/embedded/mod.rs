@@ -134,11 +134,10 @@ impl EmbeddedStore {
         let (batches, _) = broadcast::channel(WATCH_BUFFER);
         let hub = Arc::new(Hub {
             batches,
-            published: AtomicU64::new(revision),
             // How many events the revision opened with made is not known
             // here: the most, which only a cache that has all of it (from
             // its start, a later event or progress) takes as applied.
-            last: AtomicU64::new(Hub::pack(revision, LocalRevision::MOST_EVENTS as usize)),
+            published: AtomicU64::new(Hub::pack(revision, LocalRevision::MOST_EVENTS as usize)),
         });
         let (queue, rx) = mpsc::channel();
         let points = Arc::new(PointCache::new(options.point_cache_bytes));
@@ -500,17 +499,12 @@ impl Store for EmbeddedStore {
     }
 
     async fn current_revision(&self) -> StoreResult<Revision> {
-        Ok(Revision::new(
-            self.inner
-                .hub
-                .published
-                .load(std::sync::atomic::Ordering::Acquire),
-        ))
+        Ok(self.inner.hub.published().revision)
     }
 
     fn local_revision(&self) -> Option<LocalRevision> {
-        // Set before any write of the batch is acknowledged.
-        Some(self.inner.hub.last())
+        // Raised before any write of the batch is acknowledged.
+        Some(self.inner.hub.published())
     }
 
     async fn compact(&self, revision: Revision) -> StoreResult<()> {

@@ -6,7 +6,6 @@
 //! leaves no gap; tracking the last revision sent leaves no repeat. A watcher
 //! that falls too far behind the live feed re-reads history the same way.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -135,7 +134,7 @@ impl Watch {
         let Some(inner) = self.inner.upgrade() else {
             return Err(Stop::Failed(StoreError::Closed));
         };
-        let published = inner.hub.published.load(Ordering::Acquire);
+        let published = inner.hub.published().revision.get();
         drop(inner);
         loop {
             match self.live.try_recv() {

@@ -34,26 +34,25 @@ pub(super) struct Batch {
 /// What watchers listen to: the batches, and the last revision published.
 pub(super) struct Hub {
     pub batches: broadcast::Sender<Arc<Batch>>,
-    /// Raised only after the batch carrying it was sent on `batches`.
-    pub published: AtomicU64,
     /// The last revision published and how many events it made, in one
-    /// word (see [`Hub::last`]), set just before `published`.
-    pub last: AtomicU64,
+    /// word (see [`Hub::published`]); raised only after the batch carrying
+    /// it was sent on `batches`.
+    pub published: AtomicU64,
 }
 
-/// Bits of [`Hub::last`] that count the events.
+/// Bits of [`Hub::published`] that count the events.
 const EVENT_BITS: u32 = 20;
 
 impl Hub {
-    /// Packs a revision and its event count for [`Hub::last`].
+    /// Packs a revision and its event count for [`Hub::published`].
     pub fn pack(revision: u64, events: usize) -> u64 {
         let events = events.min(LocalRevision::MOST_EVENTS as usize) as u64;
         (revision << EVENT_BITS) | events
     }
 
     /// The last revision published and how many events it made.
-    pub fn last(&self) -> LocalRevision {
-        let packed = self.last.load(Ordering::Acquire);
+    pub fn published(&self) -> LocalRevision {
+        let packed = self.published.load(Ordering::Acquire);
         LocalRevision {
             revision: Revision::new(packed >> EVENT_BITS),
             events: (packed & u64::from(LocalRevision::MOST_EVENTS)) as u32,
@@ -245,24 +244,21 @@ impl Writer {
             Ok(()) => {
                 self.revision = revision;
                 self.compacted = compacted;
-                // Events of the batch's last revision (several for a
-                // range deleted at once; none: a batch that changed no key
-                // leaves the last revision as it was).
+                // Events of the batch's last revision: several for a
+                // range deleted at once; none for a batch that changed no
+                // key, which leaves what was published as it was.
                 let at_last = events
                     .iter()
                     .rev()
                     .take_while(|e| e.revision().get() == revision)
                     .count();
-                if at_last > 0 {
-                    self.hub
-                        .last
-                        .store(Hub::pack(revision, at_last), Ordering::Release);
-                }
                 if !events.is_empty() {
                     // No receiver is not an error: nobody is watching.
                     let _ = self.hub.batches.send(Arc::new(Batch { revision, events }));
+                    self.hub
+                        .published
+                        .store(Hub::pack(revision, at_last), Ordering::Release);
                 }
-                self.hub.published.store(revision, Ordering::Release);
                 for p in pending {
                     p.answer(None);
                 }
