@@ -247,27 +247,29 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let started = std::time::Instant::now();
-    let vc = req
-        .uri()
+    // (A clone of the URI shares its bytes: the labels below borrow it.)
+    let uri = req.uri().clone();
+    let vc = uri
         .path()
         .strip_prefix("/clusters/")
-        .map(|rest| rest.split('/').next().unwrap_or("").to_owned());
-    let (verb, resource) = crate::metrics::classify(
-        req.method(),
-        req.uri().path(),
-        req.uri().query().unwrap_or(""),
-    );
+        .map(|rest| rest.split('/').next().unwrap_or(""));
+    let (verb, resource) =
+        crate::metrics::classify(req.method(), uri.path(), uri.query().unwrap_or(""));
     let resource = crate::metrics::bounded_resource(resource, |plural| {
         plural == crate::virtualclusters::PLURAL
             || ctx.catalog.all().iter().any(|r| r.plural == plural)
     });
-    let (response, level, waited) = fairly(ctx, caller, &verb, req).await;
+    let (mut response, level, waited) = fairly(ctx, caller, verb, req).await;
+    response
+        .headers_mut()
+        .entry(hyper::header::DATE)
+        .or_insert_with(crate::response::date);
     // A watch is counted when its stream starts, not when it ends.
     let code = response.status().as_u16();
     ctx.metrics
-        .observe_request(&verb, &resource, code, started.elapsed());
+        .observe_request(verb, &resource, code, started.elapsed());
     tracing::debug!(
-        vc = vc.as_deref().unwrap_or(""),
+        vc = vc.unwrap_or(""),
         user = caller.map_or("", |c| c.user.as_str()),
         %verb,
         %resource,
@@ -846,9 +848,13 @@ async fn delete_custom_objects(
 /// host's kubelet serves: (ns, name, sub).
 fn streamed_pod_path(path: &str) -> Option<(&str, &str, &str)> {
     let rest = path.strip_prefix("/api/v1/namespaces/")?;
-    let segments: Vec<&str> = rest.split('/').collect();
-    match segments.as_slice() {
-        [ns, "pods", name, sub] if crate::proxy::STREAMED.contains(sub) => Some((ns, name, sub)),
+    let mut segments = rest.splitn(5, '/');
+    match [(); 5].map(|_| segments.next()) {
+        [Some(ns), Some("pods"), Some(name), Some(sub), None]
+            if crate::proxy::STREAMED.contains(&sub) =>
+        {
+            Some((ns, name, sub))
+        }
         _ => None,
     }
 }
@@ -856,8 +862,9 @@ fn streamed_pod_path(path: &str) -> Option<(&str, &str, &str)> {
 /// `/api/v1/namespaces/<ns>/serviceaccounts/<name>/token`: (ns, name).
 fn token_request_path(path: &str) -> Option<(&str, &str)> {
     let rest = path.strip_prefix("/api/v1/namespaces/")?;
-    match rest.split('/').collect::<Vec<_>>().as_slice() {
-        [ns, "serviceaccounts", name, "token"] => Some((ns, name)),
+    let mut segments = rest.splitn(5, '/');
+    match [(); 5].map(|_| segments.next()) {
+        [Some(ns), Some("serviceaccounts"), Some(name), Some("token"), None] => Some((ns, name)),
         _ => None,
     }
 }

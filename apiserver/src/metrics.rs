@@ -3,6 +3,7 @@
 //! the number of VCs (read at scrape time). Served at `/metrics` to admin
 //! credentials only.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::{Arc, Mutex};
@@ -153,16 +154,16 @@ pub const OTHER: &str = "other";
 
 /// `resource` as a label: a known resource (optionally with a known
 /// subresource) keeps its name, anything else is [`OTHER`].
-pub fn bounded_resource(resource: String, known: impl Fn(&str) -> bool) -> String {
+pub fn bounded_resource<'a>(resource: Cow<'a, str>, known: impl Fn(&str) -> bool) -> Cow<'a, str> {
     let (plural, sub) = match resource.split_once('/') {
         Some((plural, sub)) => (plural, Some(sub)),
-        None => (resource.as_str(), None),
+        None => (&*resource, None),
     };
     let sub_ok = sub.is_none_or(|s| matches!(s, "status" | "scale" | "kubeconfig"));
     if resource.is_empty() || (known(plural) && sub_ok) {
         resource
     } else {
-        OTHER.to_owned()
+        Cow::Borrowed(OTHER)
     }
 }
 
@@ -176,46 +177,65 @@ fn escape(value: &str) -> String {
 
 /// The verb and resource of a request, as the Kubernetes audit and metrics
 /// name them (`list pods`, `create virtualclusters`, `get` of a non-resource path …).
-pub fn classify(method: &hyper::Method, path: &str, query: &str) -> (String, String) {
+pub fn classify<'a>(
+    method: &hyper::Method,
+    path: &'a str,
+    query: &str,
+) -> (&'static str, Cow<'a, str>) {
     // (Empty segments are dropped, as the tenant handler drops them: the
-    // verb here decides a request's priority level.)
-    let mut segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    if segments.first() == Some(&"clusters") && segments.len() >= 2 {
-        segments.drain(..2);
+    // verb here decides a request's priority level.) The first twelve
+    // segments say what a request is: the longest path is ten up to a
+    // subresource (`/clusters/<vc>/apis/<g>/<v>/namespaces/<ns>/<r>/<n>/<sub>`).
+    let mut all = path.split('/').filter(|s| !s.is_empty());
+    let mut segments = [""; 12];
+    let mut n = 0;
+    for segment in all.by_ref().take(segments.len()) {
+        segments[n] = segment;
+        n += 1;
     }
-    let rest: &[&str] = match segments.as_slice() {
+    let mut segments = &segments[..n];
+    if segments.first() == Some(&"clusters") && segments.len() >= 2 {
+        segments = &segments[2..];
+    }
+    let rest: &[&str] = match segments {
         ["api", _v, rest @ ..] => rest,
         ["apis", _g, _v, rest @ ..] => rest,
         _ => &[],
     };
-    let rest: Vec<&str> = match rest {
-        ["namespaces", _ns, tail @ ..] if !tail.is_empty() => tail.to_vec(),
-        other => other.to_vec(),
+    let rest: &[&str] = match rest {
+        ["namespaces", _ns, tail @ ..] if !tail.is_empty() => tail,
+        other => other,
     };
     let resource = rest.first().copied().unwrap_or("");
     let named = rest.len() >= 2;
     // The first `watch` value counts, as the handler reads it.
-    let watch = form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == "watch")
-        .is_some_and(|(_, v)| v == "1" || v == "true");
+    let watch = || {
+        form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == "watch")
+            .is_some_and(|(_, v)| v == "1" || v == "true")
+    };
     let verb = match (method.as_str(), named, resource.is_empty()) {
-        (m @ ("GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS"), _, true) => {
-            m.to_lowercase()
-        }
-        (_, _, true) => OTHER.into(),
-        ("GET", false, _) if watch => "watch".into(),
-        ("GET", false, _) => "list".into(),
-        ("GET", true, _) => "get".into(),
-        ("POST", _, _) => "create".into(),
-        ("PUT", _, _) => "update".into(),
-        ("PATCH", _, _) => "patch".into(),
-        ("DELETE", false, _) => "deletecollection".into(),
-        ("DELETE", true, _) => "delete".into(),
-        _ => OTHER.into(),
+        ("GET", _, true) => "get",
+        ("HEAD", _, true) => "head",
+        ("POST", _, true) => "post",
+        ("PUT", _, true) => "put",
+        ("PATCH", _, true) => "patch",
+        ("DELETE", _, true) => "delete",
+        ("OPTIONS", _, true) => "options",
+        (_, _, true) => OTHER,
+        ("GET", false, _) if watch() => "watch",
+        ("GET", false, _) => "list",
+        ("GET", true, _) => "get",
+        ("POST", _, _) => "create",
+        ("PUT", _, _) => "update",
+        ("PATCH", _, _) => "patch",
+        ("DELETE", false, _) => "deletecollection",
+        ("DELETE", true, _) => "delete",
+        _ => OTHER,
     };
     let resource = match rest.get(2) {
-        Some(sub) if named => format!("{resource}/{sub}"),
-        _ => resource.to_owned(),
+        Some(sub) if named => Cow::Owned(format!("{resource}/{sub}")),
+        _ => Cow::Borrowed(resource),
     };
     (verb, resource)
 }
@@ -339,11 +359,23 @@ mod tests {
                 ("create", "virtualclusters"),
             ),
             (Method::GET, "/readyz", "", ("get", "")),
+            (
+                Method::GET,
+                "/clusters/a/api/v1/namespaces/ns/pods/p/proxy/a/b/c/d/e/f/g",
+                "",
+                ("get", "pods/proxy"),
+            ),
+            (
+                Method::DELETE,
+                "/clusters/a/apis/g.example/v1/namespaces/ns/things",
+                "",
+                ("deletecollection", "things"),
+            ),
         ];
         for (method, path, query, (verb, resource)) in cases {
             assert_eq!(
                 classify(&method, path, query),
-                (verb.to_owned(), resource.to_owned()),
+                (verb, resource.into()),
                 "{path}"
             );
         }
@@ -352,7 +384,8 @@ mod tests {
     #[test]
     fn callers_cannot_add_series_or_text_to_the_exposition() {
         let known = |r: &str| r == "pods";
-        let label = |path: &str| bounded_resource(classify(&Method::GET, path, "").1, known);
+        let label =
+            |path: &str| bounded_resource(classify(&Method::GET, path, "").1, known).into_owned();
         assert_eq!(label("/clusters/a/api/v1/namespaces/n/pods"), "pods");
         assert_eq!(
             label("/clusters/a/api/v1/namespaces/n/pods/p/status"),

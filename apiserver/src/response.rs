@@ -5,7 +5,7 @@ use std::convert::Infallible;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, StreamBody};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Frame;
 use hyper::{Response, StatusCode};
 use kplex_registry::error::to_json;
@@ -25,6 +25,35 @@ pub fn bytes_response(code: StatusCode, content_type: &'static str, body: Bytes)
     response
 }
 
+/// The `Date` every response carries (as kube-apiserver's do), marked
+/// never to be indexed: HPACK would otherwise add each second's new value
+/// to every long-lived connection's table, and each response would then
+/// compare its date with all those before it (h2 keeps one chain per
+/// header name). Formatted once a second per thread.
+pub fn date() -> hyper::header::HeaderValue {
+    thread_local! {
+        static NOW: std::cell::RefCell<(u64, Option<hyper::header::HeaderValue>)> =
+            const { std::cell::RefCell::new((0, None)) };
+    }
+    let now = std::time::SystemTime::now();
+    let second = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    NOW.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if let (at, Some(value)) = &*cached {
+            if *at == second {
+                return value.clone();
+            }
+        }
+        let mut value = hyper::header::HeaderValue::from_str(&httpdate::fmt_http_date(now))
+            .expect("an HTTP date is a valid header value");
+        value.set_sensitive(true);
+        *cached = (second, Some(value.clone()));
+        value
+    })
+}
+
 /// Bytes a streamed response will carry, where its body cannot say
 /// (fair scheduling charges a list by them).
 #[derive(Clone, Copy, Debug)]
@@ -37,7 +66,8 @@ const LIST_CHUNK: usize = 64 * 1024;
 /// A list (`kind`, `apiVersion`, `metadata`, `items`) of stored objects,
 /// written chunk by chunk from their stored bytes as the client reads it.
 /// A stored value that does not decode ends the body early (the client
-/// sees a truncated list, never a wrong one) and is logged.
+/// sees a truncated list, never a wrong one) and is logged. A list that
+/// fits in one chunk is sent whole, with its length.
 pub fn stored_list(
     kind: &str,
     api_version: &str,
@@ -53,33 +83,75 @@ pub fn stored_list(
     head.extend_from_slice(b",\"metadata\":");
     serde_json::to_writer(&mut head, metadata).expect("a Value always serializes");
     head.extend_from_slice(b",\"items\":[");
-    let mut items = items.into_iter().peekable();
-    let mut pending = Some(head);
-    let chunks = futures::stream::iter(std::iter::from_fn(move || {
-        let mut out = pending.take()?;
-        while out.len() < LIST_CHUNK {
-            let Some(kv) = items.next() else {
-                out.extend_from_slice(b"]}");
-                return Some(Ok(Frame::data(Bytes::from(out))));
-            };
-            if let Err(e) = kplex_registry::raw::write_object(&kv, &mut out) {
-                tracing::error!(key = %kv.key, error = %e.message, "a listed object does not encode; list cut short");
-                return None;
-            }
-            if items.peek().is_some() {
-                out.push(b',');
-            }
+    let mut list = ListBody {
+        items: items.into_iter().peekable(),
+        pending: Some(head),
+        ended: false,
+    };
+    let first = list.next_chunk();
+    let mut response = match first {
+        Some(whole) if list.ended => Response::new(Full::new(whole).boxed()),
+        first => {
+            list.pending = first.map(Vec::from);
+            Response::new(list.boxed())
         }
-        pending = Some(Vec::with_capacity(LIST_CHUNK + 4096));
-        Some(Ok(Frame::data(Bytes::from(out))))
-    }));
-    let mut response = Response::new(StreamBody::new(chunks).boxed());
+    };
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("application/json"),
     );
     response.extensions_mut().insert(StreamedBytes(bytes));
     response
+}
+
+/// The rest of a list being written: chunks of about [`LIST_CHUNK`], the
+/// last of them marked as the end of the stream (so HTTP/2 carries the end
+/// in the last DATA frame, not in a frame of its own).
+struct ListBody {
+    items: std::iter::Peekable<std::vec::IntoIter<kplex_storage::KeyValue>>,
+    /// The next chunk, begun.
+    pending: Option<Vec<u8>>,
+    /// Whether the last chunk has been produced (or the list cut short).
+    ended: bool,
+}
+
+impl ListBody {
+    fn next_chunk(&mut self) -> Option<Bytes> {
+        let mut out = self.pending.take()?;
+        while out.len() < LIST_CHUNK {
+            let Some(kv) = self.items.next() else {
+                out.extend_from_slice(b"]}");
+                self.ended = true;
+                return Some(Bytes::from(out));
+            };
+            if let Err(e) = kplex_registry::raw::write_object(&kv, &mut out) {
+                tracing::error!(key = %kv.key, error = %e.message, "a listed object does not encode; list cut short");
+                self.ended = true;
+                return None;
+            }
+            if self.items.peek().is_some() {
+                out.push(b',');
+            }
+        }
+        self.pending = Some(Vec::with_capacity(LIST_CHUNK + 4096));
+        Some(Bytes::from(out))
+    }
+}
+
+impl hyper::body::Body for ListBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(self.get_mut().next_chunk().map(|b| Ok(Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended
+    }
 }
 
 /// A whole response a client may cache: with an `ETag` naming its bytes,
@@ -206,6 +278,88 @@ mod tests {
         let changed = cacheable(&asks, "application/json", Bytes::from_static(b"{}"));
         assert_eq!(changed.status(), StatusCode::OK);
         assert_ne!(changed.headers()[hyper::header::ETAG], etag);
+    }
+
+    fn configmaps(n: usize, data_bytes: usize) -> Vec<kplex_storage::KeyValue> {
+        let keyspace = kplex_storage::TenantKeyspace::for_vc("vc").unwrap();
+        (0..n)
+            .map(|i| {
+                let name = format!("cm-{i}");
+                let object = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": name, "namespace": "default"},
+                    "data": {"a": "x".repeat(data_bytes)}});
+                kplex_storage::KeyValue {
+                    key: keyspace
+                        .object_key("", "configmaps", Some("default"), &name)
+                        .unwrap(),
+                    value: Bytes::from(object.to_string()),
+                    create_revision: kplex_storage::Revision::new(i as u64 + 1),
+                    mod_revision: kplex_storage::Revision::new(i as u64 + 1),
+                }
+            })
+            .collect()
+    }
+
+    /// Every frame of `body`, and whether the body said it had ended with
+    /// the last of them (so HTTP/2 ends the stream in that frame).
+    fn frames(mut body: Body) -> (Vec<Bytes>, bool) {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let mut out = Vec::new();
+        let mut ended_with_last = false;
+        loop {
+            match hyper::body::Body::poll_frame(std::pin::Pin::new(&mut body), &mut cx) {
+                std::task::Poll::Ready(Some(Ok(frame))) => {
+                    out.push(frame.into_data().unwrap());
+                    ended_with_last = hyper::body::Body::is_end_stream(&body);
+                }
+                std::task::Poll::Ready(None) => return (out, ended_with_last),
+                std::task::Poll::Ready(Some(Err(never))) => match never {},
+                std::task::Poll::Pending => panic!("a list body never waits"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_list_ends_its_stream_with_its_last_chunk() {
+        let metadata = serde_json::json!({"resourceVersion": "9"});
+        // Small: one chunk, sent whole with its length.
+        let small = stored_list("ConfigMapList", "v1", &metadata, configmaps(3, 10));
+        let length = hyper::body::Body::size_hint(small.body()).exact();
+        let (chunks, ended) = frames(small.into_body());
+        assert_eq!(chunks.len(), 1);
+        assert!(ended);
+        assert_eq!(length, Some(chunks[0].len() as u64));
+        let list: serde_json::Value = serde_json::from_slice(&chunks[0]).unwrap();
+        assert_eq!(list["items"].as_array().unwrap().len(), 3);
+        assert_eq!(list["items"][2]["metadata"]["resourceVersion"], "3");
+        // Large: several chunks, the end marked on the last, none empty.
+        let large = stored_list("ConfigMapList", "v1", &metadata, configmaps(100, 2000));
+        assert_eq!(hyper::body::Body::size_hint(large.body()).exact(), None);
+        let (chunks, ended) = frames(large.into_body());
+        assert!(chunks.len() >= 3, "{} chunks", chunks.len());
+        assert!(ended);
+        assert!(chunks
+            .iter()
+            .all(|c| !c.is_empty() && c.len() <= LIST_CHUNK + 4096));
+        let whole: Vec<u8> = chunks.concat();
+        let list: serde_json::Value = serde_json::from_slice(&whole).unwrap();
+        let items = list["items"].as_array().unwrap();
+        assert_eq!(items.len(), 100);
+        assert_eq!(items[99]["metadata"]["name"], "cm-99");
+        assert_eq!(list["metadata"]["resourceVersion"], "9");
+    }
+
+    #[test]
+    fn the_date_is_sent_never_indexed_and_current() {
+        let sent = date();
+        assert!(sent.is_sensitive());
+        let at = httpdate::parse_http_date(sent.to_str().unwrap()).unwrap();
+        let now = std::time::SystemTime::now();
+        let apart = now.duration_since(at).unwrap_or_else(|e| e.duration());
+        assert!(apart < std::time::Duration::from_secs(2), "{apart:?}");
+        // The second one, from the thread's cache, likewise.
+        assert!(date().is_sensitive());
     }
 
     #[test]
