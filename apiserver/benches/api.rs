@@ -16,8 +16,11 @@
 //!
 //! Client and server share the machine's cores, for kplex and baselines alike.
 //! `KPLEX_BENCH_PERF=<file>` records a `perf` profile of kplex during the
-//! 64-client CREATE run (`KPLEX_BENCH_PERF_OP=get,get-bare,list`: those runs', each to
-//! `<file>.<op>`; `get-bare` is the bare server in its own process).
+//! 64-client CREATE run (`KPLEX_BENCH_PERF_OP=get,get-warm,get-bare,list`: those
+//! runs', each to `<file>.<op>`; `get-warm` is the GETs of objects read
+//! before, `get-bare` the bare server in its own process);
+//! `KPLEX_BENCH_PERF_STAT=1` counts system calls, wakeups and page faults
+//! instead.
 //! Run: `hack/bench-api`. `KPLEX_BENCH_SCALE` scales the operation counts
 //! (not the VC or watch counts).
 
@@ -529,22 +532,25 @@ async fn main() {
     let stored = Arc::new(AtomicUsize::new(0));
     let floor_port = bare_server(
         bare_tls.clone(),
-        Arc::new(move |req| {
-            let (store, by_vc, stored) = (floor_store.clone(), by_vc.clone(), stored.clone());
-            Box::pin(async move {
-                let vc = req.uri().path()["/clusters/".len()..]
-                    .split('/')
-                    .next()
-                    .unwrap()
-                    .to_owned();
-                let body = req.into_body().collect().await.unwrap().to_bytes();
-                let name = format!("floor-{}", stored.fetch_add(1, Ordering::Relaxed));
-                let key = by_vc[&vc]
-                    .object_key("", "configmaps", Some("default"), &name)
-                    .unwrap();
-                store.create(&key, body.clone()).await.unwrap();
-                body
-            })
+        Arc::new({
+            let by_vc = by_vc.clone();
+            move |req| {
+                let (store, by_vc, stored) = (floor_store.clone(), by_vc.clone(), stored.clone());
+                Box::pin(async move {
+                    let vc = req.uri().path()["/clusters/".len()..]
+                        .split('/')
+                        .next()
+                        .unwrap()
+                        .to_owned();
+                    let body = req.into_body().collect().await.unwrap().to_bytes();
+                    let name = format!("floor-{}", stored.fetch_add(1, Ordering::Relaxed));
+                    let key = by_vc[&vc]
+                        .object_key("", "configmaps", Some("default"), &name)
+                        .unwrap();
+                    store.create(&key, body.clone()).await.unwrap();
+                    body
+                })
+            }
         }),
     );
     let floor = connect_all(floor_port).await;
@@ -597,6 +603,12 @@ async fn main() {
         with_cpu(pid, gets, run(CLIENTS, gets, get_op(tenants.clone()))).await;
     drop(profile);
     let kplex_get1 = run(1, solo, get_op(tenants.clone())).await;
+    // Every object has now been read once since its write: the same GETs
+    // again are all answered from the point cache, none from the file.
+    let profile = Profile::start_for("get-warm", pid);
+    let (kplex_warm, kplex_warm_cpu) =
+        with_cpu(pid, gets, run(CLIENTS, gets, get_op(tenants.clone()))).await;
+    drop(profile);
     let bare_port = bare_server(
         bare_tls.clone(),
         Arc::new(move |_| {
@@ -608,6 +620,30 @@ async fn main() {
     let (bare_get, bare_get_cpu) =
         with_cpu(pid, gets, run(CLIENTS, gets, get_op(bare.clone()))).await;
     let bare_get1 = run(1, solo, get_op(bare)).await;
+    // The ceiling for a GET that reads this store: a bare server answering
+    // each GET with the object read from the raw store (its objects, never
+    // read before, are read twice as kplex's are), no checks, no encoding.
+    let floor_get_port = {
+        let (raw, by_vc) = (raw.clone(), by_vc.clone());
+        bare_server(
+            bare_tls.clone(),
+            Arc::new(move |req| {
+                let (raw, by_vc) = (raw.clone(), by_vc.clone());
+                Box::pin(async move {
+                    let path = req.uri().path();
+                    let vc = path["/clusters/".len()..].split('/').next().unwrap();
+                    let name = path.rsplit('/').next().unwrap();
+                    let key = by_vc[vc]
+                        .object_key("", "configmaps", Some("default"), name)
+                        .unwrap();
+                    raw.get(&key).await.unwrap().unwrap().value
+                })
+            }),
+        )
+    };
+    let floor_gets = connect_all(floor_get_port).await;
+    let (floor_get, floor_get_cpu) =
+        with_cpu(pid, gets, run(CLIENTS, gets, get_op(floor_gets))).await;
     // The same bare server in a process of its own, as kplex is.
     let own_dir = dir.path().join("bare-process");
     std::fs::create_dir_all(own_dir.join("pki")).unwrap();
@@ -806,6 +842,18 @@ async fn main() {
     row(own_get_label, 1, &kplex_get1, &own_get1);
     row(own_get_label, CLIENTS, &kplex_get, &own_get);
     row(
+        "GET configmap, each read before (baseline: the bare server in a process of its own)",
+        CLIENTS,
+        &kplex_warm,
+        &own_get,
+    );
+    row(
+        "GET through a bare hyper+rustls server reading the object from the raw store, no API work (baseline: bare hyper+rustls, same bytes)",
+        CLIENTS,
+        &floor_get,
+        &bare_get,
+    );
+    row(
         "GET through the bare server in a process of its own (baseline: the bare server in the client's process)",
         CLIENTS,
         &own_get,
@@ -900,7 +948,13 @@ async fn main() {
     joint("CREATE, raw store", CLIENTS, raw_create_cpu);
     joint("CREATE, bare server + raw store", CLIENTS, floor_create_cpu);
     split("GET, kplex", CLIENTS, kplex_get_cpu);
+    split("GET, kplex, each read before", CLIENTS, kplex_warm_cpu);
     joint("GET, bare server", CLIENTS, bare_get_cpu);
+    joint(
+        "GET, bare server reading the raw store",
+        CLIENTS,
+        floor_get_cpu,
+    );
     split("GET, bare server in its own process", CLIENTS, own_get_cpu);
     split(
         "GET as a user RBAC checks, kplex (mean of 4 runs)",

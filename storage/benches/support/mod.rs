@@ -114,6 +114,29 @@ impl Profile {
         if !wanted.is_empty() {
             out = format!("{out}.{op}");
         }
+        // `KPLEX_BENCH_PERF_STAT` set: counts (system calls, wakeups, page
+        // faults) instead of samples, to compare what two servers ask of
+        // the kernel per request.
+        if std::env::var_os("KPLEX_BENCH_PERF_STAT").is_some() {
+            let events = [
+                "task-clock",
+                "context-switches",
+                "page-faults",
+                "sched:sched_wakeup",
+                "syscalls:sys_enter_writev",
+                "syscalls:sys_enter_recvfrom",
+                "syscalls:sys_enter_epoll_wait",
+                "syscalls:sys_enter_futex",
+                "syscalls:sys_enter_pread64",
+            ];
+            let child = std::process::Command::new("perf")
+                .args(["stat", "-e", &events.join(","), "-o", &out])
+                .args(["-p", &pid.to_string()])
+                .spawn()
+                .expect("perf");
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            return Profile(Some(child));
+        }
         let child = std::process::Command::new("perf")
             .args([
                 "record",
