@@ -18,7 +18,8 @@
 //! `KPLEX_BENCH_PERF=<file>` records a `perf` profile of kplex during the
 //! 64-client CREATE run (`KPLEX_BENCH_PERF_OP=get,get-warm,get-bare,list`: those
 //! runs', each to `<file>.<op>`; `get-warm` is the GETs of objects read
-//! before, `get-bare` the bare server in its own process);
+//! before, `get-bare` the bare server in its own process, `get-rbac` and
+//! `get-masters` the first round of GETs with and without RBAC);
 //! `KPLEX_BENCH_PERF_STAT=1` counts system calls, wakeups and page faults
 //! instead.
 //! Run: `hack/bench-api`. `KPLEX_BENCH_SCALE` scales the operation counts
@@ -745,8 +746,14 @@ async fn main() {
         let masters_run = || with_cpu(pid, gets, run(CLIENTS, gets, get_op(tenants.clone())));
         // ABBA: neither side always runs first.
         let ((rbac, rbac_used), (masters, masters_used)) = if round % 2 == 0 {
+            // The first round's runs may be profiled (`get-rbac`, `get-masters`).
+            let profile = (round == 0).then(|| Profile::start_for("get-rbac", pid));
             let rbac = rbac_run().await;
-            (rbac, masters_run().await)
+            drop(profile);
+            let profile = (round == 0).then(|| Profile::start_for("get-masters", pid));
+            let masters = masters_run().await;
+            drop(profile);
+            (rbac, masters)
         } else {
             let masters = masters_run().await;
             (rbac_run().await, masters)
