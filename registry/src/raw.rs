@@ -99,6 +99,17 @@ fn metadata_insert_point(b: &[u8]) -> Option<(usize, bool)> {
             if b.get(value) != Some(&b'{') {
                 return None;
             }
+            // Stored objects carry no resourceVersion: when its quoted name
+            // appears nowhere from here on, no member of metadata is named
+            // so, and its members (managedFields the longest) need not be
+            // read. A document cut short (its last byte not the closing
+            // brace) is left to the decoder.
+            let rest = &b[value..];
+            let closed = rest.iter().rev().find(|c| !c.is_ascii_whitespace()) == Some(&b'}');
+            if closed && memchr::memmem::find(rest, b"\"resourceVersion\"").is_none() {
+                let empty = b.get(skip_ws(b, value + 1)) == Some(&b'}');
+                return Some((value + 1, empty));
+            }
             let mut inner = Members::of(b, value)?;
             let mut empty = true;
             while let Some((key, _)) = inner.next_member()? {
@@ -254,6 +265,10 @@ mod tests {
             r#"{"apiVersion":"v1","data":{"metadata":"x","k":"}{\"\\"},"kind":"ConfigMap","metadata":{"name":"a"}}"#,
             r#"{"metadata":{"name":"a","labels":{"x":"y"}},"list":[1,{"a":[]},"]"],"n":-1.5e3,"t":true,"z":null}"#,
             r#" { "kind" : "X" , "metadata" : { } } "#,
+            // The name elsewhere (an Event's involvedObject, a value,
+            // a value within metadata): the members are read.
+            r#"{"involvedObject":{"resourceVersion":"5"},"metadata":{"name":"a"},"x":"\"resourceVersion\""}"#,
+            r#"{"metadata":{"name":"a","note":"resourceVersion"},"spec":{"resourceVersion":1}}"#,
         ] {
             let spliced = object_bytes(&kv(stored)).unwrap();
             assert!(
@@ -282,6 +297,7 @@ mod tests {
             assert_eq!(value["metadata"]["resourceVersion"], "42", "{stored}");
         }
         assert!(object_bytes(&kv("{\"metadata\":{")).is_err());
+        assert!(object_bytes(&kv("{\"metadata\":{\"name\":\"a\"")).is_err());
         assert!(object_bytes(&kv("not json")).is_err());
     }
 
