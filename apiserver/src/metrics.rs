@@ -186,11 +186,13 @@ pub fn classify<'a>(
     // verb here decides a request's priority level.) The first twelve
     // segments say what a request is: the longest path is ten up to a
     // subresource (`/clusters/<vc>/apis/<g>/<v>/namespaces/<ns>/<r>/<n>/<sub>`).
-    let mut all = path.split('/').filter(|s| !s.is_empty());
     let mut segments = [""; 12];
     let mut n = 0;
-    for segment in all.by_ref().take(segments.len()) {
-        segments[n] = segment;
+    for (slot, segment) in segments
+        .iter_mut()
+        .zip(path.split('/').filter(|s| !s.is_empty()))
+    {
+        *slot = segment;
         n += 1;
     }
     let mut segments = &segments[..n];

@@ -90,9 +90,11 @@ pub fn stored_list(
     };
     let first = list.next_chunk();
     let mut response = match first {
-        Some(whole) if list.ended => Response::new(Full::new(whole).boxed()),
+        Some(whole) if list.ended => Response::new(Full::new(Bytes::from(whole)).boxed()),
         first => {
-            list.pending = first.map(Vec::from);
+            // Longer: the first chunk goes first, and the rest is written
+            // as the client reads.
+            list.pending = first;
             Response::new(list.boxed())
         }
     };
@@ -116,13 +118,13 @@ struct ListBody {
 }
 
 impl ListBody {
-    fn next_chunk(&mut self) -> Option<Bytes> {
+    fn next_chunk(&mut self) -> Option<Vec<u8>> {
         let mut out = self.pending.take()?;
         while out.len() < LIST_CHUNK {
             let Some(kv) = self.items.next() else {
                 out.extend_from_slice(b"]}");
                 self.ended = true;
-                return Some(Bytes::from(out));
+                return Some(out);
             };
             if let Err(e) = kplex_registry::raw::write_object(&kv, &mut out) {
                 tracing::error!(key = %kv.key, error = %e.message, "a listed object does not encode; list cut short");
@@ -134,7 +136,7 @@ impl ListBody {
             }
         }
         self.pending = Some(Vec::with_capacity(LIST_CHUNK + 4096));
-        Some(Bytes::from(out))
+        Some(out)
     }
 }
 
@@ -146,7 +148,8 @@ impl hyper::body::Body for ListBody {
         self: std::pin::Pin<&mut Self>,
         _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        std::task::Poll::Ready(self.get_mut().next_chunk().map(|b| Ok(Frame::data(b))))
+        let chunk = self.get_mut().next_chunk();
+        std::task::Poll::Ready(chunk.map(|c| Ok(Frame::data(Bytes::from(c)))))
     }
 
     fn is_end_stream(&self) -> bool {

@@ -265,8 +265,9 @@ mod tests {
             r#"{"apiVersion":"v1","data":{"metadata":"x","k":"}{\"\\"},"kind":"ConfigMap","metadata":{"name":"a"}}"#,
             r#"{"metadata":{"name":"a","labels":{"x":"y"}},"list":[1,{"a":[]},"]"],"n":-1.5e3,"t":true,"z":null}"#,
             r#" { "kind" : "X" , "metadata" : { } } "#,
-            // The name elsewhere (an Event's involvedObject, a value,
-            // a value within metadata): the members are read.
+            // The name before metadata (an Event's involvedObject) or
+            // escaped in a value: spliced without reading metadata's
+            // members; the name as a value within metadata: they are read.
             r#"{"involvedObject":{"resourceVersion":"5"},"metadata":{"name":"a"},"x":"\"resourceVersion\""}"#,
             r#"{"metadata":{"name":"a","note":"resourceVersion"},"spec":{"resourceVersion":1}}"#,
         ] {
