@@ -218,6 +218,37 @@ pub const STALLED: Duration = Duration::from_secs(1);
 /// its LISTs and watches are light work, served with its other requests.
 pub const LIGHT_VC_BYTES: u64 = 128 * 1024;
 
+/// The client's side of [`Fairness::produce`]: the chunks as they come,
+/// ended with the one marked last.
+struct Produced {
+    rx: tokio::sync::mpsc::Receiver<(hyper::body::Frame<bytes::Bytes>, bool)>,
+    ended: bool,
+}
+
+impl hyper::body::Body for Produced {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        if self.ended {
+            return std::task::Poll::Ready(None);
+        }
+        self.rx.poll_recv(cx).map(|next| {
+            next.map(|(frame, last)| {
+                self.ended = last;
+                Ok(frame)
+            })
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended
+    }
+}
+
 /// Whether a request is heavy work: a LIST, or a watch that starts with
 /// the current state (`resourceVersion` unset or `0`, or
 /// `sendInitialEvents=true`: every object first, as ADDED events).
@@ -334,6 +365,8 @@ impl Fairness {
     /// body is written, or the client goes, or the client has not taken a
     /// chunk for [`STALLED`] (a reader that stops must not hold a seat:
     /// the rest is written as it reads, seatless, two chunks at a time).
+    /// Each chunk goes with whether it is the last, so that HTTP/2 ends the
+    /// stream with it (no empty frame after it).
     pub fn produce<B>(&self, body: B, seat: Seat) -> crate::response::Body
     where
         B: hyper::body::Body<Data = bytes::Bytes, Error = std::convert::Infallible>
@@ -347,6 +380,7 @@ impl Fairness {
             let mut seat = Some(seat);
             let mut body = body;
             while let Some(Ok(frame)) = body.frame().await {
+                let last = body.is_end_stream();
                 let room = match tokio::time::timeout(STALLED, tx.reserve()).await {
                     Ok(room) => room,
                     Err(_) => {
@@ -355,17 +389,13 @@ impl Fairness {
                     }
                 };
                 match room {
-                    Ok(room) => room.send(frame),
+                    Ok(room) => room.send((frame, last)),
                     Err(_) => return,
                 }
             }
             drop(seat);
         });
-        let frames = futures::StreamExt::map(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-            Ok::<_, std::convert::Infallible>,
-        );
-        http_body_util::StreamBody::new(frames).boxed()
+        Produced { rx, ended: false }.boxed()
     }
 
     /// The levels' state in Prometheus' text format.
@@ -821,6 +851,48 @@ mod tests {
             futures::poll!(&mut next).is_pending(),
             "queued, not refused"
         );
+    }
+
+    /// A body of `chunks` that knows its end, as a streamed list does.
+    struct Chunks(std::collections::VecDeque<bytes::Bytes>);
+
+    impl hyper::body::Body for Chunks {
+        type Data = bytes::Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>>
+        {
+            std::task::Poll::Ready(self.0.pop_front().map(|c| Ok(hyper::body::Frame::data(c))))
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.0.is_empty()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_produced_body_ends_with_its_last_chunk_and_gives_back_its_seat() {
+        use http_body_util::BodyExt;
+        use hyper::body::Body;
+        let f = fairness(1, 10, Duration::from_secs(10));
+        let seat = f.seat(Level::Lists, "vc".into()).await.unwrap();
+        let chunks = [&b"one"[..], b"two", b"three"].map(bytes::Bytes::from_static);
+        let mut body = f.produce(Chunks(chunks.clone().into()), seat);
+        for (i, chunk) in chunks.iter().enumerate() {
+            let frame = body.frame().await.unwrap().unwrap();
+            assert_eq!(frame.into_data().unwrap(), chunk);
+            // Known at the last chunk, before the body is asked again:
+            // HTTP/2 ends the stream in that chunk's frame.
+            assert_eq!(body.is_end_stream(), i == chunks.len() - 1, "chunk {i}");
+        }
+        assert!(body.frame().await.is_none());
+        // The producer let go of its seat once the last chunk was out.
+        let again =
+            tokio::time::timeout(Duration::from_secs(5), f.seat(Level::Lists, "vc".into())).await;
+        assert!(again.unwrap().is_ok(), "the seat came back");
     }
 
     #[test]

@@ -395,7 +395,11 @@ where
         seat.charge(bytes);
     }
     let waited = seat.waited;
-    if level.is_heavy() && streamed.is_some() {
+    // A list of one chunk is whole already: nothing is left to produce.
+    let whole = hyper::body::Body::size_hint(response.body())
+        .exact()
+        .is_some();
+    if level.is_heavy() && streamed.is_some() && !whole {
         // Written on the LIST runtime, under this seat.
         let (parts, body) = response.into_parts();
         let body = ctx.fairness.produce(body, seat);

@@ -168,4 +168,30 @@ async fn a_flooding_vc_is_refused_in_its_own_flow_while_another_is_served() {
         "{rejected} < {refused}:\n{text}"
     );
     assert!(!text.contains("noisy"), "no VC names in metrics");
+
+    // The noisy VC stores more than a light VC, so its LISTs are heavy
+    // work. One that fits a chunk is sent whole, with its length; the 400
+    // ConfigMaps are written chunk by chunk on the LIST runtime, so their
+    // length is not known up front.
+    let length_of = |path: &'static str| {
+        let raw = raw.clone();
+        async move {
+            let req = http::Request::get(path).body(Vec::new()).unwrap();
+            let response = raw.send(req.map(Into::into)).await.unwrap();
+            assert_eq!(response.status(), 200, "{path}");
+            let length = response
+                .headers()
+                .get("content-length")
+                .map(|v| v.to_str().unwrap().parse::<usize>().unwrap());
+            let body = response.into_body().collect_bytes().await.unwrap();
+            let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            (length, body.len(), list["items"].as_array().unwrap().len())
+        }
+    };
+    let (length, read, items) = length_of("/api/v1/namespaces").await;
+    assert_eq!(length, Some(read), "a one-chunk heavy list is sent whole");
+    assert!(items >= 1);
+    let (length, _, items) = length_of("/api/v1/namespaces/default/configmaps").await;
+    assert_eq!(length, None, "a longer heavy list is streamed");
+    assert_eq!(items, 400);
 }
