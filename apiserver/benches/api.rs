@@ -18,8 +18,9 @@
 //! `KPLEX_BENCH_PERF=<file>` records a `perf` profile of kplex during the
 //! 64-client CREATE run (`KPLEX_BENCH_PERF_OP=get,get-warm,get-bare,list`: those
 //! runs', each to `<file>.<op>`; `get-warm` is the GETs of objects read
-//! before, `get-bare` the bare server in its own process, `get-rbac` and
-//! `get-masters` the first round of GETs with and without RBAC);
+//! before, `get-bare` the bare server in its own process (the first of
+//! four rounds each, alternated), `get-rbac` and `get-masters` the first
+//! round of GETs with and without RBAC);
 //! `KPLEX_BENCH_PERF_STAT=1` counts system calls, wakeups and page faults
 //! instead.
 //! Run: `hack/bench-api`. `KPLEX_BENCH_SCALE` scales the operation counts
@@ -158,6 +159,56 @@ async fn with_cpu<T>(kplex: u32, ops: usize, f: impl Future<Output = T>) -> (T, 
     let before = Cpu::now(kplex);
     let out = f.await;
     (out, Cpu::now(kplex).per_op(before, ops))
+}
+
+/// Two runs alternated over four rounds (ABBA: neither always first),
+/// each side's best throughput and its mean CPU: this machine's drift
+/// between runs is of the size being measured. Each side is named for
+/// its profile (`KPLEX_BENCH_PERF_OP`), of the first round's run, of the
+/// process given.
+async fn alternated<A, B, FA, FB>(
+    a: (&str, u32, A),
+    b: (&str, u32, B),
+) -> ((Stats, Cpu), (Stats, Cpu))
+where
+    A: Fn() -> FA,
+    B: Fn() -> FB,
+    FA: Future<Output = (Stats, Cpu)>,
+    FB: Future<Output = (Stats, Cpu)>,
+{
+    async fn once<F: Future<Output = (Stats, Cpu)>>(
+        round: usize,
+        (op, pid): (&str, u32),
+        f: F,
+    ) -> (Stats, Cpu) {
+        let profile = (round == 0).then(|| Profile::start_for(op, pid));
+        let out = f.await;
+        drop(profile);
+        out
+    }
+    let best = |kept: Option<Stats>, new: Stats| match kept {
+        Some(kept) if kept.throughput() >= new.throughput() => kept,
+        _ => new,
+    };
+    let (mut a_best, mut b_best) = (None, None);
+    let (mut a_cpu, mut b_cpu) = (Vec::new(), Vec::new());
+    for round in 0..4 {
+        let ((a_run, a_used), (b_run, b_used)) = if round % 2 == 0 {
+            let a_out = once(round, (a.0, a.1), (a.2)()).await;
+            (a_out, once(round, (b.0, b.1), (b.2)()).await)
+        } else {
+            let b_out = once(round, (b.0, b.1), (b.2)()).await;
+            (once(round, (a.0, a.1), (a.2)()).await, b_out)
+        };
+        a_best = Some(best(a_best, a_run));
+        b_best = Some(best(b_best, b_run));
+        a_cpu.push(a_used);
+        b_cpu.push(b_used);
+    }
+    (
+        (a_best.unwrap(), Cpu::mean(&a_cpu)),
+        (b_best.unwrap(), Cpu::mean(&b_cpu)),
+    )
 }
 
 /// A kubeconfig for `user` in `group` of VC `vc`, issued through the
@@ -604,12 +655,6 @@ async fn main() {
         with_cpu(pid, gets, run(CLIENTS, gets, get_op(tenants.clone()))).await;
     drop(profile);
     let kplex_get1 = run(1, solo, get_op(tenants.clone())).await;
-    // Every object has now been read once since its write: the same GETs
-    // again are all answered from the point cache, none from the file.
-    let profile = Profile::start_for("get-warm", pid);
-    let (kplex_warm, kplex_warm_cpu) =
-        with_cpu(pid, gets, run(CLIENTS, gets, get_op(tenants.clone()))).await;
-    drop(profile);
     let bare_port = bare_server(
         bare_tls.clone(),
         Arc::new(move |_| {
@@ -653,14 +698,22 @@ async fn main() {
     }
     let own = BareProcess::start(&own_dir, &get_sample);
     let own_conns = connect_all(own.port).await;
-    let profile = Profile::start_for("get-bare", own.pid());
-    let (own_get, own_get_cpu) = with_cpu(
-        own.pid(),
-        gets,
-        run(CLIENTS, gets, get_op(own_conns.clone())),
+    // Every object has now been read once since its write: the same GETs
+    // again are all answered from the point cache, none from the file.
+    // These and the bare server's alternate, as the RBAC rows below do.
+    let ((kplex_warm, kplex_warm_cpu), (own_get, own_get_cpu)) = alternated(
+        ("get-warm", pid, || {
+            with_cpu(pid, gets, run(CLIENTS, gets, get_op(tenants.clone())))
+        }),
+        ("get-bare", own.pid(), || {
+            with_cpu(
+                own.pid(),
+                gets,
+                run(CLIENTS, gets, get_op(own_conns.clone())),
+            )
+        }),
     )
     .await;
-    drop(profile);
     let own_get1 = run(1, solo, get_op(own_conns)).await;
     drop(own);
 
@@ -728,49 +781,15 @@ async fn main() {
         readers.push((conn, base));
     }
     let readers = Arc::new(readers);
-    // Alternated (ABBA), best of four each: the machine's drift between
-    // runs is of the size being measured.
-    let best = |a: Stats, b: Stats| {
-        if a.throughput() >= b.throughput() {
-            a
-        } else {
-            b
-        }
-    };
-    let (mut rbac_get, mut masters_get) = (None::<Stats>, None::<Stats>);
-    // The server's CPU per GET, summed over the rounds: steadier than
-    // throughput on a machine whose clients share its cores.
-    let (mut rbac_cpu, mut masters_cpu) = (Vec::new(), Vec::new());
-    for round in 0..4 {
-        let rbac_run = || with_cpu(pid, gets, run(CLIENTS, gets, get_op(readers.clone())));
-        let masters_run = || with_cpu(pid, gets, run(CLIENTS, gets, get_op(tenants.clone())));
-        // ABBA: neither side always runs first.
-        let ((rbac, rbac_used), (masters, masters_used)) = if round % 2 == 0 {
-            // The first round's runs may be profiled (`get-rbac`, `get-masters`).
-            let profile = (round == 0).then(|| Profile::start_for("get-rbac", pid));
-            let rbac = rbac_run().await;
-            drop(profile);
-            let profile = (round == 0).then(|| Profile::start_for("get-masters", pid));
-            let masters = masters_run().await;
-            drop(profile);
-            (rbac, masters)
-        } else {
-            let masters = masters_run().await;
-            (rbac_run().await, masters)
-        };
-        rbac_cpu.push(rbac_used);
-        masters_cpu.push(masters_used);
-        rbac_get = Some(match rbac_get {
-            Some(before) => best(before, rbac),
-            None => rbac,
-        });
-        masters_get = Some(match masters_get {
-            Some(before) => best(before, masters),
-            None => masters,
-        });
-    }
-    let (rbac_get, masters_get) = (rbac_get.unwrap(), masters_get.unwrap());
-    let (rbac_cpu, masters_cpu) = (Cpu::mean(&rbac_cpu), Cpu::mean(&masters_cpu));
+    let ((rbac_get, rbac_cpu), (masters_get, masters_cpu)) = alternated(
+        ("get-rbac", pid, || {
+            with_cpu(pid, gets, run(CLIENTS, gets, get_op(readers.clone())))
+        }),
+        ("get-masters", pid, || {
+            with_cpu(pid, gets, run(CLIENTS, gets, get_op(tenants.clone())))
+        }),
+    )
+    .await;
 
     // --- LIST -----------------------------------------------------------------
     eprintln!("bench: list");
@@ -845,11 +864,11 @@ async fn main() {
     row(get, 1, &kplex_get1, &bare_get1);
     row(get, CLIENTS, &kplex_get, &bare_get);
     let own_get_label =
-        "GET configmap (baseline: the bare server in a process of its own, as kplex is)";
+        "GET configmap (baseline: the bare server in a process of its own, as kplex is; at 64 clients its best of 4 runs)";
     row(own_get_label, 1, &kplex_get1, &own_get1);
     row(own_get_label, CLIENTS, &kplex_get, &own_get);
     row(
-        "GET configmap, each read before (baseline: the bare server in a process of its own)",
+        "GET configmap, each read before (baseline: the bare server in a process of its own; each side's best of 4 alternated runs)",
         CLIENTS,
         &kplex_warm,
         &own_get,
@@ -861,7 +880,7 @@ async fn main() {
         &bare_get,
     );
     row(
-        "GET through the bare server in a process of its own (baseline: the bare server in the client's process)",
+        "GET through the bare server in a process of its own, best of 4 runs (baseline: the bare server in the client's process)",
         CLIENTS,
         &own_get,
         &bare_get,
@@ -955,14 +974,22 @@ async fn main() {
     joint("CREATE, raw store", CLIENTS, raw_create_cpu);
     joint("CREATE, bare server + raw store", CLIENTS, floor_create_cpu);
     split("GET, kplex", CLIENTS, kplex_get_cpu);
-    split("GET, kplex, each read before", CLIENTS, kplex_warm_cpu);
+    split(
+        "GET, kplex, each read before (mean of 4 runs)",
+        CLIENTS,
+        kplex_warm_cpu,
+    );
     joint("GET, bare server", CLIENTS, bare_get_cpu);
     joint(
         "GET, bare server reading the raw store",
         CLIENTS,
         floor_get_cpu,
     );
-    split("GET, bare server in its own process", CLIENTS, own_get_cpu);
+    split(
+        "GET, bare server in its own process (mean of 4 runs)",
+        CLIENTS,
+        own_get_cpu,
+    );
     split(
         "GET as a user RBAC checks, kplex (mean of 4 runs)",
         CLIENTS,
