@@ -118,9 +118,12 @@ struct ListBody {
 }
 
 impl ListBody {
+    /// The next chunk: items until it holds about [`LIST_CHUNK`]; the
+    /// list's end goes in the chunk of its last item, however full.
     fn next_chunk(&mut self) -> Option<Vec<u8>> {
         let mut out = self.pending.take()?;
-        while out.len() < LIST_CHUNK {
+        loop {
+            // (None only for a list of no items: the end follows the last.)
             let Some(kv) = self.items.next() else {
                 out.extend_from_slice(b"]}");
                 self.ended = true;
@@ -131,12 +134,17 @@ impl ListBody {
                 self.ended = true;
                 return None;
             }
-            if self.items.peek().is_some() {
-                out.push(b',');
+            if self.items.peek().is_none() {
+                out.extend_from_slice(b"]}");
+                self.ended = true;
+                return Some(out);
+            }
+            out.push(b',');
+            if out.len() >= LIST_CHUNK {
+                self.pending = Some(Vec::with_capacity(LIST_CHUNK + 4096));
+                return Some(out);
             }
         }
-        self.pending = Some(Vec::with_capacity(LIST_CHUNK + 4096));
-        Some(out)
     }
 }
 
@@ -351,6 +359,28 @@ mod tests {
         assert_eq!(items.len(), 100);
         assert_eq!(items[99]["metadata"]["name"], "cm-99");
         assert_eq!(list["metadata"]["resourceVersion"], "9");
+        // The last item fills its chunk: the end still goes in that chunk
+        // (not in a frame of its own), so the list is one chunk, whole.
+        let full = stored_list("ConfigMapList", "v1", &metadata, configmaps(7, 10_000));
+        let length = hyper::body::Body::size_hint(full.body()).exact();
+        let (chunks, ended) = frames(full.into_body());
+        assert_eq!(
+            chunks.len(),
+            1,
+            "{:?}",
+            chunks.iter().map(|c| c.len()).collect::<Vec<_>>()
+        );
+        assert!(chunks[0].len() >= LIST_CHUNK, "the items fill the chunk");
+        assert!(ended);
+        assert_eq!(length, Some(chunks[0].len() as u64));
+        let list: serde_json::Value = serde_json::from_slice(&chunks[0]).unwrap();
+        assert_eq!(list["items"].as_array().unwrap().len(), 7);
+        // No items: the head and the end, one chunk.
+        let empty = stored_list("ConfigMapList", "v1", &metadata, Vec::new());
+        let (chunks, ended) = frames(empty.into_body());
+        assert!(ended);
+        let list: serde_json::Value = serde_json::from_slice(&chunks.concat()).unwrap();
+        assert_eq!(list["items"], serde_json::json!([]));
     }
 
     #[test]
