@@ -26,13 +26,15 @@
 //! Run: `hack/bench-api`. `KPLEX_BENCH_SCALE` scales the operation counts
 //! (not the VC or watch counts).
 
+#[path = "api/bare.rs"]
+mod bare;
+#[path = "api/meter.rs"]
+mod meter;
 #[path = "../../storage/benches/support/mod.rs"]
 mod support;
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -51,6 +53,9 @@ use rustls::pki_types::ServerName;
 use serde_json::{json, Value};
 use support::{header, row, run, scale, Profile, Stats};
 
+use bare::{bare_child, bare_server, BareProcess, BARE_CHILD};
+use meter::{alternated, rss, with_cpu, Cpu};
+
 /// The same allocator as the `kplex` binary, so the bare baseline server and
 /// the client are not handicapped by a slower one.
 #[global_allocator]
@@ -67,149 +72,6 @@ const OBJECTS_PER_VC: usize = 20;
 const CLIENTS: usize = 64;
 
 type Sender = SendRequest<Full<Bytes>>;
-
-/// Resident memory of a process, in bytes.
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS");
-    kb * 1024
-}
-
-/// CPU time (user + system) of a process, or of those of its threads whose
-/// name starts with `thread`, in seconds.
-fn cpu_seconds(pid: u32, thread: Option<&str>) -> f64 {
-    fn of(stat: &str) -> f64 {
-        // Fields after the parenthesised name: utime and stime are 12th and 13th.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .unwrap()
-            .1
-            .split_whitespace()
-            .collect();
-        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-        ticks / 100.0 // USER_HZ
-    }
-    let Some(thread) = thread else {
-        return of(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap());
-    };
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("stat")).ok())
-        .filter(|stat| stat.contains(&format!("({thread}")))
-        .map(|stat| of(&stat))
-        .sum()
-}
-
-/// CPU used so far by the kplex process, its store's writer thread, this
-/// (client) process and this process's raw store writer.
-#[derive(Clone, Copy)]
-struct Cpu {
-    kplex: f64,
-    kplex_writer: f64,
-    bench: f64,
-    bench_writer: f64,
-}
-
-/// The store writer thread's name as the kernel keeps it (15 characters).
-const WRITER_THREAD: &str = "kplex-store-wri";
-
-impl Cpu {
-    fn now(kplex: u32) -> Cpu {
-        let me = std::process::id();
-        Cpu {
-            kplex: cpu_seconds(kplex, None),
-            kplex_writer: cpu_seconds(kplex, Some(WRITER_THREAD)),
-            bench: cpu_seconds(me, None),
-            bench_writer: cpu_seconds(me, Some(WRITER_THREAD)),
-        }
-    }
-
-    /// Microseconds per operation of each counter since `before`.
-    fn per_op(self, before: Cpu, ops: usize) -> Cpu {
-        let us = |a: f64, b: f64| (a - b) * 1e6 / ops as f64;
-        Cpu {
-            kplex: us(self.kplex, before.kplex),
-            kplex_writer: us(self.kplex_writer, before.kplex_writer),
-            bench: us(self.bench, before.bench),
-            bench_writer: us(self.bench_writer, before.bench_writer),
-        }
-    }
-}
-
-impl Cpu {
-    /// The mean of several runs' figures.
-    fn mean(runs: &[Cpu]) -> Cpu {
-        let n = runs.len().max(1) as f64;
-        let sum = |f: fn(&Cpu) -> f64| runs.iter().map(f).sum::<f64>() / n;
-        Cpu {
-            kplex: sum(|c| c.kplex),
-            kplex_writer: sum(|c| c.kplex_writer),
-            bench: sum(|c| c.bench),
-            bench_writer: sum(|c| c.bench_writer),
-        }
-    }
-}
-
-/// Runs `f` and returns its result with the CPU it cost per operation.
-async fn with_cpu<T>(kplex: u32, ops: usize, f: impl Future<Output = T>) -> (T, Cpu) {
-    let before = Cpu::now(kplex);
-    let out = f.await;
-    (out, Cpu::now(kplex).per_op(before, ops))
-}
-
-/// Two runs alternated over four rounds (ABBA: neither always first),
-/// each side's best throughput and its mean CPU: this machine's drift
-/// between runs is of the size being measured. Each side is named for
-/// its profile (`KPLEX_BENCH_PERF_OP`), of the first round's run, of the
-/// process given.
-async fn alternated<A, B, FA, FB>(
-    a: (&str, u32, A),
-    b: (&str, u32, B),
-) -> ((Stats, Cpu), (Stats, Cpu))
-where
-    A: Fn() -> FA,
-    B: Fn() -> FB,
-    FA: Future<Output = (Stats, Cpu)>,
-    FB: Future<Output = (Stats, Cpu)>,
-{
-    async fn once<F: Future<Output = (Stats, Cpu)>>(
-        round: usize,
-        (op, pid): (&str, u32),
-        f: F,
-    ) -> (Stats, Cpu) {
-        let profile = (round == 0).then(|| Profile::start_for(op, pid));
-        let out = f.await;
-        drop(profile);
-        out
-    }
-    let best = |kept: Option<Stats>, new: Stats| match kept {
-        Some(kept) if kept.throughput() >= new.throughput() => kept,
-        _ => new,
-    };
-    let (mut a_best, mut b_best) = (None, None);
-    let (mut a_cpu, mut b_cpu) = (Vec::new(), Vec::new());
-    for round in 0..4 {
-        let ((a_run, a_used), (b_run, b_used)) = if round % 2 == 0 {
-            let a_out = once(round, (a.0, a.1), (a.2)()).await;
-            (a_out, once(round, (b.0, b.1), (b.2)()).await)
-        } else {
-            let b_out = once(round, (b.0, b.1), (b.2)()).await;
-            (once(round, (a.0, a.1), (a.2)()).await, b_out)
-        };
-        a_best = Some(best(a_best, a_run));
-        b_best = Some(best(b_best, b_run));
-        a_cpu.push(a_used);
-        b_cpu.push(b_used);
-    }
-    (
-        (a_best.unwrap(), Cpu::mean(&a_cpu)),
-        (b_best.unwrap(), Cpu::mean(&b_cpu)),
-    )
-}
 
 /// A kubeconfig for `user` in `group` of VC `vc`, issued through the
 /// admin API.
@@ -290,127 +152,6 @@ fn configmap(name: &str, namespace: &str) -> Bytes {
 
 fn vc_name(i: usize) -> String {
     format!("vc-{i:05}")
-}
-
-/// What a bare server answers a request with.
-type Respond = Arc<
-    dyn Fn(Request<hyper::body::Incoming>) -> Pin<Box<dyn Future<Output = Bytes> + Send>>
-        + Send
-        + Sync,
->;
-
-/// A bare hyper+rustls server with kplex's TLS setup (same CA, client
-/// certificates verified) answering every request with what `respond` gives,
-/// on a runtime of its own (two workers, as kplex has).
-fn bare_server(tls: Arc<rustls::ServerConfig>, respond: Respond) -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    listener.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-            loop {
-                let (tcp, _) = listener.accept().await.unwrap();
-                let _ = tcp.set_nodelay(true);
-                let acceptor = acceptor.clone();
-                let respond = respond.clone();
-                tokio::spawn(async move {
-                    let Ok(stream) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let service = hyper::service::service_fn(move |req| {
-                        let respond = respond.clone();
-                        async move {
-                            let mut response = Response::new(Full::new(respond(req).await));
-                            response.headers_mut().insert(
-                                hyper::header::CONTENT_TYPE,
-                                hyper::header::HeaderValue::from_static("application/json"),
-                            );
-                            Ok::<_, std::convert::Infallible>(response)
-                        }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-    });
-    port
-}
-
-/// Set in a child of this benchmark that serves as a bare server in a
-/// process of its own: the data directory it takes its TLS from and its
-/// answer from (`response`).
-const BARE_CHILD: &str = "KPLEX_BENCH_BARE_CHILD";
-
-/// A [`bare_server`] in a process of its own (this executable again),
-/// answering every request with the same bytes: the ceiling of a server
-/// that, like kplex, does not share the client's process. Ends when
-/// dropped.
-struct BareProcess {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl BareProcess {
-    /// `dir` holds the CA (`pki/ca.crt`, `pki/ca.key`) it issues its
-    /// serving certificate from.
-    fn start(dir: &Path, response: &Bytes) -> BareProcess {
-        use std::io::BufRead;
-        std::fs::write(dir.join("response"), response).unwrap();
-        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .env(BARE_CHILD, dir)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line.trim().parse().expect("the bare server's port");
-        BareProcess { child, port }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for BareProcess {
-    fn drop(&mut self) {
-        // Closing its stdin ends it.
-        drop(self.child.stdin.take());
-        let _ = self.child.wait();
-    }
-}
-
-/// The child's side of [`BareProcess`]: serves until its stdin closes.
-async fn bare_child(dir: &Path) {
-    let tls =
-        kplex_apiserver::bootstrap::prepare(dir, &["127.0.0.1".to_owned()], "https://127.0.0.1")
-            .unwrap()
-            .tls;
-    let response = Bytes::from(std::fs::read(dir.join("response")).unwrap());
-    let port = bare_server(
-        tls,
-        Arc::new(move |_| {
-            let response = response.clone();
-            Box::pin(async move { response })
-        }),
-    );
-    println!("{port}");
-    let _ = tokio::task::spawn_blocking(|| {
-        std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new())
-    })
-    .await;
 }
 
 fn memory_row(label: &str, value: String, target: &str) {
