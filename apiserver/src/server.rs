@@ -2,12 +2,14 @@
 //! graceful shutdown (in-flight requests finish; new connections stop).
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use kplex_certs::Identity;
@@ -97,7 +99,7 @@ pub async fn serve(
                     Ok::<_, std::convert::Infallible>(handle(&ctx, caller.as_ref(), req).await)
                 }
             });
-            let mut builder = auto::Builder::new(TokioExecutor::new());
+            let mut builder = auto::Builder::new(Inline);
             builder
                 .http1()
                 .timer(TokioTimer::new())
@@ -133,5 +135,78 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
+    }
+}
+
+/// Runs an HTTP/2 connection's requests. Each is polled once where the
+/// connection reads it, and spawned as a task of its own only if it has to
+/// wait (for a seat, storage, a watch's events). A GET answered from
+/// memory thus never becomes a task: no task to allocate, schedule and
+/// wake, and its response goes out with those of the other requests of
+/// the same read, in one write.
+#[derive(Clone, Copy, Debug)]
+struct Inline;
+
+impl<F> hyper::rt::Executor<F> for Inline
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, work: F) {
+        let mut work = Box::pin(work);
+        // The first poll's waker is never woken: a future that must wait
+        // is polled again as a task, and registers that task's waker then.
+        let mut cx = TaskContext::from_waker(Waker::noop());
+        match std::panic::catch_unwind(AssertUnwindSafe(|| work.as_mut().poll(&mut cx))) {
+            Ok(Poll::Ready(())) => {}
+            Ok(Poll::Pending) => {
+                tokio::spawn(work);
+            }
+            // As a task's would, the panic ends this request only (its
+            // stream is reset when the future is dropped), not the
+            // connection that read it. The panic hook has reported it.
+            Err(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::rt::Executor;
+    use std::sync::atomic::AtomicUsize;
+
+    #[tokio::test]
+    async fn a_request_that_need_not_wait_is_served_before_execute_returns() {
+        let served = Arc::new(AtomicBool::new(false));
+        let flag = served.clone();
+        Inline.execute(async move { flag.store(true, Ordering::SeqCst) });
+        assert!(served.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn a_request_that_waits_finishes_as_a_task_when_woken() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let polls = Arc::new(AtomicUsize::new(0));
+        let counted = polls.clone();
+        Inline.execute(async move {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let value = rx.await.unwrap();
+            done_tx.send(value + 1).unwrap();
+        });
+        // Polled once, inline, and waiting: the value is not there yet.
+        assert_eq!(polls.load(Ordering::SeqCst), 1);
+        tx.send(41).unwrap();
+        assert_eq!(done_rx.await.unwrap(), 42);
+    }
+
+    #[tokio::test]
+    async fn a_request_that_panics_ends_alone() {
+        Inline.execute(async { panic!("a handler's bug") });
+        // The caller (the connection) goes on, and so do later requests.
+        let served = Arc::new(AtomicBool::new(false));
+        let flag = served.clone();
+        Inline.execute(async move { flag.store(true, Ordering::SeqCst) });
+        assert!(served.load(Ordering::SeqCst));
     }
 }
