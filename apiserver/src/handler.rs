@@ -500,8 +500,11 @@ where
         upgrade: Arc::new(std::sync::Mutex::new(upgrade)),
     };
     if let Some(rest) = path.strip_prefix("/clusters/") {
-        let (name, tenant_path) = rest.split_once('/').unwrap_or((rest, ""));
-        return tenant(ctx, caller, name, &format!("/{tenant_path}"), &request).await;
+        // The VC's name, and the rest of the path from its `/` on.
+        let (name, tenant_path) = rest
+            .find('/')
+            .map_or((rest, "/"), |slash| rest.split_at(slash));
+        return tenant(ctx, caller, name, tenant_path, &request).await;
     }
     if let Some(rest) = path.strip_prefix(kplex_api::names::SYSTEM_CLUSTER_PATH) {
         if rest.is_empty() || rest.starts_with('/') {

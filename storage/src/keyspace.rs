@@ -137,7 +137,7 @@ impl TenantKeyspace {
     pub fn for_vc(vc_uid: &str) -> StoreResult<TenantKeyspace> {
         validate_segment(vc_uid)?;
         Ok(TenantKeyspace {
-            prefix: KeyPrefix(format!("{CLUSTERS}{vc_uid}/")),
+            prefix: KeyPrefix(joined(&[CLUSTERS, vc_uid, "/"])),
             uid_start: CLUSTERS.len(),
             uid_len: vc_uid.len(),
         })
@@ -175,7 +175,13 @@ impl TenantKeyspace {
     pub fn resource_prefix(&self, group: &str, resource: &str) -> StoreResult<KeyPrefix> {
         let group = group_segment(group)?;
         validate_segment(resource)?;
-        Ok(KeyPrefix(format!("{}{group}/{resource}/", self.prefix.0)))
+        Ok(KeyPrefix(joined(&[
+            &self.prefix.0,
+            group,
+            "/",
+            resource,
+            "/",
+        ])))
     }
 
     /// All objects of one namespaced resource in one namespace.
@@ -185,9 +191,18 @@ impl TenantKeyspace {
         resource: &str,
         namespace: &str,
     ) -> StoreResult<KeyPrefix> {
-        let base = self.resource_prefix(group, resource)?;
+        let group = group_segment(group)?;
+        validate_segment(resource)?;
         validate_segment(namespace)?;
-        Ok(KeyPrefix(format!("{}{namespace}/", base.0)))
+        Ok(KeyPrefix(joined(&[
+            &self.prefix.0,
+            group,
+            "/",
+            resource,
+            "/",
+            namespace,
+            "/",
+        ])))
     }
 
     /// The key of one object. `namespace` is `None` for cluster-scoped resources.
@@ -198,12 +213,17 @@ impl TenantKeyspace {
         namespace: Option<&str>,
         name: &str,
     ) -> StoreResult<Key> {
-        let base = match namespace {
-            Some(ns) => self.namespace_prefix(group, resource, ns)?,
-            None => self.resource_prefix(group, resource)?,
-        };
+        let group = group_segment(group)?;
+        validate_segment(resource)?;
+        if let Some(namespace) = namespace {
+            validate_segment(namespace)?;
+        }
         validate_segment(name)?;
-        Ok(Key(format!("{}{name}", base.0)))
+        let base = &self.prefix.0;
+        Ok(Key(match namespace {
+            Some(ns) => joined(&[base, group, "/", resource, "/", ns, "/", name]),
+            None => joined(&[base, group, "/", resource, "/", name]),
+        }))
     }
 
     /// Splits a tenant object key (of any VC) into its parts; `None` for keys
@@ -307,6 +327,16 @@ impl SystemKeyspace {
         validate_segment(last)?;
         Ok(Key(format!("{}{last}", prefix.0)))
     }
+}
+
+/// `parts` one after the other, in one allocation of the exact size: keys
+/// are built on every request.
+fn joined(parts: &[&str]) -> String {
+    let mut joined = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for part in parts {
+        joined.push_str(part);
+    }
+    joined
 }
 
 fn group_segment(group: &str) -> StoreResult<&str> {
