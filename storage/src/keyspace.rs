@@ -173,15 +173,7 @@ impl TenantKeyspace {
 
     /// All objects of one resource, across namespaces. `group` is `""` for core.
     pub fn resource_prefix(&self, group: &str, resource: &str) -> StoreResult<KeyPrefix> {
-        let group = group_segment(group)?;
-        validate_segment(resource)?;
-        Ok(KeyPrefix(joined(&[
-            &self.prefix.0,
-            group,
-            "/",
-            resource,
-            "/",
-        ])))
+        Ok(KeyPrefix(self.path(group, resource, None, None)?))
     }
 
     /// All objects of one namespaced resource in one namespace.
@@ -191,18 +183,12 @@ impl TenantKeyspace {
         resource: &str,
         namespace: &str,
     ) -> StoreResult<KeyPrefix> {
-        let group = group_segment(group)?;
-        validate_segment(resource)?;
-        validate_segment(namespace)?;
-        Ok(KeyPrefix(joined(&[
-            &self.prefix.0,
+        Ok(KeyPrefix(self.path(
             group,
-            "/",
             resource,
-            "/",
-            namespace,
-            "/",
-        ])))
+            Some(namespace),
+            None,
+        )?))
     }
 
     /// The key of one object. `namespace` is `None` for cluster-scoped resources.
@@ -213,17 +199,34 @@ impl TenantKeyspace {
         namespace: Option<&str>,
         name: &str,
     ) -> StoreResult<Key> {
+        Ok(Key(self.path(group, resource, namespace, Some(name))?))
+    }
+
+    /// `<prefix><group>/<resource>/[<namespace>/][<name>]`, each segment
+    /// validated in that order, in one allocation (keys are built on every
+    /// request).
+    fn path(
+        &self,
+        group: &str,
+        resource: &str,
+        namespace: Option<&str>,
+        name: Option<&str>,
+    ) -> StoreResult<String> {
         let group = group_segment(group)?;
         validate_segment(resource)?;
-        if let Some(namespace) = namespace {
-            validate_segment(namespace)?;
-        }
-        validate_segment(name)?;
-        let base = &self.prefix.0;
-        Ok(Key(match namespace {
-            Some(ns) => joined(&[base, group, "/", resource, "/", ns, "/", name]),
-            None => joined(&[base, group, "/", resource, "/", name]),
-        }))
+        namespace.map(validate_segment).transpose()?;
+        name.map(validate_segment).transpose()?;
+        let (namespace, slash) = namespace.map_or(("", ""), |ns| (ns, "/"));
+        Ok(joined(&[
+            &self.prefix.0,
+            group,
+            "/",
+            resource,
+            "/",
+            namespace,
+            slash,
+            name.unwrap_or(""),
+        ]))
     }
 
     /// Splits a tenant object key (of any VC) into its parts; `None` for keys
